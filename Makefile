@@ -1,0 +1,54 @@
+# The verbs developers and CI share. `make test` is what .ci/run calls.
+SHELL := /bin/bash
+CARGO ?= cargo
+STACK_ENV := deploy/local/stack.env
+
+.PHONY: all build release up down status lint fmt test test-unit test-int run bench fuzz clean help
+
+all: build
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+build: ## debug build
+	$(CARGO) build --all-targets
+
+release: ## optimised binary at target/release/nexxus-worker
+	$(CARGO) build --release --bin nexxus-worker
+
+up: ## install on first use and start Kafka, Cassandra and Redis on 127.0.0.1 (idempotent)
+	deploy/local/up.sh
+
+down: ## stop the local stack (data kept; deploy/local/down.sh --purge drops it)
+	deploy/local/down.sh
+
+status: ## what the local stack runs
+	deploy/local/status.sh
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+lint: ## formatting and clippy, warnings are errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+test-unit: ## tests that need no server
+	$(CARGO) test --lib --bins
+
+test-int: up ## integration tests against the real local stack
+	set -a && source $(STACK_ENV) && set +a && $(CARGO) test --tests -- --test-threads=4
+
+test: lint up ## everything: lint, unit, and integration tests against real servers
+	set -a && source $(STACK_ENV) && set +a && $(CARGO) test --all-targets -- --test-threads=4
+
+run: up release ## the main job on this machine (see README)
+	set -a && source $(STACK_ENV) && set +a && target/release/nexxus-worker topics apply && exec target/release/nexxus-worker -t all -i 0
+
+bench: ## criterion micro-benchmarks
+	$(CARGO) bench --bench model
+
+fuzz: ## bounded fuzzing of message decoding (needs nightly + cargo-fuzz; see fuzz/run.sh)
+	fuzz/run.sh
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,69 @@
+# Redis (Debian redis-server): one single node plus a 3-master Redis Cluster.
+# Sourced by up.sh / down.sh / status.sh after lib.sh.
+# shellcheck shell=bash
+
+REDIS_DIR="$STACK/redis"
+
+redis_install() {
+  command -v redis-server >/dev/null && command -v redis-cli >/dev/null && return 0
+  apt_install redis-server || die "redis: apt-get install redis-server failed"
+}
+
+# redis_node NAME PORT [extra redis-server args]: start one node unless it already runs.
+# Each node has its own dir (nodes.conf of cluster nodes lives there and survives restarts).
+redis_node() {
+  local name=$1 port=$2 d="$REDIS_DIR/$1"
+  shift 2
+  if live_pid "$d/redis.pid" "redis-server 127.0.0.1:$port" >/dev/null; then return 0; fi
+  ports_free "$port"
+  mkdir -p "$d"
+  # No persistence: test data is throw-away. Redis daemonizes itself (fork + setsid, own pid file).
+  (cd "$d" && close_fds && exec redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+    --daemonize yes --pidfile "$d/redis.pid" --logfile "$d/redis.log" --dir "$d" "$@" </dev/null)
+  wait_until "redis $name" "$REDIS_TIMEOUT" "$d/redis.log" redis-cli -p "$port" ping
+}
+
+# Every node must see the cluster as ok (a just-restarted node needs a moment to rejoin).
+cluster_ok() {
+  local p
+  for p in "${REDIS_CLUSTER_PORTS[@]}"; do
+    [[ $(redis-cli -p "$p" cluster info 2>/dev/null) == *cluster_state:ok* ]] || return 1
+  done
+}
+
+redis_cluster() {
+  local p addrs=() known i
+  for p in "${REDIS_CLUSTER_PORTS[@]}"; do
+    redis_node "cluster-$p" "$p" --cluster-enabled yes --cluster-config-file nodes.conf \
+      --cluster-node-timeout 5000
+    addrs+=("127.0.0.1:$p")
+  done
+  # Restarted nodes rejoin from their nodes.conf within a few seconds: give them that time.
+  known=$(redis-cli -p "${REDIS_CLUSTER_PORTS[0]}" cluster info | tr -d '\r' | sed -n 's/^cluster_known_nodes://p')
+  if [[ $known == "${#REDIS_CLUSTER_PORTS[@]}" ]]; then
+    for ((i = 0; i < 15; i++)); do cluster_ok && return 0; sleep 1; done
+  fi
+  # Fresh (or half-configured) nodes: wipe their cluster state and create the cluster anew.
+  log "redis: creating cluster on ${addrs[*]}"
+  for p in "${REDIS_CLUSTER_PORTS[@]}"; do
+    redis-cli -p "$p" flushall >/dev/null
+    redis-cli -p "$p" cluster reset hard >/dev/null
+  done
+  redis-cli --cluster create "${addrs[@]}" --cluster-replicas 0 --cluster-yes >"$REDIS_DIR/cluster-create.log" 2>&1 ||
+    { cat "$REDIS_DIR/cluster-create.log" >&2; return 1; }
+  wait_until "redis cluster" "$REDIS_TIMEOUT" "$REDIS_DIR/cluster-create.log" cluster_ok
+}
+
+redis_up() {
+  redis_install
+  redis_node single "$REDIS_PORT"
+  redis_cluster
+}
+
+redis_down() {
+  local d
+  for d in "$REDIS_DIR"/*/; do
+    [[ -f "$d/redis.pid" ]] && stop_pid "$d/redis.pid" redis-server 10
+  done
+  return 0
+}

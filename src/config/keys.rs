@@ -1,0 +1,120 @@
+//! The table of every configuration key: its `config.json` name, its environment variable(s),
+//! its default and its meaning. `--help`, README, `config.example.json` and the loader all read
+//! this one table, so a key cannot be documented in one place and forgotten in another.
+
+/// How a key's value is parsed; the loader turns each into a typed field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Text,
+    Secret,
+    Bool,
+    Port,
+    Count,
+    Millis,
+}
+
+/// One configuration key. The file key is the environment variable without `TP_`, lower-cased.
+/// Keys whose default depends on the role (`-t all` picks embedded parts when no broker or CQL
+/// node is *configured*) have no literal default, so copying `config.example.json` to
+/// `config.json` cannot accidentally configure one.
+#[derive(Debug)]
+pub struct Key {
+    pub name: &'static str,
+    pub env: &'static str,
+    /// Older spellings still accepted (Telepat's README and spec disagreed on some names).
+    pub aliases: &'static [&'static str],
+    pub kind: Kind,
+    /// The default as written in `config.example.json`; `None` means unset (JSON `null`).
+    pub default: Option<&'static str>,
+    pub help: &'static str,
+}
+
+const fn key(
+    name: &'static str,
+    env: &'static str,
+    kind: Kind,
+    default: Option<&'static str>,
+    help: &'static str,
+) -> Key {
+    Key { name, env, aliases: &[], kind, default, help }
+}
+
+pub const KEYS: &[Key] = &[
+    key("msg_que", "TP_MSG_QUE", Kind::Text, None,
+        "message queue: kafka, or memory (only with -t all) [default: kafka; memory for -t all without a broker]"),
+    key("main_db", "TP_MAIN_DB", Kind::Text, None,
+        "main store: scylla (any CQL server) or sqlite [default: scylla; sqlite for -t all without a CQL node]"),
+    key("kfk_brokers", "TP_KFK_BROKERS", Kind::Text, None,
+        "Kafka bootstrap list host:port,host:port, wins over TP_KFK_HOST/TP_KFK_PORT [default: 127.0.0.1:9092]"),
+    key("kfk_host", "TP_KFK_HOST", Kind::Text, None, "one Kafka bootstrap broker host (Telepat name)"),
+    key("kfk_port", "TP_KFK_PORT", Kind::Port, None, "port of TP_KFK_HOST (default 9092)"),
+    key("kafka_opts", "TP_KAFKA_OPTS", Kind::Secret, None,
+        "extra librdkafka properties key=value,key=value (TLS, SASL, tuning); write \\, for a literal comma"),
+    key("topic_prefix", "TP_TOPIC_PREFIX", Kind::Text, Some(""), "prefix added to every topic name"),
+    key("batch_size", "TP_BATCH_SIZE", Kind::Count, Some("500"),
+        "most messages a worker takes from Kafka before processing and committing them"),
+    key("redis_host", "TP_REDIS_HOST", Kind::Text, Some("127.0.0.1"), "Redis host"),
+    key("redis_port", "TP_REDIS_PORT", Kind::Port, Some("6379"), "Redis port"),
+    key("redis_url", "TP_REDIS_URL", Kind::Secret, None,
+        "redis:// or rediss:// URL; a comma list of nodes means Redis Cluster (default: from host and port)"),
+    key("scylla_nodes", "TP_SCYLLA_NODES", Kind::Text, None,
+        "CQL contact points host:port,... [default: 127.0.0.1:9042]"),
+    key("scylla_keyspace", "TP_SCYLLA_KEYSPACE", Kind::Text, Some("nexxus"), "CQL keyspace"),
+    key("scylla_replication", "TP_SCYLLA_REPLICATION", Kind::Text, Some("1"),
+        "replication of a keyspace created on first start: N (SimpleStrategy) or dc1:3,dc2:3 (NetworkTopologyStrategy)"),
+    key("sqlite_path", "TP_SQLITE_PATH", Kind::Text, Some("./nexxus.db"), "embedded store file"),
+    key("sckt_host", "TP_SCKT_HOST", Kind::Text, Some("0.0.0.0"), "sockets transport listening address"),
+    key("sckt_port", "TP_SCKT_PORT", Kind::Port, None,
+        "sockets transport listening port (default 80, 443 with TLS, 3000 with -t all)"),
+    key("sckt_ssl", "TP_SCKT_SSL", Kind::Bool, Some("false"), "serve wss:// instead of ws://"),
+    key("sckt_key_ssl", "TP_SCKT_KEY_SSL", Kind::Text, None, "PEM private key file (may be encrypted PKCS#8)"),
+    Key {
+        name: "sckt_cert_file",
+        env: "TP_SCKT_CERT_FILE",
+        aliases: &["TP_SCKT_CERT_SSL"],
+        kind: Kind::Text,
+        default: None,
+        help: "PEM certificate (chain) file (alias TP_SCKT_CERT_SSL)",
+    },
+    key("sckt_key_passphrase", "TP_SCKT_KEY_PASSPHRASE", Kind::Secret, None,
+        "passphrase of the private key; never logged"),
+    key("sckt_ca_cert", "TP_SCKT_CA_CERT", Kind::Text, None,
+        "intermediate certificate(s) appended to the chain"),
+    key("jwt_secret", "TP_JWT_SECRET", Kind::Secret, None, "fallback HS256 secret for apps that have none"),
+    key("http_host", "TP_HTTP_HOST", Kind::Text, Some("0.0.0.0"), "health, metrics (and ingress) listening address"),
+    key("http_port", "TP_HTTP_PORT", Kind::Port, None,
+        "/healthz, /readyz, /metrics port (default 9000, 8080 with -t all); 0 turns it off"),
+    key("ingress_token", "TP_INGRESS_TOKEN", Kind::Secret, None,
+        "bearer token required by the HTTP ingress when set"),
+    key("log_level", "TP_LOG_LEVEL", Kind::Text, Some("info"), "off, error, warn, info, debug or trace"),
+    key("shutdown_grace_ms", "TP_SHUTDOWN_GRACE_MS", Kind::Millis, Some("10000"),
+        "graceful shutdown bound in milliseconds"),
+];
+
+/// The variables the loader reads that are not configuration keys.
+pub const OTHER_ENV: &[(&str, &str)] = &[("TP_CONFIG", "path of the config.json to load (else ./config.json if present)")];
+
+pub fn find(name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.name == name)
+}
+
+pub fn find_env(var: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.env == var || k.aliases.contains(&var))
+}
+
+/// The text `--help` prints after the options: every environment variable with its meaning.
+pub fn env_help() -> String {
+    let mut out = String::from("Environment variables (each also a config.json key: lower case, no TP_):\n");
+    for k in KEYS {
+        let default = match k.default {
+            Some("") => " [default: empty]".to_string(),
+            Some(d) => format!(" [default: {d}]"),
+            None => String::new(),
+        };
+        out.push_str(&format!("  {:<24} {}{}\n", k.env, k.help, default));
+    }
+    for (var, help) in OTHER_ENV {
+        out.push_str(&format!("  {var:<24} {help}\n"));
+    }
+    out
+}

@@ -1,0 +1,396 @@
+//! Configuration, layered exactly as CONTRACT section 2: built-in defaults < `config.json` <
+//! `TP_*` environment variables < command-line flags. Parsing is strict: a bad boolean, a bad
+//! port or an unknown file key is an error naming its origin, and `main` exits 64 on it.
+//!
+//! The environment is read through [`Source`] so tests inject their own instead of mutating the
+//! process environment (which races between parallel tests).
+
+mod keys;
+mod parse;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use keys::{env_help, Key, Kind, KEYS};
+pub use parse::{KafkaOpts, LogLevel, QueueKind, Replication, StoreKind};
+
+use crate::workers::Role;
+
+/// Where a value came from; every error names it so an operator knows what to fix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Default,
+    File { path: PathBuf, key: String },
+    Env(String),
+    Flag(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => f.write_str("built-in default"),
+            Origin::File { path, key } => write!(f, "{} key `{key}`", path.display()),
+            Origin::Env(var) => f.write_str(var),
+            Origin::Flag(flag) => write!(f, "flag {flag}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{origin}: {reason}")]
+    Invalid { origin: Origin, reason: String },
+    #[error("{path}: unknown config key `{key}` (see config.example.json)")]
+    UnknownKey { path: PathBuf, key: String },
+    #[error("{origin}: cannot read config file {path}: {reason}")]
+    File { origin: Origin, path: PathBuf, reason: String },
+    #[error("{path}: {reason}")]
+    Json { path: PathBuf, reason: String },
+    #[error("flag --set: expected KEY=VALUE with a config.json key, got `{0}`")]
+    BadSet(String),
+}
+
+/// The process environment, or a map in tests.
+pub trait Source {
+    fn var(&self, name: &str) -> Option<String>;
+    /// Every `TP_*` variable, to warn about misspelt ones.
+    fn tp_vars(&self) -> Vec<String>;
+}
+
+pub struct ProcessEnv;
+
+impl Source for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+    fn tp_vars(&self) -> Vec<String> {
+        std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .filter(|k| k.starts_with("TP_"))
+            .collect()
+    }
+}
+
+impl Source for HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+    fn tp_vars(&self) -> Vec<String> {
+        self.keys().filter(|k| k.starts_with("TP_")).cloned().collect()
+    }
+}
+
+/// What the command line contributes to the configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `-c <file>`.
+    pub config_file: Option<PathBuf>,
+    /// `--set key=value`, in order; later wins.
+    pub sets: Vec<String>,
+    /// The role being run, for the defaults that differ under `-t all`.
+    pub role: Option<Role>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub msg_que: QueueKind,
+    pub main_db: StoreKind,
+    pub kafka: KafkaConfig,
+    pub batch_size: usize,
+    pub redis_url: String,
+    pub scylla_nodes: Vec<String>,
+    pub scylla_keyspace: String,
+    pub scylla_replication: Replication,
+    pub sqlite_path: PathBuf,
+    pub sockets: SocketsConfig,
+    pub jwt_secret: Option<String>,
+    pub http_host: String,
+    /// `None` when `TP_HTTP_PORT=0` turned the endpoint off.
+    pub http_port: Option<u16>,
+    pub ingress_token: Option<String>,
+    pub log_level: LogLevel,
+    pub shutdown_grace: Duration,
+    /// The file that was loaded, if any, for the start-up log line.
+    pub loaded_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub opts: KafkaOpts,
+    pub topic_prefix: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct SocketsConfig {
+    pub host: String,
+    pub port: u16,
+    pub ssl: bool,
+    pub key_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_passphrase: Option<String>,
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// One layer's raw value: file values keep their JSON type, env and flags are text.
+#[derive(Clone, Debug)]
+enum Raw {
+    Json(serde_json::Value),
+    Text(String),
+}
+
+type Layers = BTreeMap<&'static str, (Raw, Origin)>;
+
+impl Config {
+    /// Loads defaults, the config file, the environment and the flags, in that order.
+    pub fn load(overrides: &Overrides, env: &dyn Source) -> Result<Config, ConfigError> {
+        let mut layers = Layers::new();
+        let loaded_file = Self::file_layer(overrides, env, &mut layers)?;
+        for key in KEYS {
+            for var in std::iter::once(&key.env).chain(key.aliases) {
+                if let Some(value) = env.var(var) {
+                    layers.insert(key.name, (Raw::Text(value), Origin::Env((*var).to_string())));
+                }
+            }
+        }
+        for set in &overrides.sets {
+            let (name, value) = set.split_once('=').ok_or_else(|| ConfigError::BadSet(set.clone()))?;
+            let key = keys::find(name.trim()).ok_or_else(|| ConfigError::BadSet(set.clone()))?;
+            layers.insert(key.name, (Raw::Text(value.to_string()), Origin::Flag(format!("--set {}", key.name))));
+        }
+        let mut cfg = Self::resolve(&layers, overrides.role)?;
+        cfg.loaded_file = loaded_file;
+        Ok(cfg)
+    }
+
+    /// `TP_*` variables that match no key: probably a typo, so `main` warns about them.
+    pub fn unknown_env(env: &dyn Source) -> Vec<String> {
+        let mut vars: Vec<String> = env
+            .tp_vars()
+            .into_iter()
+            .filter(|v| keys::find_env(v).is_none() && !keys::OTHER_ENV.iter().any(|(o, _)| o == v))
+            .collect();
+        vars.sort();
+        vars
+    }
+
+    fn file_layer(overrides: &Overrides, env: &dyn Source, layers: &mut Layers) -> Result<Option<PathBuf>, ConfigError> {
+        let (path, origin, required) = match (&overrides.config_file, env.var("TP_CONFIG")) {
+            (Some(p), _) => (p.clone(), Origin::Flag("-c".into()), true),
+            (None, Some(p)) => (PathBuf::from(p), Origin::Env("TP_CONFIG".into()), true),
+            (None, None) => (PathBuf::from("config.json"), Origin::Default, false),
+        };
+        if !required && !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| ConfigError::File { origin, path: path.clone(), reason: e.to_string() })?;
+        let map = match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(serde_json::Value::Object(map)) => map,
+            Ok(_) => return Err(ConfigError::Json { path, reason: "the top level must be an object".into() }),
+            Err(e) => return Err(ConfigError::Json { path, reason: format!("not valid JSON: {e}") }),
+        };
+        for (name, value) in map {
+            let key = keys::find(&name).ok_or_else(|| ConfigError::UnknownKey { path: path.clone(), key: name.clone() })?;
+            if !value.is_null() {
+                layers.insert(key.name, (Raw::Json(value), Origin::File { path: path.clone(), key: name }));
+            }
+        }
+        Ok(Some(path))
+    }
+
+    fn resolve(layers: &Layers, role: Option<Role>) -> Result<Config, ConfigError> {
+        let all = role == Some(Role::All);
+        let get = |name: &'static str| Field { name, layer: layers.get(name) };
+        // Check every given value's type, used or not: a bad TP_KFK_PORT is an error even when
+        // TP_KFK_BROKERS makes it irrelevant, so a typo never hides until the day it matters.
+        for key in KEYS {
+            let field = get(key.name);
+            match key.kind {
+                Kind::Bool => field.boolean().map(drop)?,
+                Kind::Port => field.port().map(drop)?,
+                Kind::Count | Kind::Millis => field.count().map(drop)?,
+                Kind::Text | Kind::Secret => field.text().map(drop)?,
+            }
+        }
+
+        let brokers = match (get("kfk_brokers").text()?, get("kfk_host").text()?) {
+            (Some(list), _) => Some(parse::broker_list(&list, &get("kfk_brokers").origin())?),
+            (None, Some(host)) => {
+                let port = get("kfk_port").port()?.unwrap_or(9092);
+                Some(format!("{host}:{port}"))
+            }
+            (None, None) => None,
+        };
+        let broker_configured = brokers.is_some();
+        let msg_que = match get("msg_que").text()? {
+            Some(v) => parse::queue_kind(&v, &get("msg_que").origin(), all)?,
+            None if all && !broker_configured => QueueKind::Memory,
+            None => QueueKind::Kafka,
+        };
+        let scylla_nodes = get("scylla_nodes").text()?;
+        let main_db = match get("main_db").text()? {
+            Some(v) => parse::store_kind(&v, &get("main_db").origin())?,
+            None if all && scylla_nodes.is_none() => StoreKind::Sqlite,
+            None => StoreKind::Scylla,
+        };
+        let scylla_nodes = parse::host_ports(
+            &scylla_nodes.unwrap_or_else(|| DEFAULT_SCYLLA_NODES.to_string()),
+            &get("scylla_nodes").origin(),
+        )?;
+        let redis_url = match get("redis_url").text()? {
+            Some(url) => parse::redis_url(&url, &get("redis_url").origin())?,
+            None => {
+                let host = get("redis_host").text()?.unwrap_or_else(|| default_of("redis_host"));
+                let port = get("redis_port").port()?.unwrap_or(6379);
+                format!("redis://{host}:{port}")
+            }
+        };
+        let ssl = get("sckt_ssl").boolean()?.unwrap_or(false);
+        let sckt_default = if all { 3000 } else if ssl { 443 } else { 80 };
+        let http_port = get("http_port").port()?.unwrap_or(if all { 8080 } else { 9000 });
+        let batch_size = get("batch_size").count()?.unwrap_or(500);
+        if batch_size == 0 {
+            return Err(invalid(&get("batch_size").origin(), "must be at least 1"));
+        }
+        Ok(Config {
+            msg_que,
+            main_db,
+            kafka: KafkaConfig {
+                brokers: brokers.unwrap_or_else(|| DEFAULT_BROKERS.to_string()),
+                opts: KafkaOpts::parse(&get("kafka_opts").text()?.unwrap_or_default(), &get("kafka_opts").origin())?,
+                topic_prefix: parse::topic_prefix(&get("topic_prefix").text()?.unwrap_or_default(), &get("topic_prefix").origin())?,
+            },
+            batch_size: batch_size as usize,
+            redis_url,
+            scylla_nodes,
+            scylla_keyspace: parse::identifier(
+                &get("scylla_keyspace").text()?.unwrap_or_else(|| default_of("scylla_keyspace")),
+                &get("scylla_keyspace").origin(),
+            )?,
+            scylla_replication: Replication::parse(
+                &get("scylla_replication").text()?.unwrap_or_else(|| default_of("scylla_replication")),
+                &get("scylla_replication").origin(),
+            )?,
+            sqlite_path: PathBuf::from(get("sqlite_path").text()?.unwrap_or_else(|| default_of("sqlite_path"))),
+            sockets: SocketsConfig {
+                host: get("sckt_host").text()?.unwrap_or_else(|| default_of("sckt_host")),
+                port: get("sckt_port").port()?.unwrap_or(sckt_default),
+                ssl,
+                key_file: get("sckt_key_ssl").text()?.map(PathBuf::from),
+                cert_file: get("sckt_cert_file").text()?.map(PathBuf::from),
+                key_passphrase: get("sckt_key_passphrase").text()?,
+                ca_cert: get("sckt_ca_cert").text()?.map(PathBuf::from),
+            },
+            jwt_secret: get("jwt_secret").text()?.filter(|s| !s.is_empty()),
+            http_host: get("http_host").text()?.unwrap_or_else(|| default_of("http_host")),
+            http_port: (http_port != 0).then_some(http_port),
+            ingress_token: get("ingress_token").text()?.filter(|s| !s.is_empty()),
+            log_level: LogLevel::parse(
+                &get("log_level").text()?.unwrap_or_else(|| default_of("log_level")),
+                &get("log_level").origin(),
+            )?,
+            shutdown_grace: Duration::from_millis(get("shutdown_grace_ms").count()?.unwrap_or(10_000)),
+            loaded_file: None,
+        })
+        .and_then(Config::validate_tls(get("sckt_key_ssl").origin()))
+    }
+
+    /// TLS needs both a key and a certificate; say which one is missing.
+    fn validate_tls(origin: Origin) -> impl FnOnce(Config) -> Result<Config, ConfigError> {
+        move |cfg| {
+            if cfg.sockets.ssl && (cfg.sockets.key_file.is_none() || cfg.sockets.cert_file.is_none()) {
+                let which = if cfg.sockets.key_file.is_none() { "TP_SCKT_KEY_SSL" } else { "TP_SCKT_CERT_FILE" };
+                let origin = if cfg.sockets.key_file.is_none() { origin } else { Origin::Env(which.into()) };
+                return Err(invalid(&origin, &format!("TP_SCKT_SSL is on but {which} is not set")));
+            }
+            Ok(cfg)
+        }
+    }
+
+    /// The topic name with `TP_TOPIC_PREFIX` in front.
+    pub fn topic(&self, base: &str) -> String {
+        format!("{}{}", self.kafka.topic_prefix, base)
+    }
+
+    /// The effective configuration with secrets masked, for the start-up log line.
+    pub fn redacted(&self) -> String {
+        format!(
+            "msg_que={:?} main_db={:?} brokers={} topic_prefix={:?} kafka_opts={} batch_size={} redis={} \
+             scylla={:?}/{} sckt={}:{} ssl={} http={}:{} log_level={:?} grace={:?} file={}",
+            self.msg_que,
+            self.main_db,
+            self.kafka.brokers,
+            self.kafka.topic_prefix,
+            self.kafka.opts.redacted(),
+            self.batch_size,
+            parse::redact_url(&self.redis_url),
+            self.scylla_nodes,
+            self.scylla_keyspace,
+            self.sockets.host,
+            self.sockets.port,
+            self.sockets.ssl,
+            self.http_host,
+            self.http_port.map_or("off".to_string(), |p| p.to_string()),
+            self.log_level,
+            self.shutdown_grace,
+            self.loaded_file.as_deref().map_or("none".to_string(), |p| p.display().to_string()),
+        )
+    }
+}
+
+const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
+const DEFAULT_SCYLLA_NODES: &str = "127.0.0.1:9042";
+
+fn default_of(name: &str) -> String {
+    keys::find(name).and_then(|k| k.default).unwrap_or_default().to_string()
+}
+
+fn invalid(origin: &Origin, reason: &str) -> ConfigError {
+    ConfigError::Invalid { origin: origin.clone(), reason: reason.to_string() }
+}
+
+/// A key's winning layer, with typed accessors that name the origin in their errors.
+struct Field<'a> {
+    name: &'static str,
+    layer: Option<&'a (Raw, Origin)>,
+}
+
+impl Field<'_> {
+    fn origin(&self) -> Origin {
+        self.layer.map_or(Origin::Default, |(_, o)| o.clone())
+    }
+
+    fn text(&self) -> Result<Option<String>, ConfigError> {
+        match self.layer {
+            None => Ok(None),
+            Some((Raw::Text(s), _)) => Ok(Some(s.clone())),
+            Some((Raw::Json(serde_json::Value::String(s)), _)) => Ok(Some(s.clone())),
+            Some((Raw::Json(v @ serde_json::Value::Number(_)), _)) => Ok(Some(v.to_string())),
+            Some((Raw::Json(v), o)) => Err(invalid(o, &format!("expected a string for `{}`, got {v}", self.name))),
+        }
+    }
+
+    fn boolean(&self) -> Result<Option<bool>, ConfigError> {
+        match self.layer {
+            Some((Raw::Json(serde_json::Value::Bool(b)), _)) => Ok(Some(*b)),
+            Some((_, o)) => self.text()?.map(|t| parse::boolean(&t, o)).transpose(),
+            None => Ok(None),
+        }
+    }
+
+    fn port(&self) -> Result<Option<u16>, ConfigError> {
+        let origin = self.origin();
+        self.text()?.map(|t| parse::port(&t, &origin)).transpose()
+    }
+
+    fn count(&self) -> Result<Option<u64>, ConfigError> {
+        let origin = self.origin();
+        self.text()?.map(|t| parse::count(&t, &origin)).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests;

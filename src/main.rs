@@ -1,0 +1,155 @@
+//! Entry point: parse the command line, load the configuration, run a role or a subcommand,
+//! and map the outcome to an exit status (0 ok, 64 usage/config, 65 bad input, 69 unavailable,
+//! 70 internal; see `WorkerError::exit_code`).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use clap::error::ErrorKind;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use nexxus_worker::cli::{self, AppAction, Cli, Command, DeadLetterAction, TopicsAction};
+use nexxus_worker::commands::{dead_letter, publish};
+use nexxus_worker::config::{Config, Overrides, ProcessEnv};
+use nexxus_worker::error::WorkerError;
+use nexxus_worker::queue::kafka::Producer;
+use nexxus_worker::queue::{topic, topics};
+use nexxus_worker::telemetry::{self, http, Health};
+use nexxus_worker::workers::pipeline::Pipeline;
+use nexxus_worker::workers::{self, WorkerContext};
+use nexxus_worker::shutdown;
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            std::process::exit(0);
+        }
+        Err(e) => {
+            eprintln!("nexxus-worker: {}", cli::one_line(&e));
+            std::process::exit(64);
+        }
+    };
+    let code = match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("nexxus-worker: {e}");
+            e.exit_code()
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: Cli) -> Result<(), WorkerError> {
+    if cli.command.is_some() && (cli.role.is_some() || cli.index.is_some()) {
+        return Err(WorkerError::Usage("-t/-i cannot be combined with a subcommand".into()));
+    }
+    if cli.command.is_none() && cli.role.is_none() {
+        return Err(WorkerError::Usage("missing -t <type> (or a subcommand); see --help".into()));
+    }
+    let overrides = Overrides { config_file: cli.config.clone(), sets: cli.set.clone(), role: cli.role };
+    let config = Arc::new(Config::load(&overrides, &ProcessEnv)?);
+    telemetry::init_logging(config.log_level);
+    for var in Config::unknown_env(&ProcessEnv) {
+        tracing::warn!(message = "unknown environment variable ignored (see --help)", var);
+    }
+    if let Some(role) = cli.role {
+        // Before anything connects: a role that cannot run must not join a consumer group.
+        workers::check_runnable(role)?;
+    }
+    if let Some(Command::App { action: AppAction::Put { .. } }) = &cli.command {
+        return Err(WorkerError::NotImplemented {
+            what: "`app put`".into(),
+            issue: "issue 4 (Aggregation and write: ordered, effectively-once persistence to the CQL store)",
+        });
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("nexxus")
+        .build()
+        .map_err(WorkerError::io("starting the runtime"))?;
+    runtime.block_on(dispatch(cli, config))
+}
+
+async fn dispatch(cli: Cli, config: Arc<Config>) -> Result<(), WorkerError> {
+    tracing::info!(message = "configuration", effective = %config.redacted());
+    match cli.command {
+        None => {
+            let role = cli.role.ok_or_else(|| WorkerError::Usage("missing -t".into()))?;
+            let ctx = WorkerContext { config: config.clone(), role, index: cli.index.unwrap_or(0), health: Arc::new(Health::new()) };
+            let health = ctx.health.clone();
+            long_running(config, health, move |shutdown| workers::run(ctx, shutdown)).await
+        }
+        Some(Command::Topics { action: TopicsAction::Apply { dir, fix } }) => {
+            let dir = dir.or_else(|| std::path::Path::new("topics").is_dir().then(|| "topics".into()));
+            let files = topics::load(dir.as_deref())?;
+            let reports = topics::apply(&config, &files, fix).await?;
+            for report in &reports {
+                println!("{report}");
+            }
+            Ok(())
+        }
+        Some(Command::Publish { topic, file }) => {
+            let lines = publish::read_lines(file.as_deref())?;
+            let producer = Producer::new(&config, &Arc::new(Health::new()), "nexxus-publish")?;
+            let full = config.topic(&topic);
+            let n = publish::publish(&producer, &full, lines).await?;
+            eprintln!("published {n} messages to {full}");
+            Ok(())
+        }
+        Some(Command::DeadLetter { action: DeadLetterAction::Replay { source_topic, to } }) => {
+            let health = Arc::new(Health::new());
+            let h = health.clone();
+            let cfg = config.clone();
+            long_running(config, health, move |shutdown| async move {
+                let producer = Producer::new(&cfg, &h, "dead_letter-replay")?;
+                let mut handler = dead_letter::Replay {
+                    producer: producer.clone(),
+                    only_source: source_topic.map(|t| cfg.topic(&t)),
+                    to: to.map(|t| cfg.topic(&t)),
+                };
+                let pipeline =
+                    Pipeline::connect(&cfg, &h, "dead_letter-replay", dead_letter::GROUP, &[topic::DEAD_LETTER], producer.clone(), &shutdown).await?;
+                let result = pipeline.run(&mut handler, shutdown).await;
+                let _ = producer.flush(std::time::Duration::from_secs(5)).await;
+                result
+            })
+            .await
+        }
+        Some(Command::App { .. }) => Err(WorkerError::Usage("unreachable: handled before start".into())),
+    }
+}
+
+/// Runs a worker with the process machinery: the HTTP endpoint, signal handling, and a drain
+/// bounded by `TP_SHUTDOWN_GRACE_MS`. The worker ending (with an error or not) stops the process.
+async fn long_running<F, Fut>(config: Arc<Config>, health: Arc<Health>, worker: F) -> Result<(), WorkerError>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), WorkerError>> + Send + 'static,
+{
+    let shutdown = CancellationToken::new();
+    shutdown::spawn_signal_handler(shutdown.clone());
+    let metrics = telemetry::metrics::install();
+    if let Some(port) = config.http_port {
+        let (addr, _task) = http::serve(&config.http_host, port, http::router(health.clone(), metrics), shutdown.clone())
+            .await
+            .map_err(WorkerError::io(format!("binding the HTTP endpoint {}:{port}", config.http_host)))?;
+        tracing::info!(message = "http endpoint listening", %addr);
+    }
+    let tracker = TaskTracker::new();
+    let token = shutdown.clone();
+    let fut = worker(shutdown.clone());
+    let task = tracker.spawn(async move {
+        let result = fut.await;
+        token.cancel();
+        result
+    });
+    shutdown.cancelled().await;
+    if !shutdown::drain(&tracker, config.shutdown_grace).await {
+        return Err(WorkerError::Fatal("in-flight work did not finish within TP_SHUTDOWN_GRACE_MS".into()));
+    }
+    task.await.map_err(|e| WorkerError::Fatal(format!("worker task: {e}")))?
+}

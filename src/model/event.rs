@@ -1,0 +1,162 @@
+//! Our own records between workers: `write` (aggregation → writer) and `transport_manager`
+//! (writer, or the API for broadcasts → transport manager).
+//!
+//! `write` record, Kafka key = object id, one record per object and message:
+//!
+//! ```json
+//! {"application_id":"app1","model":"task","id":"<id>","op":"update",
+//!  "patches":[{"op":"increment","path":"task/<id>/votes","value":1,"user_id":"u1"}],
+//!  "instant":false,"timestamp":1700000000000001,
+//!  "source":{"topic":"aggregation","partition":0,"offset":42}}
+//! ```
+//!
+//! `op` is `create` (with `object`, id already assigned), `update` (with `patches`) or
+//! `delete` (with `user_id` if the API set one). `user_id`s stay on patches here because the
+//! writer, which owns the stored object, runs the author check.
+//!
+//! `transport_manager` event, Kafka key = object id:
+//!
+//! ```json
+//! {"application_id":"app1","op":"update","model":"task","id":"<id>",
+//!  "before":{...},"after":{...},"patches":[{"op":"increment","path":"task/<id>/votes","value":1}],
+//!  "version":7,"timestamp":1700000000000001,"channels":["blg:app1:context:c1:task", ...],
+//!  "broadcast":false}
+//! ```
+//!
+//! `before` is absent for a create, `after` for a delete. `version` is the object's version
+//! after the change; an update of `n` patches covers versions `version-n+1 ..= version`.
+//! `channels` are the unfiltered channels of before and after
+//! ([`super::channel::affected_channels_for_change`]); the transport manager adds the filtered
+//! variants it knows and tests them on `before`/`after`. `broadcast: true` (context admin
+//! operations) means: every device of the application, whatever it subscribed to.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::channel::ChannelKey;
+use super::id::object_id_from_position;
+use super::message::{AggregatorMessage, ObjectRef, Patch};
+use super::object::SourcePosition;
+
+/// What a change does to an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeOp {
+    Create,
+    Update,
+    Delete,
+}
+
+/// The body of a `write` record, tagged by `op`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Change {
+    Create {
+        object: Map<String, Value>,
+    },
+    Update {
+        patches: Vec<Patch>,
+        #[serde(default)]
+        instant: bool,
+    },
+    Delete {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user_id: Option<String>,
+    },
+}
+
+/// A validated change of one object, on the `write` topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WriteRecord {
+    pub application_id: String,
+    pub model: String,
+    pub id: String,
+    #[serde(flatten)]
+    pub change: Change,
+    pub timestamp: u64,
+    /// Where the aggregation message was read; creates derive their id from it.
+    pub source: SourcePosition,
+}
+
+impl WriteRecord {
+    /// Splits a decoded message into one record per object (an update may patch several).
+    ///
+    /// A create without an id gets [`object_id_from_position`] of `source`, which is also
+    /// written into `object.id`.
+    pub fn from_message(message: AggregatorMessage, source: &SourcePosition) -> Vec<WriteRecord> {
+        match message {
+            AggregatorMessage::Create(m) => {
+                let id = m.id.clone().unwrap_or_else(|| {
+                    object_id_from_position(
+                        &m.application_id,
+                        &source.topic,
+                        source.partition,
+                        source.offset,
+                    )
+                });
+                let mut object = m.object;
+                object.insert("id".into(), Value::String(id.clone()));
+                vec![WriteRecord {
+                    application_id: m.application_id,
+                    model: m.model,
+                    id,
+                    change: Change::Create { object },
+                    timestamp: m.timestamp,
+                    source: source.clone(),
+                }]
+            }
+            AggregatorMessage::Update(m) => m
+                .by_object()
+                .into_iter()
+                .map(|(ObjectRef { model, id }, patches)| WriteRecord {
+                    application_id: m.application_id.clone(),
+                    model,
+                    id,
+                    change: Change::Update {
+                        patches,
+                        instant: m.instant,
+                    },
+                    timestamp: m.timestamp,
+                    source: source.clone(),
+                })
+                .collect(),
+            AggregatorMessage::Delete(m) => vec![WriteRecord {
+                application_id: m.application_id,
+                model: m.object.model,
+                id: m.object.id,
+                change: Change::Delete { user_id: m.user_id },
+                timestamp: m.timestamp,
+                source: source.clone(),
+            }],
+        }
+    }
+
+    pub fn op(&self) -> ChangeOp {
+        match self.change {
+            Change::Create { .. } => ChangeOp::Create,
+            Change::Update { .. } => ChangeOp::Update,
+            Change::Delete { .. } => ChangeOp::Delete,
+        }
+    }
+}
+
+/// An applied change, on the `transport_manager` topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangeEvent {
+    pub application_id: String,
+    pub op: ChangeOp,
+    pub model: String,
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Map<String, Value>>,
+    /// The applied patches as clients see them (no `user_id`); empty unless `op` is update.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patches: Vec<Patch>,
+    pub version: u64,
+    pub timestamp: u64,
+    pub channels: Vec<ChannelKey>,
+    #[serde(default)]
+    pub broadcast: bool,
+}

@@ -1,0 +1,40 @@
+//! The message queue adapters. Roles see [`Record`]s and a producer; whether the bytes came from
+//! Kafka or (with `-t all`) an in-process queue is the adapter's business.
+//!
+//! - [`kafka`]: client builders shared by every role (consumer groups, offsets, statistics).
+//! - [`topics`]: the declarative topic files and `topics apply`.
+//! - [`dead_letter`]: the envelope every rejected message is wrapped in.
+
+pub mod dead_letter;
+pub mod kafka;
+pub mod topics;
+
+/// The topics of CONTRACT section 3, before `TP_TOPIC_PREFIX`.
+pub mod topic {
+    pub const AGGREGATION: &str = "aggregation";
+    pub const WRITE: &str = "write";
+    pub const TRANSPORT_MANAGER: &str = "transport_manager";
+    pub const TRACK: &str = "track";
+    pub const ANDROID_TRANSPORT: &str = "android_transport";
+    pub const IOS_TRANSPORT: &str = "ios_transport";
+    pub const SOCKETS_BROADCAST: &str = "sockets_transport";
+    pub const DEAD_LETTER: &str = "dead_letter";
+    pub const SYSTEM: &str = "system";
+
+    /// The topic owned by sockets transport `index`.
+    pub fn sockets(index: u32) -> String {
+        format!("sockets_transport-{index}")
+    }
+}
+
+/// One consumed message, borrowed from the adapter for the time it is processed.
+#[derive(Clone, Copy, Debug)]
+pub struct Record<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub payload: &'a [u8],
+    /// Broker or producer timestamp in milliseconds, when known.
+    pub timestamp_ms: Option<i64>,
+}

@@ -1,0 +1,166 @@
+//! The roles of CONTRACT section 1, one file each, dispatched by one `match`.
+//!
+//! Every role has the same shape: `connect` (build clients, validate, wait for dependencies),
+//! then `run(shutdown)`, a single loop in [`pipeline`] that consumes a batch, hands each record
+//! to the role's handler, commits the batch's offsets after the side effects succeeded, and
+//! drains when the process token is cancelled.
+
+pub mod pipeline;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::error::WorkerError;
+use crate::queue::topic;
+use crate::telemetry::Health;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Role {
+    #[value(name = "aggregation")]
+    Aggregation,
+    #[value(name = "write")]
+    Write,
+    #[value(name = "transport_manager")]
+    TransportManager,
+    #[value(name = "track")]
+    Track,
+    #[value(name = "android_transport")]
+    AndroidTransport,
+    #[value(name = "ios_transport")]
+    IosTransport,
+    #[value(name = "sockets_transport")]
+    SocketsTransport,
+    #[value(name = "all")]
+    All,
+}
+
+/// One input of a role: the topic (before the prefix) and the consumer group reading it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Input {
+    pub topic: String,
+    pub group: String,
+}
+
+impl Role {
+    pub const WORKERS: [Role; 7] = [
+        Role::Aggregation,
+        Role::Write,
+        Role::TransportManager,
+        Role::Track,
+        Role::AndroidTransport,
+        Role::IosTransport,
+        Role::SocketsTransport,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Aggregation => "aggregation",
+            Role::Write => "write",
+            Role::TransportManager => "transport_manager",
+            Role::Track => "track",
+            Role::AndroidTransport => "android_transport",
+            Role::IosTransport => "ios_transport",
+            Role::SocketsTransport => "sockets_transport",
+            Role::All => "all",
+        }
+    }
+
+    /// What the role consumes (CONTRACT section 3). Groups are named after the topic; the
+    /// sockets broadcast topic and `system` are read by every instance, each in its own group.
+    pub fn inputs(self, index: u32) -> Vec<Input> {
+        let shared = |t: &str| Input { topic: t.to_string(), group: t.to_string() };
+        let mut inputs = match self {
+            Role::Aggregation => vec![shared(topic::AGGREGATION)],
+            Role::Write => vec![shared(topic::WRITE)],
+            Role::TransportManager => vec![shared(topic::TRANSPORT_MANAGER)],
+            Role::Track => vec![shared(topic::TRACK)],
+            Role::AndroidTransport => vec![shared(topic::ANDROID_TRANSPORT)],
+            Role::IosTransport => vec![shared(topic::IOS_TRANSPORT)],
+            Role::SocketsTransport => vec![
+                shared(&topic::sockets(index)),
+                Input {
+                    topic: topic::SOCKETS_BROADCAST.to_string(),
+                    group: format!("{}-{index}", topic::SOCKETS_BROADCAST),
+                },
+            ],
+            Role::All => Role::WORKERS.iter().flat_map(|r| r.inputs(index)).collect(),
+        };
+        if self != Role::All {
+            inputs.push(Input { topic: topic::SYSTEM.to_string(), group: format!("{}-{}-{index}", topic::SYSTEM, self.as_str()) });
+        }
+        inputs
+    }
+
+    /// The issue that brings the role's processing. Until it lands, running the role fails
+    /// loudly instead of consuming and committing messages it would silently drop.
+    fn pending_issue(self) -> Option<&'static str> {
+        match self {
+            Role::Aggregation | Role::Write => Some("issue 4 (Aggregation and write: ordered, effectively-once persistence to the CQL store)"),
+            Role::TransportManager | Role::Track => Some("issue 5 (Track and transport manager: the subscription registry in Redis and routing of every change to its devices)"),
+            Role::SocketsTransport => Some("issue 6 (Sockets transport: authenticated WebSocket delivery with per-index topics)"),
+            Role::AndroidTransport | Role::IosTransport => Some("issue 7 (Push transports: APNs and FCM HTTP v1 with a real token lifecycle)"),
+            Role::All => Some("issue 8 (Single-process mode: `-t all` on embedded defaults, HTTP ingress, a live demo page and a browser client)"),
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What every worker of a process shares.
+#[derive(Clone)]
+pub struct WorkerContext {
+    pub config: Arc<Config>,
+    pub role: Role,
+    pub index: u32,
+    pub health: Arc<Health>,
+}
+
+impl WorkerContext {
+    /// `<type>-<index>`, as in Telepat: client ids, dead-letter envelopes and logs use it.
+    pub fn name(&self) -> String {
+        format!("{}-{}", self.role, self.index)
+    }
+}
+
+/// Checks that the role can run at all before anything connects (exit 64 otherwise).
+pub fn check_runnable(role: Role) -> Result<(), WorkerError> {
+    match role.pending_issue() {
+        Some(issue) => Err(WorkerError::NotImplemented { what: format!("the {role} role"), issue }),
+        None => Ok(()),
+    }
+}
+
+/// Runs `ctx.role` until `shutdown` is cancelled.
+pub async fn run(ctx: WorkerContext, _shutdown: CancellationToken) -> Result<(), WorkerError> {
+    check_runnable(ctx.role)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inputs_follow_the_contract() {
+        let s = Role::SocketsTransport.inputs(3);
+        assert_eq!(s[0], Input { topic: "sockets_transport-3".into(), group: "sockets_transport-3".into() });
+        assert_eq!(s[1], Input { topic: "sockets_transport".into(), group: "sockets_transport-3".into() });
+        assert_eq!(Role::Write.inputs(0)[0], Input { topic: "write".into(), group: "write".into() });
+        assert_eq!(Role::Track.inputs(1)[1].group, "system-track-1");
+    }
+
+    #[test]
+    fn unfinished_roles_fail_loudly_naming_their_issue() {
+        for role in Role::WORKERS {
+            let err = check_runnable(role).unwrap_err();
+            assert_eq!(err.exit_code(), 64);
+            assert!(err.to_string().contains("not implemented yet"), "{err}");
+            assert!(err.to_string().contains("issue "), "{err}");
+        }
+    }
+}
