@@ -33,13 +33,14 @@ lint: ## formatting and clippy, warnings are errors
 	$(CARGO) clippy --all-targets -- -D warnings
 
 test-unit: ## tests that need no server
-	$(CARGO) test --lib --bins
+	$(CARGO) test --lib
 
 test-int: up ## integration tests against the real local stack
 	set -a && source $(STACK_ENV) && set +a && $(CARGO) test --tests -- --test-threads=4
 
-test: lint up ## everything: lint, unit, and integration tests against real servers
-	set -a && source $(STACK_ENV) && set +a && $(CARGO) test --all-targets -- --test-threads=4
+test: lint up ## everything: lint, unit, and integration tests against real servers, benches once
+	$(CARGO) test --bench model
+	set -a && source $(STACK_ENV) && set +a && $(CARGO) test --lib --tests -- --test-threads=4
 
 run: up release ## the main job on this machine (see README)
 	set -a && source $(STACK_ENV) && set +a && target/release/nexxus-worker topics apply && exec target/release/nexxus-worker -t all -i 0

@@ -16,10 +16,10 @@ use nexxus_worker::config::{Config, Overrides, ProcessEnv};
 use nexxus_worker::error::WorkerError;
 use nexxus_worker::queue::kafka::Producer;
 use nexxus_worker::queue::{topic, topics};
+use nexxus_worker::shutdown;
 use nexxus_worker::telemetry::{self, http, Health};
 use nexxus_worker::workers::pipeline::Pipeline;
 use nexxus_worker::workers::{self, WorkerContext};
-use nexxus_worker::shutdown;
 
 fn main() {
     let cli = match Cli::try_parse() {
@@ -79,7 +79,12 @@ async fn dispatch(cli: Cli, config: Arc<Config>) -> Result<(), WorkerError> {
     match cli.command {
         None => {
             let role = cli.role.ok_or_else(|| WorkerError::Usage("missing -t".into()))?;
-            let ctx = WorkerContext { config: config.clone(), role, index: cli.index.unwrap_or(0), health: Arc::new(Health::new()) };
+            let ctx = WorkerContext {
+                config: config.clone(),
+                role,
+                index: cli.index.unwrap_or(0),
+                health: Arc::new(Health::new()),
+            };
             let health = ctx.health.clone();
             long_running(config, health, move |shutdown| workers::run(ctx, shutdown)).await
         }
@@ -107,12 +112,19 @@ async fn dispatch(cli: Cli, config: Arc<Config>) -> Result<(), WorkerError> {
             long_running(config, health, move |shutdown| async move {
                 let producer = Producer::new(&cfg, &h, "dead_letter-replay")?;
                 let mut handler = dead_letter::Replay {
-                    producer: producer.clone(),
                     only_source: source_topic.map(|t| cfg.topic(&t)),
                     to: to.map(|t| cfg.topic(&t)),
                 };
-                let pipeline =
-                    Pipeline::connect(&cfg, &h, "dead_letter-replay", dead_letter::GROUP, &[topic::DEAD_LETTER], producer.clone(), &shutdown).await?;
+                let pipeline = Pipeline::connect(
+                    &cfg,
+                    &h,
+                    "dead_letter-replay",
+                    dead_letter::GROUP,
+                    &[topic::DEAD_LETTER],
+                    producer.clone(),
+                    &shutdown,
+                )
+                .await?;
                 let result = pipeline.run(&mut handler, shutdown).await;
                 let _ = producer.flush(std::time::Duration::from_secs(5)).await;
                 result
@@ -134,9 +146,10 @@ where
     shutdown::spawn_signal_handler(shutdown.clone());
     let metrics = telemetry::metrics::install();
     if let Some(port) = config.http_port {
-        let (addr, _task) = http::serve(&config.http_host, port, http::router(health.clone(), metrics), shutdown.clone())
-            .await
-            .map_err(WorkerError::io(format!("binding the HTTP endpoint {}:{port}", config.http_host)))?;
+        let (addr, _task) =
+            http::serve(&config.http_host, port, http::router(health.clone(), metrics), shutdown.clone())
+                .await
+                .map_err(WorkerError::io(format!("binding the HTTP endpoint {}:{port}", config.http_host)))?;
         tracing::info!(message = "http endpoint listening", %addr);
     }
     let tracker = TaskTracker::new();

@@ -40,7 +40,10 @@ pub async fn drain(tracker: &TaskTracker, grace: Duration) -> bool {
     match tokio::time::timeout(grace, tracker.wait()).await {
         Ok(()) => true,
         Err(_) => {
-            tracing::error!(message = "workers did not finish within the grace period, terminating now", grace_ms = grace.as_millis() as u64);
+            tracing::error!(
+                message = "workers did not finish within the grace period, terminating now",
+                grace_ms = grace.as_millis() as u64
+            );
             false
         }
     }

@@ -38,7 +38,7 @@ live_pid() {
   local pid
   pid=$(cat "$1" 2>/dev/null) || return 1
   [[ -n "$pid" && -r /proc/$pid/cmdline ]] || return 1
-  tr '\0' ' ' </proc/"$pid"/cmdline | grep -q -- "$2" || return 1
+  [[ $(tr '\0' ' ' </proc/"$pid"/cmdline) == *"$2"* ]] || return 1
   echo "$pid"
 }
 

@@ -4,14 +4,13 @@
 
 use crate::error::ProcessError;
 use crate::queue::dead_letter::Envelope;
-use crate::queue::kafka::Producer;
+use crate::queue::outbox::Outbox;
 use crate::queue::Record;
 use crate::workers::pipeline::Handler;
 
 pub const GROUP: &str = "dead_letter-replay";
 
 pub struct Replay {
-    pub producer: Producer,
     /// Replay only envelopes from this (full) source topic.
     pub only_source: Option<String>,
     /// Send to this (full) topic instead of the source.
@@ -19,7 +18,7 @@ pub struct Replay {
 }
 
 impl Handler for Replay {
-    async fn handle(&mut self, record: &Record<'_>) -> Result<(), ProcessError> {
+    async fn handle(&mut self, record: &Record<'_>, out: &mut Outbox) -> Result<(), ProcessError> {
         let envelope: Envelope = match serde_json::from_slice(record.payload) {
             Ok(e) => e,
             // Not ours, or damaged. Dead-lettering it again would feed this very topic forever;
@@ -40,10 +39,13 @@ impl Handler for Replay {
             }
         };
         let topic = self.to.as_deref().unwrap_or(&envelope.source.topic);
-        self.producer
-            .send(topic, key.as_deref(), &payload, &[("nexxus-replayed-from", format!("{}/{}", record.partition, record.offset).as_bytes())])
-            .await
-            .map(|_| ())
-            .map_err(|e| ProcessError::Transient(format!("re-producing to {topic}: {e}")))
+        out.send(
+            topic,
+            key.as_deref(),
+            &payload,
+            &[("nexxus-replayed-from", format!("{}/{}", record.partition, record.offset).as_bytes())],
+        )
+        .await
+        .map_err(|e| ProcessError::Transient(format!("re-producing to {topic}: {e}")))
     }
 }

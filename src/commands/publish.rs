@@ -31,7 +31,8 @@ pub fn read_lines(input: Option<&Path>) -> Result<Vec<(Option<String>, String)>,
         if line.is_empty() {
             continue;
         }
-        let value: Value = serde_json::from_str(line).map_err(|e| WorkerError::Data(format!("line {}: not JSON: {e}", n + 1)))?;
+        let value: Value =
+            serde_json::from_str(line).map_err(|e| WorkerError::Data(format!("line {}: not JSON: {e}", n + 1)))?;
         if !value.is_object() {
             return Err(WorkerError::Data(format!("line {}: expected a JSON object", n + 1)));
         }
@@ -46,14 +47,22 @@ pub fn message_key(msg: &Value) -> Option<String> {
     let text = |v: Option<&Value>| v.and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
     text(msg.pointer("/object/id"))
         .or_else(|| {
-            msg.pointer("/patches/0/path").and_then(Value::as_str).and_then(|p| p.split('/').nth(1)).filter(|s| !s.is_empty()).map(str::to_string)
+            msg.pointer("/patches/0/path")
+                .and_then(Value::as_str)
+                .and_then(|p| p.split('/').nth(1))
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
         })
         .or_else(|| text(msg.get("device_id")))
         .or_else(|| text(msg.pointer("/device/id")))
 }
 
 /// Produces every line to `topic` (full name) and waits for all acknowledgements.
-pub async fn publish(producer: &Producer, topic: &str, lines: Vec<(Option<String>, String)>) -> Result<usize, WorkerError> {
+pub async fn publish(
+    producer: &Producer,
+    topic: &str,
+    lines: Vec<(Option<String>, String)>,
+) -> Result<usize, WorkerError> {
     let count = lines.len();
     stream::iter(lines)
         .map(|(key, line)| async move {
@@ -75,7 +84,10 @@ mod tests {
     fn keys_follow_the_object_or_device() {
         assert_eq!(message_key(&json!({"op":"create","object":{"id":"o1","type":"task"}})), Some("o1".into()));
         assert_eq!(message_key(&json!({"op":"create","object":{"type":"task"}})), None);
-        assert_eq!(message_key(&json!({"op":"update","patches":[{"op":"replace","path":"task/t9/title","value":"x"}]})), Some("t9".into()));
+        assert_eq!(
+            message_key(&json!({"op":"update","patches":[{"op":"replace","path":"task/t9/title","value":"x"}]})),
+            Some("t9".into())
+        );
         assert_eq!(message_key(&json!({"op":"delete","object":{"model":"task","id":"t2"}})), Some("t2".into()));
         assert_eq!(message_key(&json!({"op":"subscribe","device_id":"d1"})), Some("d1".into()));
         assert_eq!(message_key(&json!({"op":"device_register","device":{"id":"d2"}})), Some("d2".into()));

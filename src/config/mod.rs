@@ -66,10 +66,7 @@ impl Source for ProcessEnv {
         std::env::var(name).ok()
     }
     fn tp_vars(&self) -> Vec<String> {
-        std::env::vars_os()
-            .filter_map(|(k, _)| k.into_string().ok())
-            .filter(|k| k.starts_with("TP_"))
-            .collect()
+        std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).filter(|k| k.starts_with("TP_")).collect()
     }
 }
 
@@ -176,7 +173,11 @@ impl Config {
         vars
     }
 
-    fn file_layer(overrides: &Overrides, env: &dyn Source, layers: &mut Layers) -> Result<Option<PathBuf>, ConfigError> {
+    fn file_layer(
+        overrides: &Overrides,
+        env: &dyn Source,
+        layers: &mut Layers,
+    ) -> Result<Option<PathBuf>, ConfigError> {
         let (path, origin, required) = match (&overrides.config_file, env.var("TP_CONFIG")) {
             (Some(p), _) => (p.clone(), Origin::Flag("-c".into()), true),
             (None, Some(p)) => (PathBuf::from(p), Origin::Env("TP_CONFIG".into()), true),
@@ -185,15 +186,19 @@ impl Config {
         if !required && !path.exists() {
             return Ok(None);
         }
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| ConfigError::File { origin, path: path.clone(), reason: e.to_string() })?;
+        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::File {
+            origin,
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         let map = match serde_json::from_str::<serde_json::Value>(&text) {
             Ok(serde_json::Value::Object(map)) => map,
             Ok(_) => return Err(ConfigError::Json { path, reason: "the top level must be an object".into() }),
             Err(e) => return Err(ConfigError::Json { path, reason: format!("not valid JSON: {e}") }),
         };
         for (name, value) in map {
-            let key = keys::find(&name).ok_or_else(|| ConfigError::UnknownKey { path: path.clone(), key: name.clone() })?;
+            let key =
+                keys::find(&name).ok_or_else(|| ConfigError::UnknownKey { path: path.clone(), key: name.clone() })?;
             if !value.is_null() {
                 layers.insert(key.name, (Raw::Json(value), Origin::File { path: path.clone(), key: name }));
             }
@@ -249,7 +254,13 @@ impl Config {
             }
         };
         let ssl = get("sckt_ssl").boolean()?.unwrap_or(false);
-        let sckt_default = if all { 3000 } else if ssl { 443 } else { 80 };
+        let sckt_default = if all {
+            3000
+        } else if ssl {
+            443
+        } else {
+            80
+        };
         let http_port = get("http_port").port()?.unwrap_or(if all { 8080 } else { 9000 });
         let batch_size = get("batch_size").count()?.unwrap_or(500);
         if batch_size == 0 {
@@ -261,7 +272,10 @@ impl Config {
             kafka: KafkaConfig {
                 brokers: brokers.unwrap_or_else(|| DEFAULT_BROKERS.to_string()),
                 opts: KafkaOpts::parse(&get("kafka_opts").text()?.unwrap_or_default(), &get("kafka_opts").origin())?,
-                topic_prefix: parse::topic_prefix(&get("topic_prefix").text()?.unwrap_or_default(), &get("topic_prefix").origin())?,
+                topic_prefix: parse::topic_prefix(
+                    &get("topic_prefix").text()?.unwrap_or_default(),
+                    &get("topic_prefix").origin(),
+                )?,
             },
             batch_size: batch_size as usize,
             redis_url,

@@ -34,7 +34,9 @@ impl LogLevel {
             "info" => LogLevel::Info,
             "debug" => LogLevel::Debug,
             "trace" => LogLevel::Trace,
-            _ => return Err(invalid(origin, &format!("expected off, error, warn, info, debug or trace, got {text:?}"))),
+            _ => {
+                return Err(invalid(origin, &format!("expected off, error, warn, info, debug or trace, got {text:?}")))
+            }
         })
     }
 
@@ -119,20 +121,20 @@ impl KafkaOpts {
 
 /// Splits on `sep`, honouring `\<sep>` as a literal (SASL JAAS strings contain commas).
 fn split_unescaped(text: &str, sep: char) -> Vec<String> {
-    let mut out = vec![String::new()];
+    let mut out = Vec::new();
+    let mut current = String::new();
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
-        match c {
-            '\\' if chars.peek() == Some(&sep) => {
-                out.last_mut().map(|s| s.push(sep));
-                chars.next();
-            }
-            c if c == sep => out.push(String::new()),
-            c => {
-                out.last_mut().map(|s| s.push(c));
-            }
+        if c == '\\' && chars.peek() == Some(&sep) {
+            current.push(sep);
+            chars.next();
+        } else if c == sep {
+            out.push(std::mem::take(&mut current));
+        } else {
+            current.push(c);
         }
     }
+    out.push(current);
     out
 }
 
@@ -145,15 +147,11 @@ pub fn boolean(text: &str, origin: &Origin) -> Result<bool, ConfigError> {
 }
 
 pub fn port(text: &str, origin: &Origin) -> Result<u16, ConfigError> {
-    text.trim()
-        .parse::<u16>()
-        .map_err(|_| invalid(origin, &format!("expected a port number 0-65535, got {text:?}")))
+    text.trim().parse::<u16>().map_err(|_| invalid(origin, &format!("expected a port number 0-65535, got {text:?}")))
 }
 
 pub fn count(text: &str, origin: &Origin) -> Result<u64, ConfigError> {
-    text.trim()
-        .parse::<u64>()
-        .map_err(|_| invalid(origin, &format!("expected a non-negative integer, got {text:?}")))
+    text.trim().parse::<u64>().map_err(|_| invalid(origin, &format!("expected a non-negative integer, got {text:?}")))
 }
 
 pub fn queue_kind(text: &str, origin: &Origin, all: bool) -> Result<QueueKind, ConfigError> {
@@ -177,9 +175,8 @@ pub fn store_kind(text: &str, origin: &Origin) -> Result<StoreKind, ConfigError>
 pub fn host_ports(text: &str, origin: &Origin) -> Result<Vec<String>, ConfigError> {
     let mut out = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (host, p) = part
-            .rsplit_once(':')
-            .ok_or_else(|| invalid(origin, &format!("expected host:port, got {part:?}")))?;
+        let (host, p) =
+            part.rsplit_once(':').ok_or_else(|| invalid(origin, &format!("expected host:port, got {part:?}")))?;
         if host.is_empty() || port(p, origin)? == 0 {
             return Err(invalid(origin, &format!("expected host:port with a port 1-65535, got {part:?}")));
         }

@@ -53,7 +53,9 @@ fn all_defaults_to_embedded_parts_and_its_own_ports() {
 
 #[test]
 fn layers_apply_in_order_file_env_flag() {
-    let (_d, mut o) = with_file(r#"{"http_port": 9100, "log_level": "debug", "topic_prefix": "f.", "sckt_ssl": "no", "kfk_host": "file-host"}"#);
+    let (_d, mut o) = with_file(
+        r#"{"http_port": 9100, "log_level": "debug", "topic_prefix": "f.", "sckt_ssl": "no", "kfk_host": "file-host"}"#,
+    );
     let c = Config::load(&o, &env(&[])).unwrap();
     assert_eq!((c.http_port, c.log_level, c.kafka.topic_prefix.as_str()), (Some(9100), LogLevel::Debug, "f."));
     assert_eq!(c.kafka.brokers, "file-host:9092");
@@ -68,7 +70,11 @@ fn layers_apply_in_order_file_env_flag() {
 
 #[test]
 fn brokers_list_wins_over_host_and_port() {
-    let c = Config::load(&Overrides::default(), &env(&[("TP_KFK_HOST", "h"), ("TP_KFK_PORT", "9999"), ("TP_KFK_BROKERS", "a:1,b:2")])).unwrap();
+    let c = Config::load(
+        &Overrides::default(),
+        &env(&[("TP_KFK_HOST", "h"), ("TP_KFK_PORT", "9999"), ("TP_KFK_BROKERS", "a:1,b:2")]),
+    )
+    .unwrap();
     assert_eq!(c.kafka.brokers, "a:1,b:2");
     let c = Config::load(&Overrides::default(), &env(&[("TP_KFK_HOST", "h"), ("TP_KFK_PORT", "9999")])).unwrap();
     assert_eq!(c.kafka.brokers, "h:9999");
@@ -76,24 +82,41 @@ fn brokers_list_wins_over_host_and_port() {
 
 #[test]
 fn booleans_accept_the_contract_spellings_only() {
-    for (text, want) in [("true", true), ("TRUE", true), ("1", true), ("Yes", true), ("false", false), ("0", false), ("NO", false)] {
+    for (text, want) in
+        [("true", true), ("TRUE", true), ("1", true), ("Yes", true), ("false", false), ("0", false), ("NO", false)]
+    {
         let e = env(&[("TP_SCKT_SSL", text), ("TP_SCKT_KEY_SSL", "k.pem"), ("TP_SCKT_CERT_FILE", "c.pem")]);
         assert_eq!(Config::load(&Overrides::default(), &e).unwrap().sockets.ssl, want, "{text}");
     }
-    assert_eq!(err(&Overrides::default(), &[("TP_SCKT_SSL", "enabled")]), r#"TP_SCKT_SSL: expected true/false/1/0/yes/no, got "enabled""#);
+    assert_eq!(
+        err(&Overrides::default(), &[("TP_SCKT_SSL", "enabled")]),
+        r#"TP_SCKT_SSL: expected true/false/1/0/yes/no, got "enabled""#
+    );
     let (_d, o) = with_file(r#"{"sckt_ssl": "maybe"}"#);
-    assert!(err(&o, &[]).ends_with(r#"config.json key `sckt_ssl`: expected true/false/1/0/yes/no, got "maybe""#), "{}", err(&o, &[]));
+    assert!(
+        err(&o, &[]).ends_with(r#"config.json key `sckt_ssl`: expected true/false/1/0/yes/no, got "maybe""#),
+        "{}",
+        err(&o, &[])
+    );
 }
 
 #[test]
 fn tls_port_default_and_missing_key_or_cert() {
     let e = [("TP_SCKT_SSL", "true"), ("TP_SCKT_KEY_SSL", "k.pem"), ("TP_SCKT_CERT_SSL", "c.pem")];
     let c = Config::load(&Overrides::default(), &env(&e)).unwrap();
-    assert_eq!((c.sockets.port, c.sockets.cert_file.as_deref()), (443, Some(Path::new("c.pem"))), "alias TP_SCKT_CERT_SSL");
-    assert_eq!(err(&Overrides::default(), &[("TP_SCKT_SSL", "1"), ("TP_SCKT_CERT_FILE", "c.pem")]),
-        "built-in default: TP_SCKT_SSL is on but TP_SCKT_KEY_SSL is not set");
-    assert_eq!(err(&Overrides::default(), &[("TP_SCKT_SSL", "1"), ("TP_SCKT_KEY_SSL", "k.pem")]),
-        "TP_SCKT_CERT_FILE: TP_SCKT_SSL is on but TP_SCKT_CERT_FILE is not set");
+    assert_eq!(
+        (c.sockets.port, c.sockets.cert_file.as_deref()),
+        (443, Some(Path::new("c.pem"))),
+        "alias TP_SCKT_CERT_SSL"
+    );
+    assert_eq!(
+        err(&Overrides::default(), &[("TP_SCKT_SSL", "1"), ("TP_SCKT_CERT_FILE", "c.pem")]),
+        "built-in default: TP_SCKT_SSL is on but TP_SCKT_KEY_SSL is not set"
+    );
+    assert_eq!(
+        err(&Overrides::default(), &[("TP_SCKT_SSL", "1"), ("TP_SCKT_KEY_SSL", "k.pem")]),
+        "TP_SCKT_CERT_FILE: TP_SCKT_SSL is on but TP_SCKT_CERT_FILE is not set"
+    );
 }
 
 #[test]
@@ -111,7 +134,11 @@ fn every_bad_value_names_its_origin() {
         ("TP_KFK_BROKERS", "nohost", r#"TP_KFK_BROKERS: expected host:port, got "nohost""#),
         ("TP_KFK_BROKERS", "h:0", r#"TP_KFK_BROKERS: expected host:port with a port 1-65535, got "h:0""#),
         ("TP_SCYLLA_NODES", "", "TP_SCYLLA_NODES: expected at least one host:port"),
-        ("TP_SCYLLA_KEYSPACE", "drop table", r#"TP_SCYLLA_KEYSPACE: expected a CQL identifier (letter, then letters/digits/_), got "drop table""#),
+        (
+            "TP_SCYLLA_KEYSPACE",
+            "drop table",
+            r#"TP_SCYLLA_KEYSPACE: expected a CQL identifier (letter, then letters/digits/_), got "drop table""#,
+        ),
         ("TP_SCYLLA_REPLICATION", "0", r#"TP_SCYLLA_REPLICATION: expected N or dc1:N,dc2:N, got "0""#),
         ("TP_REDIS_URL", "http://x", r#"TP_REDIS_URL: expected redis:// or rediss:// URLs, got "http://x""#),
         ("TP_TOPIC_PREFIX", "a b", r#"TP_TOPIC_PREFIX: topic prefix may only contain a-z A-Z 0-9 . _ -, got "a b""#),
@@ -137,7 +164,8 @@ fn unknown_file_keys_and_bad_files_are_errors() {
     assert!(err(&o, &[]).ends_with("config.json: the top level must be an object"));
     let missing = Overrides { config_file: Some("/nonexistent/c.json".into()), ..Default::default() };
     assert!(err(&missing, &[]).starts_with("flag -c: cannot read config file /nonexistent/c.json"));
-    assert!(err(&Overrides::default(), &[("TP_CONFIG", "/nonexistent/c.json")]).starts_with("TP_CONFIG: cannot read config file"));
+    assert!(err(&Overrides::default(), &[("TP_CONFIG", "/nonexistent/c.json")])
+        .starts_with("TP_CONFIG: cannot read config file"));
     let set = Overrides { sets: vec!["nope=1".into()], ..Default::default() };
     assert_eq!(err(&set, &[]), "flag --set: expected KEY=VALUE with a config.json key, got `nope=1`");
     let set = Overrides { sets: vec!["http_port=abc".into()], ..Default::default() };
@@ -172,7 +200,13 @@ fn replication_forms() {
 
 #[test]
 fn misspelt_variables_are_reported() {
-    let e = env(&[("TP_HTTP_PROT", "1"), ("TP_HTTP_PORT", "1"), ("TP_SCKT_CERT_SSL", "x"), ("TP_CONFIG", "c"), ("HOME", "/")]);
+    let e = env(&[
+        ("TP_HTTP_PROT", "1"),
+        ("TP_HTTP_PORT", "1"),
+        ("TP_SCKT_CERT_SSL", "x"),
+        ("TP_CONFIG", "c"),
+        ("HOME", "/"),
+    ]);
     assert_eq!(Config::unknown_env(&e), vec!["TP_HTTP_PROT".to_string()]);
 }
 

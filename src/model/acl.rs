@@ -42,12 +42,8 @@ pub fn validate_author(
     if acl & ACL_AUTHOR == 0 {
         return Ok(());
     }
-    let is_author = m
-        .author_fields
-        .iter()
-        .map(String::as_str)
-        .chain(std::iter::once("user_id"))
-        .any(|f| match object.get(f) {
+    let is_author =
+        m.author_fields.iter().map(String::as_str).chain(std::iter::once("user_id")).any(|f| match object.get(f) {
             Some(Value::String(s)) => s == user,
             Some(Value::Number(n)) => n.to_string() == user,
             _ => false,
@@ -57,11 +53,7 @@ pub fn validate_author(
     } else {
         Err(ModelError::NotAuthor {
             model: model.to_owned(),
-            id: object
-                .get("id")
-                .and_then(Value::as_str)
-                .unwrap_or("?")
-                .to_owned(),
+            id: object.get("id").and_then(Value::as_str).unwrap_or("?").to_owned(),
             user_id: user.to_owned(),
         })
     }
@@ -78,11 +70,7 @@ mod tests {
         let mut s = AppSchema::new();
         s.insert(
             "task".into(),
-            ModelSchema {
-                write_acl,
-                author_fields: vec!["owner_id".into()],
-                ..ModelSchema::default()
-            },
+            ModelSchema { write_acl, author_fields: vec!["owner_id".into()], ..ModelSchema::default() },
         );
         s
     }

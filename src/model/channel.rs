@@ -70,12 +70,8 @@ impl Channel {
             Value::Object(_) => {}
             _ => return Err(ModelError::wrong_type("channel", "an object")),
         }
-        let channel: Channel = serde_json::from_value(value.clone()).map_err(|_| {
-            ModelError::wrong_type(
-                "channel",
-                "{model, context?, user?, parent?, id?} of strings",
-            )
-        })?;
+        let channel: Channel = serde_json::from_value(value.clone())
+            .map_err(|_| ModelError::wrong_type("channel", "{model, context?, user?, parent?, id?} of strings"))?;
         channel.validate()?;
         Ok(channel)
     }
@@ -86,11 +82,7 @@ impl Channel {
         if self.model == "users" {
             return Err(bad("`users` is reserved and cannot be a model"));
         }
-        for (field, v) in [
-            ("channel.context", &self.context),
-            ("channel.user", &self.user),
-            ("channel.id", &self.id),
-        ] {
+        for (field, v) in [("channel.context", &self.context), ("channel.user", &self.user), ("channel.id", &self.id)] {
             if let Some(v) = v {
                 check_part(field, v)?;
             }
@@ -105,9 +97,9 @@ impl Channel {
         let builtin = is_builtin(&self.model);
         match (&self.context, &self.user, &self.parent, &self.id) {
             (None, None, None, None) if builtin => Ok(()),
-            (None, None, None, None) => Err(bad(
-                "a model alone is a channel only for the built-in `user` and `context`",
-            )),
+            (None, None, None, None) => {
+                Err(bad("a model alone is a channel only for the built-in `user` and `context`"))
+            }
             (None, None, None, Some(_)) => Ok(()),
             (_, _, _, Some(_)) => Err(bad("`id` cannot be combined with other parts")),
             _ if builtin => Err(bad("built-in models have only model and id channels")),
@@ -127,11 +119,7 @@ impl Channel {
     }
 
     /// Builds the Redis key of this channel in `application_id`, optionally filtered.
-    pub fn key(
-        &self,
-        application_id: &str,
-        filter: Option<&Filter>,
-    ) -> Result<ChannelKey, ModelError> {
+    pub fn key(&self, application_id: &str, filter: Option<&Filter>) -> Result<ChannelKey, ModelError> {
         validate_ident("application_id", application_id)?;
         self.validate()?;
         self.check_filter_allowed(filter)?;
@@ -193,26 +181,17 @@ impl ChannelKey {
 
     /// The base64 filter suffix, if the key is filtered.
     pub fn filter_suffix(&self) -> Option<&str> {
-        self.0
-            .rfind(FILTER_MARK)
-            .map(|i| &self.0[i + FILTER_MARK.len()..])
+        self.0.rfind(FILTER_MARK).map(|i| &self.0[i + FILTER_MARK.len()..])
     }
 
     /// Returns this (unfiltered) key with `filter` appended.
     pub fn with_filter(&self, filter: &Filter) -> ChannelKey {
-        ChannelKey(format!(
-            "{}{FILTER_MARK}{}",
-            self.base(),
-            filter.key_suffix()
-        ))
+        ChannelKey(format!("{}{FILTER_MARK}{}", self.base(), filter.key_suffix()))
     }
 
     /// Parses any key of the table above, decoding a filter suffix (ours or Telepat's).
     pub fn parse(key: &str) -> Result<ParsedChannelKey, ModelError> {
-        let bad = |reason| ModelError::InvalidChannelKey {
-            key: key.chars().take(200).collect(),
-            reason,
-        };
+        let bad = |reason| ModelError::InvalidChannelKey { key: key.chars().take(200).collect(), reason };
         let (base, filter) = match key.rfind(FILTER_MARK) {
             Some(i) => {
                 let suffix = &key[i + FILTER_MARK.len()..];
@@ -230,41 +209,21 @@ impl ChannelKey {
         }
         let s = |v: &str| Some(v.to_owned());
         let channel = match rest {
-            [m] => Channel {
-                model: (*m).to_owned(),
-                ..Channel::default()
-            },
-            [m, id] => Channel {
-                model: (*m).to_owned(),
-                id: s(id),
-                ..Channel::default()
-            },
-            ["context", c, m] => Channel {
-                model: (*m).to_owned(),
-                context: s(c),
-                ..Channel::default()
-            },
+            [m] => Channel { model: (*m).to_owned(), ..Channel::default() },
+            [m, id] => Channel { model: (*m).to_owned(), id: s(id), ..Channel::default() },
+            ["context", c, m] => Channel { model: (*m).to_owned(), context: s(c), ..Channel::default() },
             [pm, pid, m] => Channel {
                 model: (*m).to_owned(),
-                parent: Some(ParentRef {
-                    model: (*pm).to_owned(),
-                    id: (*pid).to_owned(),
-                }),
+                parent: Some(ParentRef { model: (*pm).to_owned(), id: (*pid).to_owned() }),
                 ..Channel::default()
             },
-            ["context", c, "users", u, m] => Channel {
-                model: (*m).to_owned(),
-                context: s(c),
-                user: s(u),
-                ..Channel::default()
-            },
+            ["context", c, "users", u, m] => {
+                Channel { model: (*m).to_owned(), context: s(c), user: s(u), ..Channel::default() }
+            }
             ["users", u, pm, pid, m] => Channel {
                 model: (*m).to_owned(),
                 user: s(u),
-                parent: Some(ParentRef {
-                    model: (*pm).to_owned(),
-                    id: (*pid).to_owned(),
-                }),
+                parent: Some(ParentRef { model: (*pm).to_owned(), id: (*pid).to_owned() }),
                 ..Channel::default()
             },
             _ => return Err(bad("does not match any channel mask")),
@@ -272,11 +231,7 @@ impl ChannelKey {
         validate_ident("application_id", app)?;
         channel.validate()?;
         channel.check_filter_allowed(filter.as_ref())?;
-        Ok(ParsedChannelKey {
-            application_id: app.to_owned(),
-            channel,
-            filter,
-        })
+        Ok(ParsedChannelKey { application_id: app.to_owned(), channel, filter })
     }
 }
 
@@ -309,9 +264,7 @@ pub fn affected_channels(
     };
     let model_schema = schema.get(model);
     if model_schema.is_none() && !is_builtin(model) {
-        return Err(ModelError::UnknownModel {
-            model: model.to_owned(),
-        });
+        return Err(ModelError::UnknownModel { model: model.to_owned() });
     }
     let mut out = Vec::with_capacity(8);
     let mut push = |c: Channel| {
@@ -321,54 +274,31 @@ pub fn affected_channels(
             }
         }
     };
-    let base = Channel {
-        model: model.to_owned(),
-        ..Channel::default()
-    };
+    let base = Channel { model: model.to_owned(), ..Channel::default() };
     if is_builtin(model) {
         push(base.clone());
     }
     if let Some(id) = part(object, "id") {
-        push(Channel {
-            id: Some(id),
-            ..base.clone()
-        });
+        push(Channel { id: Some(id), ..base.clone() });
     }
     let (Some(ms), false) = (model_schema, is_builtin(model)) else {
         return Ok(out);
     };
     let user = part(object, "user_id");
     if let Some(ctx) = part(object, "context_id") {
-        push(Channel {
-            context: Some(ctx.clone()),
-            ..base.clone()
-        });
+        push(Channel { context: Some(ctx.clone()), ..base.clone() });
         if let Some(u) = &user {
-            push(Channel {
-                context: Some(ctx),
-                user: Some(u.clone()),
-                ..base.clone()
-            });
+            push(Channel { context: Some(ctx), user: Some(u.clone()), ..base.clone() });
         }
     }
     for b in &ms.belongs_to {
         let Some(pid) = part(object, &b.parent_field()) else {
             continue;
         };
-        let parent = Some(ParentRef {
-            model: b.parent_model.clone(),
-            id: pid,
-        });
-        push(Channel {
-            parent: parent.clone(),
-            ..base.clone()
-        });
+        let parent = Some(ParentRef { model: b.parent_model.clone(), id: pid });
+        push(Channel { parent: parent.clone(), ..base.clone() });
         if let Some(u) = &user {
-            push(Channel {
-                parent,
-                user: Some(u.clone()),
-                ..base.clone()
-            });
+            push(Channel { parent, user: Some(u.clone()), ..base.clone() });
         }
     }
     Ok(out)

@@ -52,23 +52,14 @@ impl Delta {
     /// Returns a copy whose `subscriptions` keep only the channels `holds` accepts (those the
     /// receiving device subscribed to), or `None` if none is left.
     pub fn narrowed(&self, holds: impl Fn(&ChannelKey) -> bool) -> Option<Delta> {
-        let subscriptions: Vec<ChannelKey> = self
-            .subscriptions
-            .iter()
-            .filter(|k| holds(k))
-            .cloned()
-            .collect();
-        (!subscriptions.is_empty()).then(|| Delta {
-            subscriptions,
-            ..self.clone()
-        })
+        let subscriptions: Vec<ChannelKey> = self.subscriptions.iter().filter(|k| holds(k)).cloned().collect();
+        (!subscriptions.is_empty()).then(|| Delta { subscriptions, ..self.clone() })
     }
 }
 
 /// Tests a filtered channel's filter on the change's before- and after-images.
 pub fn transition_for(event: &ChangeEvent, filter: &Filter) -> Transition {
-    let test =
-        |image: &Option<Map<String, Value>>| image.as_ref().is_some_and(|m| filter.matches(m));
+    let test = |image: &Option<Map<String, Value>>| image.as_ref().is_some_and(|m| filter.matches(m));
     match (test(&event.before), test(&event.after)) {
         (false, true) => Transition::Enter,
         (true, true) => Transition::Stay,
@@ -81,10 +72,7 @@ pub fn transition_for(event: &ChangeEvent, filter: &Filter) -> Transition {
 /// or the [`Transition`] of its filter (evaluate each distinct filter once per change).
 ///
 /// Channels sharing a kind share one delta, whose `subscriptions` lists them all.
-pub fn plan_deliveries(
-    event: &ChangeEvent,
-    channels: &[(ChannelKey, Option<Transition>)],
-) -> Vec<Delta> {
+pub fn plan_deliveries(event: &ChangeEvent, channels: &[(ChannelKey, Option<Transition>)]) -> Vec<Delta> {
     let (mut new, mut updated, mut deleted) = (Vec::new(), Vec::new(), Vec::new());
     for (key, transition) in channels {
         let bucket = match (transition, event.op) {
@@ -168,11 +156,7 @@ impl DeliveryBatch {
             event: &'static str,
             data: &'a DeliveryBatch,
         }
-        serde_json::to_string(&Frame {
-            event: "message",
-            data: self,
-        })
-        .unwrap_or_default()
+        serde_json::to_string(&Frame { event: "message", data: self }).unwrap_or_default()
     }
 }
 
@@ -204,9 +188,7 @@ fn json_len<T: Serialize>(v: &T) -> usize {
 /// deduplicated). A transport that wraps the payload (APNs `aps`) passes `limit` minus its
 /// envelope. Only a single channel key longer than `limit` can exceed it.
 pub fn split_push(batch: &DeliveryBatch, limit: usize) -> Vec<PushPayload> {
-    let empty = json_len(&PushPayload::Data {
-        data: DeliveryBatch::default(),
-    });
+    let empty = json_len(&PushPayload::Data { data: DeliveryBatch::default() });
     let mut out = Vec::new();
     let mut cur = DeliveryBatch::default();
     let mut cur_len = empty;
@@ -230,9 +212,7 @@ pub fn split_push(batch: &DeliveryBatch, limit: usize) -> Vec<PushPayload> {
         };
         let add = size + usize::from(list_len > 0);
         if cur_len + add > limit {
-            out.push(PushPayload::Data {
-                data: std::mem::take(&mut cur),
-            });
+            out.push(PushPayload::Data { data: std::mem::take(&mut cur) });
             cur_len = empty;
             cur.push(d.clone());
             cur_len += size;
@@ -251,9 +231,7 @@ pub fn split_push(batch: &DeliveryBatch, limit: usize) -> Vec<PushPayload> {
     for k in sync {
         let add = json_len(&k) + usize::from(!keys.is_empty());
         if !keys.is_empty() && len + add > limit {
-            out.push(PushPayload::Sync {
-                sync: std::mem::take(&mut keys),
-            });
+            out.push(PushPayload::Sync { sync: std::mem::take(&mut keys) });
             len = sync_empty;
             len += json_len(&k);
         } else {

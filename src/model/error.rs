@@ -19,10 +19,7 @@ pub enum ModelError {
     MissingField { field: String },
 
     #[error("`{field}` must be {expected}")]
-    WrongType {
-        field: String,
-        expected: &'static str,
-    },
+    WrongType { field: String, expected: &'static str },
 
     #[error("unknown op `{op}` on topic `{topic}`")]
     UnknownOp { op: String, topic: &'static str },
@@ -40,25 +37,13 @@ pub enum ModelError {
     ImmutableField { field: String },
 
     #[error("`{field}` says application `{found}` but the message is for `{expected}`")]
-    ApplicationMismatch {
-        field: String,
-        expected: String,
-        found: String,
-    },
+    ApplicationMismatch { field: String, expected: String, found: String },
 
     #[error("patch for `{path}` does not target object `{model}/{id}`")]
-    PatchTargetMismatch {
-        path: String,
-        model: String,
-        id: String,
-    },
+    PatchTargetMismatch { path: String, model: String, id: String },
 
     #[error("cannot {op} field `{field}`: {reason}")]
-    PatchNotApplicable {
-        op: &'static str,
-        field: String,
-        reason: &'static str,
-    },
+    PatchNotApplicable { op: &'static str, field: String, reason: &'static str },
 
     #[error("model `{model}` is not in the application's schema")]
     UnknownModel { model: String },
@@ -76,11 +61,7 @@ pub enum ModelError {
     InvalidFilterKey { reason: String },
 
     #[error("user `{user_id}` is not an author of {model} `{id}`")]
-    NotAuthor {
-        model: String,
-        id: String,
-        user_id: String,
-    },
+    NotAuthor { model: String, id: String, user_id: String },
 
     #[error("invalid device: {reason}")]
     InvalidDevice { reason: String },
@@ -117,23 +98,15 @@ impl ModelError {
     }
 
     pub(crate) fn missing(field: impl Into<String>) -> Self {
-        ModelError::MissingField {
-            field: field.into(),
-        }
+        ModelError::MissingField { field: field.into() }
     }
 
     pub(crate) fn wrong_type(field: impl Into<String>, expected: &'static str) -> Self {
-        ModelError::WrongType {
-            field: field.into(),
-            expected,
-        }
+        ModelError::WrongType { field: field.into(), expected }
     }
 
     pub(crate) fn filter(at: &str, reason: impl Into<String>) -> Self {
-        ModelError::InvalidFilter {
-            at: at.to_owned(),
-            reason: reason.into(),
-        }
+        ModelError::InvalidFilter { at: at.to_owned(), reason: reason.into() }
     }
 }
 
@@ -146,10 +119,7 @@ mod tests {
         let e = ModelError::TooLarge { size: 10, limit: 5 };
         assert_eq!(e.to_string(), "message is 10 bytes, over the 5-byte limit");
         assert_eq!(e.code(), "too_large");
-        let e = ModelError::InvalidPath {
-            path: "task/x".into(),
-            reason: "needs three segments",
-        };
+        let e = ModelError::InvalidPath { path: "task/x".into(), reason: "needs three segments" };
         assert!(e.to_string().contains("`<model>/<id>/<field>`"));
     }
 }

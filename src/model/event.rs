@@ -87,12 +87,7 @@ impl WriteRecord {
         match message {
             AggregatorMessage::Create(m) => {
                 let id = m.id.clone().unwrap_or_else(|| {
-                    object_id_from_position(
-                        &m.application_id,
-                        &source.topic,
-                        source.partition,
-                        source.offset,
-                    )
+                    object_id_from_position(&m.application_id, &source.topic, source.partition, source.offset)
                 });
                 let mut object = m.object;
                 object.insert("id".into(), Value::String(id.clone()));
@@ -112,10 +107,7 @@ impl WriteRecord {
                     application_id: m.application_id.clone(),
                     model,
                     id,
-                    change: Change::Update {
-                        patches,
-                        instant: m.instant,
-                    },
+                    change: Change::Update { patches, instant: m.instant },
                     timestamp: m.timestamp,
                     source: source.clone(),
                 })

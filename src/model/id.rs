@@ -18,18 +18,12 @@ pub fn validate_ident(field: &str, value: &str) -> Result<(), ModelError> {
         "it is empty"
     } else if value.len() > MAX_IDENT_LEN {
         "it is longer than 256 bytes"
-    } else if value
-        .chars()
-        .any(|c| matches!(c, ':' | '|' | '/') || c.is_whitespace() || c.is_control())
-    {
+    } else if value.chars().any(|c| matches!(c, ':' | '|' | '/') || c.is_whitespace() || c.is_control()) {
         "it contains `:`, `|`, `/`, whitespace or a control character"
     } else {
         return Ok(());
     };
-    Err(ModelError::InvalidIdentifier {
-        field: field.to_owned(),
-        reason,
-    })
+    Err(ModelError::InvalidIdentifier { field: field.to_owned(), reason })
 }
 
 /// Derives the id of an object created by the message at `topic`/`partition`/`offset`.
@@ -42,12 +36,7 @@ pub fn validate_ident(field: &str, value: &str) -> Result<(), ModelError> {
 ///
 /// Pass the full topic name as consumed; two deployments sharing a store must use distinct
 /// topic names (prefixes) or their ids could collide.
-pub fn object_id_from_position(
-    application_id: &str,
-    topic: &str,
-    partition: i32,
-    offset: i64,
-) -> String {
+pub fn object_id_from_position(application_id: &str, topic: &str, partition: i32, offset: i64) -> String {
     let mut hasher = Sha256::new();
     hasher.update(b"nexxus-object-id\0");
     hasher.update(application_id.as_bytes());

@@ -35,13 +35,9 @@ pub fn cmp_numbers(a: &Number, b: &Number) -> Option<Ordering> {
 pub fn json_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => cmp_numbers(x, y) == Some(Ordering::Equal),
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_eq(p, q))
-        }
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_eq(p, q)),
         (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
         }
         _ => a == b,
     }
@@ -70,11 +66,7 @@ pub fn sorted(value: &Value) -> Value {
 }
 
 /// Reads an optional string field; present-but-not-a-string is an error.
-pub(crate) fn opt_str<'a>(
-    map: &'a Map<String, Value>,
-    key: &str,
-    field: &str,
-) -> Result<Option<&'a str>, ModelError> {
+pub(crate) fn opt_str<'a>(map: &'a Map<String, Value>, key: &str, field: &str) -> Result<Option<&'a str>, ModelError> {
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -83,11 +75,7 @@ pub(crate) fn opt_str<'a>(
 }
 
 /// Reads a required string field.
-pub(crate) fn req_str<'a>(
-    map: &'a Map<String, Value>,
-    key: &str,
-    field: &str,
-) -> Result<&'a str, ModelError> {
+pub(crate) fn req_str<'a>(map: &'a Map<String, Value>, key: &str, field: &str) -> Result<&'a str, ModelError> {
     opt_str(map, key, field)?.ok_or_else(|| ModelError::missing(field))
 }
 
@@ -126,9 +114,7 @@ mod tests {
         assert!(!json_eq(&json!(1), &json!("1")));
         let big = json!(u64::MAX);
         let neg = json!(-1);
-        let (Value::Number(b), Value::Number(n)) = (&big, &neg) else {
-            unreachable!()
-        };
+        let (Value::Number(b), Value::Number(n)) = (&big, &neg) else { unreachable!() };
         assert_eq!(cmp_numbers(b, n), Some(Ordering::Greater));
         assert_eq!(cmp_numbers(n, b), Some(Ordering::Less));
     }
@@ -136,9 +122,6 @@ mod tests {
     #[test]
     fn sorted_is_recursive() {
         let v = json!({"b": [{"z": 1, "a": 2}], "a": 1});
-        assert_eq!(
-            serde_json::to_string(&sorted(&v)).unwrap(),
-            r#"{"a":1,"b":[{"a":2,"z":1}]}"#
-        );
+        assert_eq!(serde_json::to_string(&sorted(&v)).unwrap(), r#"{"a":1,"b":[{"a":2,"z":1}]}"#);
     }
 }

@@ -16,14 +16,7 @@ use super::json::{opt_str, req_obj, req_str};
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 20;
 
 /// Object fields no patch may touch (Telepat's `Delta.processObject` list).
-pub const IMMUTABLE_FIELDS: [&str; 6] = [
-    "id",
-    "type",
-    "created",
-    "modified",
-    "application_id",
-    "context_id",
-];
+pub const IMMUTABLE_FIELDS: [&str; 6] = ["id", "type", "created", "modified", "application_id", "context_id"];
 
 /// A patch operation of Telepat's dialect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -74,13 +67,9 @@ pub struct PatchPath {
 impl PatchPath {
     /// Parses and validates `<model>/<id>/<field>`; the field may not be immutable.
     pub fn parse(path: &str) -> Result<Self, ModelError> {
-        let bad = |reason| ModelError::InvalidPath {
-            path: path.to_owned(),
-            reason,
-        };
+        let bad = |reason| ModelError::InvalidPath { path: path.to_owned(), reason };
         let mut parts = path.split('/');
-        let (Some(model), Some(id), Some(field), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(model), Some(id), Some(field), None) = (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(bad("it needs exactly three `/`-separated segments"));
         };
@@ -94,22 +83,13 @@ impl PatchPath {
             return Err(bad("the field segment is not a valid identifier"));
         }
         if IMMUTABLE_FIELDS.contains(&field) {
-            return Err(ModelError::ImmutableField {
-                field: field.to_owned(),
-            });
+            return Err(ModelError::ImmutableField { field: field.to_owned() });
         }
-        Ok(PatchPath {
-            model: model.to_owned(),
-            id: id.to_owned(),
-            field: field.to_owned(),
-        })
+        Ok(PatchPath { model: model.to_owned(), id: id.to_owned(), field: field.to_owned() })
     }
 
     pub fn object(&self) -> ObjectRef {
-        ObjectRef {
-            model: self.model.clone(),
-            id: self.id.clone(),
-        }
+        ObjectRef { model: self.model.clone(), id: self.id.clone() }
     }
 }
 
@@ -146,10 +126,7 @@ pub struct Patch {
 impl Patch {
     /// Returns the patch as clients see it, without `user_id` (Telepat removed it too).
     pub fn for_clients(&self) -> Patch {
-        Patch {
-            user_id: None,
-            ..self.clone()
-        }
+        Patch { user_id: None, ..self.clone() }
     }
 
     fn decode(value: &Value, at: &str, fallback_user: Option<&str>) -> Result<Self, ModelError> {
@@ -157,15 +134,10 @@ impl Patch {
             return Err(ModelError::wrong_type(at, "an object"));
         };
         let op_s = req_str(map, "op", &format!("{at}.op"))?;
-        let op = PatchOp::parse(op_s).ok_or_else(|| ModelError::UnknownOp {
-            op: op_s.to_owned(),
-            topic: "aggregation (patch)",
-        })?;
+        let op = PatchOp::parse(op_s)
+            .ok_or_else(|| ModelError::UnknownOp { op: op_s.to_owned(), topic: "aggregation (patch)" })?;
         let path = PatchPath::parse(req_str(map, "path", &format!("{at}.path"))?)?;
-        let value = map
-            .get("value")
-            .cloned()
-            .ok_or_else(|| ModelError::missing(format!("{at}.value")))?;
+        let value = map.get("value").cloned().ok_or_else(|| ModelError::missing(format!("{at}.value")))?;
         if op == PatchOp::Increment && !value.is_number() {
             return Err(ModelError::wrong_type(format!("{at}.value"), "a number"));
         }
@@ -176,12 +148,7 @@ impl Patch {
         if let Some(u) = user_id {
             validate_ident(&format!("{at}.user_id"), u)?;
         }
-        Ok(Patch {
-            op,
-            path,
-            value,
-            user_id: user_id.map(str::to_owned),
-        })
+        Ok(Patch { op, path, value, user_id: user_id.map(str::to_owned) })
     }
 }
 
@@ -214,10 +181,7 @@ impl UpdateMessage {
     pub fn by_object(&self) -> Vec<(ObjectRef, Vec<Patch>)> {
         let mut groups: Vec<(ObjectRef, Vec<Patch>)> = Vec::new();
         for p in &self.patches {
-            match groups
-                .iter_mut()
-                .find(|(o, _)| o.id == p.path.id && o.model == p.path.model)
-            {
+            match groups.iter_mut().find(|(o, _)| o.id == p.path.id && o.model == p.path.model) {
                 Some((_, list)) => list.push(p.clone()),
                 None => groups.push((p.path.object(), vec![p.clone()])),
             }
@@ -275,15 +239,9 @@ impl AggregatorMessage {
 }
 
 /// Parses `bytes` as JSON after checking the size bound.
-pub(crate) fn parse_json_object(
-    bytes: &[u8],
-    max_bytes: usize,
-) -> Result<Map<String, Value>, ModelError> {
+pub(crate) fn parse_json_object(bytes: &[u8], max_bytes: usize) -> Result<Map<String, Value>, ModelError> {
     if bytes.len() > max_bytes {
-        return Err(ModelError::TooLarge {
-            size: bytes.len(),
-            limit: max_bytes,
-        });
+        return Err(ModelError::TooLarge { size: bytes.len(), limit: max_bytes });
     }
     match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(map)) => Ok(map),
@@ -302,13 +260,10 @@ pub(crate) fn application_id(map: &Map<String, Value>) -> Result<String, ModelEr
 fn timestamp(map: &Map<String, Value>) -> Result<u64, ModelError> {
     match map.get("timestamp") {
         None | Some(Value::Null) => Err(ModelError::missing("timestamp")),
-        Some(Value::Number(n)) => n.as_u64().ok_or_else(|| {
-            ModelError::wrong_type("timestamp", "a non-negative integer (microseconds)")
-        }),
-        Some(_) => Err(ModelError::wrong_type(
-            "timestamp",
-            "a non-negative integer (microseconds)",
-        )),
+        Some(Value::Number(n)) => {
+            n.as_u64().ok_or_else(|| ModelError::wrong_type("timestamp", "a non-negative integer (microseconds)"))
+        }
+        Some(_) => Err(ModelError::wrong_type("timestamp", "a non-negative integer (microseconds)")),
     }
 }
 
@@ -351,19 +306,10 @@ pub fn decode_aggregation(bytes: &[u8], max_bytes: usize) -> Result<AggregatorMe
                 }
                 Some(_) => {}
                 None => {
-                    object.insert(
-                        "application_id".into(),
-                        Value::String(application_id.clone()),
-                    );
+                    object.insert("application_id".into(), Value::String(application_id.clone()));
                 }
             }
-            Ok(AggregatorMessage::Create(CreateMessage {
-                application_id,
-                timestamp,
-                model,
-                id,
-                object,
-            }))
+            Ok(AggregatorMessage::Create(CreateMessage { application_id, timestamp, model, id, object }))
         }
         "update" => {
             let patches = match map.get("patches") {
@@ -384,12 +330,7 @@ pub fn decode_aggregation(bytes: &[u8], max_bytes: usize) -> Result<AggregatorMe
                 Some(Value::Bool(b)) => *b,
                 Some(_) => return Err(ModelError::wrong_type("instant", "a boolean")),
             };
-            Ok(AggregatorMessage::Update(UpdateMessage {
-                application_id,
-                timestamp,
-                patches,
-                instant,
-            }))
+            Ok(AggregatorMessage::Update(UpdateMessage { application_id, timestamp, patches, instant }))
         }
         "delete" => {
             let object = req_obj(&map, "object", "object")?;
@@ -400,16 +341,10 @@ pub fn decode_aggregation(bytes: &[u8], max_bytes: usize) -> Result<AggregatorMe
             Ok(AggregatorMessage::Delete(DeleteMessage {
                 application_id,
                 timestamp,
-                object: ObjectRef {
-                    model: model.to_owned(),
-                    id: id.to_owned(),
-                },
+                object: ObjectRef { model: model.to_owned(), id: id.to_owned() },
                 user_id: user_id.map(str::to_owned),
             }))
         }
-        other => Err(ModelError::UnknownOp {
-            op: other.to_owned(),
-            topic: "aggregation",
-        }),
+        other => Err(ModelError::UnknownOp { op: other.to_owned(), topic: "aggregation" }),
     }
 }

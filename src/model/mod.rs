@@ -46,21 +46,17 @@ pub mod schema;
 pub mod track;
 
 pub use acl::{validate_author, AclKind};
-pub use channel::{
-    affected_channels, affected_channels_for_change, Channel, ChannelKey, ParentRef,
-    ParsedChannelKey,
-};
+pub use channel::{affected_channels, affected_channels_for_change, Channel, ChannelKey, ParentRef, ParsedChannelKey};
 pub use delivery::{
-    plan_deliveries, split_push, transition_for, DeliveryBatch, Delta, DeltaOp, PushPayload,
-    DEFAULT_PUSH_LIMIT,
+    plan_deliveries, split_push, transition_for, DeliveryBatch, Delta, DeltaOp, PushPayload, DEFAULT_PUSH_LIMIT,
 };
 pub use error::ModelError;
 pub use event::{Change, ChangeEvent, ChangeOp, WriteRecord};
 pub use filter::{Filter, Transition};
 pub use id::object_id_from_position;
 pub use message::{
-    decode_aggregation, AggregatorMessage, CreateMessage, DeleteMessage, ObjectRef, Patch, PatchOp,
-    PatchPath, UpdateMessage, DEFAULT_MAX_MESSAGE_BYTES,
+    decode_aggregation, AggregatorMessage, CreateMessage, DeleteMessage, ObjectRef, Patch, PatchOp, PatchPath,
+    UpdateMessage, DEFAULT_MAX_MESSAGE_BYTES,
 };
 pub use object::{micros_to_secs, SourcePosition, StoredObject};
 pub use schema::{AppSchema, Application, ModelSchema};

@@ -24,9 +24,7 @@ pub struct SourcePosition {
 impl SourcePosition {
     /// True if `self` is on the same partition as `other` and not after it.
     pub fn is_at_or_before(&self, other: &SourcePosition) -> bool {
-        self.topic == other.topic
-            && self.partition == other.partition
-            && self.offset <= other.offset
+        self.topic == other.topic && self.partition == other.partition && self.offset <= other.offset
     }
 }
 
@@ -49,21 +47,12 @@ impl StoredObject {
     ///
     /// `now_secs` should be [`micros_to_secs`] of the message timestamp rather than the wall
     /// clock, so that replaying the create writes byte-identical data.
-    pub fn create(
-        message: &CreateMessage,
-        id: &str,
-        now_secs: u64,
-        position: Option<SourcePosition>,
-    ) -> Self {
+    pub fn create(message: &CreateMessage, id: &str, now_secs: u64, position: Option<SourcePosition>) -> Self {
         let mut object = message.object.clone();
         object.insert("id".into(), Value::String(id.to_owned()));
         object.insert("created".into(), Value::from(now_secs));
         object.insert("modified".into(), Value::from(now_secs));
-        StoredObject {
-            object,
-            version: 1,
-            last_applied: position,
-        }
+        StoredObject { object, version: 1, last_applied: position }
     }
 
     pub fn id(&self) -> &str {
@@ -71,17 +60,12 @@ impl StoredObject {
     }
 
     pub fn model(&self) -> &str {
-        self.object
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("")
+        self.object.get("type").and_then(Value::as_str).unwrap_or("")
     }
 
     /// True if the record at `position` was already applied to this object.
     pub fn already_applied(&self, position: &SourcePosition) -> bool {
-        self.last_applied
-            .as_ref()
-            .is_some_and(|last| position.is_at_or_before(last))
+        self.last_applied.as_ref().is_some_and(|last| position.is_at_or_before(last))
     }
 
     /// Applies `patches` in order and returns the new state; all or nothing.

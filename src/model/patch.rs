@@ -19,11 +19,7 @@ use super::json::json_eq;
 use super::message::{Patch, PatchOp, IMMUTABLE_FIELDS};
 
 fn not_applicable(op: PatchOp, field: &str, reason: &'static str) -> ModelError {
-    ModelError::PatchNotApplicable {
-        op: op.as_str(),
-        field: field.to_owned(),
-        reason,
-    }
+    ModelError::PatchNotApplicable { op: op.as_str(), field: field.to_owned(), reason }
 }
 
 /// Adds two JSON numbers: exactly for integers, as `f64` otherwise.
@@ -33,17 +29,10 @@ fn add_numbers(a: &Number, b: &Number) -> Option<Number> {
             return Some(Number::from(sum));
         }
     }
-    let wide = |n: &Number| {
-        n.as_i64()
-            .map(i128::from)
-            .or_else(|| n.as_u64().map(i128::from))
-    };
+    let wide = |n: &Number| n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from));
     if let (Some(x), Some(y)) = (wide(a), wide(b)) {
         let sum = x.checked_add(y)?;
-        return i64::try_from(sum)
-            .map(Number::from)
-            .ok()
-            .or_else(|| u64::try_from(sum).ok().map(Number::from));
+        return i64::try_from(sum).map(Number::from).ok().or_else(|| u64::try_from(sum).ok().map(Number::from));
     }
     Number::from_f64(a.as_f64()? + b.as_f64()?)
 }
@@ -55,9 +44,7 @@ fn add_numbers(a: &Number, b: &Number) -> Option<Number> {
 pub fn apply_patch(object: &mut Map<String, Value>, patch: &Patch) -> Result<(), ModelError> {
     let field = patch.path.field.as_str();
     if IMMUTABLE_FIELDS.contains(&field) {
-        return Err(ModelError::ImmutableField {
-            field: field.to_owned(),
-        });
+        return Err(ModelError::ImmutableField { field: field.to_owned() });
     }
     let op = patch.op;
     let current = object.get(field).filter(|v| !v.is_null());
@@ -73,8 +60,7 @@ pub fn apply_patch(object: &mut Map<String, Value>, patch: &Patch) -> Result<(),
                 Some(Value::Number(n)) => n.clone(),
                 Some(_) => return Err(not_applicable(op, field, "the field is not a number")),
             };
-            let sum = add_numbers(&base, by)
-                .ok_or_else(|| not_applicable(op, field, "the result is out of range"))?;
+            let sum = add_numbers(&base, by).ok_or_else(|| not_applicable(op, field, "the result is out of range"))?;
             Value::Number(sum)
         }
 
@@ -99,13 +85,7 @@ pub fn apply_patch(object: &mut Map<String, Value>, patch: &Patch) -> Result<(),
             };
             Value::String(format!("{s}{tail}"))
         }
-        (PatchOp::Append, Some(_)) => {
-            return Err(not_applicable(
-                op,
-                field,
-                "the field is not an array or a string",
-            ))
-        }
+        (PatchOp::Append, Some(_)) => return Err(not_applicable(op, field, "the field is not an array or a string")),
 
         (PatchOp::Remove, None) => return Ok(()),
         (PatchOp::Remove, Some(Value::Array(items))) => {
@@ -115,9 +95,7 @@ pub fn apply_patch(object: &mut Map<String, Value>, patch: &Patch) -> Result<(),
             }
             Value::Array(items)
         }
-        (PatchOp::Remove, Some(_)) => {
-            return Err(not_applicable(op, field, "the field is not an array"))
-        }
+        (PatchOp::Remove, Some(_)) => return Err(not_applicable(op, field, "the field is not an array")),
     };
     object.insert(field.to_owned(), new);
     Ok(())
@@ -133,20 +111,14 @@ mod tests {
     fn patch(op: PatchOp, field: &str, value: Value) -> Patch {
         Patch {
             op,
-            path: PatchPath {
-                model: "task".into(),
-                id: "t1".into(),
-                field: field.into(),
-            },
+            path: PatchPath { model: "task".into(), id: "t1".into(), field: field.into() },
             value,
             user_id: None,
         }
     }
 
     fn apply(obj: Value, op: PatchOp, field: &str, value: Value) -> Result<Value, ModelError> {
-        let Value::Object(mut m) = obj else {
-            unreachable!()
-        };
+        let Value::Object(mut m) = obj else { unreachable!() };
         apply_patch(&mut m, &patch(op, field, value))?;
         Ok(Value::Object(m))
     }
@@ -161,18 +133,9 @@ mod tests {
     fn increment() {
         use PatchOp::Increment as I;
         assert_eq!(apply(json!({}), I, "v", json!(2)).unwrap(), json!({"v": 2}));
-        assert_eq!(
-            apply(json!({"v": null}), I, "v", json!(2)).unwrap(),
-            json!({"v": 2})
-        );
-        assert_eq!(
-            apply(json!({"v": 1}), I, "v", json!(-3)).unwrap(),
-            json!({"v": -2})
-        );
-        assert_eq!(
-            apply(json!({"v": 1}), I, "v", json!(0.5)).unwrap(),
-            json!({"v": 1.5})
-        );
+        assert_eq!(apply(json!({"v": null}), I, "v", json!(2)).unwrap(), json!({"v": 2}));
+        assert_eq!(apply(json!({"v": 1}), I, "v", json!(-3)).unwrap(), json!({"v": -2}));
+        assert_eq!(apply(json!({"v": 1}), I, "v", json!(0.5)).unwrap(), json!({"v": 1.5}));
         let big = apply(json!({"v": i64::MAX}), I, "v", json!(1)).unwrap();
         assert_eq!(big, json!({"v": (i64::MAX as u64) + 1}));
         assert!(apply(json!({"v": u64::MAX}), I, "v", json!(1)).is_err());
@@ -184,22 +147,10 @@ mod tests {
     #[test]
     fn append() {
         use PatchOp::Append as A;
-        assert_eq!(
-            apply(json!({}), A, "t", json!("x")).unwrap(),
-            json!({"t": ["x"]})
-        );
-        assert_eq!(
-            apply(json!({"t": [1]}), A, "t", json!(2)).unwrap(),
-            json!({"t": [1, 2]})
-        );
-        assert_eq!(
-            apply(json!({"t": "ab"}), A, "t", json!("c")).unwrap(),
-            json!({"t": "abc"})
-        );
-        assert_eq!(
-            apply(json!({"t": "n"}), A, "t", json!(5)).unwrap(),
-            json!({"t": "n5"})
-        );
+        assert_eq!(apply(json!({}), A, "t", json!("x")).unwrap(), json!({"t": ["x"]}));
+        assert_eq!(apply(json!({"t": [1]}), A, "t", json!(2)).unwrap(), json!({"t": [1, 2]}));
+        assert_eq!(apply(json!({"t": "ab"}), A, "t", json!("c")).unwrap(), json!({"t": "abc"}));
+        assert_eq!(apply(json!({"t": "n"}), A, "t", json!(5)).unwrap(), json!({"t": "n5"}));
         assert!(apply(json!({"t": "n"}), A, "t", json!([5])).is_err());
         assert!(apply(json!({"t": 3}), A, "t", json!(5)).is_err());
     }
@@ -209,10 +160,7 @@ mod tests {
         use PatchOp::Remove as R;
         let r = apply(json!({"t": [1, 2, 1.0]}), R, "t", json!(1.0)).unwrap();
         assert_eq!(r, json!({"t": [2, 1.0]}));
-        assert_eq!(
-            apply(json!({"t": [1]}), R, "t", json!(3)).unwrap(),
-            json!({"t": [1]})
-        );
+        assert_eq!(apply(json!({"t": [1]}), R, "t", json!(3)).unwrap(), json!({"t": [1]}));
         assert_eq!(apply(json!({}), R, "t", json!(3)).unwrap(), json!({}));
         assert!(apply(json!({"t": "abc"}), R, "t", json!("a")).is_err());
     }

@@ -93,14 +93,11 @@ impl ApnCredentials {
         let cert = self.certificate.is_some() && self.private_key.is_some();
         if !token && !cert {
             return Err(ModelError::InvalidApplication {
-                reason: "apn needs key+key_id+team_id (token auth) or certificate+private_key"
-                    .into(),
+                reason: "apn needs key+key_id+team_id (token auth) or certificate+private_key".into(),
             });
         }
         if self.topic.is_empty() {
-            return Err(ModelError::InvalidApplication {
-                reason: "apn.topic is empty".into(),
-            });
+            return Err(ModelError::InvalidApplication { reason: "apn.topic is empty".into() });
         }
         Ok(())
     }
@@ -135,9 +132,7 @@ impl FcmCredentials {
     fn validate(&self) -> Result<(), ModelError> {
         for key in ["project_id", "client_email", "private_key"] {
             if !matches!(self.service_account.get(key), Some(Value::String(s)) if !s.is_empty()) {
-                return Err(ModelError::InvalidApplication {
-                    reason: format!("fcm.service_account.{key} is missing"),
-                });
+                return Err(ModelError::InvalidApplication { reason: format!("fcm.service_account.{key} is missing") });
             }
         }
         Ok(())
@@ -146,9 +141,7 @@ impl FcmCredentials {
 
 impl std::fmt::Debug for FcmCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FcmCredentials")
-            .field("project_id", &self.project_id())
-            .finish_non_exhaustive()
+        f.debug_struct("FcmCredentials").field("project_id", &self.project_id()).finish_non_exhaustive()
     }
 }
 
@@ -170,10 +163,7 @@ impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Application")
             .field("id", &self.id)
-            .field(
-                "jwt_secret",
-                &self.jwt_secret.as_ref().map(|_| "<redacted>"),
-            )
+            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<redacted>"))
             .field("models", &self.schema.keys().collect::<Vec<_>>())
             .field("apn", &self.apn)
             .field("fcm", &self.fcm)
@@ -185,9 +175,7 @@ impl Application {
     /// Parses and validates application JSON.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ModelError> {
         let app: Application =
-            serde_json::from_slice(bytes).map_err(|e| ModelError::InvalidApplication {
-                reason: e.to_string(),
-            })?;
+            serde_json::from_slice(bytes).map_err(|e| ModelError::InvalidApplication { reason: e.to_string() })?;
         app.validate()?;
         Ok(app)
     }

@@ -61,42 +61,24 @@ pub struct DeviceAddress {
 
 impl DeviceAddress {
     pub fn parse(s: &str) -> Result<Self, ModelError> {
-        let bad = |reason: &str| ModelError::InvalidDevice {
-            reason: format!("device string `{s}`: {reason}"),
-        };
+        let bad = |reason: &str| ModelError::InvalidDevice { reason: format!("device string `{s}`: {reason}") };
         let mut parts = s.split('|');
-        let (Some(t), Some(d), Some(tok), Some(app), None) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) else {
+        let (Some(t), Some(d), Some(tok), Some(app), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(bad("expected four `|`-separated parts"));
         };
         let transport = Transport::parse(t).ok_or_else(|| bad("unknown transport"))?;
         if d.is_empty() || app.is_empty() {
             return Err(bad("empty device or application id"));
         }
-        Ok(DeviceAddress {
-            transport,
-            device_id: d.to_owned(),
-            token: tok.to_owned(),
-            application_id: app.to_owned(),
-        })
+        Ok(DeviceAddress { transport, device_id: d.to_owned(), token: tok.to_owned(), application_id: app.to_owned() })
     }
 }
 
 impl std::fmt::Display for DeviceAddress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}|{}|{}|{}",
-            self.transport.name(),
-            self.device_id,
-            self.token,
-            self.application_id
-        )
+        write!(f, "{}|{}|{}|{}", self.transport.name(), self.device_id, self.token, self.application_id)
     }
 }
 
@@ -168,26 +150,10 @@ impl Device {
 /// A validated message from the `track` topic.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrackCommand {
-    DeviceRegister {
-        application_id: String,
-        device: Device,
-    },
-    DeviceRemove {
-        application_id: String,
-        device_id: String,
-    },
-    Subscribe {
-        application_id: String,
-        device_id: String,
-        channel: Channel,
-        filter: Option<Filter>,
-    },
-    Unsubscribe {
-        application_id: String,
-        device_id: String,
-        channel: Channel,
-        filter: Option<Filter>,
-    },
+    DeviceRegister { application_id: String, device: Device },
+    DeviceRemove { application_id: String, device_id: String },
+    Subscribe { application_id: String, device_id: String, channel: Channel, filter: Option<Filter> },
+    Unsubscribe { application_id: String, device_id: String, channel: Channel, filter: Option<Filter> },
 }
 
 impl TrackCommand {
@@ -227,12 +193,7 @@ fn decode_device(map: &Map<String, Value>, application_id: &str) -> Result<Devic
             let platform = match req_str(p, "type", "device.persistent.type")? {
                 "ios" => PushPlatform::Ios,
                 "android" => PushPlatform::Android,
-                _ => {
-                    return Err(ModelError::wrong_type(
-                        "device.persistent.type",
-                        "`ios` or `android`",
-                    ))
-                }
+                _ => return Err(ModelError::wrong_type("device.persistent.type", "`ios` or `android`")),
             };
             let token = req_str(p, "token", "device.persistent.token")?;
             validate_ident("device.persistent.token", token)?;
@@ -254,13 +215,7 @@ fn decode_device(map: &Map<String, Value>, application_id: &str) -> Result<Devic
         }),
         Some(_) => return Err(ModelError::wrong_type("device.volatile", "an object")),
     };
-    Ok(Device {
-        id: id.to_owned(),
-        application_id: application_id.to_owned(),
-        info,
-        persistent,
-        volatile,
-    })
+    Ok(Device { id: id.to_owned(), application_id: application_id.to_owned(), info, persistent, volatile })
 }
 
 /// Telepat stores flags as `true/false` or `1/0`.
@@ -292,37 +247,18 @@ pub fn decode_track(bytes: &[u8], max_bytes: usize) -> Result<TrackCommand, Mode
     match op {
         "device_register" => {
             let device = decode_device(&map, &application_id)?;
-            Ok(TrackCommand::DeviceRegister {
-                application_id,
-                device,
-            })
+            Ok(TrackCommand::DeviceRegister { application_id, device })
         }
-        "device_remove" => Ok(TrackCommand::DeviceRemove {
-            device_id: device_id(&map)?,
-            application_id,
-        }),
+        "device_remove" => Ok(TrackCommand::DeviceRemove { device_id: device_id(&map)?, application_id }),
         "subscribe" | "unsubscribe" => {
             let device_id = device_id(&map)?;
             let (channel, filter) = channel_and_filter(&map)?;
             Ok(if op == "subscribe" {
-                TrackCommand::Subscribe {
-                    application_id,
-                    device_id,
-                    channel,
-                    filter,
-                }
+                TrackCommand::Subscribe { application_id, device_id, channel, filter }
             } else {
-                TrackCommand::Unsubscribe {
-                    application_id,
-                    device_id,
-                    channel,
-                    filter,
-                }
+                TrackCommand::Unsubscribe { application_id, device_id, channel, filter }
             })
         }
-        other => Err(ModelError::UnknownOp {
-            op: other.to_owned(),
-            topic: "track",
-        }),
+        other => Err(ModelError::UnknownOp { op: other.to_owned(), topic: "track" }),
     }
 }

@@ -59,10 +59,7 @@ impl Envelope {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -72,7 +69,14 @@ mod tests {
     #[test]
     fn keeps_exact_bytes_and_readable_text() {
         let bytes = [0xff, 0x00, b'x'];
-        let rec = Record { topic: "aggregation", partition: 3, offset: 42, key: Some(b"k1"), payload: &bytes, timestamp_ms: None };
+        let rec = Record {
+            topic: "aggregation",
+            partition: 3,
+            offset: 42,
+            key: Some(b"k1"),
+            payload: &bytes,
+            timestamp_ms: None,
+        };
         let env = Envelope::new(&rec, "aggregation-0", "not JSON");
         assert_eq!(env.payload, None, "invalid UTF-8 has no text form");
         let back: Envelope = serde_json::from_slice(&env.to_json()).unwrap();

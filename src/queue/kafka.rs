@@ -237,6 +237,10 @@ impl Producer {
         }
     }
 
+    pub(crate) fn inner(&self) -> &FutureProducer<WorkerContext> {
+        &self.inner
+    }
+
     /// Waits for queued messages; a producer dropped without flushing loses them.
     pub async fn flush(&self, timeout: Duration) -> KafkaResult<()> {
         let p = self.inner.clone();

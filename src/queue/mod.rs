@@ -4,9 +4,11 @@
 //! - [`kafka`]: client builders shared by every role (consumer groups, offsets, statistics).
 //! - [`topics`]: the declarative topic files and `topics apply`.
 //! - [`dead_letter`]: the envelope every rejected message is wrapped in.
+//! - [`outbox`]: a batch's produces, sent at once and settled before the commit.
 
 pub mod dead_letter;
 pub mod kafka;
+pub mod outbox;
 pub mod topics;
 
 /// The topics of CONTRACT section 3, before `TP_TOPIC_PREFIX`.

@@ -9,7 +9,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 use serde::Deserialize;
@@ -109,7 +111,8 @@ pub fn load(dir: Option<&Path>) -> Result<Vec<TopicFile>, WorkerError> {
             for entry in entries {
                 let path = entry.map_err(WorkerError::io(format!("reading {}", dir.display())))?.path();
                 if path.extension().is_some_and(|e| e == "json") {
-                    let text = std::fs::read_to_string(&path).map_err(WorkerError::io(format!("reading {}", path.display())))?;
+                    let text = std::fs::read_to_string(&path)
+                        .map_err(WorkerError::io(format!("reading {}", path.display())))?;
                     sources.push((path.display().to_string(), text));
                 }
             }
@@ -154,7 +157,9 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Creates missing topics and compares existing ones with their declaration. Idempotent.
 pub async fn apply(cfg: &Config, files: &[TopicFile], fix: bool) -> Result<Vec<Report>, WorkerError> {
     let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(
-        super::kafka::base_config(cfg, "nexxus-topics").create().map_err(WorkerError::kafka("creating admin client"))?,
+        super::kafka::base_config(cfg, "nexxus-topics")
+            .create()
+            .map_err(WorkerError::kafka("creating admin client"))?,
     );
     // Metadata is a blocking librdkafka call: keep it off the async threads.
     let probe = admin.clone();
@@ -200,12 +205,17 @@ fn fit_to_cluster(mut spec: TopicSpec, brokers: i32) -> TopicSpec {
     spec
 }
 
-async fn create(admin: &AdminClient<DefaultClientContext>, opts: &AdminOptions, spec: &TopicSpec) -> Result<Report, WorkerError> {
+async fn create(
+    admin: &AdminClient<DefaultClientContext>,
+    opts: &AdminOptions,
+    spec: &TopicSpec,
+) -> Result<Report, WorkerError> {
     let mut topic = NewTopic::new(&spec.name, spec.partitions, TopicReplication::Fixed(spec.replication_factor));
     for (k, v) in &spec.config {
         topic = topic.set(k, v);
     }
-    let results = admin.create_topics([&topic], opts).await.map_err(WorkerError::kafka(format!("creating {}", spec.name)))?;
+    let results =
+        admin.create_topics([&topic], opts).await.map_err(WorkerError::kafka(format!("creating {}", spec.name)))?;
     for result in results {
         match result {
             Ok(_) => {}
@@ -231,7 +241,10 @@ async fn check(
         drift.push(format!("partitions {partitions} < declared {}", spec.partitions));
         fixable_partitions = true;
     } else if partitions > spec.partitions {
-        drift.push(format!("partitions {partitions} > declared {} (Kafka cannot shrink; update the file)", spec.partitions));
+        drift.push(format!(
+            "partitions {partitions} > declared {} (Kafka cannot shrink; update the file)",
+            spec.partitions
+        ));
     }
     if rf != spec.replication_factor {
         drift.push(format!("replication factor {rf} != declared {} (needs a reassignment)", spec.replication_factor));
@@ -242,7 +255,8 @@ async fn check(
         .map_err(WorkerError::kafka(format!("describing {}", spec.name)))?;
     let mut wrong_configs = BTreeMap::new();
     if let Some(Ok(resource)) = described.into_iter().next() {
-        let actual: BTreeMap<&str, Option<&str>> = resource.entries.iter().map(|e| (e.name.as_str(), e.value.as_deref())).collect();
+        let actual: BTreeMap<&str, Option<&str>> =
+            resource.entries.iter().map(|e| (e.name.as_str(), e.value.as_deref())).collect();
         for (k, v) in &spec.config {
             let have = actual.get(k.as_str()).copied().flatten();
             if have != Some(v.as_str()) {
@@ -285,8 +299,19 @@ mod tests {
         let files = load(None).unwrap();
         let specs: Vec<TopicSpec> = files.iter().flat_map(|f| f.expand("p.")).collect();
         let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-        for expected in ["p.aggregation", "p.write", "p.transport_manager", "p.track", "p.android_transport",
-            "p.ios_transport", "p.sockets_transport", "p.sockets_transport-0", "p.sockets_transport-3", "p.dead_letter", "p.system"] {
+        for expected in [
+            "p.aggregation",
+            "p.write",
+            "p.transport_manager",
+            "p.track",
+            "p.android_transport",
+            "p.ios_transport",
+            "p.sockets_transport",
+            "p.sockets_transport-0",
+            "p.sockets_transport-3",
+            "p.dead_letter",
+            "p.system",
+        ] {
             assert!(names.contains(&expected), "{expected} missing from {names:?}");
         }
         let system = specs.iter().find(|s| s.name == "p.system").unwrap();
@@ -302,10 +327,18 @@ mod tests {
 
     #[test]
     fn replication_is_capped_to_the_cluster() {
-        let spec = TopicFile { name: "t".into(), indexes: None, partitions: 3, replication_factor: 3, retention_ms: 1,
-            cleanup_policy: "delete".into(), config: [("min.insync.replicas".to_string(), "2".to_string())].into(), about: String::new() }
-            .expand("")
-            .remove(0);
+        let spec = TopicFile {
+            name: "t".into(),
+            indexes: None,
+            partitions: 3,
+            replication_factor: 3,
+            retention_ms: 1,
+            cleanup_policy: "delete".into(),
+            config: [("min.insync.replicas".to_string(), "2".to_string())].into(),
+            about: String::new(),
+        }
+        .expand("")
+        .remove(0);
         let fitted = fit_to_cluster(spec.clone(), 1);
         assert_eq!(fitted.replication_factor, 1);
         assert_eq!(fitted.config["min.insync.replicas"], "1");
@@ -314,8 +347,16 @@ mod tests {
 
     #[test]
     fn bad_files_are_rejected_with_their_name() {
-        let f = TopicFile { name: "x-{index}".into(), indexes: None, partitions: 1, replication_factor: 1, retention_ms: 1,
-            cleanup_policy: "delete".into(), config: BTreeMap::new(), about: String::new() };
+        let f = TopicFile {
+            name: "x-{index}".into(),
+            indexes: None,
+            partitions: 1,
+            replication_factor: 1,
+            retention_ms: 1,
+            cleanup_policy: "delete".into(),
+            config: BTreeMap::new(),
+            about: String::new(),
+        };
         assert!(f.validate("x.json").unwrap_err().starts_with("x.json"));
         let f = TopicFile { name: "x".into(), cleanup_policy: "shred".into(), ..f };
         assert!(f.validate("x.json").is_err());

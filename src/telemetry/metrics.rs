@@ -17,7 +17,8 @@ const SECONDS_BUCKETS: &[f64] =
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let builder = PrometheusBuilder::new().set_buckets(SECONDS_BUCKETS).unwrap_or_else(|_| PrometheusBuilder::new());
+            let builder =
+                PrometheusBuilder::new().set_buckets(SECONDS_BUCKETS).unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
             // Fails only if another recorder was installed first (a test harness); the handle

@@ -88,7 +88,10 @@ impl Role {
             Role::All => Role::WORKERS.iter().flat_map(|r| r.inputs(index)).collect(),
         };
         if self != Role::All {
-            inputs.push(Input { topic: topic::SYSTEM.to_string(), group: format!("{}-{}-{index}", topic::SYSTEM, self.as_str()) });
+            inputs.push(Input {
+                topic: topic::SYSTEM.to_string(),
+                group: format!("{}-{}-{index}", topic::SYSTEM, self.as_str()),
+            });
         }
         inputs
     }

@@ -1,18 +1,19 @@
-//! The consume loop every role runs: take a batch, process each record, commit, repeat.
+//! The consume loop every role runs: take a batch, process each record, settle, commit, repeat.
 //!
 //! ```text
 //! loop {
 //!     batch  = recv() + whatever else is already buffered (up to TP_BATCH_SIZE)
 //!     for record in batch:
-//!         handler.handle(record)  -> Ok          : next
-//!                                 -> Poison      : dead_letter(record, reason), next
-//!                                 -> Transient   : readiness false, back off, retry the SAME record
-//!                                 -> Fatal       : commit what was done, stop the process
-//!     commit(last offset + 1 per partition)     // only after the side effects
+//!         handler.handle(record, outbox) -> Ok        : next (its outputs are enqueued)
+//!                                        -> Poison    : enqueue a dead_letter envelope, next
+//!                                        -> Transient : readiness false, back off, retry the SAME record
+//!                                        -> Fatal     : settle and commit what was done, stop
+//!     outbox.settle()   -> every produce acknowledged? commit(last offset + 1 per partition)
+//!                       -> a produce failed?          seek back to the batch start, back off, redo
 //! }
 //! ```
-//! A crash therefore re-delivers at most the batch that was in flight, and a poison message
-//! never stops its partition.
+//! A crash therefore re-delivers at most the batch in flight, a poison message never stops its
+//! partition, and nothing is committed whose outputs are not durable.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -30,24 +31,28 @@ use crate::config::Config;
 use crate::error::{ProcessError, WorkerError};
 use crate::queue::dead_letter::Envelope;
 use crate::queue::kafka::{self, KafkaConsumer, Producer};
+use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
 use crate::telemetry::{self, names, Health};
-
 
 const RETRY_START: Duration = Duration::from_millis(100);
 const RETRY_CAP: Duration = Duration::from_secs(30);
 
-/// A role's processing of one record. Side effects must be done (or safely idempotent) when it
-/// returns `Ok`, because the offset is committed right after.
+/// A role's processing of one record. Store writes must be done (or safely idempotent) when it
+/// returns `Ok`; outputs go to `out` and are acknowledged before the offset is committed.
 pub trait Handler {
-    fn handle(&mut self, record: &Record<'_>) -> impl Future<Output = Result<(), ProcessError>> + Send;
+    fn handle(
+        &mut self,
+        record: &Record<'_>,
+        out: &mut Outbox,
+    ) -> impl Future<Output = Result<(), ProcessError>> + Send;
 }
 
-/// A connected consumer with its dead-letter producer.
+/// A connected consumer with the producer for its outputs and dead letters.
 pub struct Pipeline {
     worker: String,
     consumer: Arc<KafkaConsumer>,
-    producer: Producer,
+    outbox: Outbox,
     health: Arc<Health>,
     dead_letter_topic: String,
     batch_size: usize,
@@ -55,9 +60,18 @@ pub struct Pipeline {
     processing_condition: String,
 }
 
+/// Where a batch stopped.
 enum Outcome {
     Done,
+    /// Shutdown arrived while a record was being retried.
     Interrupted,
+}
+
+/// Next offset to commit per (topic, partition), and the first offset of the batch for rewinds.
+#[derive(Default)]
+struct Positions {
+    next: BTreeMap<(String, i32), i64>,
+    first: BTreeMap<(String, i32), i64>,
 }
 
 impl Pipeline {
@@ -72,7 +86,6 @@ impl Pipeline {
         producer: Producer,
         shutdown: &CancellationToken,
     ) -> Result<Self, WorkerError> {
-        let worker = worker.to_string();
         let full: Vec<String> = topics.iter().map(|t| cfg.topic(t)).collect();
         let group = cfg.topic(group);
         let client_id = format!("{worker}-{group}");
@@ -80,9 +93,9 @@ impl Pipeline {
         kafka::wait_for_topics(&consumer, health, &client_id, &full, shutdown).await?;
         Ok(Pipeline {
             processing_condition: format!("processing:{client_id}"),
-            worker,
+            worker: worker.to_string(),
             consumer,
-            producer,
+            outbox: Outbox::new(producer),
             health: health.clone(),
             dead_letter_topic: cfg.topic(topic::DEAD_LETTER),
             batch_size: cfg.batch_size,
@@ -90,9 +103,9 @@ impl Pipeline {
     }
 
     /// Consumes until `shutdown`, then commits and leaves the group.
-    pub async fn run<H: Handler>(self, handler: &mut H, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    pub async fn run<H: Handler>(mut self, handler: &mut H, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let consumer = self.consumer.clone();
-        let mut last_batch = BTreeMap::new();
+        let mut settle_delay = RETRY_START;
         let result = loop {
             let first = tokio::select! {
                 biased;
@@ -117,29 +130,51 @@ impl Pipeline {
                 }
             }
             metrics::histogram!(names::BATCH_SIZE).record(batch.len() as f64);
-            let (offsets, outcome) = self.process_batch(handler, &batch, &shutdown).await;
-            self.commit(&offsets, CommitMode::Async);
-            last_batch = offsets;
+            let (positions, outcome) = self.process_batch(handler, &batch, &shutdown).await;
+            drop(batch);
+            if let Err(reason) = self.outbox.settle().await {
+                // Some outputs may be missing: redo the whole batch from its first offsets.
+                self.health.fail(&self.processing_condition, reason.clone());
+                tracing::warn!(
+                    message = "batch outputs not acknowledged, redoing the batch",
+                    reason,
+                    retry_in_ms = settle_delay.as_millis() as u64
+                );
+                if let Err(e) = self.rewind(&positions.first).await {
+                    break Err(e);
+                }
+                if matches!(outcome, Ok(Outcome::Interrupted)) || shutdown.is_cancelled() {
+                    break Ok(());
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => break Ok(()),
+                    () = tokio::time::sleep(settle_delay) => {}
+                }
+                settle_delay = (settle_delay * 2).min(RETRY_CAP);
+                continue;
+            }
+            settle_delay = RETRY_START;
+            // Synchronous: when the next batch starts, this one is durable, so a crash (even
+            // SIGKILL) re-delivers at most the batch in flight. One round trip per batch.
+            self.commit(&positions.next).await;
             match outcome {
                 Ok(Outcome::Done) => {}
                 Ok(Outcome::Interrupted) => break Ok(()),
                 Err(e) => break Err(e),
             }
         };
-        // The async commit of the last batch may still be queued; make it durable before leaving.
-        self.commit(&last_batch, CommitMode::Sync);
         self.health.remove(&self.processing_condition);
         result
     }
 
-    /// Processes records in order; returns the next offsets of what completed, and why it stopped.
+    /// Processes records in order; returns the positions of what completed, and why it stopped.
     async fn process_batch<H: Handler>(
-        &self,
+        &mut self,
         handler: &mut H,
         batch: &[BorrowedMessage<'_>],
         shutdown: &CancellationToken,
-    ) -> (BTreeMap<(String, i32), i64>, Result<Outcome, WorkerError>) {
-        let mut offsets = BTreeMap::new();
+    ) -> (Positions, Result<Outcome, WorkerError>) {
+        let mut positions = Positions::default();
         for msg in batch {
             let record = Record {
                 topic: msg.topic(),
@@ -149,25 +184,31 @@ impl Pipeline {
                 payload: msg.payload().unwrap_or_default(),
                 timestamp_ms: msg.timestamp().to_millis(),
             };
+            positions.first.entry((record.topic.to_string(), record.partition)).or_insert(record.offset);
             telemetry::consumed(record.topic);
             let started = Instant::now();
             match self.process(handler, &record, shutdown).await {
                 Ok(Outcome::Done) => {}
-                other => return (offsets, other),
+                other => return (positions, other),
             }
             metrics::histogram!(names::PROCESSING_SECONDS, "topic" => record.topic.to_string())
                 .record(started.elapsed().as_secs_f64());
-            offsets.insert((record.topic.to_string(), record.partition), record.offset + 1);
+            positions.next.insert((record.topic.to_string(), record.partition), record.offset + 1);
         }
-        (offsets, Ok(Outcome::Done))
+        (positions, Ok(Outcome::Done))
     }
 
     /// One record, retried on transient failures until it succeeds or the process stops.
-    async fn process<H: Handler>(&self, handler: &mut H, record: &Record<'_>, shutdown: &CancellationToken) -> Result<Outcome, WorkerError> {
+    async fn process<H: Handler>(
+        &mut self,
+        handler: &mut H,
+        record: &Record<'_>,
+        shutdown: &CancellationToken,
+    ) -> Result<Outcome, WorkerError> {
         let mut delay = RETRY_START;
         let mut failing = false;
         loop {
-            let result = match handler.handle(record).await {
+            let result = match handler.handle(record, &mut self.outbox).await {
                 Err(ProcessError::Poison(reason)) => {
                     telemetry::failed(record.topic, "poison");
                     self.dead_letter(record, &reason).await
@@ -183,15 +224,24 @@ impl Pipeline {
                 }
                 Err(ProcessError::Fatal(reason)) => {
                     telemetry::failed(record.topic, "fatal");
-                    return Err(WorkerError::Fatal(format!("{}/{}@{}: {reason}", record.topic, record.partition, record.offset)));
+                    return Err(WorkerError::Fatal(format!(
+                        "{}/{}@{}: {reason}",
+                        record.topic, record.partition, record.offset
+                    )));
                 }
                 Err(ProcessError::Transient(reason) | ProcessError::Poison(reason)) => {
                     telemetry::failed(record.topic, "transient");
                     metrics::counter!(names::RETRIES, "topic" => record.topic.to_string()).increment(1);
                     failing = true;
                     self.health.fail(&self.processing_condition, reason.clone());
-                    tracing::warn!(message = "processing failed, retrying", topic = record.topic, partition = record.partition,
-                        offset = record.offset, reason, retry_in_ms = delay.as_millis() as u64);
+                    tracing::warn!(
+                        message = "processing failed, retrying",
+                        topic = record.topic,
+                        partition = record.partition,
+                        offset = record.offset,
+                        reason,
+                        retry_in_ms = delay.as_millis() as u64
+                    );
                     tokio::select! {
                         () = shutdown.cancelled() => return Ok(Outcome::Interrupted),
                         () = tokio::time::sleep(delay) => {}
@@ -202,12 +252,18 @@ impl Pipeline {
         }
     }
 
-    /// Wraps the record in the dead-letter envelope. A failed produce is transient: the record
-    /// is retried rather than skipped, so nothing is lost.
-    async fn dead_letter(&self, record: &Record<'_>, reason: &str) -> Result<(), ProcessError> {
+    /// Enqueues the dead-letter envelope. A failed enqueue is transient: the record is retried
+    /// rather than skipped, so nothing is lost.
+    async fn dead_letter(&mut self, record: &Record<'_>, reason: &str) -> Result<(), ProcessError> {
         let envelope = Envelope::new(record, &self.worker, reason);
-        tracing::warn!(message = "message dead-lettered", topic = record.topic, partition = record.partition, offset = record.offset, reason);
-        self.producer
+        tracing::warn!(
+            message = "message dead-lettered",
+            topic = record.topic,
+            partition = record.partition,
+            offset = record.offset,
+            reason
+        );
+        self.outbox
             .send(&self.dead_letter_topic, record.key, &envelope.to_json(), &[("nexxus-reason", reason.as_bytes())])
             .await
             .map_err(|e| ProcessError::Transient(format!("dead_letter produce failed: {e}")))?;
@@ -215,21 +271,43 @@ impl Pipeline {
         Ok(())
     }
 
-    fn commit(&self, offsets: &BTreeMap<(String, i32), i64>, mode: CommitMode) {
+    async fn commit(&self, offsets: &BTreeMap<(String, i32), i64>) {
         if offsets.is_empty() {
             return;
         }
-        let mut tpl = TopicPartitionList::with_capacity(offsets.len());
-        for ((t, p), next) in offsets {
-            if let Err(error) = tpl.add_partition_offset(t, *p, Offset::Offset(*next)) {
-                tracing::error!(message = "bad offset to commit", topic = %t, partition = p, %error);
-            }
-        }
+        let tpl = to_list(offsets);
+        // A synchronous commit blocks on a broker round trip: keep it off the async threads.
+        let consumer = self.consumer.clone();
+        let result = tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
+            .await
+            .unwrap_or(Err(rdkafka::error::KafkaError::Canceled));
         // A commit can fail after a rebalance moved the partition away; the new owner resumes
         // from the previous commit and re-processes, which the roles make idempotent.
-        if let Err(error) = self.consumer.commit(&tpl, mode) {
+        if let Err(error) = result {
             metrics::counter!(names::COMMIT_FAILURES).increment(1);
             tracing::warn!(message = "offset commit failed", %error);
         }
     }
+
+    /// Moves the consumer back to the first offsets of a batch that must be redone.
+    async fn rewind(&self, first: &BTreeMap<(String, i32), i64>) -> Result<(), WorkerError> {
+        let consumer = self.consumer.clone();
+        let tpl = to_list(first);
+        let result = tokio::task::spawn_blocking(move || consumer.seek_partitions(tpl, Duration::from_secs(10)))
+            .await
+            .unwrap_or(Err(rdkafka::error::KafkaError::Canceled));
+        // Without the seek the batch would be skipped: stop rather than lose it. The next owner
+        // resumes from the last commit.
+        result.map(drop).map_err(|e| WorkerError::Fatal(format!("seek after an unacknowledged batch failed: {e}")))
+    }
+}
+
+fn to_list(offsets: &BTreeMap<(String, i32), i64>) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+    for ((t, p), offset) in offsets {
+        if let Err(error) = tpl.add_partition_offset(t, *p, Offset::Offset(*offset)) {
+            tracing::error!(message = "bad offset", topic = %t, partition = p, %error);
+        }
+    }
+    tpl
 }

@@ -86,9 +86,7 @@ fn eval_element(e: &Element, connector: Connector, obj: &Map<String, Value>) -> 
         Element::Is(f) => combine(connector, f, obj, is_equal),
         Element::Like(f) => combine(connector, f, obj, |v, needle| like(v, needle)),
         Element::Range(f) => combine(connector, f, obj, in_range),
-        Element::InArray(f) => combine(connector, f, obj, |v, list| {
-            list.iter().any(|wanted| is_equal(v, wanted))
-        }),
+        Element::InArray(f) => combine(connector, f, obj, |v, list| list.iter().any(|wanted| is_equal(v, wanted))),
         Element::Exists(field) => obj.get(field).is_some_and(|v| !v.is_null()),
         // A `not` holds one field or a group, so the connector does not matter inside it.
         Element::Not(inner) => !eval_element(inner, Connector::And, obj),
@@ -110,9 +108,7 @@ fn like(stored: &Value, needle: &str) -> bool {
         Value::String(s) => s.contains(needle),
         Value::Number(n) => n.to_string().contains(needle),
         Value::Bool(b) => b.to_string().contains(needle),
-        Value::Array(items) => items
-            .iter()
-            .any(|i| !i.is_array() && !i.is_object() && like(i, needle)),
+        Value::Array(items) => items.iter().any(|i| !i.is_array() && !i.is_object() && like(i, needle)),
         Value::Null | Value::Object(_) => false,
     }
 }

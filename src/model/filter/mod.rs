@@ -103,22 +103,15 @@ impl Filter {
     /// Parses Telepat filter JSON.
     pub fn parse(value: &Value) -> Result<Self, ModelError> {
         let mut budget = Budget { conditions: 0 };
-        match parse_element(value, "filters", 0, &mut budget)? {
-            Element::Group(connector, elements) => Ok(Filter {
-                connector,
-                elements,
-            }),
-            _ => Err(ModelError::filter(
-                "filters",
-                "the root must be {\"and\":[...]} or {\"or\":[...]}",
-            )),
+        match parse_element(&stable_floats(value), "filters", 0, &mut budget)? {
+            Element::Group(connector, elements) => Ok(Filter { connector, elements }),
+            _ => Err(ModelError::filter("filters", "the root must be {\"and\":[...]} or {\"or\":[...]}")),
         }
     }
 
     /// Parses filter JSON text.
     pub fn parse_str(text: &str) -> Result<Self, ModelError> {
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| ModelError::filter("filters", e.to_string()))?;
+        let value: Value = serde_json::from_str(text).map_err(|e| ModelError::filter("filters", e.to_string()))?;
         Self::parse(&value)
     }
 
@@ -157,23 +150,46 @@ impl Filter {
         let bytes = [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
             .iter()
             .find_map(|engine| engine.decode(suffix).ok())
-            .ok_or_else(|| ModelError::InvalidFilterKey {
-                reason: "not base64".into(),
-            })?;
-        let value: Value =
-            serde_json::from_slice(&bytes).map_err(|e| ModelError::InvalidFilterKey {
-                reason: format!("not JSON: {e}"),
-            })?;
+            .ok_or_else(|| ModelError::InvalidFilterKey { reason: "not base64".into() })?;
+        let value: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ModelError::InvalidFilterKey { reason: format!("not JSON: {e}") })?;
         Self::parse(&value)
     }
 }
 
-fn parse_element(
-    value: &Value,
-    at: &str,
-    depth: usize,
-    budget: &mut Budget,
-) -> Result<Element, ModelError> {
+/// Replaces each float by a representative that survives print-then-parse.
+///
+/// `serde_json`'s default float parser is fast but not always correctly rounded, so
+/// `parse(print(x))` can differ from `x` in the last bit, and some values alternate between
+/// two neighbours forever. The canonical key of a filter read back from a key would then
+/// differ from the key itself. Following `x → parse(print(x))` until it repeats and taking
+/// the member of the cycle with the smallest text gives the same number from any point of the
+/// cycle. (With serde_json's `float_roundtrip` feature every cycle has length one.)
+fn stable_floats(value: &Value) -> Value {
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let mut orbit = vec![n.clone()];
+            while orbit.len() < 16 {
+                let Some(last) = orbit.last() else { break };
+                let Ok(next) = serde_json::from_str::<Number>(&last.to_string()) else {
+                    break;
+                };
+                if let Some(start) = orbit.iter().position(|x| *x == next) {
+                    orbit.drain(..start);
+                    break;
+                }
+                orbit.push(next);
+            }
+            let pick = orbit.into_iter().min_by_key(|x| x.to_string());
+            Value::Number(pick.unwrap_or_else(|| n.clone()))
+        }
+        Value::Array(items) => Value::Array(items.iter().map(stable_floats).collect()),
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), stable_floats(v))).collect()),
+        other => other.clone(),
+    }
+}
+
+fn parse_element(value: &Value, at: &str, depth: usize, budget: &mut Budget) -> Result<Element, ModelError> {
     if depth > MAX_FILTER_DEPTH {
         return Err(ModelError::filter(at, "nested deeper than 32 levels"));
     }
@@ -182,10 +198,7 @@ fn parse_element(
     };
     let mut entries = map.iter();
     let (Some((op, body)), None) = (entries.next(), entries.next()) else {
-        return Err(ModelError::filter(
-            at,
-            "an element must have exactly one key",
-        ));
+        return Err(ModelError::filter(at, "an element must have exactly one key"));
     };
     let at = format!("{at}.{op}");
     match op.as_str() {
@@ -196,11 +209,7 @@ fn parse_element(
             if items.is_empty() {
                 return Err(ModelError::filter(&at, "must not be empty"));
             }
-            let connector = if op == "and" {
-                Connector::And
-            } else {
-                Connector::Or
-            };
+            let connector = if op == "and" { Connector::And } else { Connector::Or };
             let children = items
                 .iter()
                 .enumerate()
@@ -218,10 +227,7 @@ fn parse_element(
                 _ => true,
             };
             if !single {
-                return Err(ModelError::filter(
-                    &at,
-                    "takes one single-field condition or a group",
-                ));
+                return Err(ModelError::filter(&at, "takes one single-field condition or a group"));
             }
             Ok(Element::Not(Box::new(inner)))
         }
@@ -252,10 +258,7 @@ fn parse_element(
         })
         .map(Element::InArray),
         "range" => fields(body, &at, budget, parse_bounds).map(Element::Range),
-        other => Err(ModelError::filter(
-            &at,
-            format!("unknown operator `{other}`"),
-        )),
+        other => Err(ModelError::filter(&at, format!("unknown operator `{other}`"))),
     }
 }
 
@@ -296,10 +299,7 @@ fn parse_bounds(v: &Value, at: &str) -> Result<Bounds, ModelError> {
     let mut b = Bounds::default();
     for (k, v) in m {
         let Value::Number(n) = v else {
-            return Err(ModelError::filter(
-                at,
-                format!("bound `{k}` must be a number"),
-            ));
+            return Err(ModelError::filter(at, format!("bound `{k}` must be a number")));
         };
         let slot = match k.as_str() {
             "gt" => &mut b.gt,
@@ -315,10 +315,7 @@ fn parse_bounds(v: &Value, at: &str) -> Result<Bounds, ModelError> {
 
 fn group_value(connector: Connector, elements: &[Element]) -> Value {
     let mut m = Map::new();
-    m.insert(
-        connector.as_str().into(),
-        Value::Array(elements.iter().map(element_value).collect()),
-    );
+    m.insert(connector.as_str().into(), Value::Array(elements.iter().map(element_value).collect()));
     Value::Object(m)
 }
 
@@ -342,12 +339,7 @@ fn element_value(e: &Element) -> Value {
             "range",
             field_map(f, |b| {
                 let mut m = Map::new();
-                for (k, v) in [
-                    ("gt", &b.gt),
-                    ("gte", &b.gte),
-                    ("lt", &b.lt),
-                    ("lte", &b.lte),
-                ] {
+                for (k, v) in [("gt", &b.gt), ("gte", &b.gte), ("lt", &b.lt), ("lte", &b.lte)] {
                     if let Some(n) = v {
                         m.insert(k.into(), Value::Number(n.clone()));
                     }

@@ -1,0 +1,132 @@
+//! The binary's command line and exit statuses (CONTRACT section 1).
+
+mod common;
+
+use std::process::{Command, Output};
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(common::BIN).args(args).env_clear().envs(env.iter().copied()).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[test]
+fn usage_errors_exit_64_with_one_line_naming_the_culprit() {
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (&["-t", "nope", "-i", "0"], &[], "'--type <TYPE>'"),
+        (&["-t", "write", "-i", "-1"], &[], "'--index <INDEX>'"),
+        (&["-t", "write", "-i", "x"], &[], "'--index <INDEX>'"),
+        (&[], &[], "missing -t <type>"),
+        (&["-t", "write", "-i", "0", "topics", "apply"], &[], "cannot be combined"),
+        (&["-t", "write", "-i", "0"], &[("TP_SCKT_SSL", "maybe")], "TP_SCKT_SSL: expected true/false/1/0/yes/no"),
+        (&["-t", "write", "-i", "0"], &[("TP_HTTP_PORT", "99999")], "TP_HTTP_PORT: expected a port number"),
+        (&["-t", "write", "-i", "0", "--set", "bogus=1"], &[], "flag --set"),
+        (
+            &["-t", "write", "-i", "0", "-c", "/nonexistent.json"],
+            &[],
+            "flag -c: cannot read config file /nonexistent.json",
+        ),
+    ];
+    for (args, env, needle) in cases {
+        let out = run(args, env);
+        assert_eq!(out.status.code(), Some(64), "{args:?} {env:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn unknown_config_file_key_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json");
+    std::fs::write(&path, r#"{"sckt_port": 3000, "kafak_brokers": "x:1"}"#).unwrap();
+    let out = run(&["-t", "write", "-i", "0", "-c", path.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(stderr(&out).contains("unknown config key `kafak_brokers`"), "{}", stderr(&out));
+}
+
+#[test]
+fn roles_of_later_issues_fail_loudly_before_connecting() {
+    for (role, issue) in [
+        ("aggregation", "issue 4"),
+        ("write", "issue 4"),
+        ("track", "issue 5"),
+        ("transport_manager", "issue 5"),
+        ("sockets_transport", "issue 6"),
+        ("ios_transport", "issue 7"),
+        ("android_transport", "issue 7"),
+        ("all", "issue 8"),
+    ] {
+        // An unreachable broker proves nothing connects first: the answer is immediate.
+        let out = run(&["-t", role, "-i", "0"], &[("TP_KFK_BROKERS", "127.0.0.1:1")]);
+        assert_eq!(out.status.code(), Some(64), "{role}");
+        assert!(
+            stderr(&out).contains("not implemented yet") && stderr(&out).contains(issue),
+            "{role}: {}",
+            stderr(&out)
+        );
+    }
+    let out = run(&["app", "put", "app.json"], &[]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(stderr(&out).contains("issue 4"));
+}
+
+#[test]
+fn help_lists_types_subcommands_and_every_variable() {
+    let out = run(&["--help"], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for t in [
+        "aggregation",
+        "write",
+        "transport_manager",
+        "track",
+        "android_transport",
+        "ios_transport",
+        "sockets_transport",
+        "all",
+    ] {
+        assert!(text.contains(t), "{t}");
+    }
+    for s in ["topics apply", "app put", "publish", "dead-letter replay"] {
+        assert!(text.contains(s), "{s}");
+    }
+    for key in nexxus_worker::config::KEYS {
+        assert!(text.contains(key.env), "--help lacks {}", key.env);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publish_produces_keyed_lines_and_rejects_bad_input() {
+    let prefix = common::unique_prefix("publish");
+    let cfg = common::config(&prefix);
+    common::create_topics(&cfg, &[("aggregation", 1)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.jsonl");
+    std::fs::write(
+        &path,
+        concat!(
+            r#"{"op":"create","object":{"id":"o1","type":"task","application_id":"a"},"application_id":"a","timestamp":1}"#, "\n",
+            r#"{"op":"update","patches":[{"op":"increment","path":"task/o1/votes","value":1}],"application_id":"a","timestamp":2}"#, "\n",
+        ),
+    )
+    .unwrap();
+    let env = common::env_for(&prefix);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let out = run(&["publish", path.to_str().unwrap()], &env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got = common::read_all(&cfg, &cfg.topic("aggregation"), 1);
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|(k, _)| k.as_deref() == Some(b"o1".as_slice())), "keyed by object id");
+
+    std::fs::write(&path, "{\"op\":\"create\"}\nnot json\n").unwrap();
+    let out = run(&["publish", path.to_str().unwrap()], &env);
+    assert_eq!(out.status.code(), Some(65));
+    assert!(stderr(&out).contains("line 2: not JSON"), "{}", stderr(&out));
+    let got = common::read_all(&cfg, &cfg.topic("aggregation"), 1);
+    assert_eq!(got.len(), 2, "nothing of a bad input is produced");
+}

@@ -1,0 +1,137 @@
+//! Helpers shared by the integration tests. They run against the real local stack that
+//! `make up` starts (deploy/local/stack.env); each test works under its own topic prefix so tests
+//! run in parallel without seeing each other.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nexxus_worker::config::{Config, Overrides};
+use nexxus_worker::queue::kafka::Producer;
+use nexxus_worker::queue::topics::{self, TopicFile};
+use nexxus_worker::telemetry::Health;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// The variables `make up` wrote. Integration tests need the real servers: without them they
+/// fail with instructions rather than pretend to pass.
+pub fn stack_env() -> HashMap<String, String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local/stack.env");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!("{}: {e}; start the local stack with `make up` (make test does it)", path.display())
+    });
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// A prefix no other test (or earlier run) uses.
+pub fn unique_prefix(test: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("t{}-{}-{test}.", nanos % 1_000_000_000_000, std::process::id())
+}
+
+/// Environment for a worker under `prefix`, pointing at the local stack.
+pub fn env_for(prefix: &str) -> HashMap<String, String> {
+    let mut env = stack_env();
+    env.retain(|k, _| k.starts_with("TP_"));
+    env.insert("TP_TOPIC_PREFIX".into(), prefix.into());
+    env.insert("TP_HTTP_HOST".into(), "127.0.0.1".into());
+    env.insert("TP_LOG_LEVEL".into(), "info".into());
+    env
+}
+
+pub fn config(prefix: &str) -> Config {
+    Config::load(&Overrides::default(), &env_for(prefix)).expect("test config")
+}
+
+/// Creates `(base name, partitions)` topics under the config's prefix.
+pub async fn create_topics(cfg: &Config, topics: &[(&str, i32)]) {
+    let files: Vec<TopicFile> = topics
+        .iter()
+        .map(|(name, partitions)| TopicFile {
+            name: name.to_string(),
+            indexes: None,
+            partitions: *partitions,
+            replication_factor: 1,
+            retention_ms: 3_600_000,
+            cleanup_policy: "delete".into(),
+            config: BTreeMap::new(),
+            about: String::new(),
+        })
+        .collect();
+    topics::apply(cfg, &files, false).await.expect("creating test topics");
+}
+
+pub fn producer(cfg: &Config) -> Producer {
+    Producer::new(cfg, &Arc::new(Health::new()), "test-producer").expect("producer")
+}
+
+/// Reads every message of `topic` (full name) from the beginning up to its current end (the
+/// high watermarks when called). Returns (key, payload) pairs in partition order.
+pub fn read_all(cfg: &Config, topic: &str, partitions: i32) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.kafka.brokers)
+        .set("group.id", format!("reader-{}", unique_prefix("r")))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("reader");
+    let timeout = Duration::from_secs(10);
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for p in 0..partitions {
+        let (_, high) = consumer.fetch_watermarks(topic, p, timeout).expect("watermarks");
+        ends.push(high);
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let started = std::time::Instant::now();
+    // Positions, not message offsets: transaction markers occupy offsets but carry no message.
+    let done = |c: &BaseConsumer| {
+        let pos = c.position().unwrap();
+        (0..partitions).all(|p| {
+            let end = ends[p as usize];
+            end == 0 || matches!(pos.find_partition(topic, p).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= end)
+        })
+    };
+    while !done(&consumer) {
+        assert!(started.elapsed() < Duration::from_secs(60), "reading {topic} did not reach its end");
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            out.push((m.key().map(<[u8]>::to_vec), m.payload().unwrap_or_default().to_vec()));
+        }
+    }
+    out
+}
+
+/// Polls `check` until it holds or `timeout` passes.
+pub async fn wait_until<F: FnMut() -> bool>(timeout: Duration, what: &str, mut check: F) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_nexxus-worker");
+
+/// Kills a worker process when the test ends, passing or panicking, so no orphan outlives it.
+pub struct Reaper(pub std::process::Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
