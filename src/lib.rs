@@ -21,5 +21,6 @@ pub mod error;
 pub mod model;
 pub mod queue;
 pub mod shutdown;
+pub mod store;
 pub mod telemetry;
 pub mod workers;

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use nexxus_worker::cli::{self, AppAction, Cli, Command, DeadLetterAction, TopicsAction};
-use nexxus_worker::commands::{dead_letter, publish};
+use nexxus_worker::commands::{app, dead_letter, publish};
 use nexxus_worker::config::{Config, Overrides, ProcessEnv};
 use nexxus_worker::error::WorkerError;
 use nexxus_worker::queue::kafka::Producer;
@@ -59,12 +59,6 @@ fn run(cli: Cli) -> Result<(), WorkerError> {
     if let Some(role) = cli.role {
         // Before anything connects: a role that cannot run must not join a consumer group.
         workers::check_runnable(role)?;
-    }
-    if let Some(Command::App { action: AppAction::Put { .. } }) = &cli.command {
-        return Err(WorkerError::NotImplemented {
-            what: "`app put`".into(),
-            issue: "issue 4 (Aggregation and write: ordered, effectively-once persistence to the CQL store)",
-        });
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -131,7 +125,11 @@ async fn dispatch(cli: Cli, config: Arc<Config>) -> Result<(), WorkerError> {
             })
             .await
         }
-        Some(Command::App { .. }) => Err(WorkerError::Usage("unreachable: handled before start".into())),
+        Some(Command::App { action: AppAction::Put { file } }) => {
+            let app = app::put(&config, &file).await?;
+            eprintln!("application {} stored and announced on {}", app.id, config.topic(topic::SYSTEM));
+            Ok(())
+        }
     }
 }
 

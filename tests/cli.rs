@@ -52,8 +52,6 @@ fn unknown_config_file_key_exits_64() {
 #[test]
 fn roles_of_later_issues_fail_loudly_before_connecting() {
     for (role, issue) in [
-        ("aggregation", "issue 4"),
-        ("write", "issue 4"),
         ("track", "issue 5"),
         ("transport_manager", "issue 5"),
         ("sockets_transport", "issue 6"),
@@ -70,9 +68,9 @@ fn roles_of_later_issues_fail_loudly_before_connecting() {
             stderr(&out)
         );
     }
-    let out = run(&["app", "put", "app.json"], &[]);
-    assert_eq!(out.status.code(), Some(64));
-    assert!(stderr(&out).contains("issue 4"));
+    let out = run(&["app", "put", "/nonexistent/app.json"], &[]);
+    assert_eq!(out.status.code(), Some(69));
+    assert!(stderr(&out).contains("reading /nonexistent/app.json"), "{}", stderr(&out));
 }
 
 #[test]

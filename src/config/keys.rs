@@ -78,6 +78,13 @@ pub const KEYS: &[Key] = &[
         Some("500"),
         "most messages a worker takes from Kafka before processing and committing them",
     ),
+    key(
+        "aggregation_linger_ms",
+        "TP_AGGREGATION_LINGER_MS",
+        Kind::Millis,
+        Some("5"),
+        "how long the aggregator waits for more changes to coalesce per object; 0 turns coalescing off",
+    ),
     key("redis_host", "TP_REDIS_HOST", Kind::Text, Some("127.0.0.1"), "Redis host"),
     key("redis_port", "TP_REDIS_PORT", Kind::Port, Some("6379"), "Redis port"),
     key(

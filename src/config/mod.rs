@@ -96,6 +96,8 @@ pub struct Config {
     pub main_db: StoreKind,
     pub kafka: KafkaConfig,
     pub batch_size: usize,
+    /// Aggregation coalescing window; zero means no coalescing.
+    pub aggregation_linger: Duration,
     pub redis_url: String,
     pub scylla_nodes: Vec<String>,
     pub scylla_keyspace: String,
@@ -278,6 +280,7 @@ impl Config {
                 )?,
             },
             batch_size: batch_size as usize,
+            aggregation_linger: Duration::from_millis(get("aggregation_linger_ms").count()?.unwrap_or(5)),
             redis_url,
             scylla_nodes,
             scylla_keyspace: parse::identifier(

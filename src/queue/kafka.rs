@@ -237,6 +237,36 @@ impl Producer {
         }
     }
 
+    /// A transactional producer (`transactional.id` stable per worker instance, so a restarted
+    /// instance fences its previous life), with its transactions initialised.
+    pub async fn transactional(
+        cfg: &Config,
+        health: &Arc<Health>,
+        transactional_id: &str,
+    ) -> Result<Self, WorkerError> {
+        let mut c = base_config(cfg, transactional_id);
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .set("transactional.id", transactional_id)
+            .set("transaction.timeout.ms", "60000");
+        for (k, v) in &cfg.kafka.opts.0 {
+            c.set(k, v);
+        }
+        let inner: FutureProducer<WorkerContext> = c
+            .create_with_context(WorkerContext::new(health.clone(), &format!("{transactional_id}-producer")))
+            .map_err(WorkerError::kafka("creating transactional producer"))?;
+        let p = inner.clone();
+        tokio::task::spawn_blocking(move || {
+            rdkafka::producer::Producer::init_transactions(&p, Duration::from_secs(60))
+        })
+        .await
+        .map_err(|e| WorkerError::Fatal(format!("init_transactions task: {e}")))?
+        .map_err(WorkerError::kafka("initialising transactions"))?;
+        Ok(Producer { inner })
+    }
+
     pub(crate) fn inner(&self) -> &FutureProducer<WorkerContext> {
         &self.inner
     }

@@ -8,13 +8,21 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureRecord, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::TopicPartitionList;
 
-use super::kafka::Producer;
+use super::kafka::{KafkaConsumer, Producer};
+use crate::error::WorkerError;
 use crate::telemetry;
+
+/// Bound on each transaction call; a broker that does not answer within it fails the batch.
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Outbox {
     producer: Producer,
@@ -90,5 +98,45 @@ impl Outbox {
             None => Ok(count),
             Some(e) => Err(e),
         }
+    }
+}
+
+/// Transactions (the aggregation role): the batch's outputs and its input offsets commit
+/// together or not at all; downstream consumers read `read_committed`.
+impl Outbox {
+    pub fn begin(&self) -> Result<(), WorkerError> {
+        self.producer.inner().begin_transaction().map_err(WorkerError::kafka("beginning a transaction"))
+    }
+
+    /// Adds the input offsets to the transaction and commits it. An error means the batch must
+    /// be aborted and redone.
+    pub async fn commit_transaction(
+        &self,
+        consumer: &Arc<KafkaConsumer>,
+        offsets: TopicPartitionList,
+    ) -> Result<(), String> {
+        let producer = self.producer.inner().clone();
+        let consumer = consumer.clone();
+        tokio::task::spawn_blocking(move || {
+            if offsets.count() > 0 {
+                let group = consumer.group_metadata().ok_or("no consumer group metadata")?;
+                producer
+                    .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)
+                    .map_err(|e| format!("adding offsets to the transaction: {e}"))?;
+            }
+            producer.commit_transaction(TXN_TIMEOUT).map_err(|e| format!("committing the transaction: {e}"))
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("transaction task: {e}")))
+    }
+
+    /// Aborts the open transaction; failing to abort (a fenced or fatal producer) stops the worker.
+    pub async fn abort_transaction(&mut self) -> Result<(), WorkerError> {
+        self.pending.clear();
+        let producer = self.producer.inner().clone();
+        tokio::task::spawn_blocking(move || producer.abort_transaction(TXN_TIMEOUT))
+            .await
+            .map_err(|e| WorkerError::Fatal(format!("abort task: {e}")))?
+            .map_err(WorkerError::kafka("aborting a transaction"))
     }
 }

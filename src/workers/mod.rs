@@ -5,7 +5,10 @@
 //! to the role's handler, commits the batch's offsets after the side effects succeeded, and
 //! drains when the process token is cancelled.
 
+pub mod aggregation;
+pub mod apps;
 pub mod pipeline;
+pub mod write;
 
 use std::sync::Arc;
 
@@ -14,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::error::WorkerError;
 use crate::queue::topic;
+use crate::store::cql::CqlStore;
+use crate::store::StoreError;
 use crate::telemetry::Health;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -100,7 +105,7 @@ impl Role {
     /// loudly instead of consuming and committing messages it would silently drop.
     fn pending_issue(self) -> Option<&'static str> {
         match self {
-            Role::Aggregation | Role::Write => Some("issue 4 (Aggregation and write: ordered, effectively-once persistence to the CQL store)"),
+            Role::Aggregation | Role::Write => None,
             Role::TransportManager | Role::Track => Some("issue 5 (Track and transport manager: the subscription registry in Redis and routing of every change to its devices)"),
             Role::SocketsTransport => Some("issue 6 (Sockets transport: authenticated WebSocket delivery with per-index topics)"),
             Role::AndroidTransport | Role::IosTransport => Some("issue 7 (Push transports: APNs and FCM HTTP v1 with a real token lifecycle)"),
@@ -140,8 +145,47 @@ pub fn check_runnable(role: Role) -> Result<(), WorkerError> {
 }
 
 /// Runs `ctx.role` until `shutdown` is cancelled.
-pub async fn run(ctx: WorkerContext, _shutdown: CancellationToken) -> Result<(), WorkerError> {
-    check_runnable(ctx.role)
+pub async fn run(ctx: WorkerContext, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    check_runnable(ctx.role)?;
+    match ctx.role {
+        Role::Aggregation => aggregation::run(&ctx, shutdown).await,
+        Role::Write => {
+            let store = connect_store(&ctx, &shutdown).await?;
+            write::run(&ctx, Arc::new(store), shutdown).await
+        }
+        Role::TransportManager
+        | Role::Track
+        | Role::AndroidTransport
+        | Role::IosTransport
+        | Role::SocketsTransport
+        | Role::All => Err(WorkerError::Fatal(format!("{} passed check_runnable", ctx.role))),
+    }
+}
+
+/// Connects to the CQL store, retrying with backoff (readiness false) while it is unreachable:
+/// a store that starts after the worker is normal in an orchestrated deployment.
+async fn connect_store(ctx: &WorkerContext, shutdown: &CancellationToken) -> Result<CqlStore, WorkerError> {
+    let condition = "store:cql";
+    ctx.health.require(condition, "connecting to the CQL store");
+    let mut delay = std::time::Duration::from_millis(500);
+    loop {
+        match CqlStore::connect(&ctx.config).await {
+            Ok(store) => {
+                ctx.health.ok(condition);
+                return Ok(store);
+            }
+            Err(StoreError::Corrupt(e)) => return Err(WorkerError::Fatal(format!("CQL store: {e}"))),
+            Err(e) => {
+                ctx.health.fail(condition, e.to_string());
+                tracing::warn!(message = "CQL store not reachable, retrying", error = %e, retry_in_ms = delay.as_millis() as u64);
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Err(WorkerError::Fatal("shutdown before the store was reachable".into())),
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(std::time::Duration::from_secs(10));
+    }
 }
 
 #[cfg(test)]
@@ -159,7 +203,7 @@ mod tests {
 
     #[test]
     fn unfinished_roles_fail_loudly_naming_their_issue() {
-        for role in Role::WORKERS {
+        for role in Role::WORKERS.into_iter().filter(|r| !matches!(r, Role::Aggregation | Role::Write)) {
             let err = check_runnable(role).unwrap_err();
             assert_eq!(err.exit_code(), 64);
             assert!(err.to_string().contains("not implemented yet"), "{err}");

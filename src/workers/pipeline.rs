@@ -38,14 +38,30 @@ use crate::telemetry::{self, names, Health};
 const RETRY_START: Duration = Duration::from_millis(100);
 const RETRY_CAP: Duration = Duration::from_secs(30);
 
-/// A role's processing of one record. Store writes must be done (or safely idempotent) when it
-/// returns `Ok`; outputs go to `out` and are acknowledged before the offset is committed.
+/// A role's processing. Per batch the pipeline calls `handle` for each record in order, then
+/// `end_batch`, awaits every output, calls `persist`, and commits. If the outputs could not be
+/// delivered the batch is redone from its first offsets after `abort_batch`.
 pub trait Handler {
+    /// Processes one record; outputs go to `out`.
     fn handle(
         &mut self,
         record: &Record<'_>,
         out: &mut Outbox,
     ) -> impl Future<Output = Result<(), ProcessError>> + Send;
+
+    /// After the batch's last record, before its outputs are awaited (coalescing happens here).
+    fn end_batch(&mut self, _out: &mut Outbox) -> impl Future<Output = Result<(), ProcessError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// After every output was acknowledged, before the offsets are committed. Transient errors
+    /// are retried with backoff; it must be idempotent.
+    fn persist(&mut self) -> impl Future<Output = Result<(), ProcessError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// The batch will be redone: forget what it accumulated.
+    fn abort_batch(&mut self) {}
 }
 
 /// A connected consumer with the producer for its outputs and dead letters.
@@ -56,6 +72,10 @@ pub struct Pipeline {
     health: Arc<Health>,
     dead_letter_topic: String,
     batch_size: usize,
+    /// How long to wait for more records once one arrived (bigger batches, more coalescing).
+    linger: Duration,
+    /// Input offsets go into the output transaction instead of a plain commit.
+    transactional: bool,
     /// Readiness condition held false while a dependency is failing.
     processing_condition: String,
 }
@@ -99,7 +119,22 @@ impl Pipeline {
             health: health.clone(),
             dead_letter_topic: cfg.topic(topic::DEAD_LETTER),
             batch_size: cfg.batch_size,
+            linger: Duration::ZERO,
+            transactional: false,
         })
+    }
+
+    /// Waits up to `linger` after the first record for more (0: only what is already buffered).
+    pub fn with_linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// Commits input offsets in the producer's transaction, together with the batch's outputs
+    /// (consume-transform-produce). The producer must be [`Producer::transactional`].
+    pub fn transactional(mut self) -> Self {
+        self.transactional = true;
+        self
     }
 
     /// Consumes until `shutdown`, then commits and leaves the group.
@@ -120,26 +155,55 @@ impl Pipeline {
                     continue;
                 }
             }
-            // Take what librdkafka already buffered without waiting: bigger batches under load,
-            // no added latency when idle. `recv` is cancel-safe, so dropping it loses nothing.
+            // Take what librdkafka already buffered, then (with a linger) what arrives in time:
+            // bigger batches under load, no added latency when idle. `recv` is cancel-safe.
+            let deadline = Instant::now() + self.linger;
             while batch.len() < self.batch_size {
-                match consumer.recv().now_or_never() {
+                let next = match consumer.recv().now_or_never() {
+                    Some(m) => Some(m),
+                    None if self.linger.is_zero() => None,
+                    None => tokio::time::timeout_at(deadline, consumer.recv()).await.ok(),
+                };
+                match next {
                     Some(Ok(m)) => batch.push(m),
                     Some(Err(error)) => tracing::warn!(message = "kafka receive error", %error),
                     None => break,
                 }
             }
             metrics::histogram!(names::BATCH_SIZE).record(batch.len() as f64);
-            let (positions, outcome) = self.process_batch(handler, &batch, &shutdown).await;
+            if self.transactional {
+                if let Err(e) = self.outbox.begin() {
+                    break Err(e);
+                }
+            }
+            let (positions, mut outcome) = self.process_batch(handler, &batch, &shutdown).await;
             drop(batch);
-            if let Err(reason) = self.outbox.settle().await {
+            if outcome.is_ok() {
+                if let Err(e) = handler.end_batch(&mut self.outbox).await {
+                    outcome = Err(WorkerError::Fatal(format!("ending a batch: {e}")));
+                }
+            }
+            let delivered = match self.outbox.settle().await {
+                Ok(_) if self.transactional => {
+                    self.outbox.commit_transaction(&consumer, to_list(&positions.next)).await
+                }
+                Ok(_) => Ok(()),
+                Err(reason) => Err(reason),
+            };
+            if let Err(reason) = delivered {
                 // Some outputs may be missing: redo the whole batch from its first offsets.
+                handler.abort_batch();
                 self.health.fail(&self.processing_condition, reason.clone());
                 tracing::warn!(
-                    message = "batch outputs not acknowledged, redoing the batch",
+                    message = "batch outputs not delivered, redoing the batch",
                     reason,
                     retry_in_ms = settle_delay.as_millis() as u64
                 );
+                if self.transactional {
+                    if let Err(e) = self.outbox.abort_transaction().await {
+                        break Err(e);
+                    }
+                }
                 if let Err(e) = self.rewind(&positions.first).await {
                     break Err(e);
                 }
@@ -154,9 +218,15 @@ impl Pipeline {
                 continue;
             }
             settle_delay = RETRY_START;
-            // Synchronous: when the next batch starts, this one is durable, so a crash (even
-            // SIGKILL) re-delivers at most the batch in flight. One round trip per batch.
-            self.commit(&positions.next).await;
+            if !self.persist(handler, &shutdown).await {
+                // Shut down while the store was failing: nothing of this batch is committed.
+                break Ok(());
+            }
+            if !self.transactional {
+                // Synchronous: when the next batch starts, this one is durable, so a crash (even
+                // SIGKILL) re-delivers at most the batch in flight. One round trip per batch.
+                self.commit(&positions.next).await;
+            }
             match outcome {
                 Ok(Outcome::Done) => {}
                 Ok(Outcome::Interrupted) => break Ok(()),
@@ -249,6 +319,29 @@ impl Pipeline {
                     delay = (delay * 2).min(RETRY_CAP);
                 }
             }
+        }
+    }
+
+    /// Runs the handler's `persist` until it succeeds; false if shutdown came first.
+    async fn persist<H: Handler>(&mut self, handler: &mut H, shutdown: &CancellationToken) -> bool {
+        let mut delay = RETRY_START;
+        loop {
+            match handler.persist().await {
+                Ok(()) => {
+                    self.health.ok(&self.processing_condition);
+                    return true;
+                }
+                Err(e) => {
+                    metrics::counter!(names::RETRIES, "topic" => "persist").increment(1);
+                    self.health.fail(&self.processing_condition, e.to_string());
+                    tracing::warn!(message = "persisting a batch failed, retrying", reason = %e, retry_in_ms = delay.as_millis() as u64);
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return false,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(RETRY_CAP);
         }
     }
 

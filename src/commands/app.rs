@@ -1,0 +1,31 @@
+//! `nexxus-worker app put <app.json>`: validates an application, stores it in the main store and
+//! announces it on `system` (key = id), where every running worker picks it up.
+//!
+//! The `system` record carries the whole application, credentials included: workers need them
+//! (JWT secrets, push keys). Protect the topic with Kafka ACLs like the store itself.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::error::WorkerError;
+use crate::model::Application;
+use crate::queue::kafka::Producer;
+use crate::queue::topic;
+use crate::store::cql::CqlStore;
+use crate::store::Store;
+use crate::telemetry::Health;
+
+pub async fn put(cfg: &Config, file: &Path) -> Result<Application, WorkerError> {
+    let bytes = std::fs::read(file).map_err(WorkerError::io(format!("reading {}", file.display())))?;
+    let app = Application::from_json(&bytes).map_err(|e| WorkerError::Data(format!("{}: {e}", file.display())))?;
+    let store = CqlStore::connect(cfg).await.map_err(|e| WorkerError::Fatal(format!("CQL store: {e}")))?;
+    store.put_application(&app).await.map_err(|e| WorkerError::Fatal(format!("storing the application: {e}")))?;
+    let json = serde_json::to_vec(&app).map_err(|e| WorkerError::Fatal(format!("encoding the application: {e}")))?;
+    let producer = Producer::new(cfg, &Arc::new(Health::new()), "nexxus-app-put")?;
+    producer
+        .send(&cfg.topic(topic::SYSTEM), Some(app.id.as_bytes()), &json, &[])
+        .await
+        .map_err(WorkerError::kafka("announcing the application on system"))?;
+    Ok(app)
+}

@@ -1,0 +1,342 @@
+//! [`Store`] on Cassandra or ScyllaDB through the `scylla` driver (CQL protocol v4).
+//!
+//! Tables, all in the configured keyspace (created if missing, with `TP_SCYLLA_REPLICATION`):
+//!
+//! ```text
+//! objects      ((app, model, id)) body text (JSON object map), version bigint,
+//!              last_topic text, last_partition int, last_offset bigint, deleted boolean,
+//!              parents set<frozen<tuple<text, text>>> (the links this object holds in `children`)
+//! children     ((app, parent_model, parent_id), child_model, child_id)
+//! applications (id) body text (Application JSON), updated_at timestamp
+//! ```
+//!
+//! Every statement is prepared once at connect, idempotent (so the driver may retry it) and runs
+//! at LOCAL_QUORUM with a bounded client-side timeout, so an outage surfaces as
+//! [`StoreError::Unavailable`] within seconds. Timestamps are generated client side and
+//! monotonic, so a link deleted right after it was written stays deleted whichever coordinator
+//! handles each statement.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::{StreamExt, TryStreamExt};
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::policies::timestamp_generator::MonotonicTimestampGenerator;
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::{Consistency, Statement};
+use scylla::value::CqlTimestamp;
+use serde_json::{Map, Value};
+
+use super::{last_write_per_object, ObjectId, ObjectRow, ObjectWrite, Store, StoreError};
+use crate::config::Config;
+use crate::model::{Application, SourcePosition, StoredObject};
+
+mod errors;
+mod schema;
+
+use errors::{execution, new_session, next_row, pager, rows, schema_agreement};
+use schema::Prepared;
+
+/// Tuning of [`CqlStore`]; the defaults suit production, tests shrink the page size.
+#[derive(Clone, Debug)]
+pub struct CqlOptions {
+    /// Rows per page for `children` and `list_applications`.
+    pub page_size: i32,
+    /// Bounds the whole session set-up (TCP, handshake, topology), not just one socket.
+    pub connect_timeout: Duration,
+    /// Client-side bound on one request, driver retries included.
+    pub request_timeout: Duration,
+    /// Bound on each schema statement and on waiting for schema agreement at connect.
+    pub schema_timeout: Duration,
+    /// Statements in flight at once within one `get_objects` / `put_objects` call.
+    pub concurrency: usize,
+}
+
+impl Default for CqlOptions {
+    fn default() -> Self {
+        CqlOptions {
+            page_size: 1000,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            schema_timeout: Duration::from_secs(30),
+            concurrency: 64,
+        }
+    }
+}
+
+/// The CQL store: one driver session (connection pools per node) shared by every caller.
+pub struct CqlStore {
+    session: Session,
+    keyspace: String,
+    prepared: Prepared,
+    concurrency: usize,
+}
+
+/// `objects` columns after the key, in the order `get_object` selects them.
+type ObjectColumns = (String, i64, Option<String>, Option<i32>, Option<i64>, bool);
+
+/// A (parent_model, parent_id) link.
+type Link = (String, String);
+
+/// One object write with what it does to the `children` links.
+struct Planned<'a> {
+    write: &'a ObjectWrite,
+    id: &'a str,
+    /// The links the object holds after the write (none for a tombstone).
+    links: BTreeSet<Link>,
+    /// Links recorded before that the object no longer holds.
+    stale: BTreeSet<Link>,
+}
+
+impl CqlStore {
+    /// Connects with the default [`CqlOptions`].
+    pub async fn connect(cfg: &Config) -> Result<CqlStore, StoreError> {
+        Self::connect_with(cfg, CqlOptions::default()).await
+    }
+
+    /// Connects to `cfg.scylla_nodes`, creates the keyspace and tables if missing, waits for
+    /// schema agreement and prepares every statement.
+    pub async fn connect_with(cfg: &Config, opts: CqlOptions) -> Result<CqlStore, StoreError> {
+        // Unquoted CQL identifiers are case-insensitive: use the name the server will report.
+        let keyspace = cfg.scylla_keyspace.to_ascii_lowercase();
+        let profile = ExecutionProfile::builder()
+            .consistency(Consistency::LocalQuorum)
+            .request_timeout(Some(opts.request_timeout))
+            .build();
+        let builder = SessionBuilder::new()
+            .known_nodes(&cfg.scylla_nodes)
+            .connection_timeout(opts.connect_timeout)
+            .default_execution_profile_handle(profile.into_handle())
+            .timestamp_generator(Arc::new(MonotonicTimestampGenerator::new()))
+            .keyspaces_to_fetch([keyspace.clone()])
+            .schema_agreement_timeout(opts.schema_timeout);
+        let session = tokio::time::timeout(opts.connect_timeout, builder.build())
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!(
+                    "no CQL node of {:?} answered within {:?}",
+                    cfg.scylla_nodes, opts.connect_timeout
+                ))
+            })?
+            .map_err(new_session)?;
+
+        for ddl in schema::ddl(&keyspace, &cfg.scylla_replication.to_cql()) {
+            let mut statement = Statement::new(ddl);
+            statement.set_request_timeout(Some(opts.schema_timeout));
+            session.query_unpaged(statement, ()).await.map_err(execution("creating the schema"))?;
+        }
+        session.await_schema_agreement().await.map_err(schema_agreement)?;
+
+        let prepared = Prepared::new(&session, &keyspace, opts.page_size).await?;
+        Ok(CqlStore { session, keyspace, prepared, concurrency: opts.concurrency.max(1) })
+    }
+
+    /// The keyspace holding the tables, as the server names it (lower case).
+    pub fn keyspace(&self) -> &str {
+        &self.keyspace
+    }
+
+    /// The driver session, for administration such as dropping a test keyspace.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    async fn write(
+        &self,
+        what: &'static str,
+        stmt: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> Result<(), StoreError> {
+        self.session.execute_unpaged(stmt, values).await.map_err(execution(what))?;
+        Ok(())
+    }
+
+    async fn get_object(&self, app: &str, key: ObjectId) -> Result<Option<(ObjectId, ObjectRow)>, StoreError> {
+        let result = self
+            .session
+            .execute_unpaged(&self.prepared.get_object, (app, &key.0, &key.1))
+            .await
+            .map_err(execution("reading an object"))?;
+        let row = result
+            .into_rows_result()
+            .map_err(rows("reading an object"))?
+            .maybe_first_row::<ObjectColumns>()
+            .map_err(rows("reading an object"))?;
+        match row {
+            None => Ok(None),
+            Some(columns) => {
+                let row = decode_object(columns)
+                    .map_err(|e| StoreError::Corrupt(format!("object {app}/{}/{}: {e}", key.0, key.1)))?;
+                Ok(Some((key, row)))
+            }
+        }
+    }
+
+    /// Decides the link changes of one write from the links its row recorded.
+    async fn plan<'a>(&self, app: &str, write: &'a ObjectWrite, id: &'a str) -> Result<Planned<'a>, StoreError> {
+        let what = "reading an object's links";
+        let result = self
+            .session
+            .execute_unpaged(&self.prepared.get_parents, (app, &write.model, id))
+            .await
+            .map_err(execution(what))?;
+        let recorded = result
+            .into_rows_result()
+            .map_err(rows(what))?
+            .maybe_first_row::<(Option<BTreeSet<Link>>,)>()
+            .map_err(rows(what))?
+            .and_then(|(parents,)| parents)
+            .unwrap_or_default();
+        let named: BTreeSet<Link> = write.parents.iter().cloned().collect();
+        let (links, stale) = if write.row.deleted {
+            // The named links too: they may predate the `parents` column of the row.
+            (BTreeSet::new(), recorded.union(&named).cloned().collect())
+        } else {
+            let stale = recorded.difference(&named).cloned().collect();
+            (named, stale)
+        };
+        Ok(Planned { write, id, links, stale })
+    }
+
+    async fn put_object(&self, app: &str, plan: &Planned<'_>) -> Result<(), StoreError> {
+        let (w, id) = (plan.write, plan.id);
+        let o = &w.row.object;
+        let body = serde_json::to_string(&o.object)
+            .map_err(|e| StoreError::Corrupt(format!("object {app}/{}/{id} does not serialize: {e}", w.model)))?;
+        let version = i64::try_from(o.version).map_err(|_| {
+            StoreError::Corrupt(format!("object {app}/{}/{id}: version {} too large", w.model, o.version))
+        })?;
+        let pos = o.last_applied.as_ref();
+        let values = (
+            app,
+            &w.model,
+            id,
+            body,
+            version,
+            pos.map(|p| p.topic.as_str()),
+            pos.map(|p| p.partition),
+            pos.map(|p| p.offset),
+            w.row.deleted,
+            &plan.links,
+        );
+        self.write("writing an object", &self.prepared.put_object, values).await
+    }
+
+    /// Runs `calls`, at most `self.concurrency` at a time, stopping at the first error.
+    ///
+    /// Takes the futures already built (they do nothing until polled): a lazy `map` closure held
+    /// across the await trips the compiler's `Send` check on borrowed arguments.
+    async fn each<O, Fut>(&self, calls: Vec<Fut>) -> Result<Vec<O>, StoreError>
+    where
+        Fut: Future<Output = Result<O, StoreError>>,
+    {
+        futures::stream::iter(calls).buffer_unordered(self.concurrency).try_collect().await
+    }
+}
+
+impl Store for CqlStore {
+    async fn get_objects(&self, app: &str, ids: &[ObjectId]) -> Result<HashMap<ObjectId, ObjectRow>, StoreError> {
+        let found = self.each(ids.iter().map(|key| self.get_object(app, key.clone())).collect()).await?;
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    async fn put_objects(&self, app: &str, writes: &[ObjectWrite]) -> Result<(), StoreError> {
+        let writes = last_write_per_object(writes);
+        // Check every id before writing anything, so a bad call writes nothing.
+        let mut keyed = Vec::with_capacity(writes.len());
+        for w in writes {
+            let id = w.row.object.id();
+            if id.is_empty() || w.model.is_empty() {
+                return Err(StoreError::Corrupt(format!("object of model {:?} in {app} has no id", w.model)));
+            }
+            keyed.push((w, id));
+        }
+        let plans = self.each(keyed.iter().map(|&(w, id)| self.plan(app, w, id)).collect()).await?;
+        // Links first: a replay skips objects whose row already holds its position, so a row
+        // must never be visible before its links are (see `Store::put_objects`). Present links
+        // are written again, which repairs any lost earlier; it is an idempotent upsert.
+        let mut link_writes = Vec::new();
+        for plan in &plans {
+            for (parent_model, parent_id) in &plan.links {
+                let values = (app, parent_model.as_str(), parent_id.as_str(), plan.write.model.as_str(), plan.id);
+                link_writes.push(self.write("writing a parent link", &self.prepared.put_link, values));
+            }
+            for (parent_model, parent_id) in &plan.stale {
+                let values = (app, parent_model.as_str(), parent_id.as_str(), plan.write.model.as_str(), plan.id);
+                link_writes.push(self.write("removing a parent link", &self.prepared.delete_link, values));
+            }
+        }
+        self.each(link_writes).await?;
+        self.each(plans.iter().map(|plan| self.put_object(app, plan)).collect()).await?;
+        Ok(())
+    }
+
+    async fn children(&self, app: &str, parent_model: &str, parent_id: &str) -> Result<Vec<ObjectId>, StoreError> {
+        let what = "listing children";
+        let pager = self
+            .session
+            .execute_iter(self.prepared.children.clone(), (app, parent_model, parent_id))
+            .await
+            .map_err(pager(what))?;
+        let stream = pager.rows_stream::<(String, String)>().map_err(rows(what))?;
+        stream.map_err(next_row(what)).try_collect().await
+    }
+
+    async fn put_application(&self, app: &Application) -> Result<(), StoreError> {
+        app.validate().map_err(|e| StoreError::Corrupt(format!("refusing to store application {}: {e}", app.id)))?;
+        let body = serde_json::to_string(app)
+            .map_err(|e| StoreError::Corrupt(format!("application {} does not serialize: {e}", app.id)))?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let updated_at = CqlTimestamp(i64::try_from(now).unwrap_or(i64::MAX));
+        self.write("writing an application", &self.prepared.put_app, (&app.id, body, updated_at)).await
+    }
+
+    async fn get_application(&self, id: &str) -> Result<Option<Application>, StoreError> {
+        let what = "reading an application";
+        let result = self.session.execute_unpaged(&self.prepared.get_app, (id,)).await.map_err(execution(what))?;
+        let row =
+            result.into_rows_result().map_err(rows(what))?.maybe_first_row::<(String, String)>().map_err(rows(what))?;
+        row.map(|(id, body)| decode_application(&id, &body)).transpose()
+    }
+
+    async fn list_applications(&self) -> Result<Vec<Application>, StoreError> {
+        let what = "listing applications";
+        let pager = self.session.execute_iter(self.prepared.list_apps.clone(), ()).await.map_err(pager(what))?;
+        let stream = pager.rows_stream::<(String, String)>().map_err(rows(what))?;
+        stream
+            .map_err(next_row(what))
+            .and_then(|(id, body)| futures::future::ready(decode_application(&id, &body)))
+            .try_collect()
+            .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.write("ping", &self.prepared.ping, ()).await
+    }
+}
+
+fn decode_object((body, version, topic, partition, offset, deleted): ObjectColumns) -> Result<ObjectRow, String> {
+    let object: Map<String, Value> =
+        serde_json::from_str(&body).map_err(|e| format!("body is not a JSON object: {e}"))?;
+    let version = u64::try_from(version).map_err(|_| format!("negative version {version}"))?;
+    let last_applied = match (topic, partition, offset) {
+        (Some(topic), Some(partition), Some(offset)) => Some(SourcePosition { topic, partition, offset }),
+        (None, None, None) => None,
+        _ => return Err("last_topic, last_partition and last_offset are not all set or all null".into()),
+    };
+    Ok(ObjectRow { object: StoredObject { object, version, last_applied }, deleted })
+}
+
+fn decode_application(id: &str, body: &str) -> Result<Application, StoreError> {
+    let app =
+        Application::from_json(body.as_bytes()).map_err(|e| StoreError::Corrupt(format!("application {id}: {e}")))?;
+    if app.id != id {
+        return Err(StoreError::Corrupt(format!("application row {id} holds application {}", app.id)));
+    }
+    Ok(app)
+}

@@ -1,0 +1,84 @@
+//! The keyspace, the tables and the statements on them.
+
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::Consistency;
+
+use super::errors::prepare;
+use crate::store::StoreError;
+
+/// The prepared statements, one per operation.
+pub(super) struct Prepared {
+    pub(super) get_object: PreparedStatement,
+    pub(super) get_parents: PreparedStatement,
+    pub(super) put_object: PreparedStatement,
+    pub(super) put_link: PreparedStatement,
+    pub(super) delete_link: PreparedStatement,
+    pub(super) children: PreparedStatement,
+    pub(super) put_app: PreparedStatement,
+    pub(super) get_app: PreparedStatement,
+    pub(super) list_apps: PreparedStatement,
+    pub(super) ping: PreparedStatement,
+}
+
+impl Prepared {
+    pub(super) async fn new(session: &Session, ks: &str, page_size: i32) -> Result<Prepared, StoreError> {
+        let prep = |cql: String| async move {
+            let mut p = session.prepare(cql).await.map_err(prepare)?;
+            p.set_is_idempotent(true);
+            p.set_page_size(page_size.max(1));
+            Ok::<_, StoreError>(p)
+        };
+        let mut ping = prep("SELECT release_version FROM system.local".into()).await?;
+        // system.local is node-local: any one replica is the whole answer.
+        ping.set_consistency(Consistency::One);
+        Ok(Prepared {
+            get_object: prep(format!(
+                "SELECT body, version, last_topic, last_partition, last_offset, deleted FROM {ks}.objects \
+                 WHERE app = ? AND model = ? AND id = ?"
+            ))
+            .await?,
+            get_parents: prep(format!("SELECT parents FROM {ks}.objects WHERE app = ? AND model = ? AND id = ?"))
+                .await?,
+            put_object: prep(format!(
+                "INSERT INTO {ks}.objects (app, model, id, body, version, last_topic, last_partition, last_offset, \
+                 deleted, parents) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ))
+            .await?,
+            put_link: prep(format!(
+                "INSERT INTO {ks}.children (app, parent_model, parent_id, child_model, child_id) VALUES (?, ?, ?, ?, ?)"
+            ))
+            .await?,
+            delete_link: prep(format!(
+                "DELETE FROM {ks}.children WHERE app = ? AND parent_model = ? AND parent_id = ? \
+                 AND child_model = ? AND child_id = ?"
+            ))
+            .await?,
+            children: prep(format!(
+                "SELECT child_model, child_id FROM {ks}.children WHERE app = ? AND parent_model = ? AND parent_id = ?"
+            ))
+            .await?,
+            put_app: prep(format!("INSERT INTO {ks}.applications (id, body, updated_at) VALUES (?, ?, ?)")).await?,
+            get_app: prep(format!("SELECT id, body FROM {ks}.applications WHERE id = ?")).await?,
+            list_apps: prep(format!("SELECT id, body FROM {ks}.applications")).await?,
+            ping,
+        })
+    }
+}
+
+/// The keyspace and tables; every statement is a no-op when its object exists.
+pub(super) fn ddl(ks: &str, replication: &str) -> [String; 4] {
+    [
+        format!("CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {replication}"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.objects (app text, model text, id text, body text, version bigint, \
+             last_topic text, last_partition int, last_offset bigint, deleted boolean, \
+             parents set<frozen<tuple<text, text>>>, PRIMARY KEY ((app, model, id)))"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.children (app text, parent_model text, parent_id text, \
+             child_model text, child_id text, PRIMARY KEY ((app, parent_model, parent_id), child_model, child_id))"
+        ),
+        format!("CREATE TABLE IF NOT EXISTS {ks}.applications (id text PRIMARY KEY, body text, updated_at timestamp)"),
+    ]
+}

@@ -1,0 +1,146 @@
+//! The main store: objects (with their last applied log position), parent → child links for
+//! cascading deletes, and applications.
+//!
+//! The writer is the only role that writes objects, one consumer per object at a time (keying by
+//! object id end to end), so the store needs no compare-and-set: every write is an idempotent
+//! upsert, and replays are recognised by the position kept in [`StoredObject::last_applied`].
+//!
+//! ```text
+//! writer:  get_objects(app, ids) ─▶ skip already applied ─▶ apply patches ─▶ put_objects(app, writes)
+//! delete:  children(app, model, id) ─▶ tombstones for each child, recursively ─▶ put_objects
+//! system:  put_application / get_application / list_applications
+//! readyz:  ping
+//! ```
+//!
+//! | module | what |
+//! |--------|------|
+//! | `cql`  | [`CqlStore`]: Cassandra / ScyllaDB through the `scylla` driver |
+
+pub mod cql;
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use crate::error::ProcessError;
+use crate::model::{Application, StoredObject};
+
+pub use cql::{CqlOptions, CqlStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or timed out: retry later (ErrorClass::Transient).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A row could not be decoded, or the store rejected a request as invalid (a dropped table,
+    /// missing permissions, a statement the server does not accept): a bug, an operator change or
+    /// manual tampering, none of which a retry of the same request fixes (treat as fatal).
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// True if retrying the same request later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// A store failure never blames the message: it is retried or it stops the worker, so that no
+/// record is dead-lettered because of the store's state.
+impl From<StoreError> for ProcessError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) => ProcessError::Transient(e.to_string()),
+            StoreError::Corrupt(_) => ProcessError::Fatal(e.to_string()),
+        }
+    }
+}
+
+/// (model, id) of an object within one application.
+pub type ObjectId = (String, String);
+
+/// A stored object, or a tombstone left by a delete (kept so a replayed create or patch of a
+/// deleted object is recognised as already applied and not resurrected).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectRow {
+    pub object: StoredObject,
+    pub deleted: bool,
+}
+
+/// One object write. `parents` are (parent_model, parent_id) links to index for cascading deletes
+/// (the writer derives them from the schema's belongsTo: field `<parentModel>_id`).
+///
+/// `parents` is the object's whole set of links after the write: the store records it with the
+/// object and removes links it no longer names (a changed `<parentModel>_id`). A tombstone holds no
+/// links: every recorded one is removed, plus any it names, so its `parents` may be left empty.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectWrite {
+    pub model: String,
+    pub row: ObjectRow,
+    pub parents: Vec<(String, String)>,
+}
+
+impl ObjectWrite {
+    /// The (model, id) this write targets.
+    pub fn key(&self) -> ObjectId {
+        (self.model.clone(), self.row.object.id().to_owned())
+    }
+}
+
+/// The main store, as the workers use it. Implementations are cheap to share (`Arc`) and safe to
+/// call concurrently.
+///
+/// Every method is idempotent, so a caller that got [`StoreError::Unavailable`] retries the whole
+/// call; a partial failure never leaves a state that the retry cannot complete.
+pub trait Store: Send + Sync + 'static {
+    /// Reads many objects of one application at once (concurrently, prepared statement); missing
+    /// ones are absent from the map.
+    fn get_objects(
+        &self,
+        app: &str,
+        ids: &[ObjectId],
+    ) -> impl Future<Output = Result<HashMap<ObjectId, ObjectRow>, StoreError>> + Send;
+
+    /// Upserts objects (body JSON, version, last_applied position, deleted flag) and their parent
+    /// links. Idempotent. A tombstone (deleted=true) also removes the object's own parent links.
+    ///
+    /// Reads each object's recorded links first, then writes the links, then the objects: the
+    /// writer skips a record whose position an object already holds, so an object row must never
+    /// land without its links. If the same object appears twice, the last write wins.
+    fn put_objects(&self, app: &str, writes: &[ObjectWrite]) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The (child_model, child_id) of every live object linked to this parent, all pages.
+    fn children(
+        &self,
+        app: &str,
+        parent_model: &str,
+        parent_id: &str,
+    ) -> impl Future<Output = Result<Vec<ObjectId>, StoreError>> + Send;
+
+    fn put_application(&self, app: &Application) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn get_application(&self, id: &str) -> impl Future<Output = Result<Option<Application>, StoreError>> + Send;
+
+    /// Every application, all pages.
+    fn list_applications(&self) -> impl Future<Output = Result<Vec<Application>, StoreError>> + Send;
+
+    /// A cheap round trip for readiness.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Keeps the last write of each object, in first-seen order, so concurrent statements within one
+/// call never race on the same row.
+pub(crate) fn last_write_per_object(writes: &[ObjectWrite]) -> Vec<&ObjectWrite> {
+    let mut index: HashMap<ObjectId, usize> = HashMap::new();
+    let mut out: Vec<&ObjectWrite> = Vec::with_capacity(writes.len());
+    for w in writes {
+        match index.get(&w.key()) {
+            Some(&i) => out[i] = w,
+            None => {
+                index.insert(w.key(), out.len());
+                out.push(w);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,144 @@
+//! Applications as every worker sees them: loaded at start from the compacted `system` topic
+//! (read from the beginning to its end before the worker takes traffic), then followed, so an
+//! `app put` reaches running workers without a restart.
+//!
+//! `system` records: key = application id, value = the application JSON (CONTRACT section 6), an
+//! empty value removes the application. The topic is compacted, so it always holds the latest
+//! version of every application; the main store keeps the same data for the API and operators.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::error::WorkerError;
+use crate::model::Application;
+use crate::queue::{kafka, topic};
+
+/// The current applications, shared by a worker's handlers and its `system` follower.
+#[derive(Clone, Default)]
+pub struct Apps {
+    inner: Arc<RwLock<HashMap<String, Arc<Application>>>>,
+}
+
+impl Apps {
+    pub fn get(&self, id: &str) -> Option<Arc<Application>> {
+        self.inner.read().ok()?.get(id).cloned()
+    }
+
+    pub fn insert(&self, app: Application) {
+        if let Ok(mut map) = self.inner.write() {
+            map.insert(app.id.clone(), Arc::new(app));
+        }
+    }
+
+    pub fn remove(&self, id: &str) {
+        if let Ok(mut map) = self.inner.write() {
+            map.remove(id);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.read().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Applies one `system` record; a bad one is logged and skipped (it cannot be dead-lettered
+    /// by every worker at once, and `app put` validates before producing).
+    fn apply(&self, key: Option<&[u8]>, payload: Option<&[u8]>) {
+        match (key.and_then(|k| std::str::from_utf8(k).ok()), payload) {
+            (Some(id), None) | (Some(id), Some([])) => self.remove(id),
+            (_, Some(bytes)) => match Application::from_json(bytes) {
+                Ok(app) => {
+                    tracing::info!(message = "application loaded", app = %app.id);
+                    self.insert(app);
+                }
+                Err(error) => tracing::error!(message = "invalid application on system, ignored", %error),
+            },
+            (None, None) => {}
+        }
+    }
+
+    /// Reads `system` to its current end, then follows it in a background task until
+    /// `shutdown`. Returns once the initial load is complete.
+    pub async fn load_and_follow(cfg: &Config, worker: &str, shutdown: CancellationToken) -> Result<Apps, WorkerError> {
+        let apps = Apps::default();
+        let topic = cfg.topic(topic::SYSTEM);
+        let mut c = kafka::base_config(cfg, &format!("{worker}-system"));
+        // Assigned, never subscribed: every worker reads every record, nothing is committed.
+        c.set("group.id", format!("{topic}-{worker}"))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed");
+        let consumer: BaseConsumer = c.create().map_err(WorkerError::kafka("creating the system consumer"))?;
+        let consumer = Arc::new(consumer);
+        let (apps2, c2, t2) = (apps.clone(), consumer.clone(), topic.clone());
+        let ends = tokio::task::spawn_blocking(move || catch_up(&c2, &t2, &apps2))
+            .await
+            .map_err(|e| WorkerError::Fatal(format!("system loader: {e}")))??;
+        tracing::info!(message = "applications loaded from system", count = apps.len(), partitions = ends);
+        let follower = apps.clone();
+        std::thread::Builder::new()
+            .name("system-follower".into())
+            .spawn(move || {
+                while !shutdown.is_cancelled() {
+                    if let Some(Ok(m)) = consumer.poll(Duration::from_millis(250)) {
+                        follower.apply(m.key(), m.payload());
+                    }
+                }
+            })
+            .map_err(WorkerError::io("starting the system follower"))?;
+        Ok(apps)
+    }
+}
+
+/// Assigns every partition of `topic` from the beginning and applies records up to the high
+/// watermarks seen at the start.
+fn catch_up(consumer: &BaseConsumer, topic: &str, apps: &Apps) -> Result<usize, WorkerError> {
+    let timeout = Duration::from_secs(10);
+    let md = consumer.fetch_metadata(Some(topic), timeout).map_err(WorkerError::kafka("system metadata"))?;
+    let partitions: Vec<i32> = md
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(WorkerError::Fatal(format!("topic {topic} does not exist: run `nexxus-worker topics apply`")));
+    }
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for &p in &partitions {
+        let (_, high) =
+            consumer.fetch_watermarks(topic, p, timeout).map_err(WorkerError::kafka("system watermarks"))?;
+        ends.insert(p, high);
+        tpl.add_partition_offset(topic, p, Offset::Beginning).map_err(WorkerError::kafka("system assignment"))?;
+    }
+    consumer.assign(&tpl).map_err(WorkerError::kafka("assigning system"))?;
+    let started = std::time::Instant::now();
+    loop {
+        let position = consumer.position().map_err(WorkerError::kafka("system position"))?;
+        // Positions, not offsets: transaction markers take offsets but carry no record.
+        let done = ends.iter().all(|(&p, &end)| {
+            end == 0
+                || matches!(position.find_partition(topic, p).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= end)
+        });
+        if done {
+            return Ok(partitions.len());
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            return Err(WorkerError::Fatal(format!("could not read {topic} to its end within 120 s")));
+        }
+        if let Some(result) = consumer.poll(Duration::from_millis(200)) {
+            let m = result.map_err(WorkerError::kafka("reading system"))?;
+            apps.apply(m.key(), m.payload());
+        }
+    }
+}

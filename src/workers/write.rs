@@ -1,0 +1,322 @@
+//! The write role: `write` records applied to the main store, and one [`ChangeEvent`] per applied
+//! change on `transport_manager` (before- and after-image, version, affected channels).
+//!
+//! Order of effects per batch, chosen so a crash at any point is harmless:
+//!
+//! 1. compute each change from the object as it was before the batch (read once, then kept in
+//!    the batch's cache) and enqueue its event;
+//! 2. wait until every event is acknowledged;
+//! 3. persist every touched object with the `write` position of its last change;
+//! 4. commit the input offsets.
+//!
+//! A crash before 3 re-computes the same events from the same stored state (timestamps come from
+//! the messages, ids from log positions): the duplicates carry the same `version`, which clients
+//! drop. A crash after 3 finds each object's stored position at or past the replayed record and
+//! skips it. Nothing is applied twice, no event is lost, and no outbox table is needed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::error::{ProcessError, WorkerError};
+use crate::model::schema::is_builtin;
+use crate::model::{
+    affected_channels_for_change, micros_to_secs, validate_author, AclKind, Application, Change, ChangeEvent, ChangeOp,
+    SourcePosition, StoredObject, WriteRecord,
+};
+use crate::queue::outbox::Outbox;
+use crate::queue::{kafka::Producer, topic, Record};
+use crate::store::{ObjectRow, ObjectWrite, Store};
+
+use super::apps::Apps;
+use super::pipeline::{Handler, Pipeline};
+use super::WorkerContext;
+
+/// Deeper parent chains than this are cut (and logged): a guard against cycles in bad data.
+const MAX_CASCADE_DEPTH: usize = 16;
+
+type Key = (String, String, String); // (application, model, id)
+
+pub struct Writer<S> {
+    store: Arc<S>,
+    apps: Apps,
+    events_topic: String,
+    /// Objects read or changed in this batch; `None` = known not to exist.
+    cache: BTreeMap<Key, Option<ObjectRow>>,
+    /// Keys whose cached state must be persisted at the end of the batch.
+    dirty: HashSet<Key>,
+}
+
+/// Connects and runs the role until `shutdown`.
+pub async fn run<S: Store>(
+    ctx: &WorkerContext,
+    store: Arc<S>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<(), WorkerError> {
+    let cfg = &ctx.config;
+    let apps = Apps::load_and_follow(cfg, &ctx.name(), shutdown.clone()).await?;
+    let producer = Producer::new(cfg, &ctx.health, &ctx.name())?;
+    let pipeline =
+        Pipeline::connect(cfg, &ctx.health, &ctx.name(), topic::WRITE, &[topic::WRITE], producer, &shutdown).await?;
+    let mut writer = Writer::new(store, apps, cfg.topic(topic::TRANSPORT_MANAGER));
+    pipeline.run(&mut writer, shutdown).await
+}
+
+fn poison(e: impl std::fmt::Display) -> ProcessError {
+    ProcessError::Poison(e.to_string())
+}
+
+impl<S: Store> Writer<S> {
+    pub fn new(store: Arc<S>, apps: Apps, events_topic: String) -> Self {
+        Writer { store, apps, events_topic, cache: BTreeMap::new(), dirty: HashSet::new() }
+    }
+
+    async fn load(&mut self, key: &Key) -> Result<Option<ObjectRow>, ProcessError> {
+        if let Some(row) = self.cache.get(key) {
+            return Ok(row.clone());
+        }
+        let id = (key.1.clone(), key.2.clone());
+        let mut rows = self.store.get_objects(&key.0, std::slice::from_ref(&id)).await.map_err(ProcessError::from)?;
+        let row = rows.remove(&id);
+        self.cache.insert(key.clone(), row.clone());
+        Ok(row)
+    }
+
+    fn stage(&mut self, key: Key, row: ObjectRow) {
+        self.cache.insert(key.clone(), Some(row));
+        self.dirty.insert(key);
+    }
+
+    async fn emit(&self, out: &mut Outbox, event: &ChangeEvent) -> Result<(), ProcessError> {
+        let bytes = serde_json::to_vec(event).map_err(|e| ProcessError::Fatal(format!("encoding an event: {e}")))?;
+        out.send(&self.events_topic, Some(event.id.as_bytes()), &bytes, &[])
+            .await
+            .map_err(|e| ProcessError::Transient(format!("producing to transport_manager: {e}")))
+    }
+
+    /// Deletes every live descendant of `parent`, depth first, emitting a delete for each.
+    async fn cascade(
+        &mut self,
+        app: &Application,
+        parent: (&str, &str),
+        rec: &WriteRecord,
+        position: &SourcePosition,
+        out: &mut Outbox,
+    ) -> Result<usize, ProcessError> {
+        let mut stack = vec![(parent.0.to_string(), parent.1.to_string(), 0usize)];
+        let mut seen = HashSet::new();
+        let mut deleted = 0;
+        while let Some((model, id, depth)) = stack.pop() {
+            if depth >= MAX_CASCADE_DEPTH {
+                tracing::error!(message = "cascade depth limit reached, stopping", app = %app.id, model, id);
+                continue;
+            }
+            let mut children = self.store.children(&app.id, &model, &id).await.map_err(ProcessError::from)?;
+            // Children created earlier in this batch are not in the store's index yet.
+            let link = (model.clone(), id.clone());
+            for ((a, m, i), row) in &self.cache {
+                if let Some(row) = row.as_ref().filter(|r| *a == app.id && !r.deleted) {
+                    if self.parents(a, m, row).contains(&link) && !children.contains(&(m.clone(), i.clone())) {
+                        children.push((m.clone(), i.clone()));
+                    }
+                }
+            }
+            for (child_model, child_id) in children {
+                if !seen.insert((child_model.clone(), child_id.clone())) {
+                    continue;
+                }
+                let key = (app.id.clone(), child_model.clone(), child_id.clone());
+                let Some(row) = self.load(&key).await?.filter(|r| !r.deleted) else { continue };
+                self.delete_one(app, key, row, rec, position, out).await?;
+                deleted += 1;
+                stack.push((child_model, child_id, depth + 1));
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Tombstones one live object and emits its delete event.
+    async fn delete_one(
+        &mut self,
+        app: &Application,
+        key: Key,
+        row: ObjectRow,
+        rec: &WriteRecord,
+        position: &SourcePosition,
+        out: &mut Outbox,
+    ) -> Result<(), ProcessError> {
+        let before = row.object.object.clone();
+        let tomb = StoredObject {
+            object: row.object.object,
+            version: row.object.version.saturating_add(1),
+            last_applied: Some(position.clone()),
+        };
+        let event = self.event(app, &key, ChangeOp::Delete, Some(before), None, Vec::new(), tomb.version, rec)?;
+        self.emit(out, &event).await?;
+        self.stage(key, ObjectRow { object: tomb, deleted: true });
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn event(
+        &self,
+        app: &Application,
+        key: &Key,
+        op: ChangeOp,
+        before: Option<Map<String, Value>>,
+        after: Option<Map<String, Value>>,
+        patches: Vec<crate::model::Patch>,
+        version: u64,
+        rec: &WriteRecord,
+    ) -> Result<ChangeEvent, ProcessError> {
+        let channels =
+            affected_channels_for_change(&app.id, before.as_ref(), after.as_ref(), &app.schema).map_err(poison)?;
+        Ok(ChangeEvent {
+            application_id: app.id.clone(),
+            op,
+            model: key.1.clone(),
+            id: key.2.clone(),
+            before,
+            after,
+            patches,
+            version,
+            timestamp: rec.timestamp,
+            channels,
+            broadcast: false,
+        })
+    }
+
+    async fn apply(
+        &mut self,
+        rec: WriteRecord,
+        position: SourcePosition,
+        out: &mut Outbox,
+    ) -> Result<(), ProcessError> {
+        let app = self
+            .apps
+            .get(&rec.application_id)
+            .ok_or_else(|| poison(format!("unknown application `{}`", rec.application_id)))?;
+        if app.model(&rec.model).is_none() && !is_builtin(&rec.model) {
+            return Err(poison(format!("unknown model `{}` in application `{}`", rec.model, app.id)));
+        }
+        let key = (rec.application_id.clone(), rec.model.clone(), rec.id.clone());
+        let current = self.load(&key).await?;
+        if current.as_ref().is_some_and(|r| r.object.already_applied(&position)) {
+            metrics::counter!("nexxus_write_replays_skipped_total").increment(1);
+            return Ok(());
+        }
+        let live = current.as_ref().filter(|r| !r.deleted);
+        let secs = micros_to_secs(rec.timestamp);
+        match &rec.change {
+            Change::Create { object } => {
+                if live.is_some() {
+                    return Err(poison(format!("{} `{}` already exists", rec.model, rec.id)));
+                }
+                let mut object = object.clone();
+                object.insert("id".into(), Value::String(rec.id.clone()));
+                object.insert("type".into(), Value::String(rec.model.clone()));
+                object.insert("created".into(), Value::from(secs));
+                object.insert("modified".into(), Value::from(secs));
+                // A re-created id continues the versions of its tombstone, so clients never see
+                // a version go backwards.
+                let version = current.as_ref().map_or(0, |r| r.object.version).saturating_add(1);
+                let stored = StoredObject { object, version, last_applied: Some(position) };
+                let event = self.event(
+                    &app,
+                    &key,
+                    ChangeOp::Create,
+                    None,
+                    Some(stored.object.clone()),
+                    Vec::new(),
+                    version,
+                    &rec,
+                )?;
+                self.emit(out, &event).await?;
+                self.stage(key, ObjectRow { object: stored, deleted: false });
+            }
+            Change::Update { patches, .. } => {
+                let row = live.ok_or_else(|| poison(format!("update of missing {} `{}`", rec.model, rec.id)))?;
+                for p in patches {
+                    validate_author(&app.schema, &rec.model, &row.object.object, AclKind::Write, p.user_id.as_deref())
+                        .map_err(poison)?;
+                }
+                let next = row.object.apply(patches, secs, Some(position)).map_err(poison)?;
+                let client_patches = patches.iter().map(|p| p.for_clients()).collect();
+                let event = self.event(
+                    &app,
+                    &key,
+                    ChangeOp::Update,
+                    Some(row.object.object.clone()),
+                    Some(next.object.clone()),
+                    client_patches,
+                    next.version,
+                    &rec,
+                )?;
+                self.emit(out, &event).await?;
+                self.stage(key, ObjectRow { object: next, deleted: false });
+            }
+            Change::Delete { user_id } => {
+                let row = live.ok_or_else(|| poison(format!("delete of missing {} `{}`", rec.model, rec.id)))?.clone();
+                validate_author(&app.schema, &rec.model, &row.object.object, AclKind::Write, user_id.as_deref())
+                    .map_err(poison)?;
+                // Descendants first: if this is interrupted and retried, the parent is still live
+                // (so the record is not mistaken for applied) and finished children are skipped.
+                let children = self.cascade(&app, (&rec.model, &rec.id), &rec, &position, out).await?;
+                metrics::counter!("nexxus_write_cascade_deletes_total").increment(children as u64);
+                self.delete_one(&app, key, row, &rec, &position, out).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `(parent_model, parent_id)` links of an object, from its schema's `belongsTo`.
+    fn parents(&self, app: &str, model: &str, row: &ObjectRow) -> Vec<(String, String)> {
+        let Some(schema) = self.apps.get(app) else { return Vec::new() };
+        let Some(ms) = schema.model(model) else { return Vec::new() };
+        ms.belongs_to
+            .iter()
+            .filter_map(|b| {
+                row.object
+                    .object
+                    .get(&b.parent_field())
+                    .and_then(Value::as_str)
+                    .map(|id| (b.parent_model.clone(), id.to_string()))
+            })
+            .collect()
+    }
+}
+
+impl<S: Store> Handler for Writer<S> {
+    async fn handle(&mut self, record: &Record<'_>, out: &mut Outbox) -> Result<(), ProcessError> {
+        let rec: WriteRecord =
+            serde_json::from_slice(record.payload).map_err(|e| poison(format!("not a write record: {e}")))?;
+        let position =
+            SourcePosition { topic: record.topic.to_string(), partition: record.partition, offset: record.offset };
+        self.apply(rec, position, out).await
+    }
+
+    async fn persist(&mut self) -> Result<(), ProcessError> {
+        let mut by_app: BTreeMap<String, Vec<ObjectWrite>> = BTreeMap::new();
+        for key in &self.dirty {
+            if let Some(Some(row)) = self.cache.get(key) {
+                let parents = if row.deleted { Vec::new() } else { self.parents(&key.0, &key.1, row) };
+                by_app.entry(key.0.clone()).or_default().push(ObjectWrite {
+                    model: key.1.clone(),
+                    row: row.clone(),
+                    parents,
+                });
+            }
+        }
+        for (app, writes) in &by_app {
+            self.store.put_objects(app, writes).await.map_err(ProcessError::from)?;
+        }
+        self.abort_batch();
+        Ok(())
+    }
+
+    fn abort_batch(&mut self) {
+        self.cache.clear();
+        self.dirty.clear();
+    }
+}
