@@ -42,6 +42,12 @@ const RETRY_CAP: Duration = Duration::from_secs(30);
 /// `end_batch`, awaits every output, calls `persist`, and commits. If the outputs could not be
 /// delivered the batch is redone from its first offsets after `abort_batch`.
 pub trait Handler {
+    /// Before the batch's first record: a chance to fetch what the whole batch needs at once.
+    /// Best effort: whatever it cannot do, `handle` does record by record.
+    fn prepare(&mut self, _batch: &[Record<'_>]) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
     /// Processes one record; outputs go to `out`.
     fn handle(
         &mut self,
@@ -245,15 +251,19 @@ impl Pipeline {
         shutdown: &CancellationToken,
     ) -> (Positions, Result<Outcome, WorkerError>) {
         let mut positions = Positions::default();
-        for msg in batch {
-            let record = Record {
+        let records: Vec<Record<'_>> = batch
+            .iter()
+            .map(|msg| Record {
                 topic: msg.topic(),
                 partition: msg.partition(),
                 offset: msg.offset(),
                 key: msg.key(),
                 payload: msg.payload().unwrap_or_default(),
                 timestamp_ms: msg.timestamp().to_millis(),
-            };
+            })
+            .collect();
+        handler.prepare(&records).await;
+        for record in records {
             positions.first.entry((record.topic.to_string(), record.partition)).or_insert(record.offset);
             telemetry::consumed(record.topic);
             let started = Instant::now();
