@@ -225,7 +225,14 @@ async fn sigkills_of_writer_and_aggregator_lose_and_duplicate_nothing() {
             }
         }
     };
-    tokio::join!(stack.publish(msgs), killer);
+    // Spread the input over ~8 s so that the kills land while work is in flight.
+    let paced = async {
+        for chunk in msgs.chunks(500) {
+            stack.publish(chunk.to_vec()).await;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+    };
+    tokio::join!(paced, killer);
     let store = stack.store().await;
     assert_state(&store, &expected, Duration::from_secs(300)).await;
     let count =
@@ -279,4 +286,86 @@ async fn poison_messages_are_dead_lettered_and_the_rest_flows() {
         1,
         "only the update of a missing object needs the store to be refused: {reasons:#?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_parent_deletes_its_children_with_events() {
+    let stack = Stack::new("cascade").await;
+    let _agg = stack.start("aggregation", 0);
+    let _w = stack.start("write", 0);
+    let project = json!({"op":"create","object":{"id":"p1","type":"project","context_id":"c1","application_id":APP},
+        "application_id":APP,"timestamp":1_700_000_000_000_000u64});
+    let mut lines = vec![project];
+    for i in 0..3 {
+        lines.push(
+            json!({"op":"create","object":{"id":format!("task-{i}"),"type":"task","context_id":"c1","project_id":"p1",
+            "application_id":APP},"application_id":APP,"timestamp":1_700_000_000_000_001u64 + i}),
+        );
+    }
+    lines.push(json!({"op":"create","object":{"id":"other","type":"task","context_id":"c1","project_id":"p2","application_id":APP},
+        "application_id":APP,"timestamp":1_700_000_000_000_009u64}));
+    stack.publish(lines).await;
+    let store = stack.store().await;
+    let ids: Vec<(String, String)> = (0..3).map(|i| ("task".to_string(), format!("task-{i}"))).collect();
+    common::wait_until(Duration::from_secs(60), "children stored", || {
+        futures::executor::block_on(store.get_objects(APP, &ids)).map(|r| r.len() == 3).unwrap_or(false)
+    })
+    .await;
+    stack
+        .publish(vec![json!({"op":"delete","object":{"model":"project","id":"p1"},"application_id":APP,"timestamp":1_700_000_000_000_100u64})])
+        .await;
+    let started = Instant::now();
+    loop {
+        let rows = store.get_objects(APP, &ids).await.unwrap();
+        if rows.values().all(|r| r.deleted) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "children not deleted: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let other = store.get_objects(APP, &[("task".to_string(), "other".to_string())]).await.unwrap();
+    assert!(!other.values().next().unwrap().deleted, "a child of another parent stays");
+    let events: Vec<ChangeEvent> = common::read_all(&stack.cfg, &stack.cfg.topic("transport_manager"), 4)
+        .iter()
+        .map(|(_, p)| serde_json::from_slice(p).unwrap())
+        .collect();
+    let deletes: Vec<&str> =
+        events.iter().filter(|e| e.op == nexxus_worker::model::ChangeOp::Delete).map(|e| e.id.as_str()).collect();
+    assert_eq!(deletes.len(), 4, "{deletes:?}");
+    for id in ["p1", "task-0", "task-1", "task-2"] {
+        assert!(deletes.contains(&id), "{id} delete event missing: {deletes:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_application_put_while_running_is_picked_up_without_restart() {
+    let stack = Stack::new("appput").await;
+    let _agg = stack.start("aggregation", 0);
+    let _w = stack.start("write", 0);
+    let create = |id: &str, t: u64| json!({"op":"create","object":{"id":id,"type":"note","application_id":"late"},"application_id":"late","timestamp":t});
+    stack.publish(vec![create("n1", 1)]).await;
+    let started = Instant::now();
+    while common::read_all(&stack.cfg, &stack.cfg.topic("dead_letter"), 1).is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(60), "unknown application never dead-lettered");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("late.json");
+    std::fs::write(&app, r#"{"id":"late","schema":{"note":{}}}"#).unwrap();
+    let out = Command::new(common::BIN).args(["app", "put"]).arg(&app).env_clear().envs(&stack.env).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Workers follow `system` asynchronously; retry the create under new ids until one lands.
+    let store = stack.store().await;
+    let started = Instant::now();
+    for n in 2.. {
+        let id = format!("n{n}");
+        stack.publish(vec![create(&id, n)]).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if !store.get_objects("late", &[("note".to_string(), id)]).await.unwrap().is_empty() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the new application was never picked up");
+    }
+    let stored = store.get_application("late").await.unwrap();
+    assert_eq!(stored.map(|a| a.id), Some("late".to_string()), "app put also stores the application");
 }
