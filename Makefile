@@ -42,8 +42,8 @@ test: lint up ## everything: lint, unit, and integration tests against real serv
 	$(CARGO) test --bench model
 	set -a && source $(STACK_ENV) && set +a && $(CARGO) test --lib --tests -- --test-threads=4
 
-run: up release ## the main job on this machine (see README)
-	set -a && source $(STACK_ENV) && set +a && target/release/nexxus-worker topics apply && exec target/release/nexxus-worker -t all -i 0
+run: release ## the main job on this machine (see README)
+	deploy/local/run.sh
 
 bench: ## criterion micro-benchmarks
 	$(CARGO) bench --bench model

@@ -95,6 +95,7 @@ async fn dispatch(cli: Cli, config: Arc<Config>) -> Result<(), WorkerError> {
             let lines = publish::read_lines(file.as_deref())?;
             let producer = Producer::new(&config, &Arc::new(Health::new()), "nexxus-publish")?;
             let full = config.topic(&topic);
+            producer.check_topic(&full).await?;
             let n = publish::publish(&producer, &full, lines).await?;
             eprintln!("published {n} messages to {full}");
             Ok(())

@@ -271,6 +271,23 @@ impl Producer {
         &self.inner
     }
 
+    /// Fails fast, naming the topic, when it does not exist: a produce to a missing topic would
+    /// otherwise wait for the whole message timeout and report only "timed out".
+    pub async fn check_topic(&self, topic: &str) -> Result<(), WorkerError> {
+        let p = self.inner.clone();
+        let t = topic.to_string();
+        let md = tokio::task::spawn_blocking(move || {
+            rdkafka::producer::Producer::client(&p).fetch_metadata(Some(&t), Duration::from_secs(10))
+        })
+        .await
+        .map_err(|e| WorkerError::Fatal(format!("metadata task: {e}")))?
+        .map_err(WorkerError::kafka("fetching metadata"))?;
+        match md.topics().iter().find(|m| m.name() == topic) {
+            Some(m) if m.error().is_none() && !m.partitions().is_empty() => Ok(()),
+            _ => Err(WorkerError::Usage(format!("topic {topic} does not exist: run `nexxus-worker topics apply`"))),
+        }
+    }
+
     /// Waits for queued messages; a producer dropped without flushing loses them.
     pub async fn flush(&self, timeout: Duration) -> KafkaResult<()> {
         let p = self.inner.clone();
