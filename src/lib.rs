@@ -20,6 +20,7 @@ pub mod config;
 pub mod error;
 pub mod model;
 pub mod queue;
+pub mod registry;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

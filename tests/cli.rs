@@ -52,8 +52,6 @@ fn unknown_config_file_key_exits_64() {
 #[test]
 fn roles_of_later_issues_fail_loudly_before_connecting() {
     for (role, issue) in [
-        ("track", "issue 5"),
-        ("transport_manager", "issue 5"),
         ("sockets_transport", "issue 6"),
         ("ios_transport", "issue 7"),
         ("android_transport", "issue 7"),

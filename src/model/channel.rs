@@ -163,6 +163,12 @@ impl ParsedChannelKey {
 }
 
 impl ChannelKey {
+    /// A key read back from the registry, where only keys this crate built are stored. Not
+    /// validated: use [`ChannelKey::parse`] for keys from outside.
+    pub fn from_stored(key: String) -> ChannelKey {
+        ChannelKey(key)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -51,7 +51,7 @@ pub use delivery::{
     plan_deliveries, split_push, transition_for, DeliveryBatch, Delta, DeltaOp, PushPayload, DEFAULT_PUSH_LIMIT,
 };
 pub use error::ModelError;
-pub use event::{Change, ChangeEvent, ChangeOp, WriteRecord};
+pub use event::{Change, ChangeEvent, ChangeOp, Recipient, TransportMessage, WriteRecord};
 pub use filter::{Filter, Transition};
 pub use id::object_id_from_position;
 pub use message::{

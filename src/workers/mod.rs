@@ -8,6 +8,8 @@
 pub mod aggregation;
 pub mod apps;
 pub mod pipeline;
+pub mod track;
+pub mod transport_manager;
 pub mod write;
 
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::error::WorkerError;
 use crate::queue::topic;
+use crate::registry::{Registry, RegistryError};
 use crate::store::cql::CqlStore;
 use crate::store::StoreError;
 use crate::telemetry::Health;
@@ -106,7 +109,7 @@ impl Role {
     fn pending_issue(self) -> Option<&'static str> {
         match self {
             Role::Aggregation | Role::Write => None,
-            Role::TransportManager | Role::Track => Some("issue 5 (Track and transport manager: the subscription registry in Redis and routing of every change to its devices)"),
+            Role::TransportManager | Role::Track => None,
             Role::SocketsTransport => Some("issue 6 (Sockets transport: authenticated WebSocket delivery with per-index topics)"),
             Role::AndroidTransport | Role::IosTransport => Some("issue 7 (Push transports: APNs and FCM HTTP v1 with a real token lifecycle)"),
             Role::All => Some("issue 8 (Single-process mode: `-t all` on embedded defaults, HTTP ingress, a live demo page and a browser client)"),
@@ -150,38 +153,72 @@ pub async fn run(ctx: WorkerContext, shutdown: CancellationToken) -> Result<(), 
     match ctx.role {
         Role::Aggregation => aggregation::run(&ctx, shutdown).await,
         Role::Write => {
-            let store = connect_store(&ctx, &shutdown).await?;
+            let store = connect(
+                &ctx,
+                &shutdown,
+                "store:cql",
+                || CqlStore::connect(&ctx.config),
+                |e| matches!(e, StoreError::Unavailable(_)),
+            )
+            .await?;
             write::run(&ctx, Arc::new(store), shutdown).await
         }
-        Role::TransportManager
-        | Role::Track
-        | Role::AndroidTransport
-        | Role::IosTransport
-        | Role::SocketsTransport
-        | Role::All => Err(WorkerError::Fatal(format!("{} passed check_runnable", ctx.role))),
+        Role::Track => {
+            let registry = connect_registry(&ctx, &shutdown).await?;
+            track::run(&ctx, Arc::new(registry), shutdown).await
+        }
+        Role::TransportManager => {
+            let registry = connect_registry(&ctx, &shutdown).await?;
+            transport_manager::run(&ctx, Arc::new(registry), shutdown).await
+        }
+        Role::AndroidTransport | Role::IosTransport | Role::SocketsTransport | Role::All => {
+            Err(WorkerError::Fatal(format!("{} passed check_runnable", ctx.role)))
+        }
     }
 }
 
-/// Connects to the CQL store, retrying with backoff (readiness false) while it is unreachable:
-/// a store that starts after the worker is normal in an orchestrated deployment.
-async fn connect_store(ctx: &WorkerContext, shutdown: &CancellationToken) -> Result<CqlStore, WorkerError> {
-    let condition = "store:cql";
-    ctx.health.require(condition, "connecting to the CQL store");
+async fn connect_registry(ctx: &WorkerContext, shutdown: &CancellationToken) -> Result<Registry, WorkerError> {
+    connect(
+        ctx,
+        shutdown,
+        "registry:redis",
+        || Registry::connect(&ctx.config.redis_url),
+        |e| matches!(e, RegistryError::Unavailable(_)),
+    )
+    .await
+}
+
+/// Connects to a dependency, retrying with backoff (readiness condition `condition` false)
+/// while it is unreachable: a dependency that starts after the worker is normal in an
+/// orchestrated deployment. Errors `transient` rejects stop the worker.
+async fn connect<T, E, F, Fut>(
+    ctx: &WorkerContext,
+    shutdown: &CancellationToken,
+    condition: &str,
+    attempt: F,
+    transient: impl Fn(&E) -> bool,
+) -> Result<T, WorkerError>
+where
+    E: std::fmt::Display,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    ctx.health.require(condition, "connecting");
     let mut delay = std::time::Duration::from_millis(500);
     loop {
-        match CqlStore::connect(&ctx.config).await {
-            Ok(store) => {
+        match attempt().await {
+            Ok(client) => {
                 ctx.health.ok(condition);
-                return Ok(store);
+                return Ok(client);
             }
-            Err(StoreError::Corrupt(e)) => return Err(WorkerError::Fatal(format!("CQL store: {e}"))),
+            Err(e) if !transient(&e) => return Err(WorkerError::Fatal(format!("{condition}: {e}"))),
             Err(e) => {
                 ctx.health.fail(condition, e.to_string());
-                tracing::warn!(message = "CQL store not reachable, retrying", error = %e, retry_in_ms = delay.as_millis() as u64);
+                tracing::warn!(message = "dependency not reachable, retrying", condition, error = %e, retry_in_ms = delay.as_millis() as u64);
             }
         }
         tokio::select! {
-            () = shutdown.cancelled() => return Err(WorkerError::Fatal("shutdown before the store was reachable".into())),
+            () = shutdown.cancelled() => return Err(WorkerError::Fatal(format!("shutdown before {condition} was reachable"))),
             () = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(std::time::Duration::from_secs(10));
@@ -203,7 +240,8 @@ mod tests {
 
     #[test]
     fn unfinished_roles_fail_loudly_naming_their_issue() {
-        for role in Role::WORKERS.into_iter().filter(|r| !matches!(r, Role::Aggregation | Role::Write)) {
+        let done = [Role::Aggregation, Role::Write, Role::Track, Role::TransportManager];
+        for role in Role::WORKERS.into_iter().filter(|r| !done.contains(r)) {
             let err = check_runnable(role).unwrap_err();
             assert_eq!(err.exit_code(), 64);
             assert!(err.to_string().contains("not implemented yet"), "{err}");

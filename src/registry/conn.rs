@@ -1,0 +1,268 @@
+//! One Redis connection for either topology, running batches of single-key commands with one
+//! retry on a connection error.
+//!
+//! - Single node: a [`ConnectionManager`] (a multiplexed connection that reconnects itself). After
+//!   a server restart its first command fails with an I/O error and only then triggers the
+//!   reconnect, so every batch here is retried once on such an error.
+//! - Cluster: a [`ClusterConnection`] (routes by slot, follows MOVED/ASK, reconnects to nodes).
+//!   redis-rs sends a whole pipeline to the node of its first key and rejects a pipeline whose
+//!   keys hash to different slots (`route_for_pipeline`: "Received crossed slots in pipeline").
+//!   So a batch is split into one pipeline per slot, and those run concurrently over the
+//!   connection's multiplexed node connections: one round trip of latency, several requests.
+//!   Commands on the same key stay in one pipeline, in batch order. Nothing spans slots: no
+//!   MULTI, no Lua, no multi-key command.
+//!
+//! Every command the registry sends is idempotent in effect (SADD, SREM, SET, DEL, GET,
+//! SMEMBERS, SCARD), which is what makes the blind retry of a whole batch safe.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, ToRedisArgs, Value};
+
+use super::RegistryError;
+
+/// Bound on establishing a connection (each node for a cluster).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on one response from one node.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on one attempt of one batch, whatever the driver does inside it (its own reconnects
+/// and redirections; redis-rs#1528: timeouts not always honoured when nodes are unreachable).
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(12);
+
+/// One single-key command and the key that decides its cluster slot.
+#[derive(Debug, Clone)]
+pub struct Op {
+    name: &'static str,
+    key: String,
+    cmd: Cmd,
+}
+
+impl Op {
+    /// `<name> <key>`; add the other arguments with [`Op::arg`].
+    pub fn new(name: &'static str, key: &str) -> Op {
+        let mut cmd = redis::cmd(name);
+        cmd.arg(key);
+        Op { name, key: key.to_owned(), cmd }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub fn arg<T: ToRedisArgs>(mut self, arg: T) -> Op {
+        self.cmd.arg(arg);
+        self
+    }
+}
+
+#[derive(Clone)]
+enum Inner {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// A cheap-to-clone handle; clones share the underlying connection and the retry counter.
+#[derive(Clone)]
+pub struct Conn {
+    inner: Inner,
+    retries: Arc<AtomicU64>,
+}
+
+/// A batch encoded once, run once or twice, with the connection that runs it.
+enum Prepared {
+    Single(ConnectionManager, Pipeline),
+    /// (positions in the batch, the pipeline of one slot)
+    Cluster(ClusterConnection, Vec<(Vec<usize>, Pipeline)>),
+}
+
+impl Conn {
+    /// Connects to one node (`redis://host:port[/db]`, `rediss://` for TLS) or, given a comma
+    /// list of URLs, to the cluster they belong to.
+    pub async fn connect(url: &str) -> Result<Conn, RegistryError> {
+        let urls: Vec<&str> = url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+        let inner = match urls.as_slice() {
+            [] => return Err(RegistryError::Unavailable("empty Redis URL".into())),
+            [one] => {
+                let client = redis::Client::open(*one)
+                    .map_err(|e| RegistryError::Unavailable(format!("invalid Redis URL `{one}`: {e}")))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_number_of_retries(3)
+                    .set_max_delay(Duration::from_secs(1));
+                let connecting = ConnectionManager::new_with_config(client, config);
+                let manager = tokio::time::timeout(CONNECT_TIMEOUT * 2, connecting)
+                    .await
+                    .map_err(|_| RegistryError::Unavailable(format!("connecting to Redis at {one}: timed out")))?
+                    .map_err(|e| RegistryError::Unavailable(format!("connecting to Redis at {one}: {e}")))?;
+                Inner::Single(manager)
+            }
+            many => {
+                let client = ClusterClientBuilder::new(many.to_vec())
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    .response_timeout(RESPONSE_TIMEOUT)
+                    .overall_response_timeout(Some(RESPONSE_TIMEOUT * 2))
+                    .retries(3)
+                    .build()
+                    .map_err(|e| RegistryError::Unavailable(format!("invalid Redis Cluster URLs `{url}`: {e}")))?;
+                // redis-rs#1953: the initial connection can hang; bound it.
+                let conn = tokio::time::timeout(CONNECT_TIMEOUT * 2, client.get_async_connection())
+                    .await
+                    .map_err(|_| RegistryError::Unavailable(format!("connecting to Redis Cluster {url}: timed out")))?
+                    .map_err(|e| RegistryError::Unavailable(format!("connecting to Redis Cluster {url}: {e}")))?;
+                Inner::Cluster(conn)
+            }
+        };
+        Ok(Conn { inner, retries: Arc::new(AtomicU64::new(0)) })
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner, Inner::Cluster(_))
+    }
+
+    /// Batches retried after a connection error since connect (shared by clones).
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// Sends `PING` (to some node of a cluster).
+    pub async fn ping(&self) -> Result<(), RegistryError> {
+        let ping = Op { name: "PING", key: String::new(), cmd: redis::cmd("PING") };
+        self.run("PING", std::slice::from_ref(&ping)).await.map(drop)
+    }
+
+    /// Runs one command; see [`Conn::run`].
+    pub async fn run_one(&self, what: &str, op: Op) -> Result<Value, RegistryError> {
+        let mut out = self.run(what, std::slice::from_ref(&op)).await?;
+        out.pop().ok_or_else(|| RegistryError::Unavailable(format!("{what}: empty reply")))
+    }
+
+    /// Runs a batch as one round trip (per slot on a cluster, concurrently) and returns one
+    /// reply per command, in order. Not atomic. On a connection error (I/O, timeout, cluster
+    /// down/redirect, lost node) the whole batch runs once more; a second failure is
+    /// `Unavailable`. A `WRONGTYPE` reply means a key holds something else than the registry
+    /// stored there: `Corrupt`.
+    pub async fn run(&self, what: &str, ops: &[Op]) -> Result<Vec<Value>, RegistryError> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let prepared = self.prepare(ops);
+        match self.attempt(&prepared, ops.len()).await {
+            Ok(v) => Ok(v),
+            Err(Failure::Redis(e)) if retryable(&e) => {
+                self.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(message = "redis batch failed, retrying once", what, error = %e);
+                self.attempt(&prepared, ops.len()).await.map_err(|f| f.into_error(what))
+            }
+            Err(f) => Err(f.into_error(what)),
+        }
+    }
+
+    fn prepare(&self, ops: &[Op]) -> Prepared {
+        match &self.inner {
+            Inner::Single(manager) => {
+                let mut pipe = redis::pipe();
+                for op in ops {
+                    pipe.add_command(op.cmd.clone());
+                }
+                Prepared::Single(manager.clone(), pipe)
+            }
+            Inner::Cluster(cluster) => {
+                let mut groups: Vec<(Vec<usize>, Pipeline)> = Vec::new();
+                let mut by_slot: HashMap<Slot, usize> = HashMap::new();
+                for (i, op) in ops.iter().enumerate() {
+                    let g = *by_slot.entry(Slot::for_key(&op.key)).or_insert_with(|| {
+                        groups.push((Vec::new(), redis::pipe()));
+                        groups.len() - 1
+                    });
+                    groups[g].0.push(i);
+                    groups[g].1.add_command(op.cmd.clone());
+                }
+                Prepared::Cluster(cluster.clone(), groups)
+            }
+        }
+    }
+
+    async fn attempt(&self, prepared: &Prepared, n: usize) -> Result<Vec<Value>, Failure> {
+        let work = async {
+            match prepared {
+                Prepared::Single(manager, pipe) => {
+                    let mut con = manager.clone();
+                    pipe.query_async::<Vec<Value>>(&mut con).await.map_err(Failure::Redis)
+                }
+                Prepared::Cluster(cluster, groups) => {
+                    // Built eagerly (no lazy stream closure), which keeps the future `Send` for
+                    // callers in `async fn`s of traits.
+                    let calls = groups.iter().map(|(positions, pipe)| query_group(cluster.clone(), positions, pipe));
+                    let replies = futures::future::try_join_all(calls).await.map_err(Failure::Redis)?;
+                    let mut out = vec![Value::Nil; n];
+                    for (positions, values) in replies {
+                        if positions.len() != values.len() {
+                            return Err(Failure::Shape(values.len(), positions.len()));
+                        }
+                        for (&i, v) in positions.iter().zip(values) {
+                            out[i] = v;
+                        }
+                    }
+                    Ok(out)
+                }
+            }
+        };
+        let out = tokio::time::timeout(ATTEMPT_TIMEOUT, work).await.map_err(|_| Failure::TimedOut)??;
+        if out.len() != n {
+            return Err(Failure::Shape(out.len(), n));
+        }
+        Ok(out)
+    }
+}
+
+async fn query_group<'a>(
+    mut con: ClusterConnection,
+    positions: &'a [usize],
+    pipe: &Pipeline,
+) -> Result<(&'a [usize], Vec<Value>), RedisError> {
+    pipe.query_async::<Vec<Value>>(&mut con).await.map(|v| (positions, v))
+}
+
+enum Failure {
+    Redis(RedisError),
+    TimedOut,
+    /// (replies, commands)
+    Shape(usize, usize),
+}
+
+impl Failure {
+    fn into_error(self, what: &str) -> RegistryError {
+        match self {
+            Failure::Redis(e) if e.to_string().contains("WRONGTYPE") => {
+                RegistryError::Corrupt(format!("{what}: a key holds another type than the registry's: {e}"))
+            }
+            Failure::Redis(e) => RegistryError::Unavailable(format!("{what}: {e}")),
+            Failure::TimedOut => RegistryError::Unavailable(format!("{what}: no reply within {ATTEMPT_TIMEOUT:?}")),
+            Failure::Shape(got, want) => {
+                RegistryError::Unavailable(format!("{what}: {got} replies to {want} commands"))
+            }
+        }
+    }
+}
+
+/// Errors a fresh attempt can cure: the connection broke or the cluster was moving.
+fn retryable(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_cluster_error()
+        || e.kind() == ErrorKind::ClusterConnectionNotFound
+}

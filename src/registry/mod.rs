@@ -1,0 +1,291 @@
+//! The Redis subscription registry: devices, their subscriptions, and the routing lookup the
+//! `transport_manager` role does for every change.
+//!
+//! # Keys
+//!
+//! Telepat's (CONTRACT section 5), unchanged:
+//!
+//! | key | type | content |
+//! |---|---|---|
+//! | `blg:<app>:devices:<deviceId>` | string | the device record, JSON of [`Device`] |
+//! | `blg:<app>:device:<deviceId>:subscriptions` | set | the device's channel keys |
+//! | `<channelKey>` (e.g. `blg:<app>:context:<ctx>:<model>`, `...:filter:<b64>`) | set | device strings `<transport>\|<deviceId>\|<token>\|<appId>` |
+//!
+//! Ours, so that nothing ever needs SCAN/KEYS (see [`keys`]; `|` cannot occur in a Telepat
+//! identifier, so these never collide with a Telepat key):
+//!
+//! | key | type | content |
+//! |---|---|---|
+//! | `blg:<app>:filters\|<base channel key>` | set | the filtered variants `<base>:filter:<b64>` subscribed on that channel |
+//! | `blg:<app>:index\|devices` | set | ids of the devices stored through [`Registry::put_device`] |
+//!
+//! # Topologies and consistency
+//!
+//! One URL is a single node, a comma list is a Redis Cluster ([`conn`]). Only single-key
+//! commands are sent, batched in pipelines (per slot on a cluster); a batch is not atomic and a
+//! batch that failed on a connection error runs once more (every command is idempotent in
+//! effect). Each operation below is therefore idempotent and safe to repeat after a crash, but
+//! another process can observe it half done. Routing tolerates that: a filter-index entry
+//! whose channel set is empty costs one empty SMEMBERS, nothing more, and an unsubscribe
+//! re-checks the channel after removing an index entry so a concurrent subscribe cannot lose it.
+
+pub mod conn;
+pub mod keys;
+mod route;
+mod values;
+
+use std::collections::BTreeSet;
+
+use conn::{Conn, Op};
+pub use route::Routes;
+
+use crate::error::ProcessError;
+use crate::model::{ChannelKey, Device, DeviceAddress};
+
+/// Why a registry operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// Redis cannot be reached or answered with a transient error (I/O, timeout, cluster down,
+    /// lost node), after the one retry. Also a URL that cannot be used at connect time.
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
+    /// A stored value does not parse or a key holds another type than the registry stores.
+    #[error("redis registry data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<RegistryError> for ProcessError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Unavailable(_) => ProcessError::Transient(e.to_string()),
+            RegistryError::Corrupt(_) => ProcessError::Fatal(e.to_string()),
+        }
+    }
+}
+
+/// Device ids read per pipelined GET batch in [`Registry::app_devices`].
+pub const DEVICE_CHUNK: usize = 500;
+
+/// A handle on the registry; cheap to clone (clones share the connection).
+#[derive(Clone)]
+pub struct Registry {
+    conn: Conn,
+}
+
+impl Registry {
+    /// Connects to `redis://` / `rediss://` URL, or to a Redis Cluster given a comma list of
+    /// URLs, with bounded connect and response timeouts ([`conn::CONNECT_TIMEOUT`],
+    /// [`conn::RESPONSE_TIMEOUT`]).
+    pub async fn connect(url: &str) -> Result<Registry, RegistryError> {
+        Ok(Registry { conn: Conn::connect(url).await? })
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        self.conn.is_cluster()
+    }
+
+    /// Batches that were retried after a connection error since connect.
+    pub fn retries(&self) -> u64 {
+        self.conn.retries()
+    }
+
+    pub async fn ping(&self) -> Result<(), RegistryError> {
+        self.conn.ping().await
+    }
+
+    /// The record at `blg:<app>:devices:<id>`; `Corrupt` if it does not parse.
+    pub async fn get_device(&self, app: &str, device_id: &str) -> Result<Option<Device>, RegistryError> {
+        let key = keys::device(app, device_id);
+        let v = self.conn.run_one("get device", Op::new("GET", &key)).await?;
+        values::device(&key, v)
+    }
+
+    /// Stores the record under its own `application_id`/`id` (SET ... GET) and adds the id to
+    /// the device index; returns the record it replaced. A replaced record that did not parse is
+    /// logged and reported as `None`: the write has repaired it, and the caller cannot do better.
+    pub async fn put_device(&self, device: &Device) -> Result<Option<Device>, RegistryError> {
+        let app = &device.application_id;
+        let key = keys::device(app, &device.id);
+        let json = serde_json::to_string(device)
+            .map_err(|e| RegistryError::Corrupt(format!("device {} does not serialize: {e}", device.id)))?;
+        let ops =
+            [Op::new("SET", &key).arg(json).arg("GET"), Op::new("SADD", &keys::device_index(app)).arg(&device.id)];
+        let mut replies = self.conn.run("put device", &ops).await?.into_iter();
+        match values::device(&key, replies.next().unwrap_or(redis::Value::Nil)) {
+            Ok(previous) => Ok(previous),
+            Err(e) => {
+                tracing::warn!(message = "replaced a device record that did not parse", key, error = %e);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Removes the device: its address(es) from every channel it subscribed (every member of
+    /// those channels whose device and application parts are this device's, whatever its
+    /// transport and token), the filter-index entries left empty, its subscription set, its
+    /// record and its device-index entry. Channels go first, so a crash part-way leaves what
+    /// a repeat needs. Idempotent.
+    pub async fn delete_device(&self, app: &str, device_id: &str) -> Result<(), RegistryError> {
+        let subs_key = keys::device_subscriptions(app, device_id);
+        let subs = values::members(
+            &subs_key,
+            self.conn.run_one("device subscriptions", Op::new("SMEMBERS", &subs_key)).await?,
+        )?;
+
+        let reads: Vec<Op> = subs.iter().map(|k| Op::new("SMEMBERS", k)).collect();
+        let replies = self.conn.run("delete device: read channels", &reads).await?;
+        let mut removes = Vec::new();
+        let mut filtered = Vec::new();
+        for (key, v) in subs.iter().zip(replies) {
+            let mine: Vec<String> = values::members(key, v)?
+                .into_iter()
+                .filter(|m| DeviceAddress::parse(m).is_ok_and(|a| a.device_id == device_id && a.application_id == app))
+                .collect();
+            if !mine.is_empty() {
+                removes.push(Op::new("SREM", key).arg(mine));
+            }
+            if keys::is_filtered(key) {
+                removes.push(Op::new("SCARD", key));
+                filtered.push(key.as_str());
+            }
+        }
+        let replies = self.conn.run("delete device: leave channels", &removes).await?;
+        let empty = empty_after(&removes, replies)?;
+        self.prune_filter_index(filtered.into_iter().filter(|k| empty.contains(*k)).collect()).await?;
+
+        let ops = [
+            Op::new("DEL", &subs_key),
+            Op::new("DEL", &keys::device(app, device_id)),
+            Op::new("SREM", &keys::device_index(app)).arg(device_id),
+        ];
+        self.conn.run("delete device", &ops).await.map(drop)
+    }
+
+    /// The channel keys in `blg:<app>:device:<id>:subscriptions`, sorted.
+    pub async fn device_subscriptions(&self, app: &str, device_id: &str) -> Result<Vec<String>, RegistryError> {
+        let key = keys::device_subscriptions(app, device_id);
+        values::members(&key, self.conn.run_one("device subscriptions", Op::new("SMEMBERS", &key)).await?)
+    }
+
+    /// Adds every address to the channel set `key`, `key` to the device's subscription set, and
+    /// a filtered `key` to the filter index of its base channel. Idempotent.
+    pub async fn subscribe(
+        &self,
+        app: &str,
+        device_id: &str,
+        key: &ChannelKey,
+        addresses: &[DeviceAddress],
+    ) -> Result<(), RegistryError> {
+        let mut ops = Vec::with_capacity(3);
+        if !addresses.is_empty() {
+            ops.push(Op::new("SADD", key.as_str()).arg(strings(addresses)));
+        }
+        ops.push(Op::new("SADD", &keys::device_subscriptions(app, device_id)).arg(key.as_str()));
+        if key.filter_suffix().is_some() {
+            if let Some(index) = keys::filter_index(key.base()) {
+                ops.push(Op::new("SADD", &index).arg(key.as_str()));
+            }
+        }
+        self.conn.run("subscribe", &ops).await.map(drop)
+    }
+
+    /// Removes the addresses from the channel set and `key` from the device's subscription set;
+    /// a filtered `key` whose channel set became empty leaves its filter index. Idempotent.
+    pub async fn unsubscribe(
+        &self,
+        app: &str,
+        device_id: &str,
+        key: &ChannelKey,
+        addresses: &[DeviceAddress],
+    ) -> Result<(), RegistryError> {
+        let mut ops = Vec::with_capacity(3);
+        if !addresses.is_empty() {
+            ops.push(Op::new("SREM", key.as_str()).arg(strings(addresses)));
+        }
+        ops.push(Op::new("SREM", &keys::device_subscriptions(app, device_id)).arg(key.as_str()));
+        let filtered = key.filter_suffix().is_some();
+        if filtered {
+            ops.push(Op::new("SCARD", key.as_str()));
+        }
+        let replies = self.conn.run("unsubscribe", &ops).await?;
+        if filtered && !empty_after(&ops, replies)?.is_empty() {
+            self.prune_filter_index(vec![key.as_str()]).await?;
+        }
+        Ok(())
+    }
+
+    /// A device's addresses changed (new push token, socket moved): in every channel it
+    /// subscribed, adds the `new` addresses, then removes the `old` ones not among them.
+    pub async fn move_addresses(
+        &self,
+        app: &str,
+        device_id: &str,
+        old: &[DeviceAddress],
+        new: &[DeviceAddress],
+    ) -> Result<(), RegistryError> {
+        let added = strings(new);
+        let kept: BTreeSet<&str> = added.iter().map(String::as_str).collect();
+        let removed: Vec<String> = strings(old).into_iter().filter(|a| !kept.contains(a.as_str())).collect();
+        if added.is_empty() && removed.is_empty() {
+            return Ok(());
+        }
+        let subs = self.device_subscriptions(app, device_id).await?;
+        let mut ops = Vec::with_capacity(subs.len() * 2);
+        let mut filtered = Vec::new();
+        for key in &subs {
+            if !added.is_empty() {
+                ops.push(Op::new("SADD", key).arg(&added));
+            }
+            if !removed.is_empty() {
+                ops.push(Op::new("SREM", key).arg(&removed));
+                // Only a move to no address at all can empty a channel.
+                if added.is_empty() && keys::is_filtered(key) {
+                    ops.push(Op::new("SCARD", key));
+                    filtered.push(key.as_str());
+                }
+            }
+        }
+        let replies = self.conn.run("move addresses", &ops).await?;
+        let empty = empty_after(&ops, replies)?;
+        self.prune_filter_index(filtered.into_iter().filter(|k| empty.contains(*k)).collect()).await
+    }
+
+    /// Removes filtered keys, found empty, from their filter indexes; then re-checks them and
+    /// puts back any that a concurrent subscribe filled meanwhile (each step is a separate
+    /// round trip because the keys live in different slots, and order across slots is only
+    /// guaranteed between round trips).
+    async fn prune_filter_index(&self, empty: Vec<&str>) -> Result<(), RegistryError> {
+        let entries: Vec<(&str, String)> =
+            empty.into_iter().filter_map(|k| keys::filter_index(keys::base_of(k)).map(|i| (k, i))).collect();
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let srem: Vec<Op> = entries.iter().map(|(k, i)| Op::new("SREM", i).arg(*k)).collect();
+        self.conn.run("prune filter index", &srem).await?;
+        let check: Vec<Op> = entries.iter().map(|(k, _)| Op::new("SCARD", k)).collect();
+        let counts = self.conn.run("prune filter index: re-check", &check).await?;
+        let mut readd = Vec::new();
+        for ((k, i), v) in entries.iter().zip(counts) {
+            if values::int(k, v)? > 0 {
+                readd.push(Op::new("SADD", i).arg(*k));
+            }
+        }
+        self.conn.run("prune filter index: restore", &readd).await.map(drop)
+    }
+}
+
+/// The keys of the SCARD commands in `ops` whose reply is 0.
+fn empty_after(ops: &[Op], replies: Vec<redis::Value>) -> Result<BTreeSet<String>, RegistryError> {
+    let mut out = BTreeSet::new();
+    for (op, v) in ops.iter().zip(replies) {
+        if op.name() == "SCARD" && values::int(op.key(), v)? == 0 {
+            out.insert(op.key().to_owned());
+        }
+    }
+    Ok(out)
+}
+
+fn strings(addresses: &[DeviceAddress]) -> Vec<String> {
+    let set: BTreeSet<String> = addresses.iter().map(DeviceAddress::to_string).collect();
+    set.into_iter().collect()
+}

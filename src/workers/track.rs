@@ -1,0 +1,99 @@
+//! The track role: device and subscription commands from `track` applied to the Redis registry
+//! (CONTRACT sections 4 and 5). Every command is idempotent (set additions and removals), so a
+//! replay after a crash changes nothing.
+
+use std::sync::Arc;
+
+use crate::error::{ProcessError, WorkerError};
+use crate::model::{decode_track, Device, DeviceAddress, TrackCommand, Transport, DEFAULT_MAX_MESSAGE_BYTES};
+use crate::queue::outbox::Outbox;
+use crate::queue::{kafka::Producer, topic, Record};
+use crate::registry::Registry;
+
+use super::apps::Apps;
+use super::pipeline::{Handler, Pipeline};
+use super::WorkerContext;
+
+pub struct Tracker {
+    registry: Arc<Registry>,
+    apps: Apps,
+}
+
+impl Tracker {
+    pub fn new(registry: Arc<Registry>, apps: Apps) -> Self {
+        Tracker { registry, apps }
+    }
+}
+
+/// Connects and runs the role until `shutdown`.
+pub async fn run(
+    ctx: &WorkerContext,
+    registry: Arc<Registry>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<(), WorkerError> {
+    let cfg = &ctx.config;
+    let apps = Apps::load_and_follow(cfg, &ctx.name(), shutdown.clone()).await?;
+    let producer = Producer::new(cfg, &ctx.health, &ctx.name())?;
+    let pipeline =
+        Pipeline::connect(cfg, &ctx.health, &ctx.name(), topic::TRACK, &[topic::TRACK], producer, &shutdown).await?;
+    pipeline.run(&mut Tracker::new(registry, apps), shutdown).await
+}
+
+/// Every address a device is reachable at: its push token, and its live socket if it has one.
+pub fn addresses(device: &Device) -> Vec<DeviceAddress> {
+    let mut out: Vec<DeviceAddress> = device.push_address().into_iter().collect();
+    if let Some(v) = device.volatile.as_ref().filter(|v| v.active) {
+        if let Some(Transport::Sockets(i)) = v.server_name.as_deref().and_then(Transport::parse) {
+            out.push(DeviceAddress {
+                transport: Transport::Sockets(i),
+                device_id: device.id.clone(),
+                token: v.token.clone().unwrap_or_default(),
+                application_id: device.application_id.clone(),
+            });
+        }
+    }
+    out
+}
+
+impl Handler for Tracker {
+    async fn handle(&mut self, record: &Record<'_>, _out: &mut Outbox) -> Result<(), ProcessError> {
+        let command =
+            decode_track(record.payload, DEFAULT_MAX_MESSAGE_BYTES).map_err(|e| ProcessError::Poison(e.to_string()))?;
+        let app = command.application_id().to_string();
+        if self.apps.get(&app).is_none() {
+            return Err(ProcessError::Poison(format!("unknown application `{app}`")));
+        }
+        let registry = &self.registry;
+        match command {
+            TrackCommand::DeviceRegister { device, .. } => {
+                // Move the channel entries before storing the record: if this is interrupted, the
+                // replay still sees the old record, so the move is redone rather than forgotten.
+                let new = addresses(&device);
+                if let Some(previous) = registry.get_device(&app, &device.id).await? {
+                    let old = addresses(&previous);
+                    if old != new {
+                        registry.move_addresses(&app, &device.id, &old, &new).await?;
+                    }
+                }
+                registry.put_device(&device).await?;
+            }
+            TrackCommand::DeviceRemove { device_id, .. } => registry.delete_device(&app, &device_id).await?,
+            TrackCommand::Subscribe { device_id, channel, filter, .. } => {
+                let device = registry
+                    .get_device(&app, &device_id)
+                    .await?
+                    .ok_or_else(|| ProcessError::Poison(format!("subscribe of unknown device `{device_id}`")))?;
+                let key = channel.key(&app, filter.as_ref()).map_err(|e| ProcessError::Poison(e.to_string()))?;
+                registry.subscribe(&app, &device_id, &key, &addresses(&device)).await?;
+            }
+            TrackCommand::Unsubscribe { device_id, channel, filter, .. } => {
+                let key = channel.key(&app, filter.as_ref()).map_err(|e| ProcessError::Poison(e.to_string()))?;
+                let device = registry.get_device(&app, &device_id).await?;
+                let addrs = device.as_ref().map(addresses).unwrap_or_default();
+                registry.unsubscribe(&app, &device_id, &key, &addrs).await?;
+            }
+        }
+        metrics::counter!("nexxus_track_commands_total").increment(1);
+        Ok(())
+    }
+}

@@ -1,0 +1,268 @@
+//! The transport_manager role: each change event from the writer becomes deliveries for the
+//! devices subscribed to its channels, grouped per destination topic.
+//!
+//! Per poll batch, one pipelined registry lookup covers every channel of every event (and the
+//! filtered variants of each, from the filter index: never a keyspace scan). Per event, each
+//! distinct filter is evaluated once on the before- and after-image (enter → `new`, stay →
+//! `updated`, leave → `deleted`); each device gets the deltas narrowed to the channels it holds;
+//! devices with byte-identical deliveries share one message per destination. Messages are keyed
+//! by object id, so one object's changes stay in order to every destination.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::error::{ProcessError, WorkerError};
+use crate::model::{
+    plan_deliveries, transition_for, ChangeEvent, ChannelKey, DeliveryBatch, DeviceAddress, Filter, Recipient,
+    Transition, TransportMessage,
+};
+use crate::queue::outbox::Outbox;
+use crate::queue::{kafka::Producer, topic, Record};
+use crate::registry::{Registry, Routes};
+
+use super::apps::Apps;
+use super::pipeline::{Handler, Pipeline};
+use super::track::addresses;
+use super::WorkerContext;
+
+/// Devices per transport message: bounds message size while sharing one payload widely.
+const DEVICES_PER_MESSAGE: usize = 500;
+/// Parsed filters kept across events; cleared when it grows past this.
+const FILTER_CACHE: usize = 50_000;
+
+/// Serialized delivery → (the delivery, every device that receives exactly it).
+type Groups = HashMap<Vec<u8>, (DeliveryBatch, Vec<Recipient>)>;
+
+pub struct Router {
+    registry: Arc<Registry>,
+    apps: Apps,
+    prefix: String,
+    /// The batch's routes, looked up once in `prepare`.
+    routes: Option<Routes>,
+    /// Filter key suffix → parsed filter (`None`: undecodable, skipped).
+    filters: HashMap<String, Option<Filter>>,
+}
+
+/// Connects and runs the role until `shutdown`.
+pub async fn run(
+    ctx: &WorkerContext,
+    registry: Arc<Registry>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<(), WorkerError> {
+    let cfg = &ctx.config;
+    let apps = Apps::load_and_follow(cfg, &ctx.name(), shutdown.clone()).await?;
+    let producer = Producer::new(cfg, &ctx.health, &ctx.name())?;
+    let pipeline = Pipeline::connect(
+        cfg,
+        &ctx.health,
+        &ctx.name(),
+        topic::TRANSPORT_MANAGER,
+        &[topic::TRANSPORT_MANAGER],
+        producer,
+        &shutdown,
+    )
+    .await?;
+    let mut router = Router::new(registry, apps, cfg.kafka.topic_prefix.clone());
+    pipeline.run(&mut router, shutdown).await
+}
+
+impl Router {
+    pub fn new(registry: Arc<Registry>, apps: Apps, prefix: String) -> Self {
+        Router { registry, apps, prefix, routes: None, filters: HashMap::new() }
+    }
+
+    /// Deliveries for the subscribers of the event's channels.
+    async fn route(&mut self, event: &ChangeEvent, out: &mut Outbox) -> Result<(), ProcessError> {
+        // `prepare` looked up every channel of the batch; without it (it failed) look up now.
+        let fetched;
+        let routes = match &self.routes {
+            Some(r) => r,
+            None => {
+                fetched = self.registry.route(&event.channels).await?;
+                metrics::histogram!("nexxus_registry_round_trips_per_batch").record(fetched.round_trips as f64);
+                &fetched
+            }
+        };
+        let filters = &mut self.filters;
+        let mut entries: Vec<(ChannelKey, Option<Transition>)> = Vec::new();
+        let mut holders: BTreeMap<&str, HashSet<ChannelKey>> = BTreeMap::new();
+        let mut transitions: HashMap<String, Transition> = HashMap::new();
+        for channel in &event.channels {
+            if let Some(members) = routes.members.get(channel.as_str()).filter(|m| !m.is_empty()) {
+                entries.push((channel.clone(), None));
+                for m in members {
+                    holders.entry(m.as_str()).or_default().insert(channel.clone());
+                }
+            }
+            for variant in routes.filtered.get(channel.as_str()).into_iter().flatten() {
+                let Some(members) = routes.members.get(variant).filter(|m| !m.is_empty()) else { continue };
+                let key = ChannelKey::from_stored(variant.clone());
+                let Some(suffix) = key.filter_suffix().map(str::to_string) else { continue };
+                let transition = match transitions.get(&suffix) {
+                    Some(t) => *t,
+                    None => {
+                        let Some(filter) = parsed_filter(filters, &suffix) else { continue };
+                        let t = transition_for(event, &filter);
+                        metrics::counter!("nexxus_filters_evaluated_total").increment(1);
+                        transitions.insert(suffix, t);
+                        t
+                    }
+                };
+                if transition == Transition::None {
+                    continue;
+                }
+                entries.push((key.clone(), Some(transition)));
+                for m in members {
+                    holders.entry(m.as_str()).or_default().insert(key.clone());
+                }
+            }
+        }
+        let deltas = plan_deliveries(event, &entries);
+        // Destination topic → serialized delivery → (delivery, recipients).
+        let mut groups: BTreeMap<String, Groups> = BTreeMap::new();
+        for (member, held) in &holders {
+            let address = match DeviceAddress::parse(member) {
+                Ok(a) => a,
+                Err(error) => {
+                    tracing::warn!(message = "bad device string in a channel set, skipped", %error);
+                    continue;
+                }
+            };
+            // Keys are per application already; this guards against a corrupted set.
+            if address.application_id != event.application_id {
+                continue;
+            }
+            let batch: DeliveryBatch = deltas.iter().filter_map(|d| d.narrowed(|k| held.contains(k))).collect();
+            if batch.is_empty() {
+                continue;
+            }
+            let bytes =
+                serde_json::to_vec(&batch).map_err(|e| ProcessError::Fatal(format!("encoding a delivery: {e}")))?;
+            let recipient = Recipient { device_id: address.device_id, token: address.token };
+            groups
+                .entry(address.transport.name())
+                .or_default()
+                .entry(bytes)
+                .or_insert_with(|| (batch, Vec::new()))
+                .1
+                .push(recipient);
+        }
+        metrics::histogram!("nexxus_devices_per_change").record(holders.len() as f64);
+        for (destination, deliveries) in groups {
+            for (_, (batch, recipients)) in deliveries {
+                for chunk in recipients.chunks(DEVICES_PER_MESSAGE) {
+                    self.send(out, &destination, event, chunk.to_vec(), false, batch.clone()).await?;
+                }
+            }
+        }
+        metrics::counter!("nexxus_changes_routed_total").increment(1);
+        Ok(())
+    }
+
+    /// A broadcast reaches every device of its application, and no other: push devices through
+    /// their provider topics, connected sockets through the `sockets_transport` broadcast topic.
+    async fn broadcast(&mut self, event: &ChangeEvent, out: &mut Outbox) -> Result<(), ProcessError> {
+        let entries: Vec<(ChannelKey, Option<Transition>)> = event.channels.iter().map(|c| (c.clone(), None)).collect();
+        let batch: DeliveryBatch = plan_deliveries(event, &entries).into_iter().collect();
+        let devices = self.registry.app_devices(&event.application_id).await?;
+        let mut push: BTreeMap<String, Vec<Recipient>> = BTreeMap::new();
+        for device in devices.iter().filter(|d| d.application_id == event.application_id) {
+            for a in
+                addresses(device).into_iter().filter(|a| !matches!(a.transport, crate::model::Transport::Sockets(_)))
+            {
+                push.entry(a.transport.name()).or_default().push(Recipient { device_id: a.device_id, token: a.token });
+            }
+        }
+        for (destination, recipients) in push {
+            for chunk in recipients.chunks(DEVICES_PER_MESSAGE) {
+                self.send(out, &destination, event, chunk.to_vec(), false, batch.clone()).await?;
+            }
+        }
+        self.send(out, topic::SOCKETS_BROADCAST, event, Vec::new(), true, batch).await
+    }
+
+    async fn send(
+        &self,
+        out: &mut Outbox,
+        destination: &str,
+        event: &ChangeEvent,
+        devices: Vec<Recipient>,
+        broadcast: bool,
+        message: DeliveryBatch,
+    ) -> Result<(), ProcessError> {
+        let msg = TransportMessage {
+            application_id: event.application_id.clone(),
+            object_id: event.id.clone(),
+            version: event.version,
+            timestamp: event.timestamp,
+            devices,
+            broadcast,
+            message,
+        };
+        let bytes =
+            serde_json::to_vec(&msg).map_err(|e| ProcessError::Fatal(format!("encoding a transport message: {e}")))?;
+        out.send(&format!("{}{destination}", self.prefix), Some(event.id.as_bytes()), &bytes, &[])
+            .await
+            .map_err(|e| ProcessError::Transient(format!("producing to {destination}: {e}")))
+    }
+}
+
+fn parsed_filter(cache: &mut HashMap<String, Option<Filter>>, suffix: &str) -> Option<Filter> {
+    if cache.len() > FILTER_CACHE {
+        cache.clear();
+    }
+    cache
+        .entry(suffix.to_string())
+        .or_insert_with(|| match Filter::from_key_suffix(suffix) {
+            Ok(f) => Some(f),
+            Err(error) => {
+                tracing::warn!(message = "undecodable filter in the registry, skipped", suffix, %error);
+                None
+            }
+        })
+        .clone()
+}
+
+impl Handler for Router {
+    /// One pipelined lookup for every channel of the batch.
+    async fn prepare(&mut self, batch: &[Record<'_>]) {
+        let mut channels: Vec<ChannelKey> = Vec::new();
+        let mut seen = HashSet::new();
+        for record in batch {
+            if let Ok(event) = serde_json::from_slice::<ChangeEvent>(record.payload) {
+                for c in event.channels.into_iter().filter(|_| !event.broadcast) {
+                    if seen.insert(c.as_str().to_string()) {
+                        channels.push(c);
+                    }
+                }
+            }
+        }
+        self.routes = None;
+        if !channels.is_empty() {
+            match self.registry.route(&channels).await {
+                Ok(routes) => {
+                    metrics::histogram!("nexxus_registry_round_trips_per_batch").record(routes.round_trips as f64);
+                    self.routes = Some(routes);
+                }
+                Err(error) => tracing::warn!(message = "batch route lookup failed, falling back per event", %error),
+            }
+        }
+    }
+
+    async fn handle(&mut self, record: &Record<'_>, out: &mut Outbox) -> Result<(), ProcessError> {
+        let event: ChangeEvent = serde_json::from_slice(record.payload)
+            .map_err(|e| ProcessError::Poison(format!("not a change event: {e}")))?;
+        if self.apps.get(&event.application_id).is_none() {
+            return Err(ProcessError::Poison(format!("unknown application `{}`", event.application_id)));
+        }
+        if event.broadcast {
+            self.broadcast(&event, out).await
+        } else {
+            self.route(&event, out).await
+        }
+    }
+
+    fn abort_batch(&mut self) {
+        self.routes = None;
+    }
+}

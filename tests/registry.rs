@@ -1,0 +1,461 @@
+//! The Redis registry against the real Redis of the local stack, each scenario on both
+//! topologies: the single node (`TP_REDIS_URL`) and the 3-master cluster
+//! (`NEXXUS_REDIS_CLUSTER_URL`). Each test works under its own application id `t<nanos>...`,
+//! checks the raw keys with plain Redis commands, and deletes its keys at the end. The restart
+//! test runs its own throwaway redis-server.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use nexxus_worker::model::{Channel, Device, DeviceAddress, Filter, Transport};
+use nexxus_worker::registry::{Registry, RegistryError};
+use redis::{Cmd, FromRedisValue};
+use serde_json::json;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+fn url(cluster: bool) -> String {
+    let env = common::stack_env();
+    let var = if cluster { "NEXXUS_REDIS_CLUSTER_URL" } else { "TP_REDIS_URL" };
+    env.get(var).cloned().unwrap_or_else(|| panic!("{var} missing from deploy/local/stack.env (make up)"))
+}
+
+/// An application id no other test or run uses.
+fn unique_app() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("t{}p{}n{}", nanos % 1_000_000_000_000, std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Plain Redis access for checking raw keys, on every node of the topology.
+struct Raw {
+    /// One connection per node URL (a single node: one).
+    nodes: Vec<redis::aio::MultiplexedConnection>,
+    /// Routed by key (the single node's connection, or a cluster connection).
+    routed: Routed,
+}
+
+enum Routed {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl Raw {
+    async fn connect(url: &str) -> Raw {
+        let urls: Vec<&str> = url.split(',').collect();
+        let mut nodes = Vec::new();
+        for u in &urls {
+            nodes.push(redis::Client::open(*u).unwrap().get_multiplexed_async_connection().await.unwrap());
+        }
+        let routed = if urls.len() == 1 {
+            Routed::Single(nodes[0].clone())
+        } else {
+            Routed::Cluster(redis::cluster::ClusterClient::new(urls).unwrap().get_async_connection().await.unwrap())
+        };
+        Raw { nodes, routed }
+    }
+
+    async fn q<T: FromRedisValue>(&self, cmd: &Cmd) -> T {
+        match &self.routed {
+            Routed::Single(c) => cmd.query_async(&mut c.clone()).await.unwrap(),
+            Routed::Cluster(c) => cmd.query_async(&mut c.clone()).await.unwrap(),
+        }
+    }
+
+    async fn smembers(&self, key: &str) -> BTreeSet<String> {
+        self.q(redis::cmd("SMEMBERS").arg(key)).await
+    }
+
+    async fn exists(&self, key: &str) -> bool {
+        self.q::<i64>(redis::cmd("EXISTS").arg(key)).await == 1
+    }
+
+    /// Every key of `app` on every node (KEYS is fine in a test; the registry never uses it).
+    async fn keys_of(&self, app: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for node in &self.nodes {
+            let ks: Vec<String> =
+                redis::cmd("KEYS").arg(format!("blg:{app}:*")).query_async(&mut node.clone()).await.unwrap();
+            out.extend(ks);
+        }
+        out
+    }
+
+    async fn cleanup(&self, app: &str) {
+        for key in self.keys_of(app).await {
+            let _: i64 = self.q(redis::cmd("DEL").arg(&key)).await;
+        }
+        assert!(self.keys_of(app).await.is_empty());
+    }
+}
+
+async fn setup(cluster: bool) -> (Registry, Raw, String) {
+    let u = url(cluster);
+    let reg = Registry::connect(&u).await.expect("connecting the registry to the local stack (make up)");
+    assert_eq!(reg.is_cluster(), cluster);
+    (reg, Raw::connect(&u).await, unique_app())
+}
+
+fn device(app: &str, id: &str, token: &str) -> Device {
+    serde_json::from_value(json!({
+        "id": id, "application_id": app, "info": {"os": "x"},
+        "persistent": {"type": "ios", "token": token, "active": true}
+    }))
+    .unwrap()
+}
+
+fn addr(app: &str, transport: Transport, id: &str, token: &str) -> DeviceAddress {
+    DeviceAddress { transport, device_id: id.into(), token: token.into(), application_id: app.into() }
+}
+
+fn context_channel(ctx: &str) -> Channel {
+    Channel { model: "task".into(), context: Some(ctx.into()), ..Channel::default() }
+}
+
+fn filter(n: i64) -> Filter {
+    Filter::parse(&json!({"and": [{"is": {"votes": n}}]})).unwrap()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// Runs one scenario on the single node and on the cluster.
+macro_rules! both_topologies {
+    ($body:ident: $single:ident, $cluster:ident) => {
+        #[tokio::test]
+        async fn $single() {
+            $body(false).await
+        }
+        #[tokio::test]
+        async fn $cluster() {
+            $body(true).await
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+
+both_topologies!(device_put_get_delete: device_put_get_delete_single, device_put_get_delete_cluster);
+async fn device_put_get_delete(cluster: bool) {
+    let (reg, raw, app) = setup(cluster).await;
+    reg.ping().await.unwrap();
+    assert_eq!(reg.get_device(&app, "d1").await.unwrap(), None);
+
+    let d1 = device(&app, "d1", "tok1");
+    assert_eq!(reg.put_device(&d1).await.unwrap(), None);
+    assert_eq!(reg.get_device(&app, "d1").await.unwrap(), Some(d1.clone()));
+    let stored: String = raw.q(redis::cmd("GET").arg(format!("blg:{app}:devices:d1"))).await;
+    let stored: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(stored["id"], "d1");
+    assert_eq!(stored["application_id"], app.as_str());
+    assert_eq!(stored["persistent"], json!({"type": "ios", "token": "tok1", "active": true}));
+    assert_eq!(raw.smembers(&format!("blg:{app}:index|devices")).await, set(&["d1"]));
+
+    let d1b = device(&app, "d1", "tok2");
+    assert_eq!(reg.put_device(&d1b).await.unwrap(), Some(d1));
+    assert_eq!(reg.get_device(&app, "d1").await.unwrap(), Some(d1b));
+
+    reg.delete_device(&app, "d1").await.unwrap();
+    assert_eq!(reg.get_device(&app, "d1").await.unwrap(), None);
+    assert!(raw.keys_of(&app).await.is_empty(), "left: {:?}", raw.keys_of(&app).await);
+    reg.delete_device(&app, "d1").await.unwrap(); // idempotent
+    raw.cleanup(&app).await;
+}
+
+both_topologies!(subscribe_unsubscribe: subscribe_unsubscribe_single, subscribe_unsubscribe_cluster);
+async fn subscribe_unsubscribe(cluster: bool) {
+    let (reg, raw, app) = setup(cluster).await;
+    let key = context_channel("c1").key(&app, None).unwrap();
+    assert_eq!(key.as_str(), format!("blg:{app}:context:c1:task"));
+    let addrs = [addr(&app, Transport::Ios, "d1", "tok1"), addr(&app, Transport::Sockets(3), "d1", "")];
+
+    for _ in 0..2 {
+        reg.subscribe(&app, "d1", &key, &addrs).await.unwrap(); // twice: idempotent
+    }
+    assert_eq!(
+        raw.smembers(key.as_str()).await,
+        set(&[&format!("ios_transport|d1|tok1|{app}"), &format!("sockets_transport-3|d1||{app}")])
+    );
+    assert_eq!(raw.smembers(&format!("blg:{app}:device:d1:subscriptions")).await, set(&[key.as_str()]));
+    assert_eq!(reg.device_subscriptions(&app, "d1").await.unwrap(), vec![key.to_string()]);
+    // An unfiltered subscription has no filter index.
+    assert_eq!(raw.keys_of(&app).await.len(), 2, "{:?}", raw.keys_of(&app).await);
+
+    // Another key shape, built by the model: parent + user.
+    let pu = Channel {
+        model: "task".into(),
+        user: Some("u1".into()),
+        parent: Some(nexxus_worker::model::ParentRef { model: "project".into(), id: "p1".into() }),
+        ..Channel::default()
+    }
+    .key(&app, None)
+    .unwrap();
+    reg.subscribe(&app, "d1", &pu, &addrs[..1]).await.unwrap();
+    assert_eq!(raw.smembers(&format!("blg:{app}:users:u1:project:p1:task")).await.len(), 1);
+
+    for _ in 0..2 {
+        reg.unsubscribe(&app, "d1", &key, &addrs).await.unwrap();
+        reg.unsubscribe(&app, "d1", &pu, &addrs[..1]).await.unwrap();
+    }
+    assert!(!raw.exists(key.as_str()).await);
+    assert!(raw.keys_of(&app).await.is_empty(), "left: {:?}", raw.keys_of(&app).await);
+    raw.cleanup(&app).await;
+}
+
+both_topologies!(filtered_subscription_index: filtered_index_single, filtered_index_cluster);
+async fn filtered_subscription_index(cluster: bool) {
+    let (reg, raw, app) = setup(cluster).await;
+    let base = context_channel("c1").key(&app, None).unwrap();
+    let fk = context_channel("c1").key(&app, Some(&filter(1))).unwrap();
+    assert!(fk.as_str().starts_with(&format!("blg:{app}:context:c1:task:filter:")));
+    let index = format!("blg:{app}:filters|blg:{app}:context:c1:task");
+    let a1 = [addr(&app, Transport::Android, "d1", "t1")];
+    let a2 = [addr(&app, Transport::Ios, "d2", "t2")];
+
+    reg.subscribe(&app, "d1", &fk, &a1).await.unwrap();
+    reg.subscribe(&app, "d2", &fk, &a2).await.unwrap();
+    assert_eq!(raw.smembers(&index).await, set(&[fk.as_str()]));
+    assert_eq!(raw.smembers(fk.as_str()).await.len(), 2);
+    assert!(!raw.exists(base.as_str()).await);
+
+    reg.unsubscribe(&app, "d1", &fk, &a1).await.unwrap();
+    assert_eq!(raw.smembers(&index).await, set(&[fk.as_str()]), "still one subscriber");
+    reg.unsubscribe(&app, "d2", &fk, &a2).await.unwrap();
+    assert!(!raw.exists(&index).await, "the last unsubscribe removes the index entry");
+    reg.unsubscribe(&app, "d2", &fk, &a2).await.unwrap(); // idempotent
+    assert!(raw.keys_of(&app).await.is_empty(), "left: {:?}", raw.keys_of(&app).await);
+    raw.cleanup(&app).await;
+}
+
+both_topologies!(route_channels: route_single, route_cluster);
+async fn route_channels(cluster: bool) {
+    let (reg, raw, app_a) = setup(cluster).await;
+    let app_b = unique_app();
+    let ch_a = context_channel("c1").key(&app_a, None).unwrap();
+    let ch_b = context_channel("c1").key(&app_b, None).unwrap();
+    let f1 = context_channel("c1").key(&app_a, Some(&filter(1))).unwrap();
+    let f2 = context_channel("c1").key(&app_a, Some(&filter(2))).unwrap();
+    let d1 = addr(&app_a, Transport::Ios, "d1", "t1");
+    let d2 = addr(&app_a, Transport::Android, "d2", "t2");
+    let d3 = addr(&app_a, Transport::Sockets(0), "d3", "s3");
+    let e1 = addr(&app_b, Transport::Ios, "d1", "t1"); // same device id, other application
+    reg.subscribe(&app_a, "d1", &ch_a, std::slice::from_ref(&d1)).await.unwrap();
+    reg.subscribe(&app_a, "d2", &f1, std::slice::from_ref(&d2)).await.unwrap();
+    reg.subscribe(&app_a, "d3", &f2, std::slice::from_ref(&d3)).await.unwrap();
+    reg.subscribe(&app_b, "d1", &ch_b, std::slice::from_ref(&e1)).await.unwrap();
+
+    let r = reg.route(std::slice::from_ref(&ch_a)).await.unwrap();
+    assert_eq!(r.round_trips, 2);
+    assert_eq!(r.members[ch_a.as_str()], vec![d1.to_string()]);
+    let mut variants = vec![f1.to_string(), f2.to_string()];
+    variants.sort();
+    assert_eq!(r.filtered, HashMap::from([(ch_a.to_string(), variants)]));
+    assert_eq!(r.members[f1.as_str()], vec![d2.to_string()]);
+    assert_eq!(r.members[f2.as_str()], vec![d3.to_string()]);
+    assert_eq!(r.members.len(), 3);
+
+    let r = reg.route(std::slice::from_ref(&ch_b)).await.unwrap();
+    assert_eq!(r.round_trips, 1, "no filters in app B");
+    assert_eq!(r.members, HashMap::from([(ch_b.to_string(), vec![e1.to_string()])]));
+    assert!(r.filtered.is_empty());
+
+    // Both applications at once, plus a channel nobody is on, with duplicates: nothing mixes.
+    let nobody = context_channel("c2").key(&app_a, None).unwrap();
+    let r = reg.route(&[ch_b.clone(), ch_a.clone(), nobody.clone(), ch_a.clone()]).await.unwrap();
+    assert_eq!(r.round_trips, 2);
+    assert_eq!(r.members[ch_a.as_str()], vec![d1.to_string()]);
+    assert_eq!(r.members[ch_b.as_str()], vec![e1.to_string()]);
+    assert_eq!(r.members[nobody.as_str()], Vec::<String>::new());
+    assert_eq!(r.members.len(), 5);
+    assert_eq!(r.filtered.len(), 1);
+
+    let r = reg.route(&[]).await.unwrap();
+    assert_eq!((r.round_trips, r.members.len()), (0, 0));
+    let r = reg.route(std::slice::from_ref(&nobody)).await.unwrap();
+    assert_eq!(r.round_trips, 1);
+
+    raw.cleanup(&app_a).await;
+    raw.cleanup(&app_b).await;
+}
+
+both_topologies!(move_addresses: move_addresses_single, move_addresses_cluster);
+async fn move_addresses(cluster: bool) {
+    let (reg, raw, app) = setup(cluster).await;
+    let ch = context_channel("c1").key(&app, None).unwrap();
+    let fk = context_channel("c2").key(&app, Some(&filter(7))).unwrap();
+    let old = addr(&app, Transport::Ios, "d1", "old");
+    let new = addr(&app, Transport::Ios, "d1", "new");
+    let other = addr(&app, Transport::Ios, "d2", "x");
+    for k in [&ch, &fk] {
+        reg.subscribe(&app, "d1", k, std::slice::from_ref(&old)).await.unwrap();
+    }
+    reg.subscribe(&app, "d2", &ch, std::slice::from_ref(&other)).await.unwrap();
+
+    for _ in 0..2 {
+        reg.move_addresses(&app, "d1", std::slice::from_ref(&old), std::slice::from_ref(&new)).await.unwrap();
+    }
+    assert_eq!(raw.smembers(ch.as_str()).await, set(&[&new.to_string(), &other.to_string()]));
+    assert_eq!(raw.smembers(fk.as_str()).await, set(&[&new.to_string()]));
+
+    // Moving to no address empties the filtered channel, which leaves its filter index.
+    let index = format!("blg:{app}:filters|blg:{app}:context:c2:task");
+    assert!(raw.exists(&index).await);
+    reg.move_addresses(&app, "d1", std::slice::from_ref(&new), &[]).await.unwrap();
+    assert_eq!(raw.smembers(ch.as_str()).await, set(&[&other.to_string()]));
+    assert!(!raw.exists(fk.as_str()).await);
+    assert!(!raw.exists(&index).await);
+    // The subscriptions themselves stay: the device is still subscribed, just unreachable.
+    assert_eq!(reg.device_subscriptions(&app, "d1").await.unwrap().len(), 2);
+    raw.cleanup(&app).await;
+}
+
+both_topologies!(delete_device_removes_everything: delete_device_single, delete_device_cluster);
+async fn delete_device_removes_everything(cluster: bool) {
+    let (reg, raw, app) = setup(cluster).await;
+    let ch = context_channel("c1").key(&app, None).unwrap();
+    let fk = context_channel("c1").key(&app, Some(&filter(1))).unwrap();
+    let user = Channel { model: "user".into(), ..Channel::default() }.key(&app, None).unwrap();
+    let d1 = device(&app, "d1", "tok");
+    reg.put_device(&d1).await.unwrap();
+    reg.put_device(&device(&app, "d2", "tok2")).await.unwrap();
+    let mine = [d1.push_address().unwrap(), addr(&app, Transport::Sockets(1), "d1", "conn9")];
+    let theirs = addr(&app, Transport::Ios, "d2", "tok2");
+    for k in [&ch, &fk, &user] {
+        reg.subscribe(&app, "d1", k, &mine).await.unwrap();
+    }
+    reg.subscribe(&app, "d2", &ch, std::slice::from_ref(&theirs)).await.unwrap();
+    // A stale address of d1 (an old socket token) that only the channel set still knows.
+    let _: i64 = raw.q(redis::cmd("SADD").arg(user.as_str()).arg(format!("sockets_transport-4|d1|stale|{app}"))).await;
+
+    reg.delete_device(&app, "d1").await.unwrap();
+    reg.delete_device(&app, "d1").await.unwrap();
+    let left = raw.keys_of(&app).await;
+    let expected = set(&[
+        &format!("blg:{app}:devices:d2"),
+        &format!("blg:{app}:index|devices"),
+        &format!("blg:{app}:device:d2:subscriptions"),
+        ch.as_str(),
+    ]);
+    assert_eq!(left, expected);
+    assert_eq!(raw.smembers(ch.as_str()).await, set(&[&theirs.to_string()]));
+    assert_eq!(raw.smembers(&format!("blg:{app}:index|devices")).await, set(&["d2"]));
+    raw.cleanup(&app).await;
+}
+
+both_topologies!(app_devices: app_devices_single, app_devices_cluster);
+async fn app_devices(cluster: bool) {
+    let (reg, raw, app) = setup(cluster).await;
+    let other_app = unique_app();
+    let n = nexxus_worker::registry::DEVICE_CHUNK + 20; // more than one pipelined chunk
+    let puts = (0..n).map(|i| {
+        let reg = reg.clone();
+        let d = device(&app, &format!("d{i:04}"), &format!("tok{i}"));
+        async move { reg.put_device(&d).await.unwrap() }
+    });
+    futures::future::join_all(puts).await;
+    reg.put_device(&device(&other_app, "x1", "t")).await.unwrap();
+    // A corrupt record and a stale index entry: skipped, never fatal for a broadcast.
+    let _: () = raw.q(redis::cmd("SET").arg(format!("blg:{app}:devices:junk")).arg("{not json")).await;
+    let _: i64 = raw.q(redis::cmd("SADD").arg(format!("blg:{app}:index|devices")).arg("junk").arg("gone")).await;
+
+    let devices = reg.app_devices(&app).await.unwrap();
+    assert_eq!(devices.len(), n);
+    assert!(devices.iter().all(|d| d.application_id == app));
+    assert_eq!(devices[0], device(&app, "d0000", "tok0"));
+    assert_eq!(reg.app_devices(&other_app).await.unwrap().len(), 1);
+    assert!(reg.app_devices(&unique_app()).await.unwrap().is_empty());
+
+    // The single read of that record does report it.
+    assert!(matches!(reg.get_device(&app, "junk").await, Err(RegistryError::Corrupt(_))));
+    raw.cleanup(&app).await;
+    raw.cleanup(&other_app).await;
+}
+
+both_topologies!(corrupt_data_is_an_error: corrupt_single, corrupt_cluster);
+async fn corrupt_data_is_an_error(cluster: bool) {
+    let (reg, raw, app) = setup(cluster).await;
+    let ch = context_channel("c1").key(&app, None).unwrap();
+    let _: () = raw.q(redis::cmd("SET").arg(ch.as_str()).arg("a string, not a set")).await;
+    let err = reg.route(std::slice::from_ref(&ch)).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Corrupt(_)), "{err:?}");
+    let process: nexxus_worker::error::ProcessError = err.into();
+    assert_eq!(process.class(), nexxus_worker::error::ErrorClass::Fatal);
+    // Overwriting a corrupt device record repairs it.
+    let _: () = raw.q(redis::cmd("SET").arg(format!("blg:{app}:devices:d1")).arg("[1,2]")).await;
+    assert_eq!(reg.put_device(&device(&app, "d1", "t")).await.unwrap(), None);
+    assert!(reg.get_device(&app, "d1").await.unwrap().is_some());
+    raw.cleanup(&app).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restart survival, on a throwaway single node of our own
+
+fn start_redis(port: u16, dir: &std::path::Path) -> common::Reaper {
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(["--daemonize", "no", "--dir", dir.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server (apt-get install redis-server)");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "redis-server on {port} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    common::Reaper(child)
+}
+
+#[tokio::test]
+async fn single_node_restart_costs_at_most_one_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let mut server = start_redis(port, dir.path());
+    let reg = Registry::connect(&url).await.unwrap();
+    let app = unique_app();
+    let key = context_channel("c1").key(&app, None).unwrap();
+    let a = [addr(&app, Transport::Ios, "d1", "t")];
+    reg.subscribe(&app, "d1", &key, &a).await.unwrap();
+    assert_eq!(reg.retries(), 0);
+
+    for round in 1..=2 {
+        drop(server); // SIGKILL: the connection breaks without a goodbye
+        server = start_redis(port, dir.path());
+        let before = reg.retries();
+        // The old connection is dead; the first command fails on it and is retried on a new one.
+        reg.subscribe(&app, "d1", &key, &a).await.unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert!(reg.retries() - before <= 1, "round {round}: {} retries", reg.retries() - before);
+        assert_eq!(reg.route(std::slice::from_ref(&key)).await.unwrap().members[key.as_str()], vec![a[0].to_string()]);
+        assert_eq!(reg.retries() - before, 1, "round {round}: exactly the first command was retried");
+    }
+    drop(server);
+
+    // Server down: a bounded Unavailable, not a hang.
+    let started = std::time::Instant::now();
+    let err = reg.ping().await.unwrap_err();
+    assert!(matches!(err, RegistryError::Unavailable(_)), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    let err = Registry::connect(&url).await.err().expect("no server");
+    assert!(matches!(err, RegistryError::Unavailable(_)), "{err:?}");
+}
+
+/// Why the registry splits a cluster batch per slot: redis-rs sends a pipeline to the node of
+/// its first key and refuses one whose keys hash to different slots.
+#[tokio::test]
+async fn redis_rs_cluster_pipelines_cannot_span_slots() {
+    let raw = Raw::connect(&url(true)).await;
+    let Routed::Cluster(c) = &raw.routed else { unreachable!() };
+    let app = unique_app();
+    let (a, b) = (format!("blg:{app}:a"), format!("blg:{app}:b")); // different slots
+    assert_ne!(redis::cluster_routing::Slot::for_key(&a), redis::cluster_routing::Slot::for_key(&b));
+    let mut pipe = redis::pipe();
+    pipe.cmd("SMEMBERS").arg(&a).cmd("SMEMBERS").arg(&b);
+    let err = pipe.query_async::<Vec<redis::Value>>(&mut c.clone()).await.unwrap_err();
+    assert!(err.to_string().to_lowercase().contains("slot"), "{err}");
+}
