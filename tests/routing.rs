@@ -17,6 +17,9 @@ use serde_json::{json, Value};
 struct Stack {
     cfg: Config,
     env: HashMap<String, String>,
+    /// Two application ids unique to this test (Redis keys outlive a run and are shared).
+    app1: String,
+    app2: String,
 }
 
 impl Stack {
@@ -44,9 +47,10 @@ impl Stack {
             ],
         )
         .await;
-        let stack = Stack { cfg, env };
+        let unique = prefix.replace(['-', '.'], "");
+        let stack = Stack { cfg, env, app1: format!("{unique}a1"), app2: format!("{unique}a2") };
         let dir = tempfile::tempdir().unwrap();
-        for app in ["app1", "app2"] {
+        for app in [stack.app1.as_str(), stack.app2.as_str()] {
             let path = dir.path().join(format!("{app}.json"));
             let schema =
                 json!({"id": app, "schema": {"task": {"belongsTo": [{"parentModel": "project"}]}, "project": {}}});
@@ -151,6 +155,7 @@ fn row(device: &str, kind: &str, id: &str, version: u64) -> (String, String, Str
 
 async fn scenario(name: &str, redis_url: &str) {
     let stack = Stack::new(name, redis_url).await;
+    let (a1, a2) = (stack.app1.as_str(), stack.app2.as_str());
     let _procs = ["aggregation", "write", "track", "transport_manager"].map(|r| stack.start(r));
     let filter = json!({"and": [{"is": {"status": "open"}}]});
     let subs = [
@@ -164,17 +169,17 @@ async fn scenario(name: &str, redis_url: &str) {
     ];
     let mut track = Vec::new();
     for (device, channel, filters) in &subs {
-        track.push(register("app1", device));
-        track.push(subscribe("app1", device, channel.clone(), filters.clone()));
+        track.push(register(a1, device));
+        track.push(subscribe(a1, device, channel.clone(), filters.clone()));
     }
-    track.push(register("app2", "d_app2"));
-    track.push(subscribe("app2", "d_app2", json!({"model":"task","context":"c1"}), None));
+    track.push(register(a2, "d_app2"));
+    track.push(subscribe(a2, "d_app2", json!({"model":"task","context":"c1"}), None));
     stack.send("track", "devices", &track).await;
 
     let registry = Registry::connect(redis_url).await.unwrap();
     let started = Instant::now();
-    while registry.device_subscriptions("app2", "d_app2").await.unwrap().is_empty()
-        || registry.device_subscriptions("app1", "d_filter").await.unwrap().is_empty()
+    while registry.device_subscriptions(a2, "d_app2").await.unwrap().is_empty()
+        || registry.device_subscriptions(a1, "d_filter").await.unwrap().is_empty()
     {
         assert!(started.elapsed() < Duration::from_secs(60), "track commands not applied");
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -183,9 +188,9 @@ async fn scenario(name: &str, redis_url: &str) {
     let ts = 1_700_000_000_000_000u64;
     let create =
         |app: &str, o: Value, n: u64| json!({"op":"create","object":o,"application_id":app,"timestamp":ts + n});
-    stack.send("aggregation", "t1", &[create("app1", object("app1", "t1", "u1", "p1", "open", "c1"), 1)]).await;
-    stack.send("aggregation", "t2", &[create("app1", object("app1", "t2", "u2", "p2", "closed", "c1"), 2)]).await;
-    stack.send("aggregation", "t9", &[create("app2", object("app2", "t9", "u1", "p1", "open", "c1"), 3)]).await;
+    stack.send("aggregation", "t1", &[create(a1, object(a1, "t1", "u1", "p1", "open", "c1"), 1)]).await;
+    stack.send("aggregation", "t2", &[create(a1, object(a1, "t2", "u2", "p2", "closed", "c1"), 2)]).await;
+    stack.send("aggregation", "t9", &[create(a2, object(a2, "t9", "u1", "p1", "open", "c1"), 3)]).await;
     let creates: Seen = [
         row("d_ctx", "new", "t1", 1),
         row("d_ctx", "new", "t2", 1),
@@ -203,7 +208,7 @@ async fn scenario(name: &str, redis_url: &str) {
     // t2 enters the filter, t1 leaves it, then t2 stays in it.
     let patch = |id: &str, field: &str, value: &str, n: u64| {
         json!({"op":"update","patches":[{"op":"replace","path":format!("task/{id}/{field}"),"value":value}],
-            "application_id":"app1","timestamp":ts + n})
+            "application_id":a1,"timestamp":ts + n})
     };
     stack.send("aggregation", "t2", &[patch("t2", "status", "open", 10)]).await;
     stack.send("aggregation", "t1", &[patch("t1", "status", "closed", 11)]).await;
@@ -225,9 +230,9 @@ async fn scenario(name: &str, redis_url: &str) {
     assert_eq!(seen, expected);
 
     // A broadcast reaches every device of app1 (each once) and none of app2.
-    let broadcast = json!({"application_id":"app1","op":"update","model":"task","id":"t1","version":3,"timestamp":ts + 20,
-        "channels":["blg:app1:context:c1:task"],"broadcast":true,
-        "before":object("app1","t1","u1","p1","closed","c1"),"after":object("app1","t1","u1","p1","closed","c1"),
+    let broadcast = json!({"application_id":a1,"op":"update","model":"task","id":"t1","version":3,"timestamp":ts + 20,
+        "channels":[format!("blg:{a1}:context:c1:task")],"broadcast":true,
+        "before":object(a1,"t1","u1","p1","closed","c1"),"after":object(a1,"t1","u1","p1","closed","c1"),
         "patches":[{"op":"replace","path":"task/t1/title","value":"x"}]});
     stack.send("transport_manager", "t1", &[broadcast]).await;
     let mut expected = expected.clone();
@@ -239,7 +244,7 @@ async fn scenario(name: &str, redis_url: &str) {
     let sockets = common::read_all(&stack.cfg, &stack.cfg.topic("sockets_transport"), 1);
     assert_eq!(sockets.len(), 1, "one broadcast message for every socket worker");
     let m: TransportMessage = serde_json::from_slice(&sockets[0].1).unwrap();
-    assert!(m.broadcast && m.application_id == "app1");
+    assert!(m.broadcast && m.application_id == a1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -252,4 +257,65 @@ async fn masks_filters_apps_and_broadcasts_on_single_redis() {
 async fn masks_filters_apps_and_broadcasts_on_redis_cluster() {
     let url = common::stack_env()["NEXXUS_REDIS_CLUSTER_URL"].clone();
     scenario("routec", &url).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn track_moves_entries_on_token_change_and_dead_letters_invalid_commands() {
+    let url = common::stack_env()["TP_REDIS_URL"].clone();
+    let stack = Stack::new("track", &url).await;
+    let (a1, _) = (stack.app1.as_str(), stack.app2.as_str());
+    let _track = stack.start("track");
+    let channel = json!({"model":"task","context":"c1"});
+    stack.send("track", "d1", &[register(a1, "d1"), subscribe(a1, "d1", channel.clone(), None)]).await;
+    let registry = Registry::connect(&url).await.unwrap();
+    let key = format!("blg:{a1}:context:c1:task");
+    let members = |registry: Registry| {
+        let key = key.clone();
+        async move {
+            let routes = registry.route(&[nexxus_worker::model::ChannelKey::from_stored(key.clone())]).await.unwrap();
+            routes.members.get(&key).cloned().unwrap_or_default()
+        }
+    };
+    let started = Instant::now();
+    while members(registry.clone()).await != vec![format!("ios_transport|d1|tok-d1|{a1}")] {
+        assert!(started.elapsed() < Duration::from_secs(60), "subscription never applied");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The same device registers again with a new token: its entries move.
+    let mut again = register(a1, "d1");
+    again["device"]["persistent"]["token"] = json!("tok-new");
+    stack.send("track", "d1", &[again]).await;
+    let started = Instant::now();
+    while members(registry.clone()).await != vec![format!("ios_transport|d1|tok-new|{a1}")] {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "token change not applied: {:?}",
+            members(registry.clone()).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let bad = [
+        json!({"op":"teleport","application_id":a1,"device_id":"d1"}),
+        subscribe(a1, "ghost", channel.clone(), None),
+        register("nope", "d9"),
+        subscribe(a1, "d1", json!({"model":"task","id":"t1"}), Some(json!({"and":[{"is":{"a":1}}]}))),
+    ];
+    stack.send("track", "d1", &bad).await;
+    stack.send("track", "d1", &[json!({"op":"device_remove","application_id":a1,"device_id":"d1"})]).await;
+    let started = Instant::now();
+    while !members(registry.clone()).await.is_empty() || registry.get_device(a1, "d1").await.unwrap().is_some() {
+        assert!(started.elapsed() < Duration::from_secs(60), "device_remove not applied after the bad commands");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let dead: Vec<nexxus_worker::queue::dead_letter::Envelope> =
+        common::read_all(&stack.cfg, &stack.cfg.topic("dead_letter"), 1)
+            .iter()
+            .map(|(_, p)| serde_json::from_slice(p).unwrap())
+            .collect();
+    let reasons: Vec<&str> = dead.iter().map(|e| e.reason.as_str()).collect();
+    assert_eq!(dead.len(), 4, "{reasons:#?}");
+    assert!(reasons.iter().any(|r| r.contains("teleport")), "{reasons:#?}");
+    assert!(reasons.iter().any(|r| r.contains("unknown device `ghost`")), "{reasons:#?}");
+    assert!(reasons.iter().any(|r| r.contains("unknown application `nope`")), "{reasons:#?}");
+    assert!(dead.iter().all(|e| e.worker == "track-0"));
 }
