@@ -39,8 +39,7 @@ pub struct Router {
     prefix: String,
     /// The batch's routes, looked up once in `prepare`.
     routes: Option<Routes>,
-    /// Filter key suffix → parsed filter (`None`: undecodable, skipped).
-    filters: HashMap<String, Option<Filter>>,
+    filters: FilterCache,
 }
 
 /// Connects and runs the role until `shutdown`.
@@ -68,7 +67,7 @@ pub async fn run(
 
 impl Router {
     pub fn new(registry: Arc<Registry>, apps: Apps, prefix: String) -> Self {
-        Router { registry, apps, prefix, routes: None, filters: HashMap::new() }
+        Router { registry, apps, prefix, routes: None, filters: FilterCache::default() }
     }
 
     /// Deliveries for the subscribers of the event's channels.
@@ -83,77 +82,9 @@ impl Router {
                 &fetched
             }
         };
-        let filters = &mut self.filters;
-        let mut entries: Vec<(ChannelKey, Option<Transition>)> = Vec::new();
-        let mut holders: BTreeMap<&str, HashSet<ChannelKey>> = BTreeMap::new();
-        let mut transitions: HashMap<String, Transition> = HashMap::new();
-        for channel in &event.channels {
-            if let Some(members) = routes.members.get(channel.as_str()).filter(|m| !m.is_empty()) {
-                entries.push((channel.clone(), None));
-                for m in members {
-                    holders.entry(m.as_str()).or_default().insert(channel.clone());
-                }
-            }
-            for variant in routes.filtered.get(channel.as_str()).into_iter().flatten() {
-                let Some(members) = routes.members.get(variant).filter(|m| !m.is_empty()) else { continue };
-                let key = ChannelKey::from_stored(variant.clone());
-                let Some(suffix) = key.filter_suffix().map(str::to_string) else { continue };
-                let transition = match transitions.get(&suffix) {
-                    Some(t) => *t,
-                    None => {
-                        let Some(filter) = parsed_filter(filters, &suffix) else { continue };
-                        let t = transition_for(event, &filter);
-                        metrics::counter!("nexxus_filters_evaluated_total").increment(1);
-                        transitions.insert(suffix, t);
-                        t
-                    }
-                };
-                if transition == Transition::None {
-                    continue;
-                }
-                entries.push((key.clone(), Some(transition)));
-                for m in members {
-                    holders.entry(m.as_str()).or_default().insert(key.clone());
-                }
-            }
-        }
-        let deltas = plan_deliveries(event, &entries);
-        // Destination topic → serialized delivery → (delivery, recipients).
-        let mut groups: BTreeMap<String, Groups> = BTreeMap::new();
-        for (member, held) in &holders {
-            let address = match DeviceAddress::parse(member) {
-                Ok(a) => a,
-                Err(error) => {
-                    tracing::warn!(message = "bad device string in a channel set, skipped", %error);
-                    continue;
-                }
-            };
-            // Keys are per application already; this guards against a corrupted set.
-            if address.application_id != event.application_id {
-                continue;
-            }
-            let batch: DeliveryBatch = deltas.iter().filter_map(|d| d.narrowed(|k| held.contains(k))).collect();
-            if batch.is_empty() {
-                continue;
-            }
-            let bytes =
-                serde_json::to_vec(&batch).map_err(|e| ProcessError::Fatal(format!("encoding a delivery: {e}")))?;
-            let recipient = Recipient { device_id: address.device_id, token: address.token };
-            groups
-                .entry(address.transport.name())
-                .or_default()
-                .entry(bytes)
-                .or_insert_with(|| (batch, Vec::new()))
-                .1
-                .push(recipient);
-        }
-        metrics::histogram!("nexxus_devices_per_change").record(holders.len() as f64);
-        for (destination, deliveries) in groups {
-            for (_, (batch, recipients)) in deliveries {
-                for chunk in recipients.chunks(DEVICES_PER_MESSAGE) {
-                    self.send(out, &destination, event, chunk.to_vec(), false, batch.clone()).await?;
-                }
-            }
+        let messages = plan(event, routes, &mut self.filters)?;
+        for (destination, message) in &messages {
+            send(out, &self.prefix, destination, message).await?;
         }
         metrics::counter!("nexxus_changes_routed_total").increment(1);
         Ok(())
@@ -175,52 +106,137 @@ impl Router {
         }
         for (destination, recipients) in push {
             for chunk in recipients.chunks(DEVICES_PER_MESSAGE) {
-                self.send(out, &destination, event, chunk.to_vec(), false, batch.clone()).await?;
+                send(out, &self.prefix, &destination, &message(event, chunk.to_vec(), false, batch.clone())).await?;
             }
         }
-        self.send(out, topic::SOCKETS_BROADCAST, event, Vec::new(), true, batch).await
-    }
-
-    async fn send(
-        &self,
-        out: &mut Outbox,
-        destination: &str,
-        event: &ChangeEvent,
-        devices: Vec<Recipient>,
-        broadcast: bool,
-        message: DeliveryBatch,
-    ) -> Result<(), ProcessError> {
-        let msg = TransportMessage {
-            application_id: event.application_id.clone(),
-            object_id: event.id.clone(),
-            version: event.version,
-            timestamp: event.timestamp,
-            devices,
-            broadcast,
-            message,
-        };
-        let bytes =
-            serde_json::to_vec(&msg).map_err(|e| ProcessError::Fatal(format!("encoding a transport message: {e}")))?;
-        out.send(&format!("{}{destination}", self.prefix), Some(event.id.as_bytes()), &bytes, &[])
-            .await
-            .map_err(|e| ProcessError::Transient(format!("producing to {destination}: {e}")))
+        send(out, &self.prefix, topic::SOCKETS_BROADCAST, &message(event, Vec::new(), true, batch)).await
     }
 }
 
-fn parsed_filter(cache: &mut HashMap<String, Option<Filter>>, suffix: &str) -> Option<Filter> {
-    if cache.len() > FILTER_CACHE {
-        cache.clear();
-    }
-    cache
-        .entry(suffix.to_string())
-        .or_insert_with(|| match Filter::from_key_suffix(suffix) {
-            Ok(f) => Some(f),
-            Err(error) => {
-                tracing::warn!(message = "undecodable filter in the registry, skipped", suffix, %error);
-                None
+/// The transport messages for one (non-broadcast) event given its routes: pure, no I/O, so the
+/// routing cost can be measured apart from Kafka (examples/bench_routing.rs).
+///
+/// Each distinct filter is evaluated once; each device gets the deltas narrowed to the channels
+/// it holds; devices with byte-identical deliveries share one message per destination.
+pub fn plan(
+    event: &ChangeEvent,
+    routes: &Routes,
+    filters: &mut FilterCache,
+) -> Result<Vec<(String, TransportMessage)>, ProcessError> {
+    let mut entries: Vec<(ChannelKey, Option<Transition>)> = Vec::new();
+    let mut holders: BTreeMap<&str, HashSet<ChannelKey>> = BTreeMap::new();
+    let mut transitions: HashMap<String, Transition> = HashMap::new();
+    for channel in &event.channels {
+        if let Some(members) = routes.members.get(channel.as_str()).filter(|m| !m.is_empty()) {
+            entries.push((channel.clone(), None));
+            for m in members {
+                holders.entry(m.as_str()).or_default().insert(channel.clone());
             }
-        })
-        .clone()
+        }
+        for variant in routes.filtered.get(channel.as_str()).into_iter().flatten() {
+            let Some(members) = routes.members.get(variant).filter(|m| !m.is_empty()) else { continue };
+            let key = ChannelKey::from_stored(variant.clone());
+            let Some(suffix) = key.filter_suffix().map(str::to_string) else { continue };
+            let transition = match transitions.get(&suffix) {
+                Some(t) => *t,
+                None => {
+                    let Some(filter) = filters.get(&suffix) else { continue };
+                    let t = transition_for(event, &filter);
+                    metrics::counter!("nexxus_filters_evaluated_total").increment(1);
+                    transitions.insert(suffix, t);
+                    t
+                }
+            };
+            if transition == Transition::None {
+                continue;
+            }
+            entries.push((key.clone(), Some(transition)));
+            for m in members {
+                holders.entry(m.as_str()).or_default().insert(key.clone());
+            }
+        }
+    }
+    let deltas = plan_deliveries(event, &entries);
+    // Destination topic → serialized delivery → (delivery, recipients).
+    let mut groups: BTreeMap<String, Groups> = BTreeMap::new();
+    for (member, held) in &holders {
+        let address = match DeviceAddress::parse(member) {
+            Ok(a) => a,
+            Err(error) => {
+                tracing::warn!(message = "bad device string in a channel set, skipped", %error);
+                continue;
+            }
+        };
+        // Keys are per application already; this guards against a corrupted set.
+        if address.application_id != event.application_id {
+            continue;
+        }
+        let batch: DeliveryBatch = deltas.iter().filter_map(|d| d.narrowed(|k| held.contains(k))).collect();
+        if batch.is_empty() {
+            continue;
+        }
+        let bytes = serde_json::to_vec(&batch).map_err(|e| ProcessError::Fatal(format!("encoding a delivery: {e}")))?;
+        let recipient = Recipient { device_id: address.device_id, token: address.token };
+        groups
+            .entry(address.transport.name())
+            .or_default()
+            .entry(bytes)
+            .or_insert_with(|| (batch, Vec::new()))
+            .1
+            .push(recipient);
+    }
+    metrics::histogram!("nexxus_devices_per_change").record(holders.len() as f64);
+    let mut messages = Vec::new();
+    for (destination, deliveries) in groups {
+        for (_, (batch, recipients)) in deliveries {
+            for chunk in recipients.chunks(DEVICES_PER_MESSAGE) {
+                messages.push((destination.clone(), message(event, chunk.to_vec(), false, batch.clone())));
+            }
+        }
+    }
+    Ok(messages)
+}
+
+fn message(event: &ChangeEvent, devices: Vec<Recipient>, broadcast: bool, batch: DeliveryBatch) -> TransportMessage {
+    TransportMessage {
+        application_id: event.application_id.clone(),
+        object_id: event.id.clone(),
+        version: event.version,
+        timestamp: event.timestamp,
+        devices,
+        broadcast,
+        message: batch,
+    }
+}
+
+async fn send(out: &mut Outbox, prefix: &str, destination: &str, msg: &TransportMessage) -> Result<(), ProcessError> {
+    let bytes =
+        serde_json::to_vec(msg).map_err(|e| ProcessError::Fatal(format!("encoding a transport message: {e}")))?;
+    out.send(&format!("{prefix}{destination}"), Some(msg.object_id.as_bytes()), &bytes, &[])
+        .await
+        .map_err(|e| ProcessError::Transient(format!("producing to {destination}: {e}")))
+}
+
+/// Parsed filters by key suffix, kept across events (`None`: undecodable, skipped).
+#[derive(Default)]
+pub struct FilterCache(HashMap<String, Option<Filter>>);
+
+impl FilterCache {
+    pub fn get(&mut self, suffix: &str) -> Option<Filter> {
+        if self.0.len() > FILTER_CACHE {
+            self.0.clear();
+        }
+        self.0
+            .entry(suffix.to_string())
+            .or_insert_with(|| match Filter::from_key_suffix(suffix) {
+                Ok(f) => Some(f),
+                Err(error) => {
+                    tracing::warn!(message = "undecodable filter in the registry, skipped", suffix, %error);
+                    None
+                }
+            })
+            .clone()
+    }
 }
 
 impl Handler for Router {
