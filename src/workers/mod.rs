@@ -177,6 +177,21 @@ pub async fn run(ctx: WorkerContext, shutdown: CancellationToken) -> Result<(), 
     }
 }
 
+/// The common start of a role that reads one topic in the group of the same name: applications
+/// loaded from `system`, then its producer and pipeline connected.
+async fn start(
+    ctx: &WorkerContext,
+    input: &str,
+    shutdown: &CancellationToken,
+) -> Result<(apps::Apps, pipeline::Pipeline), WorkerError> {
+    let cfg = &ctx.config;
+    let apps = apps::Apps::load_and_follow(cfg, &ctx.name(), shutdown.clone()).await?;
+    let producer = crate::queue::kafka::Producer::new(cfg, &ctx.health, &ctx.name())?;
+    let pipeline =
+        pipeline::Pipeline::connect(cfg, &ctx.health, &ctx.name(), input, &[input], producer, shutdown).await?;
+    Ok((apps, pipeline))
+}
+
 async fn connect_registry(ctx: &WorkerContext, shutdown: &CancellationToken) -> Result<Registry, WorkerError> {
     connect(
         ctx,

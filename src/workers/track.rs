@@ -7,11 +7,11 @@ use std::sync::Arc;
 use crate::error::{ProcessError, WorkerError};
 use crate::model::{decode_track, Device, DeviceAddress, TrackCommand, Transport, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::queue::outbox::Outbox;
-use crate::queue::{kafka::Producer, topic, Record};
+use crate::queue::{topic, Record};
 use crate::registry::Registry;
 
 use super::apps::Apps;
-use super::pipeline::{Handler, Pipeline};
+use super::pipeline::Handler;
 use super::WorkerContext;
 
 pub struct Tracker {
@@ -31,11 +31,7 @@ pub async fn run(
     registry: Arc<Registry>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<(), WorkerError> {
-    let cfg = &ctx.config;
-    let apps = Apps::load_and_follow(cfg, &ctx.name(), shutdown.clone()).await?;
-    let producer = Producer::new(cfg, &ctx.health, &ctx.name())?;
-    let pipeline =
-        Pipeline::connect(cfg, &ctx.health, &ctx.name(), topic::TRACK, &[topic::TRACK], producer, &shutdown).await?;
+    let (apps, pipeline) = super::start(ctx, topic::TRACK, &shutdown).await?;
     pipeline.run(&mut Tracker::new(registry, apps), shutdown).await
 }
 

@@ -17,11 +17,11 @@ use crate::model::{
     Transition, TransportMessage,
 };
 use crate::queue::outbox::Outbox;
-use crate::queue::{kafka::Producer, topic, Record};
+use crate::queue::{topic, Record};
 use crate::registry::{Registry, Routes};
 
 use super::apps::Apps;
-use super::pipeline::{Handler, Pipeline};
+use super::pipeline::Handler;
 use super::track::addresses;
 use super::WorkerContext;
 
@@ -48,20 +48,8 @@ pub async fn run(
     registry: Arc<Registry>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<(), WorkerError> {
-    let cfg = &ctx.config;
-    let apps = Apps::load_and_follow(cfg, &ctx.name(), shutdown.clone()).await?;
-    let producer = Producer::new(cfg, &ctx.health, &ctx.name())?;
-    let pipeline = Pipeline::connect(
-        cfg,
-        &ctx.health,
-        &ctx.name(),
-        topic::TRANSPORT_MANAGER,
-        &[topic::TRANSPORT_MANAGER],
-        producer,
-        &shutdown,
-    )
-    .await?;
-    let mut router = Router::new(registry, apps, cfg.kafka.topic_prefix.clone());
+    let (apps, pipeline) = super::start(ctx, topic::TRANSPORT_MANAGER, &shutdown).await?;
+    let mut router = Router::new(registry, apps, ctx.config.kafka.topic_prefix.clone());
     pipeline.run(&mut router, shutdown).await
 }
 

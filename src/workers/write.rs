@@ -26,11 +26,11 @@ use crate::model::{
     SourcePosition, StoredObject, WriteRecord,
 };
 use crate::queue::outbox::Outbox;
-use crate::queue::{kafka::Producer, topic, Record};
+use crate::queue::{topic, Record};
 use crate::store::{ObjectRow, ObjectWrite, Store};
 
 use super::apps::Apps;
-use super::pipeline::{Handler, Pipeline};
+use super::pipeline::Handler;
 use super::WorkerContext;
 
 /// Deeper parent chains than this are cut (and logged): a guard against cycles in bad data.
@@ -54,12 +54,8 @@ pub async fn run<S: Store>(
     store: Arc<S>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<(), WorkerError> {
-    let cfg = &ctx.config;
-    let apps = Apps::load_and_follow(cfg, &ctx.name(), shutdown.clone()).await?;
-    let producer = Producer::new(cfg, &ctx.health, &ctx.name())?;
-    let pipeline =
-        Pipeline::connect(cfg, &ctx.health, &ctx.name(), topic::WRITE, &[topic::WRITE], producer, &shutdown).await?;
-    let mut writer = Writer::new(store, apps, cfg.topic(topic::TRANSPORT_MANAGER));
+    let (apps, pipeline) = super::start(ctx, topic::WRITE, &shutdown).await?;
+    let mut writer = Writer::new(store, apps, ctx.config.topic(topic::TRANSPORT_MANAGER));
     pipeline.run(&mut writer, shutdown).await
 }
 
