@@ -182,19 +182,19 @@ impl Pipeline {
                     break Err(e);
                 }
             }
-            let (positions, mut outcome) = self.process_batch(handler, &batch, &shutdown).await;
+            let (positions, outcome) = self.process_batch(handler, &batch, &shutdown).await;
             drop(batch);
-            if outcome.is_ok() {
-                if let Err(e) = handler.end_batch(&mut self.outbox).await {
-                    outcome = Err(WorkerError::Fatal(format!("ending a batch: {e}")));
-                }
-            }
-            let delivered = match self.outbox.settle().await {
-                Ok(_) if self.transactional => {
+            // A failed `end_batch` means some outputs were never enqueued: the batch must be redone,
+            // never committed. The outbox is settled either way so no delivery is left pending.
+            let ended = if outcome.is_ok() { handler.end_batch(&mut self.outbox).await.err() } else { None };
+            let settled = self.outbox.settle().await;
+            let delivered = match (ended, settled) {
+                (Some(e), _) => Err(format!("ending the batch: {e}")),
+                (None, Err(reason)) => Err(reason),
+                (None, Ok(_)) if self.transactional => {
                     self.outbox.commit_transaction(&consumer, to_list(&positions.next)).await
                 }
-                Ok(_) => Ok(()),
-                Err(reason) => Err(reason),
+                (None, Ok(_)) => Ok(()),
             };
             if let Err(reason) = delivered {
                 // Some outputs may be missing: redo the whole batch from its first offsets.
@@ -262,9 +262,12 @@ impl Pipeline {
                 timestamp_ms: msg.timestamp().to_millis(),
             })
             .collect();
+        // Every partition of the batch, processed or not: a redo must rewind them all.
+        for record in &records {
+            positions.first.entry((record.topic.to_string(), record.partition)).or_insert(record.offset);
+        }
         handler.prepare(&records).await;
         for record in records {
-            positions.first.entry((record.topic.to_string(), record.partition)).or_insert(record.offset);
             telemetry::consumed(record.topic);
             let started = Instant::now();
             match self.process(handler, &record, shutdown).await {
