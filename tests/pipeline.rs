@@ -122,3 +122,58 @@ async fn missing_topics_keep_readiness_false_until_created() {
     tokio::time::timeout(Duration::from_secs(30), connect).await.expect("connect after creation").unwrap().unwrap();
     assert!(!health.failing().iter().any(|(c, _)| c.starts_with("kafka:")), "{:?}", health.failing());
 }
+
+/// A handler whose first `end_batch` fails, as an aggregator's would when its outputs cannot be
+/// enqueued: the batch must be redone, never committed half-forwarded.
+struct FailingEnd {
+    seen: Arc<Mutex<Vec<String>>>,
+    failures_left: u32,
+}
+
+impl Handler for FailingEnd {
+    async fn handle(&mut self, record: &Record<'_>, _out: &mut Outbox) -> Result<(), ProcessError> {
+        self.seen.lock().unwrap().push(String::from_utf8_lossy(record.payload).to_string());
+        Ok(())
+    }
+
+    async fn end_batch(&mut self, _out: &mut Outbox) -> Result<(), ProcessError> {
+        if self.failures_left > 0 {
+            self.failures_left -= 1;
+            return Err(ProcessError::Transient("write topic unavailable".into()));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_end_batch_redoes_the_batch() {
+    let prefix = common::unique_prefix("endbatch");
+    let cfg = Arc::new(common::config(&prefix));
+    common::create_topics(&cfg, &[("in", 2), ("dead_letter", 1)]).await;
+    let producer = common::producer(&cfg);
+    for i in 0..20 {
+        let key = format!("k{}", i % 2);
+        producer.send(&cfg.topic("in"), Some(key.as_bytes()), format!("m{i}").as_bytes(), &[]).await.unwrap();
+    }
+    let health = Arc::new(Health::new());
+    let shutdown = CancellationToken::new();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let pipeline = Pipeline::connect(&cfg, &health, "test-0", "in", &["in"], producer, &shutdown).await.unwrap();
+    let mut handler = FailingEnd { seen: seen.clone(), failures_left: 1 };
+    let run = tokio::spawn({
+        let s = shutdown.clone();
+        async move { pipeline.run(&mut handler, s).await }
+    });
+    // A partition that never held a record has no commit (a negative sentinel).
+    let committed = || kafka::committed_offsets(&cfg, &cfg.topic("in"), &cfg.topic("in"), 2).unwrap();
+    common::wait_until(Duration::from_secs(60), "all offsets committed", || {
+        committed().iter().map(|o| (*o).max(0)).sum::<i64>() == 20
+    })
+    .await;
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+    let seen = seen.lock().unwrap();
+    let distinct: std::collections::HashSet<&String> = seen.iter().collect();
+    assert_eq!(distinct.len(), 20, "every record handled");
+    assert!(seen.len() > 20, "the failed batch was handled again ({} handlings)", seen.len());
+}
