@@ -245,6 +245,7 @@ async fn scenario(name: &str, redis_url: &str) {
     assert_eq!(sockets.len(), 1, "one broadcast message for every socket worker");
     let m: TransportMessage = serde_json::from_slice(&sockets[0].1).unwrap();
     assert!(m.broadcast && m.application_id == a1);
+    common::drop_keyspace(&stack.cfg).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -318,4 +319,5 @@ async fn track_moves_entries_on_token_change_and_dead_letters_invalid_commands()
     assert!(reasons.iter().any(|r| r.contains("unknown device `ghost`")), "{reasons:#?}");
     assert!(reasons.iter().any(|r| r.contains("unknown application `nope`")), "{reasons:#?}");
     assert!(dead.iter().all(|e| e.worker == "track-0"));
+    common::drop_keyspace(&stack.cfg).await;
 }

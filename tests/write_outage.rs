@@ -132,4 +132,5 @@ async fn outage_keeps_the_place_and_readiness_false_until_the_store_returns() {
     common::wait_until(Duration::from_secs(10), "readiness after recovery", || health.is_ready()).await;
     shutdown.cancel();
     run.await.unwrap().unwrap();
+    common::drop_keyspace(&cfg).await;
 }

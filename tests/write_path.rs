@@ -22,7 +22,6 @@ const APP: &str = "app1";
 type Expected = BTreeMap<String, (i64, Vec<Value>, String, u64)>;
 
 struct Stack {
-    prefix: String,
     cfg: Config,
     env: HashMap<String, String>,
 }
@@ -40,7 +39,7 @@ impl Stack {
             &[("aggregation", 3), ("write", 4), ("transport_manager", 4), ("dead_letter", 1), ("system", 1)],
         )
         .await;
-        let stack = Stack { prefix, cfg, env };
+        let stack = Stack { cfg, env };
         let dir = tempfile::tempdir().unwrap();
         let app = dir.path().join("app.json");
         let schema = json!({"id": APP, "schema": {
@@ -191,7 +190,7 @@ async fn ordered_exact_state_with_two_writers_and_events_for_every_version() {
         assert!(v.windows(2).all(|w| w[0] < w[1]), "{id}: versions out of order {v:?}");
         assert_eq!(*v.last().unwrap(), e.3, "{id}");
     }
-    let _ = stack.prefix;
+    common::drop_keyspace(&stack.cfg).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -249,6 +248,7 @@ async fn sigkills_of_writer_and_aggregator_lose_and_duplicate_nothing() {
         store.session().query_unpaged(format!("SELECT count(*) FROM {}.objects", store.keyspace()), ()).await.unwrap();
     let (count,): (i64,) = count.into_rows_result().unwrap().first_row().unwrap();
     assert_eq!(count, 100, "no duplicate objects from replayed creates");
+    common::drop_keyspace(&stack.cfg).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -296,6 +296,7 @@ async fn poison_messages_are_dead_lettered_and_the_rest_flows() {
         1,
         "only the update of a missing object needs the store to be refused: {reasons:#?}"
     );
+    common::drop_keyspace(&stack.cfg).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -346,6 +347,7 @@ async fn deleting_a_parent_deletes_its_children_with_events() {
     for id in ["p1", "task-0", "task-1", "task-2"] {
         assert!(deletes.contains(&id), "{id} delete event missing: {deletes:?}");
     }
+    common::drop_keyspace(&stack.cfg).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -379,4 +381,5 @@ async fn an_application_put_while_running_is_picked_up_without_restart() {
     }
     let stored = store.get_application("late").await.unwrap();
     assert_eq!(stored.map(|a| a.id), Some("late".to_string()), "app put also stores the application");
+    common::drop_keyspace(&stack.cfg).await;
 }

@@ -135,3 +135,11 @@ impl Drop for Reaper {
         let _ = self.0.wait();
     }
 }
+
+/// Drops a test's keyspace at its end: every keyspace costs the single test node memory and
+/// slows its schema changes, and `make test` is run again and again on one machine.
+pub async fn drop_keyspace(cfg: &Config) {
+    if let Ok(store) = nexxus_worker::store::cql::CqlStore::connect(cfg).await {
+        let _ = store.session().query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", store.keyspace()), ()).await;
+    }
+}
