@@ -110,6 +110,12 @@ cassandra_ready() {
 }
 
 cassandra_up() {
+  # As for Kafka: a healthy CQL node already on our port is used as is.
+  if ! live_pid "$CASSANDRA_PIDF" "$CASSANDRA_MATCH" >/dev/null && port_open "$CASSANDRA_PORT" &&
+    [[ -n $(cql_release_version) ]]; then
+    log "cassandra: adopting the node already serving 127.0.0.1:$CASSANDRA_PORT"
+    return 0
+  fi
   if live_pid "$CASSANDRA_PIDF" "$CASSANDRA_MATCH" >/dev/null; then
     log "cassandra: already running (pid $(cat "$CASSANDRA_PIDF"))"
   else

@@ -77,6 +77,13 @@ kafka_ready() {
 }
 
 kafka_up() {
+  # A healthy broker already on our port (left by another checkout's stack) is used as is:
+  # tests work under unique prefixes, and refusing would fail a fresh clone's `make test`.
+  if ! live_pid "$KAFKA_PIDF" "$KAFKA_MATCH" >/dev/null && port_open "$KAFKA_PORT" && command -v kcat >/dev/null &&
+    [[ $(kcat -L -b "127.0.0.1:$KAFKA_PORT" -m 5 2>/dev/null) == *" 1 brokers:"* ]]; then
+    log "kafka: adopting the broker already serving 127.0.0.1:$KAFKA_PORT"
+    return 0
+  fi
   if live_pid "$KAFKA_PIDF" "$KAFKA_MATCH" >/dev/null; then
     log "kafka: already running (pid $(cat "$KAFKA_PIDF"))"
   else

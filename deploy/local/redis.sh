@@ -15,6 +15,11 @@ redis_node() {
   local name=$1 port=$2 d="$REDIS_DIR/$1"
   shift 2
   if live_pid "$d/redis.pid" "redis-server 127.0.0.1:$port" >/dev/null; then return 0; fi
+  # A healthy Redis already on the port (another checkout's stack) is used as is.
+  if port_open "$port" && [[ $(redis-cli -p "$port" ping 2>/dev/null) == PONG ]]; then
+    log "redis: adopting the server already serving 127.0.0.1:$port"
+    return 0
+  fi
   ports_free "$port"
   mkdir -p "$d"
   # No persistence: test data is throw-away. Redis daemonizes itself (fork + setsid, own pid file).
