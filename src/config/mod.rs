@@ -256,6 +256,12 @@ impl Config {
             }
         };
         let ssl = get("sckt_ssl").boolean()?.unwrap_or(false);
+        // TLS needs a key and a certificate; the culprit is wherever TLS was turned on.
+        for (key, var) in [("sckt_key_ssl", "TP_SCKT_KEY_SSL"), ("sckt_cert_file", "TP_SCKT_CERT_FILE")] {
+            if ssl && get(key).text()?.is_none() {
+                return Err(invalid(&get("sckt_ssl").origin(), &format!("TLS is on but {var} is not set")));
+            }
+        }
         let sckt_default = if all {
             3000
         } else if ssl {
@@ -312,19 +318,6 @@ impl Config {
             shutdown_grace: Duration::from_millis(get("shutdown_grace_ms").count()?.unwrap_or(10_000)),
             loaded_file: None,
         })
-        .and_then(Config::validate_tls(get("sckt_key_ssl").origin()))
-    }
-
-    /// TLS needs both a key and a certificate; say which one is missing.
-    fn validate_tls(origin: Origin) -> impl FnOnce(Config) -> Result<Config, ConfigError> {
-        move |cfg| {
-            if cfg.sockets.ssl && (cfg.sockets.key_file.is_none() || cfg.sockets.cert_file.is_none()) {
-                let which = if cfg.sockets.key_file.is_none() { "TP_SCKT_KEY_SSL" } else { "TP_SCKT_CERT_FILE" };
-                let origin = if cfg.sockets.key_file.is_none() { origin } else { Origin::Env(which.into()) };
-                return Err(invalid(&origin, &format!("TP_SCKT_SSL is on but {which} is not set")));
-            }
-            Ok(cfg)
-        }
     }
 
     /// The topic name with `TP_TOPIC_PREFIX` in front.

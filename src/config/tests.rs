@@ -111,11 +111,11 @@ fn tls_port_default_and_missing_key_or_cert() {
     );
     assert_eq!(
         err(&Overrides::default(), &[("TP_SCKT_SSL", "1"), ("TP_SCKT_CERT_FILE", "c.pem")]),
-        "built-in default: TP_SCKT_SSL is on but TP_SCKT_KEY_SSL is not set"
+        "TP_SCKT_SSL: TLS is on but TP_SCKT_KEY_SSL is not set"
     );
     assert_eq!(
         err(&Overrides::default(), &[("TP_SCKT_SSL", "1"), ("TP_SCKT_KEY_SSL", "k.pem")]),
-        "TP_SCKT_CERT_FILE: TP_SCKT_SSL is on but TP_SCKT_CERT_FILE is not set"
+        "TP_SCKT_SSL: TLS is on but TP_SCKT_CERT_FILE is not set"
     );
 }
 

@@ -192,18 +192,48 @@ pub struct Producer {
     inner: FutureProducer<WorkerContext>,
 }
 
+/// Settings of every producer, plain or transactional: idempotent, `acks=all`, then
+/// `TP_KAFKA_OPTS` last so the operator can override them.
+fn producer_config(cfg: &Config, client_id: &str, extra: &[(&str, &str)]) -> ClientConfig {
+    let mut c = base_config(cfg, client_id);
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("message.timeout.ms", "30000");
+    for (k, v) in extra {
+        c.set(*k, *v);
+    }
+    for (k, v) in &cfg.kafka.opts.0 {
+        c.set(k, v);
+    }
+    c
+}
+
+/// A record for `topic` with an optional key and headers (shared by awaited and batched sends).
+pub(crate) fn record<'a>(
+    topic: &'a str,
+    key: Option<&'a [u8]>,
+    payload: &'a [u8],
+    headers: &[(&str, &[u8])],
+) -> FutureRecord<'a, [u8], [u8]> {
+    let mut record: FutureRecord<'a, [u8], [u8]> = FutureRecord::to(topic).payload(payload);
+    if let Some(k) = key {
+        record = record.key(k);
+    }
+    if !headers.is_empty() {
+        let mut h = OwnedHeaders::new_with_capacity(headers.len());
+        for (name, value) in headers {
+            h = h.insert(Header { key: name, value: Some(*value) });
+        }
+        record = record.headers(h);
+    }
+    record
+}
+
 impl Producer {
     pub fn new(cfg: &Config, health: &Arc<Health>, client_id: &str) -> Result<Self, WorkerError> {
-        let mut c = base_config(cfg, client_id);
-        c.set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("compression.type", "lz4")
-            .set("message.timeout.ms", "30000");
-        for (k, v) in &cfg.kafka.opts.0 {
-            c.set(k, v);
-        }
-        let inner = c
+        let inner = producer_config(cfg, client_id, &[])
             .create_with_context(WorkerContext::new(health.clone(), &format!("{client_id}-producer")))
             .map_err(WorkerError::kafka("creating producer"))?;
         Ok(Producer { inner })
@@ -217,18 +247,7 @@ impl Producer {
         payload: &[u8],
         headers: &[(&str, &[u8])],
     ) -> KafkaResult<(i32, i64)> {
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).payload(payload);
-        if let Some(k) = key {
-            record = record.key(k);
-        }
-        if !headers.is_empty() {
-            let mut h = OwnedHeaders::new_with_capacity(headers.len());
-            for (name, value) in headers {
-                h = h.insert(Header { key: name, value: Some(*value) });
-            }
-            record = record.headers(h);
-        }
-        match self.inner.send(record, PRODUCE_TIMEOUT).await {
+        match self.inner.send(record(topic, key, payload, headers), PRODUCE_TIMEOUT).await {
             Ok(delivery) => {
                 telemetry::produced(topic);
                 Ok((delivery.partition, delivery.offset))
@@ -244,17 +263,8 @@ impl Producer {
         health: &Arc<Health>,
         transactional_id: &str,
     ) -> Result<Self, WorkerError> {
-        let mut c = base_config(cfg, transactional_id);
-        c.set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("compression.type", "lz4")
-            .set("transactional.id", transactional_id)
-            .set("transaction.timeout.ms", "60000");
-        for (k, v) in &cfg.kafka.opts.0 {
-            c.set(k, v);
-        }
-        let inner: FutureProducer<WorkerContext> = c
+        let extra = [("transactional.id", transactional_id), ("transaction.timeout.ms", "60000")];
+        let inner: FutureProducer<WorkerContext> = producer_config(cfg, transactional_id, &extra)
             .create_with_context(WorkerContext::new(health.clone(), &format!("{transactional_id}-producer")))
             .map_err(WorkerError::kafka("creating transactional producer"))?;
         let p = inner.clone();

@@ -12,8 +12,7 @@ use std::sync::Arc;
 
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureRecord, Producer as _};
+use rdkafka::producer::{DeliveryFuture, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::TopicPartitionList;
 
@@ -43,21 +42,7 @@ impl Outbox {
         payload: &[u8],
         headers: &[(&str, &[u8])],
     ) -> Result<(), KafkaError> {
-        let mut owned = None;
-        if !headers.is_empty() {
-            let mut h = OwnedHeaders::new_with_capacity(headers.len());
-            for (name, value) in headers {
-                h = h.insert(Header { key: name, value: Some(*value) });
-            }
-            owned = Some(h);
-        }
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).payload(payload);
-        if let Some(k) = key {
-            record = record.key(k);
-        }
-        if let Some(h) = owned {
-            record = record.headers(h);
-        }
+        let mut record = super::kafka::record(topic, key, payload, headers);
         loop {
             match self.producer.inner().send_result(record) {
                 Ok(delivery) => {

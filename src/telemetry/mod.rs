@@ -20,7 +20,6 @@ pub mod names {
     pub const PROCESSING_SECONDS: &str = "nexxus_processing_seconds";
     pub const BATCH_SIZE: &str = "nexxus_batch_messages";
     pub const CONSUMER_LAG: &str = "nexxus_consumer_lag";
-    pub const ASSIGNED_PARTITIONS: &str = "nexxus_assigned_partitions";
     pub const REBALANCES: &str = "nexxus_rebalances_total";
     pub const RETRIES: &str = "nexxus_retries_total";
     pub const COMMIT_FAILURES: &str = "nexxus_commit_failures_total";
