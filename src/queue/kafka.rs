@@ -284,18 +284,23 @@ impl Producer {
     /// Fails fast, naming the topic, when it does not exist: a produce to a missing topic would
     /// otherwise wait for the whole message timeout and report only "timed out".
     pub async fn check_topic(&self, topic: &str) -> Result<(), WorkerError> {
-        let p = self.inner.clone();
-        let t = topic.to_string();
-        let md = tokio::task::spawn_blocking(move || {
-            rdkafka::producer::Producer::client(&p).fetch_metadata(Some(&t), Duration::from_secs(10))
-        })
-        .await
-        .map_err(|e| WorkerError::Fatal(format!("metadata task: {e}")))?
-        .map_err(WorkerError::kafka("fetching metadata"))?;
-        match md.topics().iter().find(|m| m.name() == topic) {
-            Some(m) if m.error().is_none() && !m.partitions().is_empty() => Ok(()),
-            _ => Err(WorkerError::Usage(format!("topic {topic} does not exist: run `nexxus-worker topics apply`"))),
+        // A topic created a moment ago may not be in every broker's metadata yet: look a few
+        // times before calling it missing.
+        for attempt in 0..5 {
+            let p = self.inner.clone();
+            let t = topic.to_string();
+            let md = tokio::task::spawn_blocking(move || {
+                rdkafka::producer::Producer::client(&p).fetch_metadata(Some(&t), Duration::from_secs(10))
+            })
+            .await
+            .map_err(|e| WorkerError::Fatal(format!("metadata task: {e}")))?
+            .map_err(WorkerError::kafka("fetching metadata"))?;
+            if md.topics().iter().any(|m| m.name() == topic && m.error().is_none() && !m.partitions().is_empty()) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
         }
+        Err(WorkerError::Usage(format!("topic {topic} does not exist: run `nexxus-worker topics apply`")))
     }
 
     /// Waits for queued messages; a producer dropped without flushing loses them.

@@ -186,7 +186,43 @@ pub async fn apply(cfg: &Config, files: &[TopicFile], fix: bool) -> Result<Vec<R
             Some(&(partitions, rf)) => reports.push(check(&admin, &opts, &spec, partitions, rf, fix).await?),
         }
     }
+    let created: Vec<String> =
+        reports.iter().filter_map(|r| if let Report::Created(t) = r { Some(t.clone()) } else { None }).collect();
+    await_visible(&admin, created).await?;
     Ok(reports)
+}
+
+/// CreateTopics answers when the controller has the topic, before every broker's metadata has
+/// it: a producer started right after `apply` could still be told it does not exist. Returning
+/// only once metadata shows every partition with a leader makes `apply` a real barrier.
+async fn await_visible(
+    admin: &Arc<AdminClient<DefaultClientContext>>,
+    mut pending: Vec<String>,
+) -> Result<(), WorkerError> {
+    let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
+    while !pending.is_empty() {
+        let probe = admin.clone();
+        let md = tokio::task::spawn_blocking(move || probe.inner().fetch_metadata(None, ADMIN_TIMEOUT))
+            .await
+            .map_err(|e| WorkerError::Fatal(format!("metadata task: {e}")))?
+            .map_err(WorkerError::kafka("fetching metadata"))?;
+        pending.retain(|name| {
+            !md.topics().iter().any(|t| {
+                t.name() == name
+                    && t.error().is_none()
+                    && !t.partitions().is_empty()
+                    && t.partitions().iter().all(|p| p.error().is_none() && p.leader() >= 0)
+            })
+        });
+        if pending.is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(WorkerError::Fatal(format!("created topics not visible in metadata after 30 s: {pending:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
 
 /// A replication factor above the broker count cannot be created; a development cluster of one
