@@ -24,4 +24,5 @@ pub mod registry;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod transport;
 pub mod workers;

@@ -122,7 +122,7 @@ pub struct KafkaConfig {
     pub topic_prefix: String,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct SocketsConfig {
     pub host: String,
     pub port: u16,
@@ -131,6 +131,11 @@ pub struct SocketsConfig {
     pub cert_file: Option<PathBuf>,
     pub key_passphrase: Option<String>,
     pub ca_cert: Option<PathBuf>,
+    pub max_connections: usize,
+    /// Frames queued per connection before it counts as too slow (close 4008).
+    pub queue_frames: usize,
+    pub max_message_bytes: usize,
+    pub ping_interval: Duration,
 }
 
 /// One layer's raw value: file values keep their JSON type, env and flags are text.
@@ -270,10 +275,14 @@ impl Config {
             80
         };
         let http_port = get("http_port").port()?.unwrap_or(if all { 8080 } else { 9000 });
-        let batch_size = get("batch_size").count()?.unwrap_or(500);
-        if batch_size == 0 {
-            return Err(invalid(&get("batch_size").origin(), "must be at least 1"));
-        }
+        let at_least_one = |key: &'static str, default: u64| -> Result<usize, ConfigError> {
+            let v = get(key).count()?.unwrap_or(default);
+            if v == 0 {
+                return Err(invalid(&get(key).origin(), "must be at least 1"));
+            }
+            Ok(v as usize)
+        };
+        let batch_size = at_least_one("batch_size", 500)?;
         Ok(Config {
             msg_que,
             main_db,
@@ -285,7 +294,7 @@ impl Config {
                     &get("topic_prefix").origin(),
                 )?,
             },
-            batch_size: batch_size as usize,
+            batch_size,
             aggregation_linger: Duration::from_millis(get("aggregation_linger_ms").count()?.unwrap_or(5)),
             redis_url,
             scylla_nodes,
@@ -306,6 +315,10 @@ impl Config {
                 cert_file: get("sckt_cert_file").text()?.map(PathBuf::from),
                 key_passphrase: get("sckt_key_passphrase").text()?,
                 ca_cert: get("sckt_ca_cert").text()?.map(PathBuf::from),
+                max_connections: at_least_one("sckt_max_connections", 100_000)?,
+                queue_frames: at_least_one("sckt_queue", 256)?,
+                max_message_bytes: at_least_one("sckt_max_message", 65_536)?,
+                ping_interval: Duration::from_millis(at_least_one("sckt_ping_ms", 25_000)? as u64),
             },
             jwt_secret: get("jwt_secret").text()?.filter(|s| !s.is_empty()),
             http_host: get("http_host").text()?.unwrap_or_else(|| default_of("http_host")),

@@ -60,4 +60,4 @@ pub use message::{
 };
 pub use object::{micros_to_secs, SourcePosition, StoredObject};
 pub use schema::{AppSchema, Application, ModelSchema};
-pub use track::{decode_track, Device, DeviceAddress, TrackCommand, Transport};
+pub use track::{channel_and_filter, decode_track, Device, DeviceAddress, TrackCommand, Transport, Volatile};

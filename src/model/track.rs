@@ -145,6 +145,23 @@ impl Device {
             application_id: self.application_id.clone(),
         })
     }
+
+    /// Every address the device is reachable at: its push token, and its live socket if it has
+    /// one (the `volatile` part a sockets transport maintains).
+    pub fn addresses(&self) -> Vec<DeviceAddress> {
+        let mut out: Vec<DeviceAddress> = self.push_address().into_iter().collect();
+        if let Some(v) = self.volatile.as_ref().filter(|v| v.active) {
+            if let Some(Transport::Sockets(i)) = v.server_name.as_deref().and_then(Transport::parse) {
+                out.push(DeviceAddress {
+                    transport: Transport::Sockets(i),
+                    device_id: self.id.clone(),
+                    token: v.token.clone().unwrap_or_default(),
+                    application_id: self.application_id.clone(),
+                });
+            }
+        }
+        out
+    }
 }
 
 /// A validated message from the `track` topic.
@@ -229,7 +246,8 @@ fn flag(v: Option<&Value>, field: &str) -> Result<Option<bool>, ModelError> {
     }
 }
 
-fn channel_and_filter(map: &Map<String, Value>) -> Result<(Channel, Option<Filter>), ModelError> {
+/// `channel` and optional `filters` of a subscribe or unsubscribe (track command or socket frame).
+pub fn channel_and_filter(map: &Map<String, Value>) -> Result<(Channel, Option<Filter>), ModelError> {
     let channel = Channel::from_value(map.get("channel").unwrap_or(&Value::Null))?;
     let filter = match map.get("filters") {
         None | Some(Value::Null) => None,

@@ -1,5 +1,5 @@
-//! Names of the registry's Redis keys: Telepat's (CONTRACT section 5) and the two index keys of
-//! our own. Every key lives under `blg:<app>:`.
+//! Names of the registry's Redis keys: Telepat's (CONTRACT section 5) and the index keys of our
+//! own. Every key lives under `blg:<app>:`.
 //!
 //! Our own keys put a `|` right after `blg:<app>:filters` / `blg:<app>:index`. Telepat
 //! identifiers (application, model, context, user and object ids) cannot contain `|` (see
@@ -22,6 +22,12 @@ pub fn device_subscriptions(app: &str, device_id: &str) -> String {
 /// which must never SCAN).
 pub fn device_index(app: &str) -> String {
     format!("{KEY_PREFIX}:{app}:index|devices")
+}
+
+/// `blg:<app>:index|sockets_transport-<i>`: our set of `<deviceId>|<token>` attached to socket
+/// transport `i`, so a restarted transport finds what its earlier life left behind.
+pub fn socket_index(app: &str, server: &str) -> String {
+    format!("{KEY_PREFIX}:{app}:index|{server}")
 }
 
 /// `blg:<app>:filters|<base channel key>`: our set of the filtered variants

@@ -32,6 +32,7 @@
 pub mod conn;
 pub mod keys;
 mod route;
+mod sockets;
 mod values;
 
 use std::collections::BTreeSet;
@@ -215,7 +216,8 @@ impl Registry {
     }
 
     /// A device's addresses changed (new push token, socket moved): in every channel it
-    /// subscribed, adds the `new` addresses, then removes the `old` ones not among them.
+    /// subscribed, adds the `new` addresses (and lists filtered channels in their filter index
+    /// again), then removes the `old` ones not among them.
     pub async fn move_addresses(
         &self,
         app: &str,
@@ -235,6 +237,11 @@ impl Registry {
         for key in &subs {
             if !added.is_empty() {
                 ops.push(Op::new("SADD", key).arg(&added));
+                // The channel may have been emptied and pruned from its filter index while the
+                // device had no address (a socket that went away): list it again.
+                if let Some(index) = keys::is_filtered(key).then(|| keys::filter_index(keys::base_of(key))).flatten() {
+                    ops.push(Op::new("SADD", &index).arg(key));
+                }
             }
             if !removed.is_empty() {
                 ops.push(Op::new("SREM", key).arg(&removed));

@@ -43,6 +43,11 @@ impl Apps {
         }
     }
 
+    /// The ids of the applications known now.
+    pub fn ids(&self) -> Vec<String> {
+        self.inner.read().map(|m| m.keys().cloned().collect()).unwrap_or_default()
+    }
+
     pub fn len(&self) -> usize {
         self.inner.read().map(|m| m.len()).unwrap_or(0)
     }

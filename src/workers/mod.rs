@@ -8,6 +8,7 @@
 pub mod aggregation;
 pub mod apps;
 pub mod pipeline;
+pub mod sockets_transport;
 pub mod track;
 pub mod transport_manager;
 pub mod write;
@@ -109,8 +110,7 @@ impl Role {
     fn pending_issue(self) -> Option<&'static str> {
         match self {
             Role::Aggregation | Role::Write => None,
-            Role::TransportManager | Role::Track => None,
-            Role::SocketsTransport => Some("issue 6 (Sockets transport: authenticated WebSocket delivery with per-index topics)"),
+            Role::TransportManager | Role::Track | Role::SocketsTransport => None,
             Role::AndroidTransport | Role::IosTransport => Some("issue 7 (Push transports: APNs and FCM HTTP v1 with a real token lifecycle)"),
             Role::All => Some("issue 8 (Single-process mode: `-t all` on embedded defaults, HTTP ingress, a live demo page and a browser client)"),
         }
@@ -171,7 +171,13 @@ pub async fn run(ctx: WorkerContext, shutdown: CancellationToken) -> Result<(), 
             let registry = connect_registry(&ctx, &shutdown).await?;
             transport_manager::run(&ctx, Arc::new(registry), shutdown).await
         }
-        Role::AndroidTransport | Role::IosTransport | Role::SocketsTransport | Role::All => {
+        Role::SocketsTransport => {
+            // Bad TLS files are a configuration error: exit 64 before connecting to anything.
+            let tls = crate::transport::tls::acceptor(&ctx.config.sockets)?;
+            let registry = connect_registry(&ctx, &shutdown).await?;
+            sockets_transport::run(&ctx, tls, registry, shutdown).await
+        }
+        Role::AndroidTransport | Role::IosTransport | Role::All => {
             Err(WorkerError::Fatal(format!("{} passed check_runnable", ctx.role)))
         }
     }
@@ -255,7 +261,7 @@ mod tests {
 
     #[test]
     fn unfinished_roles_fail_loudly_naming_their_issue() {
-        let done = [Role::Aggregation, Role::Write, Role::Track, Role::TransportManager];
+        let done = [Role::Aggregation, Role::Write, Role::Track, Role::TransportManager, Role::SocketsTransport];
         for role in Role::WORKERS.into_iter().filter(|r| !done.contains(r)) {
             let err = check_runnable(role).unwrap_err();
             assert_eq!(err.exit_code(), 64);

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::error::{ProcessError, WorkerError};
-use crate::model::{decode_track, Device, DeviceAddress, TrackCommand, Transport, DEFAULT_MAX_MESSAGE_BYTES};
+use crate::model::{decode_track, Device, TrackCommand, Volatile, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
 use crate::registry::Registry;
@@ -35,22 +35,6 @@ pub async fn run(
     pipeline.run(&mut Tracker::new(registry, apps), shutdown).await
 }
 
-/// Every address a device is reachable at: its push token, and its live socket if it has one.
-pub fn addresses(device: &Device) -> Vec<DeviceAddress> {
-    let mut out: Vec<DeviceAddress> = device.push_address().into_iter().collect();
-    if let Some(v) = device.volatile.as_ref().filter(|v| v.active) {
-        if let Some(Transport::Sockets(i)) = v.server_name.as_deref().and_then(Transport::parse) {
-            out.push(DeviceAddress {
-                transport: Transport::Sockets(i),
-                device_id: device.id.clone(),
-                token: v.token.clone().unwrap_or_default(),
-                application_id: device.application_id.clone(),
-            });
-        }
-    }
-    out
-}
-
 impl Handler for Tracker {
     async fn handle(&mut self, record: &Record<'_>, _out: &mut Outbox) -> Result<(), ProcessError> {
         let command =
@@ -61,12 +45,20 @@ impl Handler for Tracker {
         }
         let registry = &self.registry;
         match command {
-            TrackCommand::DeviceRegister { device, .. } => {
+            TrackCommand::DeviceRegister { mut device, .. } => {
+                // The live socket (`volatile`) belongs to the sockets transport that holds it; the
+                // API cannot know it, so a re-registration keeps the stored one and a first one
+                // cannot claim a socket that nobody holds.
+                let previous = registry.get_device(&app, &device.id).await?;
+                device.volatile = match previous.as_ref() {
+                    Some(p) => p.volatile.clone(),
+                    None => device.volatile.take().map(|v| Volatile { active: false, ..v }),
+                };
                 // Move the channel entries before storing the record: if this is interrupted, the
                 // replay still sees the old record, so the move is redone rather than forgotten.
-                let new = addresses(&device);
-                if let Some(previous) = registry.get_device(&app, &device.id).await? {
-                    let old = addresses(&previous);
+                let new = device.addresses();
+                if let Some(previous) = previous {
+                    let old = previous.addresses();
                     if old != new {
                         registry.move_addresses(&app, &device.id, &old, &new).await?;
                     }
@@ -80,12 +72,12 @@ impl Handler for Tracker {
                     .await?
                     .ok_or_else(|| ProcessError::Poison(format!("subscribe of unknown device `{device_id}`")))?;
                 let key = channel.key(&app, filter.as_ref()).map_err(|e| ProcessError::Poison(e.to_string()))?;
-                registry.subscribe(&app, &device_id, &key, &addresses(&device)).await?;
+                registry.subscribe(&app, &device_id, &key, &device.addresses()).await?;
             }
             TrackCommand::Unsubscribe { device_id, channel, filter, .. } => {
                 let key = channel.key(&app, filter.as_ref()).map_err(|e| ProcessError::Poison(e.to_string()))?;
                 let device = registry.get_device(&app, &device_id).await?;
-                let addrs = device.as_ref().map(addresses).unwrap_or_default();
+                let addrs = device.as_ref().map(Device::addresses).unwrap_or_default();
                 registry.unsubscribe(&app, &device_id, &key, &addrs).await?;
             }
         }

@@ -22,7 +22,6 @@ use crate::registry::{Registry, Routes};
 
 use super::apps::Apps;
 use super::pipeline::Handler;
-use super::track::addresses;
 use super::WorkerContext;
 
 /// Devices per transport message: bounds message size while sharing one payload widely.
@@ -87,7 +86,7 @@ impl Router {
         let mut push: BTreeMap<String, Vec<Recipient>> = BTreeMap::new();
         for device in devices.iter().filter(|d| d.application_id == event.application_id) {
             for a in
-                addresses(device).into_iter().filter(|a| !matches!(a.transport, crate::model::Transport::Sockets(_)))
+                device.addresses().into_iter().filter(|a| !matches!(a.transport, crate::model::Transport::Sockets(_)))
             {
                 push.entry(a.transport.name()).or_default().push(Recipient { device_id: a.device_id, token: a.token });
             }

@@ -1,0 +1,108 @@
+//! What a sockets transport records about the devices connected to it.
+//!
+//! A transport's address for a device is `sockets_transport-<i>|<deviceId>|<token>|<appId>`,
+//! where the token names one life of the process: all connections of a device to that process
+//! share the address, and a restarted process has a new token, so deliveries addressed to a
+//! dead life are recognised and dropped. Each attached address is also listed in
+//! `blg:<app>:index|sockets_transport-<i>` ([`keys::socket_index`]) so the next life can remove
+//! what a crashed one left, without SCAN.
+//!
+//! Order matters for crash safety: attach lists the address in the index first, detach removes
+//! it from the index last, so whatever a crash interrupts is still found by the purge.
+
+use super::conn::Op;
+use super::{keys, values, Registry, RegistryError};
+use crate::model::{Device, DeviceAddress, Transport, Volatile};
+
+impl Registry {
+    /// Records that `addr` (a socket address) now reaches the device: index entry, the address
+    /// in every channel of the device's stored subscriptions (Telepat's restore), and the
+    /// device's `volatile` pointing at this connection (a device not registered yet gets a
+    /// record). Returns the number of subscriptions restored.
+    pub async fn attach_socket(&self, addr: &DeviceAddress) -> Result<usize, RegistryError> {
+        let (app, dev, server) = parts(addr);
+        let index = keys::socket_index(app, &server);
+        self.conn.run_one("attach socket: index", Op::new("SADD", &index).arg(member(addr))).await?;
+        self.move_addresses(app, dev, &[], std::slice::from_ref(addr)).await?;
+        let restored = self.device_subscriptions(app, dev).await?.len();
+        let mut device = self.get_device(app, dev).await?.unwrap_or_else(|| Device {
+            id: dev.to_owned(),
+            application_id: app.to_owned(),
+            info: Default::default(),
+            persistent: None,
+            volatile: None,
+        });
+        device.volatile = Some(Volatile {
+            kind: Some("sockets".into()),
+            token: Some(addr.token.clone()),
+            active: true,
+            server_name: Some(server),
+        });
+        self.put_device(&device).await?;
+        Ok(restored)
+    }
+
+    /// Undoes [`Registry::attach_socket`]: the address leaves every channel, the device's
+    /// `volatile` is turned off if it still points at this address (a newer connection
+    /// elsewhere keeps it), the stored subscription list stays (as in Telepat), and the index
+    /// entry goes last. Idempotent.
+    pub async fn detach_socket(&self, addr: &DeviceAddress) -> Result<(), RegistryError> {
+        let (app, dev, server) = parts(addr);
+        self.move_addresses(app, dev, std::slice::from_ref(addr), &[]).await?;
+        if let Some(mut device) = self.get_device(app, dev).await? {
+            let ours = device.volatile.as_ref().is_some_and(|v| {
+                v.server_name.as_deref() == Some(server.as_str()) && v.token.as_deref() == Some(addr.token.as_str())
+            });
+            if ours {
+                device.volatile =
+                    Some(Volatile { kind: Some("sockets".into()), token: None, active: false, server_name: None });
+                self.put_device(&device).await?;
+            }
+        }
+        let index = keys::socket_index(app, &server);
+        self.conn.run_one("detach socket: index", Op::new("SREM", &index).arg(member(addr))).await.map(drop)
+    }
+
+    /// Detaches every address of socket transport `index` listed for `app` whose token is not
+    /// `keep` (the current life's). Returns how many were removed.
+    pub async fn purge_sockets(&self, app: &str, index: u32, keep: &str) -> Result<usize, RegistryError> {
+        let server = Transport::Sockets(index).name();
+        let key = keys::socket_index(app, &server);
+        let entries =
+            values::members(&key, self.conn.run_one("purge sockets: list", Op::new("SMEMBERS", &key)).await?)?;
+        let mut purged = 0;
+        for entry in entries {
+            let Some((device_id, token)) = entry.split_once('|') else {
+                // Not ours to interpret; drop it so it is not looked at again.
+                self.conn.run_one("purge sockets: bad entry", Op::new("SREM", &key).arg(&entry)).await?;
+                continue;
+            };
+            if token == keep {
+                continue;
+            }
+            let addr = DeviceAddress {
+                transport: Transport::Sockets(index),
+                device_id: device_id.to_owned(),
+                token: token.to_owned(),
+                application_id: app.to_owned(),
+            };
+            self.detach_socket(&addr).await?;
+            purged += 1;
+        }
+        Ok(purged)
+    }
+
+    /// The `<deviceId>|<token>` entries of socket transport `index` for `app` (tests, operators).
+    pub async fn socket_entries(&self, app: &str, index: u32) -> Result<Vec<String>, RegistryError> {
+        let key = keys::socket_index(app, &Transport::Sockets(index).name());
+        values::members(&key, self.conn.run_one("socket entries", Op::new("SMEMBERS", &key)).await?)
+    }
+}
+
+fn parts(addr: &DeviceAddress) -> (&str, &str, String) {
+    (&addr.application_id, &addr.device_id, addr.transport.name())
+}
+
+fn member(addr: &DeviceAddress) -> String {
+    format!("{}|{}", addr.device_id, addr.token)
+}

@@ -1,0 +1,7 @@
+//! Delivery to devices: the WebSocket server of the sockets transport ([`ws`]), its TLS
+//! ([`tls`]) and handshake tokens ([`jwt`]). The roles that drive them live in
+//! `src/workers/`.
+
+pub mod jwt;
+pub mod tls;
+pub mod ws;

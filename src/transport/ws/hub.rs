@@ -1,0 +1,259 @@
+//! The connections of one sockets transport, by application and device, and the fan-out of a
+//! [`TransportMessage`] to them.
+//!
+//! A delivery serializes its frame once; every receiving connection gets a clone of the same
+//! bytes through its bounded queue. A full queue means the client stopped keeping up: it is
+//! closed with 4008 rather than allowed to grow memory or hold back the partition.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::protocol::{self, CLOSE_TOO_SLOW};
+use crate::model::TransportMessage;
+
+/// Asks a connection's task to close with a code; the first code asked for wins.
+#[derive(Default)]
+pub struct CloseSignal {
+    pub token: CancellationToken,
+    code: AtomicU16,
+}
+
+impl CloseSignal {
+    pub fn close(&self, code: u16) {
+        let _ = self.code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+        self.token.cancel();
+    }
+
+    pub fn code(&self) -> u16 {
+        self.code.load(Ordering::Acquire)
+    }
+}
+
+/// The hub's side of one connection.
+#[derive(Clone)]
+pub struct Handle {
+    id: u64,
+    tx: mpsc::Sender<Utf8Bytes>,
+    close: Arc<CloseSignal>,
+}
+
+/// A connection's side: its queue and its close signal.
+pub struct Inbox {
+    pub id: u64,
+    pub rx: mpsc::Receiver<Utf8Bytes>,
+    pub close: Arc<CloseSignal>,
+}
+
+/// Counts of one delivery.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// Frames queued.
+    pub frames: usize,
+    /// Bytes queued (frames × frame size).
+    pub bytes: usize,
+    /// Connections closed because their queue was full.
+    pub dropped: usize,
+    /// Recipients addressed to an earlier life of this transport or no longer connected.
+    pub absent: usize,
+}
+
+type Devices = HashMap<String, Vec<Handle>>;
+
+pub struct Hub {
+    /// `sockets_transport-<i>`.
+    pub server: String,
+    /// This life's socket token (see [`crate::registry`]'s sockets module).
+    pub token: String,
+    queue: usize,
+    apps: RwLock<HashMap<String, Devices>>,
+    /// Serializes registry attach/detach per device, so a connection arriving while the
+    /// device's last one is leaving cannot have its fresh entries removed.
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    hasher: RandomState,
+    next_id: AtomicU64,
+    open: Arc<AtomicUsize>,
+    max_open: usize,
+}
+
+/// One accepted socket counted against the connection limit until dropped.
+pub struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Hub {
+    pub fn new(server: String, token: String, queue: usize, max_open: usize) -> Hub {
+        Hub {
+            server,
+            token,
+            queue: queue.max(1),
+            apps: RwLock::default(),
+            stripes: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
+            hasher: RandomState::new(),
+            next_id: AtomicU64::new(1),
+            open: Arc::default(),
+            max_open,
+        }
+    }
+
+    /// Counts a new socket, or `None` when the limit is reached.
+    pub fn admit(&self) -> Option<Slot> {
+        let before = self.open.fetch_add(1, Ordering::AcqRel);
+        let slot = Slot(self.open.clone());
+        (before < self.max_open).then_some(slot)
+    }
+
+    /// Accepted sockets, authenticated or not.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    pub fn stripe(&self, app: &str, device: &str) -> &tokio::sync::Mutex<()> {
+        let i = self.hasher.hash_one((app, device)) as usize % self.stripes.len();
+        &self.stripes[i]
+    }
+
+    /// Adds a connection; `true` if it is the device's first here. Call under [`Hub::stripe`].
+    pub fn join(&self, app: &str, device: &str) -> (Inbox, bool) {
+        let (tx, rx) = mpsc::channel(self.queue);
+        let close = Arc::new(CloseSignal::default());
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut apps = self.apps.write().unwrap_or_else(|p| p.into_inner());
+        let conns = apps.entry(app.to_owned()).or_default().entry(device.to_owned()).or_default();
+        conns.push(Handle { id, tx, close: close.clone() });
+        (Inbox { id, rx, close }, conns.len() == 1)
+    }
+
+    /// Removes a connection; `true` if it was the device's last here. Call under [`Hub::stripe`].
+    pub fn leave(&self, app: &str, device: &str, id: u64) -> bool {
+        let mut apps = self.apps.write().unwrap_or_else(|p| p.into_inner());
+        let Some(devices) = apps.get_mut(app) else { return false };
+        let Some(conns) = devices.get_mut(device) else { return false };
+        conns.retain(|h| h.id != id);
+        let last = conns.is_empty();
+        if last {
+            devices.remove(device);
+            if devices.is_empty() {
+                apps.remove(app);
+            }
+        }
+        last
+    }
+
+    /// Authenticated connections.
+    pub fn connections(&self) -> usize {
+        let apps = self.apps.read().unwrap_or_else(|p| p.into_inner());
+        apps.values().flat_map(|d| d.values()).map(Vec::len).sum()
+    }
+
+    /// Queues `msg` for its recipients on this transport (or, for a broadcast, every connection
+    /// of its application).
+    pub fn deliver(&self, msg: &TransportMessage) -> Delivered {
+        let frame = protocol::message(&msg.message);
+        let mut out = Delivered::default();
+        let apps = self.apps.read().unwrap_or_else(|p| p.into_inner());
+        let Some(devices) = apps.get(&msg.application_id) else {
+            out.absent = msg.devices.len();
+            return out;
+        };
+        let mut send = |h: &Handle| match h.tx.try_send(frame.clone()) {
+            Ok(()) => out.frames += 1,
+            Err(TrySendError::Full(_)) => {
+                if !h.close.token.is_cancelled() {
+                    out.dropped += 1;
+                }
+                h.close.close(CLOSE_TOO_SLOW);
+            }
+            Err(TrySendError::Closed(_)) => {}
+        };
+        if msg.broadcast {
+            devices.values().flatten().for_each(&mut send);
+        } else {
+            for r in &msg.devices {
+                match devices.get(&r.device_id).filter(|_| r.token == self.token) {
+                    Some(conns) => conns.iter().for_each(&mut send),
+                    None => out.absent += 1,
+                }
+            }
+        }
+        out.bytes = out.frames * frame.len();
+        out
+    }
+
+    /// Asks every connection to close with `code` (shutdown: 1001).
+    pub fn close_all(&self, code: u16) {
+        let apps = self.apps.read().unwrap_or_else(|p| p.into_inner());
+        apps.values().flat_map(|d| d.values()).flatten().for_each(|h| h.close.close(code));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DeliveryBatch, Recipient};
+
+    fn msg(app: &str, to: &[(&str, &str)], broadcast: bool) -> TransportMessage {
+        TransportMessage {
+            application_id: app.into(),
+            object_id: "o".into(),
+            version: 1,
+            timestamp: 0,
+            devices: to.iter().map(|(d, t)| Recipient { device_id: (*d).into(), token: (*t).into() }).collect(),
+            broadcast,
+            message: DeliveryBatch::default(),
+        }
+    }
+
+    #[test]
+    fn every_connection_of_a_recipient_gets_the_same_bytes_and_no_one_else() {
+        let hub = Hub::new("sockets_transport-0".into(), "life".into(), 4, 10);
+        let (mut a1, first) = hub.join("app", "d1");
+        let (mut a2, second) = hub.join("app", "d1");
+        let (mut b, _) = hub.join("app", "d2");
+        let (mut other, _) = hub.join("other", "d1");
+        assert!(first && !second);
+        let d = hub.deliver(&msg("app", &[("d1", "life"), ("d3", "life"), ("d2", "old-life")], false));
+        assert_eq!((d.frames, d.absent, d.dropped), (2, 2, 0));
+        let (x, y) = (a1.rx.try_recv().ok(), a2.rx.try_recv().ok());
+        assert!(x.is_some() && x == y);
+        assert!(b.rx.try_recv().is_err() && other.rx.try_recv().is_err());
+        let d = hub.deliver(&msg("app", &[], true));
+        assert_eq!(d.frames, 3, "a broadcast reaches every connection of its application only");
+        assert!(other.rx.try_recv().is_err());
+        assert!(!hub.leave("app", "d1", a1.id));
+        assert!(hub.leave("app", "d1", a2.id));
+        assert_eq!(hub.connections(), 2);
+    }
+
+    #[test]
+    fn a_full_queue_closes_that_connection_with_4008_only() {
+        let hub = Hub::new("s".into(), "t".into(), 2, 10);
+        let (slow, _) = hub.join("app", "slow");
+        let (mut fast, _) = hub.join("app", "fast");
+        for _ in 0..3 {
+            hub.deliver(&msg("app", &[], true));
+            while fast.rx.try_recv().is_ok() {}
+        }
+        assert_eq!(slow.close.code(), CLOSE_TOO_SLOW);
+        assert!(slow.close.token.is_cancelled());
+        assert_eq!(fast.close.code(), 0);
+    }
+
+    #[test]
+    fn the_connection_limit_counts_slots() {
+        let hub = Hub::new("s".into(), "t".into(), 2, 2);
+        let (a, b) = (hub.admit(), hub.admit());
+        assert!(a.is_some() && b.is_some() && hub.admit().is_none());
+        drop(a);
+        assert!(hub.admit().is_some());
+    }
+}

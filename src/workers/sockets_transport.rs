@@ -1,0 +1,122 @@
+//! The sockets_transport role (CONTRACT sections 3 and 7): a WebSocket server on
+//! `TP_SCKT_PORT` delivering what the transport manager addressed to `sockets_transport-<i>`,
+//! plus the `sockets_transport` broadcasts, to authenticated connections.
+//!
+//! Start: applications loaded, entries an earlier life of this index left in the registry
+//! purged, then the listener opens. Run: the pipeline hands each message to the hub, which
+//! queues one shared frame per receiving connection; offsets commit once the frames are queued
+//! (a socket delivery is at most once: a message for a connection that is gone has no one to
+//! be redelivered to). Stop: no more accepts, close 1001 to every client, each connection
+//! detaches from the registry, bounded by the process's shutdown grace.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+
+use super::apps::Apps;
+use super::pipeline::{Handler, Pipeline};
+use super::WorkerContext;
+use crate::error::{ProcessError, WorkerError};
+use crate::model::{Transport, TransportMessage};
+use crate::queue::kafka::Producer;
+use crate::queue::outbox::Outbox;
+use crate::queue::{topic, Record};
+use crate::registry::Registry;
+use crate::transport::ws::conn::Shared;
+use crate::transport::ws::hub::Hub;
+use crate::transport::ws::protocol::CLOSE_GOING_AWAY;
+use crate::transport::ws::server::Server;
+
+/// Connects and runs the role until `shutdown`.
+pub async fn run(
+    ctx: &WorkerContext,
+    tls: Option<TlsAcceptor>,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    let cfg = &ctx.config;
+    let name = ctx.name();
+    let apps = Apps::load_and_follow(cfg, &name, shutdown.clone()).await?;
+    let producer = Producer::new(cfg, &ctx.health, &name)?;
+    let own = topic::sockets(ctx.index);
+    let topics = [own.as_str(), topic::SOCKETS_BROADCAST];
+    let pipeline = Pipeline::connect(cfg, &ctx.health, &name, &own, &topics, producer, &shutdown).await?;
+
+    let token = life_token();
+    let mut purged = 0;
+    for app in apps.ids() {
+        purged += registry
+            .purge_sockets(&app, ctx.index, &token)
+            .await
+            .map_err(|e| WorkerError::Fatal(format!("purging stale socket entries of {name}: {e}")))?;
+    }
+    tracing::info!(message = "stale socket entries purged", server = name, purged);
+
+    let s = &cfg.sockets;
+    let hub = Arc::new(Hub::new(Transport::Sockets(ctx.index).name(), token, s.queue_frames, s.max_connections));
+    let shared = Arc::new(Shared {
+        hub: hub.clone(),
+        registry,
+        apps,
+        index: ctx.index,
+        fallback_secret: cfg.jwt_secret.clone(),
+        ws_config: ws_config(s.max_message_bytes),
+        ping_interval: s.ping_interval,
+    });
+    let server = Server::bind(&s.host, s.port, tls, shared).await?;
+    let tracker = server.tracker();
+    tracing::info!(message = "sockets transport listening", server = name, addr = ?server.local_addr(), tls = s.ssl);
+    let connections = shutdown.child_token();
+    tokio::spawn(server.run(connections.clone(), connections.clone()));
+
+    let result = pipeline.run(&mut Dispatcher { hub: hub.clone() }, shutdown).await;
+    hub.close_all(CLOSE_GOING_AWAY);
+    connections.cancel();
+    if tokio::time::timeout(cfg.shutdown_grace, tracker.wait()).await.is_err() {
+        tracing::warn!(message = "connections still open at the end of the grace period", open = hub.open());
+    }
+    result
+}
+
+/// Small buffers: most connections are idle most of the time, and memory per idle
+/// connection is what limits how many one process holds.
+fn ws_config(max_message: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(1 << 20)
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
+}
+
+/// A token naming this life of the process (see the registry's sockets module): distinct per
+/// start, so deliveries addressed to an earlier life are recognised.
+fn life_token() -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{:x}{:05x}", nanos, std::process::id())
+}
+
+struct Dispatcher {
+    hub: Arc<Hub>,
+}
+
+impl Handler for Dispatcher {
+    async fn handle(&mut self, record: &Record<'_>, _out: &mut Outbox) -> Result<(), ProcessError> {
+        let msg: TransportMessage = serde_json::from_slice(record.payload)
+            .map_err(|e| ProcessError::Poison(format!("not a transport message: {e}")))?;
+        let d = self.hub.deliver(&msg);
+        metrics::counter!("nexxus_sockets_frames_out_total").increment(d.frames as u64);
+        metrics::counter!("nexxus_sockets_bytes_out_total").increment(d.bytes as u64);
+        metrics::counter!("nexxus_sockets_queue_drops_total").increment(d.dropped as u64);
+        metrics::counter!("nexxus_sockets_absent_recipients_total").increment(d.absent as u64);
+        if d.frames > 0 {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+            let latency = now.saturating_sub(msg.timestamp) as f64 / 1e6;
+            metrics::histogram!("nexxus_sockets_delivery_latency_seconds").record(latency);
+        }
+        Ok(())
+    }
+}
