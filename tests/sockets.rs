@@ -1,0 +1,315 @@
+//! The sockets transport with real WebSocket clients, real Kafka and Redis (and, for the end to
+//! end case, Cassandra and every upstream role as separate processes): routing per socket
+//! index, broadcasts per application, authentication and authorization, malformed and oversize
+//! frames, a slow reader, the connection limit, and kill -9 then restart on the same index.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::{SinkExt, StreamExt};
+use nexxus_worker::config::Config;
+use nexxus_worker::registry::Registry;
+use nexxus_worker::transport::jwt::{self, Claims};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+const SECRET1: &str = "secret-of-app-1";
+const FALLBACK: &str = "process-wide-fallback";
+
+struct Stack {
+    cfg: Config,
+    env: HashMap<String, String>,
+    keyspace: bool,
+    /// a1 has its own jwt_secret, a2 relies on TP_JWT_SECRET.
+    a1: String,
+    a2: String,
+}
+
+impl Stack {
+    async fn new(name: &str, with_store: bool) -> Stack {
+        let prefix = common::unique_prefix(name);
+        let mut env = common::env_for(&prefix);
+        if with_store {
+            let keyspace: String = format!("k{}", prefix.replace(['-', '.'], "_")).chars().take(48).collect();
+            env.insert("TP_SCYLLA_KEYSPACE".into(), keyspace);
+        }
+        env.insert("TP_HTTP_PORT".into(), "0".into());
+        env.insert("TP_SCKT_HOST".into(), "127.0.0.1".into());
+        env.insert("TP_JWT_SECRET".into(), FALLBACK.into());
+        let cfg = Config::load(&Default::default(), &env).unwrap();
+        let topics = [
+            ("aggregation", 2),
+            ("write", 2),
+            ("transport_manager", 2),
+            ("track", 1),
+            ("ios_transport", 1),
+            ("android_transport", 1),
+            ("sockets_transport", 1),
+            ("sockets_transport-0", 1),
+            ("sockets_transport-1", 1),
+            ("dead_letter", 1),
+            ("system", 1),
+        ];
+        common::create_topics(&cfg, &topics).await;
+        let unique = prefix.replace(['-', '.'], "");
+        let stack = Stack { cfg, env, keyspace: with_store, a1: format!("{unique}a1"), a2: format!("{unique}a2") };
+        let dir = tempfile::tempdir().unwrap();
+        let schema = json!({"task": {"belongsTo": [{"parentModel": "project"}]}, "project": {}});
+        for (app, secret) in [(&stack.a1, Some(SECRET1)), (&stack.a2, None)] {
+            let path = dir.path().join(format!("{app}.json"));
+            let mut doc = json!({"id": app, "schema": schema});
+            if let Some(s) = secret {
+                doc["jwt_secret"] = s.into();
+            }
+            std::fs::write(&path, doc.to_string()).unwrap();
+            let out = Command::new(common::BIN).args(["app", "put"]).arg(&path).env_clear().envs(&stack.env).output();
+            let out = out.unwrap();
+            assert!(out.status.success(), "app put: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        stack
+    }
+
+    fn start(&self, role: &str, index: u32, extra: &[(&str, String)]) -> common::Reaper {
+        let mut cmd = Command::new(common::BIN);
+        cmd.args(["-t", role, "-i", &index.to_string()]).env_clear().envs(&self.env);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        common::Reaper(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap())
+    }
+
+    /// A sockets transport on a free port; returns once it accepts connections.
+    async fn sockets(&self, index: u32, extra: &[(&str, String)]) -> (common::Reaper, u16) {
+        let port = common::free_port();
+        let mut vars = vec![("TP_SCKT_PORT", port.to_string())];
+        vars.extend(extra.iter().cloned());
+        let proc = self.start("sockets_transport", index, &vars);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "sockets_transport-{index} did not listen");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (proc, port)
+    }
+
+    async fn send(&self, topic: &str, key: &str, lines: &[Value]) {
+        let producer = common::producer(&self.cfg);
+        for l in lines {
+            producer.send(&self.cfg.topic(topic), Some(key.as_bytes()), l.to_string().as_bytes(), &[]).await.unwrap();
+        }
+    }
+
+    async fn finish(self) {
+        if self.keyspace {
+            common::drop_keyspace(&self.cfg).await;
+        }
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn token(app: &str, device: &str, user: Option<&str>, secret: &str, exp: u64) -> String {
+    let claims = Claims { application_id: app.into(), device_id: device.into(), exp, user_id: user.map(String::from) };
+    jwt::sign(&claims, secret)
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+struct Client(Ws);
+
+impl Client {
+    async fn connect(port: u16, token: Option<&str>) -> Client {
+        let url = match token {
+            Some(t) => format!("ws://127.0.0.1:{port}/?token={t}"),
+            None => format!("ws://127.0.0.1:{port}/"),
+        };
+        Client(tokio_tungstenite::connect_async(url).await.expect("websocket upgrade").0)
+    }
+
+    /// Connects with `?token=` and expects `ready`.
+    async fn ready(port: u16, token: &str) -> Client {
+        let mut c = Client::connect(port, Some(token)).await;
+        let r = c.event().await;
+        assert_eq!(r["event"], "ready", "{r}");
+        c
+    }
+
+    async fn send(&mut self, v: Value) {
+        self.0.send(Message::Text(v.to_string().into())).await.unwrap();
+    }
+
+    /// The next text frame within 20 s, parsed; `Value::Null` if the connection ended.
+    async fn event(&mut self) -> Value {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), self.0.next()).await.expect("a frame within 20 s") {
+                Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).unwrap(),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Value::Null,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// No text frame for `quiet`.
+    async fn silent(&mut self, quiet: Duration) -> Result<(), Value> {
+        match tokio::time::timeout(quiet, self.0.next()).await {
+            Err(_) => Ok(()),
+            Ok(Some(Ok(Message::Text(t)))) => Err(serde_json::from_str(&t).unwrap()),
+            Ok(other) => Err(json!(format!("{other:?}"))),
+        }
+    }
+
+    /// Reads until the close frame; its code (`None` if the stream ended without one).
+    async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), self.0.next()).await.expect("closed within 30 s") {
+                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                None | Some(Err(_)) => return None,
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, channel: Value, filters: Option<Value>) -> Value {
+        let mut data = json!({"channel": channel});
+        if let Some(f) = filters {
+            data["filters"] = f;
+        }
+        self.send(json!({"event":"subscribe","data":data})).await;
+        self.event().await
+    }
+}
+
+/// The object ids of a `message` frame's deltas of `kind`, with their versions.
+fn ids(frame: &Value, kind: &str) -> Vec<(String, u64)> {
+    assert_eq!(frame["event"], "message", "{frame}");
+    frame["data"][kind]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let id = d["object"]["id"].as_str().or_else(|| d["patch"]["path"].as_str()).unwrap_or_default();
+            (id.to_string(), d["version"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+fn task(app: &str, id: &str, ctx: &str) -> Value {
+    json!({"op":"create","application_id":app,"timestamp":1_700_000_000_000_000u64,
+        "object":{"id":id,"type":"task","context_id":ctx,"user_id":"u1","project_id":"p1","title":"x"}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_reach_their_socket_index_only_and_broadcasts_stay_in_their_application() {
+    let stack = Stack::new("sock-e2e", true).await;
+    let (a1, a2) = (stack.a1.clone(), stack.a2.clone());
+    let _procs = ["aggregation", "write", "transport_manager"].map(|r| stack.start(r, 0, &[]));
+    let (_s0, p0) = stack.sockets(0, &[]).await;
+    let (_s1, p1) = stack.sockets(1, &[]).await;
+    let exp = now() + 600;
+
+    // Client on index 0 by query token; client on index 1 by bind_device; an app2 client.
+    let mut c0 = Client::ready(p0, &token(&a1, "d0", None, SECRET1, exp)).await;
+    let mut c1 = Client::connect(p1, None).await;
+    c1.send(json!({"event":"bind_device","data":{"token": token(&a1, "d1", None, SECRET1, exp)}})).await;
+    let ready = c1.event().await;
+    assert_eq!(ready, json!({"event":"ready","data":{"device_id":"d1","server":"sockets_transport-1"}}));
+    let mut c2 = Client::ready(p0, &token(&a2, "d2", None, FALLBACK, exp)).await;
+    // A second connection of d0 on the same index receives too.
+    let mut c0b = Client::ready(p0, &token(&a1, "d0", None, SECRET1, exp)).await;
+
+    let sub = c0.subscribe(json!({"model":"task","context":"c1"}), None).await;
+    assert_eq!(sub, json!({"event":"subscribed","data":{"channel":format!("blg:{a1}:context:c1:task")}}));
+    assert_eq!(c1.subscribe(json!({"model":"task","context":"c2"}), None).await["event"], "subscribed");
+    assert_eq!(c2.subscribe(json!({"model":"task","context":"c1"}), None).await["event"], "subscribed");
+
+    stack.send("aggregation", "t1", &[task(&a1, "t1", "c1")]).await;
+    let m = c0.event().await;
+    assert_eq!(ids(&m, "new"), vec![("t1".to_string(), 1)]);
+    assert_eq!(m["data"]["new"][0]["subscriptions"], json!([format!("blg:{a1}:context:c1:task")]));
+    assert_eq!(ids(&c0b.event().await, "new"), vec![("t1".to_string(), 1)]);
+    stack.send("aggregation", "t2", &[task(&a1, "t2", "c2")]).await;
+    assert_eq!(ids(&c1.event().await, "new"), vec![("t2".to_string(), 1)]);
+
+    // An update to t1, then a broadcast of app1: every app1 connection, no app2 one.
+    let update = json!({"op":"update","application_id":a1,"timestamp":1_700_000_000_000_100u64,
+        "patches":[{"op":"increment","path":"task/t1/n","value":1}]});
+    stack.send("aggregation", "t1", &[update]).await;
+    for c in [&mut c0, &mut c0b] {
+        assert_eq!(ids(&c.event().await, "updated"), vec![("task/t1/n".to_string(), 2)]);
+    }
+    let broadcast = json!({"application_id":a1,"op":"update","model":"task","id":"t1","version":3,
+        "timestamp":1_700_000_000_000_200u64,"channels":[format!("blg:{a1}:context:c1:task")],"broadcast":true,
+        "before":{"id":"t1","type":"task"},"after":{"id":"t1","type":"task"},
+        "patches":[{"op":"replace","path":"task/t1/title","value":"y"}]});
+    stack.send("transport_manager", "t1", &[broadcast]).await;
+    for c in [&mut c0, &mut c0b, &mut c1] {
+        assert_eq!(ids(&c.event().await, "updated"), vec![("task/t1/title".to_string(), 3)]);
+    }
+    for (name, c) in [("c0", &mut c0), ("c0b", &mut c0b), ("c1", &mut c1), ("c2", &mut c2)] {
+        assert_eq!(c.silent(Duration::from_secs(2)).await, Ok(()), "{name} got a frame meant for no one");
+    }
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_subscriptions_and_frames_are_checked() {
+    let stack = Stack::new("sock-auth", false).await;
+    let (a1, a2) = (stack.a1.clone(), stack.a2.clone());
+    let (_s, port) = stack.sockets(0, &[("TP_SCKT_MAX_MESSAGE", "1024".into())]).await;
+    let exp = now() + 600;
+
+    let refusals = [
+        (Some("not-a-jwt".to_string()), "UNAUTHORIZED", 4001),
+        (Some(token(&a1, "d", None, SECRET1, now() - 5)), "TOKEN_EXPIRED", 4002),
+        (Some(token(&a1, "d", None, FALLBACK, exp)), "UNAUTHORIZED", 4001),
+        (Some(token(&a2, "d", None, SECRET1, exp)), "UNAUTHORIZED", 4001),
+        (Some(token("no-such-app", "d", None, SECRET1, exp)), "UNAUTHORIZED", 4001),
+        (None, "UNAUTHORIZED", 4001),
+    ];
+    for (t, code, close) in refusals {
+        let mut c = Client::connect(port, t.as_deref()).await;
+        if t.is_none() {
+            // Missing token: anything but bind_device first is refused.
+            c.send(json!({"event":"subscribe","data":{"channel":{"model":"task","context":"c1"}}})).await;
+        }
+        let e = c.event().await;
+        assert_eq!((e["event"].as_str(), e["data"]["code"].as_str()), (Some("error"), Some(code)), "{t:?}: {e}");
+        assert_eq!(c.close_code().await, Some(close), "{t:?}");
+    }
+
+    let mut c = Client::ready(port, &token(&a1, "d1", Some("u1"), SECRET1, exp)).await;
+    let forbidden = [
+        json!({"event":"subscribe","data":{"channel":{"model":"task","context":"c1","user":"u2"}}}),
+        json!({"event":"subscribe","data":{"channel":{"model":"task","context":"c1"},"application_id":a2}}),
+    ];
+    for f in forbidden {
+        c.send(f.clone()).await;
+        let e = c.event().await;
+        assert_eq!(e["data"]["code"], "FORBIDDEN", "{f}: {e}");
+    }
+    let malformed = ["{", "[]", r#"{"event":"dance"}"#, r#"{"event":"subscribe","data":{"channel":{"model":"a:b"}}}"#];
+    for m in malformed {
+        c.0.send(Message::Text(m.into())).await.unwrap();
+        let e = c.event().await;
+        assert_eq!(e["data"]["code"], "BAD_REQUEST", "{m}: {e}");
+    }
+    // Still open: a permitted subscription works, own user included.
+    let ok = c.subscribe(json!({"model":"task","context":"c1","user":"u1"}), None).await;
+    assert_eq!(ok["data"]["channel"], format!("blg:{a1}:context:c1:users:u1:task"));
+    let registry = Registry::connect(&stack.cfg.redis_url).await.unwrap();
+    assert_eq!(
+        registry.device_subscriptions(&a1, "d1").await.unwrap(),
+        vec![format!("blg:{a1}:context:c1:users:u1:task")]
+    );
+    // Oversize: closed with 1009 (message too big).
+    c.0.send(Message::Text("x".repeat(2048).into())).await.unwrap();
+    assert_eq!(c.close_code().await, Some(1009));
+    stack.finish().await;
+}
