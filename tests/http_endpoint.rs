@@ -9,19 +9,6 @@ use std::time::{Duration, Instant};
 use nexxus_worker::queue::dead_letter::Envelope;
 use nexxus_worker::queue::Record;
 
-/// A minimal HTTP/1.0 GET with the status code and body.
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Some((code, body))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn healthz_readyz_and_metrics() {
     let prefix = common::unique_prefix("http");
@@ -41,8 +28,8 @@ async fn healthz_readyz_and_metrics() {
     // No topics yet: alive but not ready, and /readyz says why.
     let started = Instant::now();
     let (code, body) = loop {
-        if let Some((200, _)) = get(port, "/healthz") {
-            if let Some(r) = get(port, "/readyz") {
+        if let Some((200, _)) = common::http_get(port, "/healthz") {
+            if let Some(r) = common::http_get(port, "/readyz") {
                 if r.1.contains("missing topics") {
                     break r;
                 }
@@ -55,8 +42,8 @@ async fn healthz_readyz_and_metrics() {
 
     common::create_topics(&cfg, &[("dead_letter", 1), ("out", 1)]).await;
     let started = Instant::now();
-    while get(port, "/readyz").map(|r| r.0) != Some(200) {
-        assert!(started.elapsed() < Duration::from_secs(60), "never ready: {:?}", get(port, "/readyz"));
+    while common::http_get(port, "/readyz").map(|r| r.0) != Some(200) {
+        assert!(started.elapsed() < Duration::from_secs(60), "never ready: {:?}", common::http_get(port, "/readyz"));
         std::thread::sleep(Duration::from_millis(200));
     }
 
@@ -77,7 +64,7 @@ async fn healthz_readyz_and_metrics() {
     let dl = cfg.topic("dead_letter");
     let started = Instant::now();
     loop {
-        let (_, metrics) = get(port, "/metrics").unwrap();
+        let (_, metrics) = common::http_get(port, "/metrics").unwrap();
         let consumed = metrics.contains(&format!("nexxus_messages_consumed_total{{topic=\"{dl}\"}} 5"));
         let produced = metrics.contains(&format!("nexxus_messages_produced_total{{topic=\"{out_topic}\"}} 5"));
         let lag = metrics.contains(&format!("nexxus_consumer_lag{{topic=\"{dl}\",partition=\"0\"}} 0"));

@@ -313,3 +313,129 @@ async fn tokens_subscriptions_and_frames_are_checked() {
     assert_eq!(c.close_code().await, Some(1009));
     stack.finish().await;
 }
+
+/// A transport message as the transport manager writes it: one `new` delta of `object`.
+fn transport_message(app: &str, version: u64, object: Value, to: Option<(&str, &str)>) -> Value {
+    let micros = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64;
+    let delta = json!({"op":"create","object":object,"subscriptions":[],"application_id":app,
+        "timestamp":micros,"version":version});
+    let devices = to.map(|(d, t)| json!([{"device_id": d, "token": t}])).unwrap_or(json!([]));
+    json!({"application_id":app,"object_id":object["id"],"version":version,"timestamp":micros,
+        "devices":devices,"broadcast":to.is_none(),"message":{"new":[delta],"updated":[],"deleted":[]}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_reader_is_closed_with_4008_while_others_keep_receiving_and_the_limit_refuses() {
+    let stack = Stack::new("sock-slow", false).await;
+    let a1 = stack.a1.clone();
+    let http = common::free_port();
+    let extra = [
+        ("TP_SCKT_QUEUE", "8".to_string()),
+        ("TP_SCKT_MAX_CONNECTIONS", "3".to_string()),
+        ("TP_HTTP_PORT", http.to_string()),
+        ("TP_HTTP_HOST", "127.0.0.1".to_string()),
+    ];
+    let (_s, port) = stack.sockets(0, &extra).await;
+    let exp = now() + 600;
+    let mut fast = Client::ready(port, &token(&a1, "fast", None, SECRET1, exp)).await;
+    let mut slow = Client::ready(port, &token(&a1, "slow", None, SECRET1, exp)).await;
+
+    // The limit: a third connection is accepted, a fourth refused with 503.
+    let third = Client::ready(port, &token(&a1, "third", None, SECRET1, exp)).await;
+    let url = format!("ws://127.0.0.1:{port}/?token={}", token(&a1, "fourth", None, SECRET1, exp));
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 503),
+        other => panic!("the fourth connection must be refused with 503, got {other:?}"),
+    }
+    drop(third);
+
+    // 400 broadcasts of 64 KiB: far more than the socket buffers and the 8-frame queue hold.
+    const N: u64 = 400;
+    let reader = tokio::spawn(async move {
+        let mut versions = Vec::new();
+        while versions.len() < N as usize {
+            let m = fast.event().await;
+            versions.extend(ids(&m, "new").into_iter().map(|(_, v)| v));
+        }
+        versions
+    });
+    let big = "x".repeat(64 * 1024);
+    let producer = common::producer(&stack.cfg);
+    for v in 1..=N {
+        let m = transport_message(&a1, v, json!({"id":"o","type":"task","big":big}), None);
+        producer.send(&stack.cfg.topic("sockets_transport"), Some(b"o"), m.to_string().as_bytes(), &[]).await.unwrap();
+    }
+    let versions = tokio::time::timeout(Duration::from_secs(120), reader).await.expect("fast client kept up").unwrap();
+    assert_eq!(versions, (1..=N).collect::<Vec<_>>(), "the fast client got everything, in order");
+
+    // The slow one was closed: the drop is counted, and its stream ends (with 4008 if the close
+    // frame fit in what it had not read).
+    let drops =
+        |body: &str| body.lines().any(|l| l.starts_with("nexxus_sockets_queue_drops_total") && l.ends_with(" 1"));
+    common::wait_until(Duration::from_secs(30), "the queue drop in /metrics", || {
+        common::http_get(http, "/metrics").is_some_and(|(_, b)| drops(&b))
+    })
+    .await;
+    assert!(matches!(slow.close_code().await, Some(4008) | None));
+    stack.finish().await;
+}
+
+/// SMEMBERS of a Redis set, for checking the registry from outside.
+async fn members(url: &str, key: &str) -> Vec<String> {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut m: Vec<String> = redis::cmd("SMEMBERS").arg(key).query_async(&mut conn).await.unwrap();
+    m.sort();
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_and_restart_on_the_same_index_leaves_no_stale_routing() {
+    let stack = Stack::new("sock-kill", false).await;
+    let a1 = stack.a1.clone();
+    let url = stack.cfg.redis_url.clone();
+    let registry = Registry::connect(&url).await.unwrap();
+    let exp = now() + 600;
+    let channel = format!("blg:{a1}:context:c1:task");
+
+    let (mut first, port) = stack.sockets(0, &[]).await;
+    let mut c = Client::ready(port, &token(&a1, "d1", None, SECRET1, exp)).await;
+    assert_eq!(c.subscribe(json!({"model":"task","context":"c1"}), None).await["event"], "subscribed");
+    let entries = registry.socket_entries(&a1, 0).await.unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let old_token = entries[0].strip_prefix("d1|").unwrap().to_string();
+    assert_eq!(members(&url, &channel).await, vec![format!("sockets_transport-0|d1|{old_token}|{a1}")]);
+
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let (_second, port) = stack.sockets(0, &[]).await;
+    // Listening comes after the purge: nothing of the earlier life is left.
+    assert!(registry.socket_entries(&a1, 0).await.unwrap().is_empty());
+    assert!(members(&url, &channel).await.is_empty());
+    let device = registry.get_device(&a1, "d1").await.unwrap().unwrap();
+    assert!(!device.volatile.unwrap().active, "the dead socket is no longer the device's");
+    assert_eq!(registry.device_subscriptions(&a1, "d1").await.unwrap(), vec![channel.clone()], "the list stays");
+
+    // The device comes back: its stored subscription is restored on the new life's address.
+    drop(c);
+    let mut c = Client::ready(port, &token(&a1, "d1", None, SECRET1, exp)).await;
+    let entries = registry.socket_entries(&a1, 0).await.unwrap();
+    let new_token = entries[0].strip_prefix("d1|").unwrap().to_string();
+    assert_ne!(new_token, old_token);
+    assert_eq!(members(&url, &channel).await, vec![format!("sockets_transport-0|d1|{new_token}|{a1}")]);
+    let to_old = transport_message(&a1, 1, json!({"id":"old","type":"task"}), Some(("d1", &old_token)));
+    let to_new = transport_message(&a1, 2, json!({"id":"new","type":"task"}), Some(("d1", &new_token)));
+    stack.send("sockets_transport-0", "o", &[to_old, to_new]).await;
+    assert_eq!(ids(&c.event().await, "new"), vec![("new".to_string(), 2)], "only the live address delivers");
+
+    // A clean close detaches: entries go, the subscription list stays.
+    c.0.close(None).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !registry.socket_entries(&a1, 0).await.unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "entries not removed on disconnect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(members(&url, &channel).await.is_empty());
+    assert_eq!(registry.device_subscriptions(&a1, "d1").await.unwrap(), vec![channel]);
+    stack.finish().await;
+}

@@ -143,3 +143,16 @@ pub async fn drop_keyspace(cfg: &Config) {
         let _ = store.session().query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", store.keyspace()), ()).await;
     }
 }
+
+/// A minimal HTTP/1.0 GET to 127.0.0.1 with the status code and body.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((code, body))
+}
