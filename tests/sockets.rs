@@ -439,3 +439,117 @@ async fn kill_9_and_restart_on_the_same_index_leaves_no_stale_routing() {
     assert_eq!(registry.device_subscriptions(&a1, "d1").await.unwrap(), vec![channel]);
     stack.finish().await;
 }
+
+/// A CA, and a leaf for localhost signed by it whose key is passphrase-protected PKCS#8: the
+/// openssl CLI, as an operator would make them.
+fn tls_material(dir: &std::path::Path) -> HashMap<&'static str, String> {
+    let p = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).output().expect("the openssl CLI");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    std::fs::write(p("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n")
+        .unwrap();
+    run(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", &p("ca.key")]);
+    run(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        &p("ca.key"),
+        "-subj",
+        "/CN=nexxus test CA",
+        "-days",
+        "2",
+        "-out",
+        &p("ca.pem"),
+    ]);
+    run(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", &p("leaf.key")]);
+    run(&[
+        "pkcs8",
+        "-topk8",
+        "-v2",
+        "aes-256-cbc",
+        "-passout",
+        "pass:open sesame",
+        "-in",
+        &p("leaf.key"),
+        "-out",
+        &p("leaf.enc"),
+    ]);
+    run(&["req", "-new", "-key", &p("leaf.key"), "-subj", "/CN=localhost", "-out", &p("leaf.csr")]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("leaf.csr"),
+        "-CA",
+        &p("ca.pem"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &p("ext.cnf"),
+        "-out",
+        &p("leaf.pem"),
+    ]);
+    HashMap::from([("ca", p("ca.pem")), ("cert", p("leaf.pem")), ("key", p("leaf.enc"))])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wss_with_an_encrypted_pkcs8_key_and_an_intermediate_appended() {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+
+    let stack = Stack::new("sock-tls", false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = tls_material(dir.path());
+    let extra = [
+        ("TP_SCKT_SSL", "true".to_string()),
+        ("TP_SCKT_KEY_SSL", m["key"].clone()),
+        ("TP_SCKT_CERT_FILE", m["cert"].clone()),
+        ("TP_SCKT_CA_CERT", m["ca"].clone()),
+        ("TP_SCKT_KEY_PASSPHRASE", "open sesame".to_string()),
+    ];
+    let (_s, port) = stack.sockets(0, &extra).await;
+
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&m["ca"]).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake against the test CA");
+    let t = token(&stack.a1, "d1", None, SECRET1, now() + 600);
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(format!("wss://localhost:{port}/?token={t}"), tls).await.expect("wss upgrade");
+    let ready = ws.next().await.unwrap().unwrap();
+    let ready: Value = serde_json::from_str(ready.to_text().unwrap()).unwrap();
+    assert_eq!(ready["event"], "ready");
+
+    // A wrong passphrase is a configuration error naming the variable: exit 64.
+    let out = Command::new(common::BIN)
+        .args(["-t", "sockets_transport", "-i", "1"])
+        .env_clear()
+        .envs(&stack.env)
+        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("TP_SCKT_KEY_PASSPHRASE", "not-the-passphrase-9")
+        .env("TP_SCKT_PORT", common::free_port().to_string())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("TP_SCKT_KEY_PASSPHRASE") && !stderr.contains("not-the-passphrase-9"), "{stderr}");
+    stack.finish().await;
+}
