@@ -106,9 +106,6 @@ async fn main() -> anyhow::Result<()> {
             "idle: {open} connections, transport RSS {rss} KiB, {:.2} KiB per connection",
             (rss.saturating_sub(base)) as f64 / open.max(1) as f64
         );
-        if step == clients {
-            break;
-        }
     }
     // Fan-out runs with exactly `clients` connections: close the extra ones.
     let mut kept = 0;

@@ -82,10 +82,11 @@ pub async fn run(
 }
 
 /// Small buffers: most connections are idle most of the time, and memory per idle
-/// connection is what limits how many one process holds.
+/// connection is what limits how many one process holds. Client frames are small; a larger
+/// one grows the buffer for its own length.
 fn ws_config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_write_buffer_size(1 << 20)
         .max_message_size(Some(max_message))

@@ -45,6 +45,23 @@ pub async fn serve<S>(stream: S, shared: Arc<Shared>, slot: Option<Slot>, shutdo
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // The handshake's state is freed before the connection's life starts: an idle connection
+    // holds only its loop (memory per connection is what bounds a transport's capacity).
+    if let Some(life) = Box::pin(open(stream, shared, slot, shutdown)).await {
+        life.await;
+    }
+}
+
+/// Handshake and authentication; returns the connection's life, boxed, or `None` if refused.
+async fn open<S>(
+    stream: S,
+    shared: Arc<Shared>,
+    slot: Option<Slot>,
+    shutdown: CancellationToken,
+) -> Option<std::pin::Pin<Box<impl std::future::Future<Output = ()>>>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut query_token = None;
     let full = slot.is_none();
     // The error type is tungstenite's handshake callback contract, not ours to shrink.
@@ -67,7 +84,7 @@ where
         if full {
             metrics::counter!("nexxus_sockets_refused_total").increment(1);
         }
-        return;
+        return None;
     };
     let claims = match authenticate(&mut ws, &shared, query_token, &shutdown).await {
         Ok(c) => c,
@@ -76,12 +93,11 @@ where
             tracing::debug!(message = "socket refused", reason = %why);
             let _ = ws.send(Message::Text(p::error(code, &why))).await;
             close_with(&mut ws, close).await;
-            return;
+            return None;
         }
     };
     let session = Session { shared: shared.clone(), claims };
-    session.run(ws, shutdown).await;
-    drop(slot);
+    Some(Box::pin(session.run(ws, shutdown, slot)))
 }
 
 /// The `token` parameter of a query string (percent-decoding is not needed: a JWT is base64url
@@ -166,14 +182,20 @@ impl Session {
         }
     }
 
-    async fn run<S: AsyncRead + AsyncWrite + Unpin>(self, mut ws: Ws<S>, shutdown: CancellationToken) {
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        self,
+        mut ws: Ws<S>,
+        shutdown: CancellationToken,
+        slot: Option<Slot>,
+    ) {
         let (app, dev) = (self.claims.application_id.clone(), self.claims.device_id.clone());
         let hub = self.shared.hub.clone();
         let mut inbox = {
             let _device = hub.stripe(&app, &dev).lock().await;
             let (inbox, first) = hub.join(&app, &dev);
             if first {
-                if let Err(e) = self.shared.registry.attach_socket(&self.address()).await {
+                let address = self.address();
+                if let Err(e) = Box::pin(self.shared.registry.attach_socket(&address)).await {
                     hub.leave(&app, &dev, inbox.id);
                     tracing::warn!(message = "socket not attached: registry unavailable", error = %e);
                     let _ = ws.send(Message::Text(p::error(ErrorCode::Unavailable, &e.to_string()))).await;
@@ -186,16 +208,18 @@ impl Session {
         metrics::gauge!("nexxus_sockets_connections").increment(1.0);
         let code = self.serve(&mut ws, &mut inbox, &shutdown).await;
         if let Some(code) = code {
-            close_with(&mut ws, code).await;
+            Box::pin(close_with(&mut ws, code)).await;
         }
         metrics::gauge!("nexxus_sockets_connections").decrement(1.0);
         let _device = hub.stripe(&app, &dev).lock().await;
         if hub.leave(&app, &dev, inbox.id) {
-            if let Err(e) = self.shared.registry.detach_socket(&self.address()).await {
+            let address = self.address();
+            if let Err(e) = Box::pin(self.shared.registry.detach_socket(&address)).await {
                 // The next start of this index purges it.
                 tracing::warn!(message = "socket entries left behind: registry unavailable", device = dev, error = %e);
             }
         }
+        drop(slot);
     }
 
     /// The connection's loop; returns the close code to send, `None` if the peer is gone.
@@ -212,15 +236,20 @@ impl Session {
         let interval = self.shared.ping_interval;
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         let mut last_heard = Instant::now();
+        // Registered once, not per loop turn: a `cancelled()` made anew on every wake-up takes
+        // the token's lock each time, and the shutdown token is shared by every connection.
+        let closed = inbox.close.token.clone().cancelled_owned();
+        let stopping = shutdown.clone().cancelled_owned();
+        tokio::pin!(closed, stopping);
         loop {
             tokio::select! {
-                () = inbox.close.token.cancelled() => return Some(inbox.close.code()),
-                () = shutdown.cancelled() => return Some(p::CLOSE_GOING_AWAY),
+                () = &mut closed => return Some(inbox.close.code()),
+                () = &mut stopping => return Some(p::CLOSE_GOING_AWAY),
                 frame = inbox.rx.recv() => {
                     let Some(frame) = frame else { return Some(p::CLOSE_GOING_AWAY) };
                     let written = tokio::select! {
                         r = write_batch(ws, frame, &mut inbox.rx) => r,
-                        () = inbox.close.token.cancelled() => return Some(inbox.close.code()),
+                        () = &mut closed => return Some(inbox.close.code()),
                     };
                     if written.is_err() {
                         return None;
@@ -230,7 +259,7 @@ impl Session {
                     last_heard = Instant::now();
                     match incoming {
                         Some(Ok(Message::Text(text))) => {
-                            let reply = self.on_text(&text).await;
+                            let reply = Box::pin(self.on_text(&text)).await;
                             if ws.send(Message::Text(reply)).await.is_err() {
                                 return None;
                             }

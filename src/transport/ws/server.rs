@@ -77,12 +77,24 @@ async fn connection(
     slot: Option<super::hub::Slot>,
     shutdown: CancellationToken,
 ) {
+    // Boxed so the task holds only the branch in use: the TLS handshake's state is several KiB
+    // and a plain connection would otherwise carry that size for its whole life.
     match tls {
-        None => serve(tcp, shared, slot, shutdown).await,
-        Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-            Ok(Ok(stream)) => serve(stream, shared, slot, shutdown).await,
-            Ok(Err(e)) => tracing::debug!(message = "TLS handshake failed", error = %e),
-            Err(_) => tracing::debug!(message = "TLS handshake timed out"),
-        },
+        None => Box::pin(serve(tcp, shared, slot, shutdown)).await,
+        Some(acceptor) => Box::pin(tls_connection(tcp, acceptor, shared, slot, shutdown)).await,
+    }
+}
+
+async fn tls_connection(
+    tcp: TcpStream,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+    slot: Option<super::hub::Slot>,
+    shutdown: CancellationToken,
+) {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => Box::pin(serve(stream, shared, slot, shutdown)).await,
+        Ok(Err(e)) => tracing::debug!(message = "TLS handshake failed", error = %e),
+        Err(_) => tracing::debug!(message = "TLS handshake timed out"),
     }
 }
