@@ -56,6 +56,18 @@ pub enum Command {
         /// Input file; `-` or nothing reads stdin.
         file: Option<PathBuf>,
     },
+    /// Mint a socket handshake token (HS256, the application's jwt_secret else TP_JWT_SECRET).
+    Token {
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        device: String,
+        #[arg(long)]
+        user: Option<String>,
+        /// Validity in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u64,
+    },
     /// Dead-letter operations.
     #[command(name = "dead-letter")]
     DeadLetter {

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use nexxus_worker::cli::{self, AppAction, Cli, Command, DeadLetterAction, TopicsAction};
-use nexxus_worker::commands::{app, dead_letter, publish};
+use nexxus_worker::commands::{app, dead_letter, publish, token};
 use nexxus_worker::config::{Config, Overrides, ProcessEnv};
 use nexxus_worker::error::WorkerError;
 use nexxus_worker::queue::kafka::Producer;
@@ -125,6 +125,10 @@ async fn dispatch(cli: Cli, config: Arc<Config>) -> Result<(), WorkerError> {
                 result
             })
             .await
+        }
+        Some(Command::Token { app, device, user, ttl }) => {
+            println!("{}", token::mint(&config, &app, &device, user.as_deref(), ttl).await?);
+            Ok(())
         }
         Some(Command::App { action: AppAction::Put { file } }) => {
             let app = app::put(&config, &file).await?;

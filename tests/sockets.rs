@@ -308,6 +308,22 @@ async fn tokens_subscriptions_and_frames_are_checked() {
         registry.device_subscriptions(&a1, "d1").await.unwrap(),
         vec![format!("blg:{a1}:context:c1:users:u1:task")]
     );
+    // `nexxus-worker token` mints what the transport accepts (app2 has no secret of its own:
+    // TP_JWT_SECRET signs), and refuses an unknown application with exit 64.
+    let mint = |app: &str| {
+        Command::new(common::BIN)
+            .args(["token", "--app", app, "--device", "minted", "--user", "u9"])
+            .env_clear()
+            .envs(&stack.env)
+            .output()
+            .unwrap()
+    };
+    let out = mint(&a2);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let minted = String::from_utf8(out.stdout).unwrap();
+    let mut m = Client::connect(port, Some(minted.trim())).await;
+    assert_eq!(m.event().await["data"]["device_id"], "minted");
+    assert_eq!(mint("no-such-app").status.code(), Some(64));
     // Oversize: closed with 1009 (message too big).
     c.0.send(Message::Text("x".repeat(2048).into())).await.unwrap();
     assert_eq!(c.close_code().await, Some(1009));

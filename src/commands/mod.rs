@@ -1,6 +1,8 @@
 //! Subcommands other than running a role: `topics apply`, `app put`, `publish` (CONTRACT
-//! section 1) and `dead-letter replay` (operators re-feeding fixed messages).
+//! section 1), `dead-letter replay` (operators re-feeding fixed messages) and `token`
+//! (development socket tokens).
 
 pub mod app;
 pub mod dead_letter;
 pub mod publish;
+pub mod token;
