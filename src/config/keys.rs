@@ -164,6 +164,28 @@ pub const KEYS: &[Key] = &[
         Some("25000"),
         "server ping interval; a peer silent for two intervals is dropped",
     ),
+    key(
+        "apns_url",
+        "TP_APNS_URL",
+        Kind::Text,
+        None,
+        "APNs base URL for every app (default: Apple's, per app production or sandbox)",
+    ),
+    key("fcm_url", "TP_FCM_URL", Kind::Text, Some("https://fcm.googleapis.com"), "FCM base URL for every app"),
+    key(
+        "push_concurrency",
+        "TP_PUSH_CONCURRENCY",
+        Kind::Count,
+        Some("512"),
+        "push requests in flight per process (HTTP/2 streams)",
+    ),
+    key(
+        "push_rate",
+        "TP_PUSH_RATE",
+        Kind::Count,
+        Some("10000"),
+        "pushes per second per application (FCM's default quota is 600,000 a minute)",
+    ),
     key("jwt_secret", "TP_JWT_SECRET", Kind::Secret, None, "fallback HS256 secret for apps that have none"),
     key("http_host", "TP_HTTP_HOST", Kind::Text, Some("0.0.0.0"), "health, metrics (and ingress) listening address"),
     key(

@@ -105,6 +105,7 @@ pub struct Config {
     pub sqlite_path: PathBuf,
     pub sockets: SocketsConfig,
     pub jwt_secret: Option<String>,
+    pub push: PushConfig,
     pub http_host: String,
     /// `None` when `TP_HTTP_PORT=0` turned the endpoint off.
     pub http_port: Option<u16>,
@@ -136,6 +137,14 @@ pub struct SocketsConfig {
     pub queue_frames: usize,
     pub max_message_bytes: usize,
     pub ping_interval: Duration,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PushConfig {
+    pub apns_url: Option<String>,
+    pub fcm_url: String,
+    pub concurrency: usize,
+    pub rate: u64,
 }
 
 /// One layer's raw value: file values keep their JSON type, env and flags are text.
@@ -321,6 +330,12 @@ impl Config {
                 ping_interval: Duration::from_millis(at_least_one("sckt_ping_ms", 25_000)? as u64),
             },
             jwt_secret: get("jwt_secret").text()?.filter(|s| !s.is_empty()),
+            push: PushConfig {
+                apns_url: get("apns_url").text()?.filter(|s| !s.is_empty()),
+                fcm_url: get("fcm_url").text()?.unwrap_or_else(|| default_of("fcm_url")),
+                concurrency: at_least_one("push_concurrency", 512)?,
+                rate: at_least_one("push_rate", 10_000)? as u64,
+            },
             http_host: get("http_host").text()?.unwrap_or_else(|| default_of("http_host")),
             http_port: (http_port != 0).then_some(http_port),
             ingress_token: get("ingress_token").text()?.filter(|s| !s.is_empty()),

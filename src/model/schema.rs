@@ -85,6 +85,9 @@ pub struct ApnCredentials {
     /// `false` (the default) sends to the sandbox.
     #[serde(default)]
     pub production: bool,
+    /// Base URL instead of Apple's (a test server); `TP_APNS_URL` sets one for every app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 impl ApnCredentials {
@@ -121,6 +124,10 @@ impl std::fmt::Debug for ApnCredentials {
 #[serde(deny_unknown_fields)]
 pub struct FcmCredentials {
     pub service_account: Map<String, Value>,
+    /// Base URL instead of `https://fcm.googleapis.com` (a test server); `TP_FCM_URL` sets one
+    /// for every app. The OAuth endpoint is the service account's own `token_uri`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 impl FcmCredentials {

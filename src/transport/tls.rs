@@ -68,26 +68,34 @@ fn certificates(var: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, 
 
 fn private_key(path: &Path, passphrase: Option<&str>) -> Result<PrivateKeyDer<'static>, WorkerError> {
     let pem = read("TP_SCKT_KEY_SSL", path)?;
-    let bad = |why: String| WorkerError::Usage(format!("TP_SCKT_KEY_SSL {}: {why}", path.display()));
-    let text = String::from_utf8_lossy(&pem);
+    decode_private_key(&pem, passphrase).map_err(|why| {
+        let why = why.replace("passphrase", "TP_SCKT_KEY_PASSPHRASE");
+        WorkerError::Usage(format!("TP_SCKT_KEY_SSL {}: {why}", path.display()))
+    })
+}
+
+/// A PEM private key (PKCS#8, PKCS#1 or SEC1; or encrypted PKCS#8 with `passphrase`). Errors
+/// never contain the passphrase.
+pub fn decode_private_key(pem: &[u8], passphrase: Option<&str>) -> Result<PrivateKeyDer<'static>, String> {
+    let text = String::from_utf8_lossy(pem);
     if text.contains("Proc-Type: 4,ENCRYPTED") {
-        return Err(bad("legacy OpenSSL-encrypted key; convert it with \
+        return Err("legacy OpenSSL-encrypted key; convert it with \
              `openssl pkcs8 -topk8 -v2 aes-256-cbc -in old.pem -out key.pem`"
-            .into()));
+            .into());
     }
     if text.contains("BEGIN ENCRYPTED PRIVATE KEY") {
         let Some(pass) = passphrase else {
-            return Err(bad("the key is encrypted and TP_SCKT_KEY_PASSPHRASE is not set".into()));
+            return Err("the key is encrypted and no passphrase is set".into());
         };
-        let (_, doc) = SecretDocument::from_pem(&text).map_err(|e| bad(format!("not a PEM PKCS#8 document: {e}")))?;
+        let (_, doc) = SecretDocument::from_pem(&text).map_err(|e| format!("not a PEM PKCS#8 document: {e}"))?;
         let info =
-            EncryptedPrivateKeyInfo::from_der(doc.as_bytes()).map_err(|e| bad(format!("not encrypted PKCS#8: {e}")))?;
+            EncryptedPrivateKeyInfo::from_der(doc.as_bytes()).map_err(|e| format!("not encrypted PKCS#8: {e}"))?;
         let plain = info
             .decrypt(pass.as_bytes())
-            .map_err(|_| bad("cannot decrypt: wrong TP_SCKT_KEY_PASSPHRASE or unsupported cipher".into()))?;
+            .map_err(|_| "cannot decrypt: wrong passphrase or unsupported cipher".to_string())?;
         return Ok(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(plain.as_bytes().to_vec())));
     }
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| bad(format!("no usable PEM private key: {e}")))
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| format!("no usable PEM private key: {e}"))
 }
 
 #[cfg(test)]

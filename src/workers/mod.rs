@@ -8,6 +8,7 @@
 pub mod aggregation;
 pub mod apps;
 pub mod pipeline;
+pub mod push_transport;
 pub mod sockets_transport;
 pub mod track;
 pub mod transport_manager;
@@ -111,7 +112,7 @@ impl Role {
         match self {
             Role::Aggregation | Role::Write => None,
             Role::TransportManager | Role::Track | Role::SocketsTransport => None,
-            Role::AndroidTransport | Role::IosTransport => Some("issue 7 (Push transports: APNs and FCM HTTP v1 with a real token lifecycle)"),
+            Role::AndroidTransport | Role::IosTransport => None,
             Role::All => Some("issue 8 (Single-process mode: `-t all` on embedded defaults, HTTP ingress, a live demo page and a browser client)"),
         }
     }
@@ -177,9 +178,17 @@ pub async fn run(ctx: WorkerContext, shutdown: CancellationToken) -> Result<(), 
             let registry = connect_registry(&ctx, &shutdown).await?;
             sockets_transport::run(&ctx, tls, registry, shutdown).await
         }
-        Role::AndroidTransport | Role::IosTransport | Role::All => {
-            Err(WorkerError::Fatal(format!("{} passed check_runnable", ctx.role)))
+        Role::IosTransport | Role::AndroidTransport => {
+            let push = &ctx.config.push;
+            let provider = if ctx.role == Role::IosTransport {
+                push_transport::Provider::Apns(crate::transport::push::apns::Apns::new(push.apns_url.clone()))
+            } else {
+                push_transport::Provider::Fcm(crate::transport::push::fcm::Fcm::new(Some(push.fcm_url.clone())))
+            };
+            let registry = connect_registry(&ctx, &shutdown).await?;
+            push_transport::run(&ctx, provider, registry, shutdown).await
         }
+        Role::All => Err(WorkerError::Fatal(format!("{} passed check_runnable", ctx.role))),
     }
 }
 
@@ -261,7 +270,15 @@ mod tests {
 
     #[test]
     fn unfinished_roles_fail_loudly_naming_their_issue() {
-        let done = [Role::Aggregation, Role::Write, Role::Track, Role::TransportManager, Role::SocketsTransport];
+        let done = [
+            Role::Aggregation,
+            Role::Write,
+            Role::Track,
+            Role::TransportManager,
+            Role::SocketsTransport,
+            Role::IosTransport,
+            Role::AndroidTransport,
+        ];
         for role in Role::WORKERS.into_iter().filter(|r| !done.contains(r)) {
             let err = check_runnable(role).unwrap_err();
             assert_eq!(err.exit_code(), 64);

@@ -1,0 +1,211 @@
+//! APNs over HTTP/2 (`POST {base}/3/device/{token}`), per application: token auth (ES256 JWT
+//! from the .p8 key, cached and renewed after 50 minutes, Apple accepts up to 60) or certificate
+//! auth (client certificate), production or sandbox.
+//!
+//! Headers are set deliberately: `apns-push-type` `background` with `apns-priority` 5 for the
+//! silent data pushes (Apple throttles priority-10 background pushes) and `alert` with 10 for
+//! `ios_push_field` alerts; `apns-expiration` one day ahead (a device offline longer re-fetches
+//! instead); `apns-id` derived from application, object, version, part and token, so a retried
+//! push keeps its id; `apns-collapse-id` only on `sync` pushes, where a newer one supersedes an
+//! older one, never on deltas, each of which carries different changes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Map, Value};
+use tokio::time::Instant;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::CertificateDer;
+
+use super::sign::SigningKey;
+use super::{http_client, retry_after, stable_uuid, Outcome};
+use crate::model::delivery::{push_alert, split_push, PushPayload, DEFAULT_PUSH_LIMIT};
+use crate::model::schema::ApnCredentials;
+use crate::model::{Application, TransportMessage};
+
+const PRODUCTION: &str = "https://api.push.apple.com";
+const SANDBOX: &str = "https://api.sandbox.push.apple.com";
+/// A provider token is renewed after this long (Apple refuses tokens older than an hour and
+/// asks for no more than one new token per 20 minutes).
+const JWT_RENEW_AFTER: Duration = Duration::from_secs(50 * 60);
+/// `{"aps":{"content-available":1},` wrapped around a data payload.
+const APS_ENVELOPE: usize = 31;
+
+/// One notification for every recipient of a transport message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApnsPush {
+    pub body: String,
+    pub alert: bool,
+    /// Per-message part of `apns-id` (the token is added per device).
+    pub id_seed: String,
+    pub collapse_id: Option<String>,
+}
+
+/// The pushes of one transport message: its deltas split into silent pushes that fit APNs'
+/// 4 KB (what cannot fit becomes `{"sync":[channels]}`), plus a visible alert per create of a
+/// model with an `ios_push_field`.
+pub fn payloads(msg: &TransportMessage, app: &Application) -> Vec<ApnsPush> {
+    let seed = |part: &str| format!("{}|{}|{}|{part}", msg.application_id, msg.object_id, msg.version);
+    let mut out = Vec::new();
+    for (i, payload) in split_push(&msg.message, DEFAULT_PUSH_LIMIT - APS_ENVELOPE).into_iter().enumerate() {
+        let mut body = Map::new();
+        body.insert("aps".into(), json!({"content-available": 1}));
+        let sync = matches!(payload, PushPayload::Sync { .. });
+        if let Ok(Value::Object(fields)) = serde_json::to_value(&payload) {
+            body.extend(fields);
+        }
+        out.push(ApnsPush {
+            body: Value::Object(body).to_string(),
+            alert: false,
+            id_seed: seed(&format!("d{i}")),
+            collapse_id: sync.then(|| "nexxus-sync".to_string()),
+        });
+    }
+    for (i, delta) in msg.message.new.iter().enumerate() {
+        let model = delta.object.as_ref().and_then(|o| o.get("type")).and_then(Value::as_str).unwrap_or_default();
+        if let Some(text) = push_alert(&app.schema, model, delta) {
+            let text: String = text.chars().take(1000).collect();
+            let body = json!({"aps": {"alert": text, "sound": "default"}, "model": model, "id": msg.object_id});
+            out.push(ApnsPush {
+                body: body.to_string(),
+                alert: true,
+                id_seed: seed(&format!("a{i}")),
+                collapse_id: None,
+            });
+        }
+    }
+    out
+}
+
+enum Auth {
+    Token { key: Box<SigningKey>, key_id: String, team_id: String, cached: Mutex<Option<(String, Instant)>> },
+    Certificate,
+}
+
+struct AppClient {
+    credentials: ApnCredentials,
+    http: reqwest::Client,
+    base: String,
+    auth: Auth,
+}
+
+impl AppClient {
+    fn new(creds: &ApnCredentials, global: Option<&str>) -> Result<AppClient, String> {
+        let default = if creds.production { PRODUCTION } else { SANDBOX };
+        let base = creds.url.as_deref().or(global).unwrap_or(default).trim_end_matches('/').to_string();
+        let (auth, client_auth) = match (&creds.key, &creds.key_id, &creds.team_id) {
+            (Some(key), Some(key_id), Some(team_id)) => {
+                let key = Box::new(SigningKey::es256(key).map_err(|e| format!("apn.key: {e}"))?);
+                let auth =
+                    Auth::Token { key, key_id: key_id.clone(), team_id: team_id.clone(), cached: Mutex::default() };
+                (auth, None)
+            }
+            _ => {
+                let (Some(cert), Some(key)) = (&creds.certificate, &creds.private_key) else {
+                    return Err("apn needs key+key_id+team_id or certificate+private_key".into());
+                };
+                let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("apn.certificate: {e}"))?;
+                let key = crate::transport::tls::decode_private_key(key.as_bytes(), creds.passphrase.as_deref())
+                    .map_err(|e| format!("apn.private_key: {e}"))?;
+                (Auth::Certificate, Some((chain, key)))
+            }
+        };
+        let http = http_client(&base, client_auth)?;
+        Ok(AppClient { credentials: creds.clone(), http, base, auth })
+    }
+
+    fn bearer(&self, renew: bool) -> Result<Option<String>, String> {
+        let Auth::Token { key, key_id, team_id, cached } = &self.auth else { return Ok(None) };
+        let mut cached = cached.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((jwt, at)) = cached.as_ref() {
+            if !renew && at.elapsed() < JWT_RENEW_AFTER {
+                return Ok(Some(jwt.clone()));
+            }
+        }
+        let iat = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let jwt = key.sign(Some(key_id), &json!({"iss": team_id, "iat": iat}))?;
+        *cached = Some((jwt.clone(), Instant::now()));
+        Ok(Some(jwt))
+    }
+}
+
+/// The APNs side of `ios_transport`: one client per application, rebuilt when its credentials
+/// change.
+pub struct Apns {
+    global_url: Option<String>,
+    apps: Mutex<HashMap<String, Arc<AppClient>>>,
+}
+
+impl Apns {
+    pub fn new(global_url: Option<String>) -> Apns {
+        Apns { global_url, apps: Mutex::default() }
+    }
+
+    fn client(&self, app: &Application) -> Result<Arc<AppClient>, String> {
+        let creds = app.apn.as_ref().ok_or_else(|| format!("application `{}` has no apn credentials", app.id))?;
+        let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = apps.get(&app.id).filter(|c| &c.credentials == creds) {
+            return Ok(c.clone());
+        }
+        let client = Arc::new(AppClient::new(creds, self.global_url.as_deref())?);
+        apps.insert(app.id.clone(), client.clone());
+        Ok(client)
+    }
+
+    /// Sends one push to one device token.
+    pub async fn send(&self, app: &Application, token: &str, push: &ApnsPush) -> Outcome {
+        let client = match self.client(app) {
+            Ok(c) => c,
+            Err(e) => return Outcome::Rejected(e),
+        };
+        // One renewal when Apple says the provider token expired.
+        for renew in [false, true] {
+            let bearer = match client.bearer(renew) {
+                Ok(b) => b,
+                Err(e) => return Outcome::Rejected(e),
+            };
+            let expiration = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() + 86_400).unwrap_or(0);
+            let mut req = client
+                .http
+                .post(format!("{}/3/device/{token}", client.base))
+                .header("apns-topic", &client.credentials.topic)
+                .header("apns-push-type", if push.alert { "alert" } else { "background" })
+                .header("apns-priority", if push.alert { "10" } else { "5" })
+                .header("apns-expiration", expiration.to_string())
+                .header("apns-id", stable_uuid(&[&push.id_seed, token]))
+                .header("content-type", "application/json")
+                .body(push.body.clone());
+            if let Some(c) = &push.collapse_id {
+                req = req.header("apns-collapse-id", c);
+            }
+            if let Some(b) = bearer {
+                req = req.bearer_auth(b);
+            }
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => return Outcome::Retry { reason: format!("apns request: {e}"), after: None },
+            };
+            let status = resp.status().as_u16();
+            let after = retry_after(resp.headers());
+            let reason = resp
+                .json::<Value>()
+                .await
+                .ok()
+                .and_then(|v| v.get("reason").and_then(Value::as_str).map(String::from))
+                .unwrap_or_default();
+            match (status, reason.as_str()) {
+                (200, _) => return Outcome::Delivered,
+                (403, "ExpiredProviderToken") if !renew => continue,
+                (400, "BadDeviceToken" | "DeviceTokenNotForTopic") | (410, _) => {
+                    return Outcome::InvalidToken(format!("{status} {reason}"))
+                }
+                (429 | 500 | 503, _) => return Outcome::Retry { reason: format!("{status} {reason}"), after },
+                _ => return Outcome::Rejected(format!("{status} {reason}")),
+            }
+        }
+        Outcome::Rejected("403 ExpiredProviderToken after renewal".into())
+    }
+}

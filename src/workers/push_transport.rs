@@ -1,0 +1,223 @@
+//! The ios_transport and android_transport roles (CONTRACT sections 3 and 8): every device of a
+//! transport message gets the message's pushes from its application's provider account.
+//!
+//! A batch's pushes run concurrently (bounded by `TP_PUSH_CONCURRENCY`, each application paced
+//! by `TP_PUSH_RATE`), each retried on its own with capped exponential backoff that honours
+//! `Retry-After`, so a throttled application waits without holding the others' requests. The
+//! batch commits once every push ended: delivered, rejected, given up after the retry budget,
+//! or its token invalid, in which case the device and its subscriptions leave the registry.
+//! Delivery is at least once: a crash mid-batch sends the batch again.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+
+use super::apps::Apps;
+use super::pipeline::Handler;
+use super::WorkerContext;
+use crate::error::{ProcessError, WorkerError};
+use crate::model::{Application, Recipient, TransportMessage, DEFAULT_MAX_MESSAGE_BYTES};
+use crate::queue::outbox::Outbox;
+use crate::queue::{topic, Record};
+use crate::registry::Registry;
+use crate::transport::push::apns::{self, Apns, ApnsPush};
+use crate::transport::push::fcm::{self, Fcm};
+use crate::transport::push::{backoff, Outcome, Pacer};
+
+/// Attempts per push before it is given up (counted in `nexxus_push_failed_total`).
+const MAX_ATTEMPTS: u32 = 8;
+/// No single wait longer than this, whatever `Retry-After` says.
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// A push still failing after this long is given up, so a batch always ends.
+const RETRY_BUDGET: Duration = Duration::from_secs(120);
+
+/// The provider a push role speaks to.
+pub enum Provider {
+    Apns(Apns),
+    Fcm(Fcm),
+}
+
+impl Provider {
+    fn name(&self) -> &'static str {
+        match self {
+            Provider::Apns(_) => "apns",
+            Provider::Fcm(_) => "fcm",
+        }
+    }
+
+    fn topic(&self) -> &'static str {
+        match self {
+            Provider::Apns(_) => topic::IOS_TRANSPORT,
+            Provider::Fcm(_) => topic::ANDROID_TRANSPORT,
+        }
+    }
+}
+
+enum Push {
+    Apns(ApnsPush),
+    Fcm(Map<String, Value>),
+}
+
+struct Job {
+    app: Arc<Application>,
+    device: Recipient,
+    push: Arc<Push>,
+}
+
+pub struct PushHandler {
+    provider: Arc<Provider>,
+    registry: Registry,
+    apps: Apps,
+    pacer: Arc<Pacer>,
+    concurrency: usize,
+    jobs: Vec<Job>,
+}
+
+/// Connects and runs the role until `shutdown`.
+pub async fn run(
+    ctx: &WorkerContext,
+    provider: Provider,
+    registry: Registry,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<(), WorkerError> {
+    let (apps, pipeline) = super::start(ctx, provider.topic(), &shutdown).await?;
+    let push = &ctx.config.push;
+    let mut handler = PushHandler::new(provider, registry, apps, push.rate, push.concurrency);
+    pipeline.run(&mut handler, shutdown).await
+}
+
+impl PushHandler {
+    pub fn new(provider: Provider, registry: Registry, apps: Apps, rate: u64, concurrency: usize) -> PushHandler {
+        PushHandler {
+            provider: Arc::new(provider),
+            registry,
+            apps,
+            pacer: Arc::new(Pacer::new(rate)),
+            concurrency,
+            jobs: Vec::new(),
+        }
+    }
+}
+
+impl PushHandler {
+    /// Removes the device only if its push token is still the one refused: a device that
+    /// registered a new token since the message was routed keeps it.
+    async fn remove_if_still(
+        &self,
+        app: &str,
+        device: &str,
+        token: &str,
+    ) -> Result<(), crate::registry::RegistryError> {
+        let current = self.registry.get_device(app, device).await?;
+        let same = current.as_ref().and_then(|d| d.persistent.as_ref()).is_some_and(|p| p.token == token);
+        if same {
+            self.registry.delete_device(app, device).await?;
+            metrics::counter!("nexxus_push_invalid_tokens_total", "provider" => self.provider.name()).increment(1);
+        }
+        Ok(())
+    }
+}
+
+/// Sends one push until it ends, retrying what may be retried.
+async fn deliver(provider: &Provider, pacer: &Pacer, job: &Job) -> Outcome {
+    let started = Instant::now();
+    let mut attempt = 0;
+    loop {
+        pacer.acquire(&job.app.id).await;
+        let outcome = match (provider, job.push.as_ref()) {
+            (Provider::Apns(a), Push::Apns(p)) => a.send(&job.app, &job.device.token, p).await,
+            (Provider::Fcm(f), Push::Fcm(d)) => f.send(&job.app, &job.device.token, d).await,
+            _ => Outcome::Rejected("push built for another provider".into()),
+        };
+        let Outcome::Retry { reason, after } = outcome else { return outcome };
+        attempt += 1;
+        let wait = backoff(attempt, after, BACKOFF_CAP);
+        metrics::counter!("nexxus_push_retries_total", "provider" => provider.name()).increment(1);
+        if attempt >= MAX_ATTEMPTS || started.elapsed() + wait > RETRY_BUDGET {
+            return Outcome::Rejected(format!("gave up after {attempt} attempts: {reason}"));
+        }
+        tracing::debug!(
+            message = "push retried",
+            device = job.device.device_id,
+            reason,
+            wait_ms = wait.as_millis() as u64
+        );
+        tokio::time::sleep(wait).await;
+    }
+}
+
+impl Handler for PushHandler {
+    async fn handle(&mut self, record: &Record<'_>, _out: &mut Outbox) -> Result<(), ProcessError> {
+        if record.payload.len() > DEFAULT_MAX_MESSAGE_BYTES {
+            return Err(ProcessError::Poison(format!("transport message of {} bytes", record.payload.len())));
+        }
+        let msg: TransportMessage = serde_json::from_slice(record.payload)
+            .map_err(|e| ProcessError::Poison(format!("not a transport message: {e}")))?;
+        let app = self
+            .apps
+            .get(&msg.application_id)
+            .ok_or_else(|| ProcessError::Poison(format!("unknown application `{}`", msg.application_id)))?;
+        let pushes: Vec<Arc<Push>> = match self.provider.as_ref() {
+            Provider::Apns(_) => apns::payloads(&msg, &app).into_iter().map(|p| Arc::new(Push::Apns(p))).collect(),
+            Provider::Fcm(_) => fcm::payloads(&msg).into_iter().map(|p| Arc::new(Push::Fcm(p))).collect(),
+        };
+        for device in &msg.devices {
+            for push in &pushes {
+                self.jobs.push(Job { app: app.clone(), device: device.clone(), push: push.clone() });
+            }
+        }
+        Ok(())
+    }
+
+    async fn end_batch(&mut self, _out: &mut Outbox) -> Result<(), ProcessError> {
+        let jobs = std::mem::take(&mut self.jobs);
+        let (provider, pacer) = (self.provider.clone(), self.pacer.clone());
+        let name = provider.name();
+        let results: Vec<(String, Recipient, Outcome)> = futures::stream::iter(jobs)
+            .map(|job| {
+                let (provider, pacer) = (provider.clone(), pacer.clone());
+                async move {
+                    let outcome = deliver(&provider, &pacer, &job).await;
+                    (job.app.id.clone(), job.device, outcome)
+                }
+            })
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await;
+        let mut invalid = BTreeSet::new();
+        for (app, device, outcome) in results {
+            let label = match &outcome {
+                Outcome::Delivered => "delivered",
+                Outcome::InvalidToken(_) => "invalid_token",
+                Outcome::Rejected(_) | Outcome::Retry { .. } => "failed",
+            };
+            metrics::counter!("nexxus_push_sent_total", "provider" => name, "outcome" => label).increment(1);
+            match outcome {
+                Outcome::InvalidToken(reason) => {
+                    tracing::info!(message = "invalid push token", app, device = device.device_id, reason);
+                    invalid.insert((app, device.device_id, device.token));
+                }
+                Outcome::Rejected(reason) | Outcome::Retry { reason, .. } => {
+                    tracing::warn!(message = "push not delivered", app, device = device.device_id, reason)
+                }
+                Outcome::Delivered => {}
+            }
+        }
+        for (app, device, token) in invalid {
+            // A removal that fails now is done again the next time the provider refuses the
+            // token; redoing the batch for it would push every other device twice.
+            if let Err(e) = self.remove_if_still(&app, &device, &token).await {
+                tracing::warn!(message = "invalid device not removed", app, device, error = %e);
+            }
+        }
+        Ok(())
+    }
+
+    fn abort_batch(&mut self) {
+        self.jobs.clear();
+    }
+}
