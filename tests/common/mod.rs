@@ -3,6 +3,8 @@
 //! run in parallel without seeing each other.
 #![allow(dead_code)]
 
+pub mod push_fakes;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
