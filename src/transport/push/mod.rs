@@ -68,6 +68,9 @@ pub fn http_client(
     base: &str,
     client_auth: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
 ) -> Result<reqwest::Client, String> {
+    // reqwest is built without a default crypto provider; every client (even plain-http ones)
+    // needs one installed for the process. Idempotent: an already installed one stays.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(30))
