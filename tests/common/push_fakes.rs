@@ -278,6 +278,9 @@ struct ApnsLog {
 struct ApnsCore {
     apps: Vec<ApnsApp>,
     log: Mutex<ApnsLog>,
+    /// Provider tokens whose signature was already checked: like Apple, the signature is
+    /// verified once per token, not on every request (the expiry still is).
+    verified: Mutex<HashSet<String>>,
 }
 
 /// Fake `api.push.apple.com`: `POST /3/device/{token}`.
@@ -290,7 +293,7 @@ type ApnsReject = (u16, &'static str);
 
 impl FakeApns {
     pub async fn start(apps: Vec<ApnsApp>) -> FakeApns {
-        let core = Arc::new(ApnsCore { apps, log: Mutex::default() });
+        let core = Arc::new(ApnsCore { apps, log: Mutex::default(), verified: Mutex::default() });
         let handler_core = core.clone();
         let handler = Arc::new(move |parts: &Parts, body: &Bytes| handler_core.handle(parts, body));
         let server = Server::serve(Server::bind().await, handler);
@@ -385,15 +388,22 @@ impl ApnsCore {
     fn check(&self, headers: &HeaderMap, body: &Bytes) -> Result<(&ApnsApp, Value), ApnsReject> {
         const INVALID: ApnsReject = (403, "InvalidProviderToken");
         // 1. Provider token.
-        let jwt = bearer(headers).ok_or((403, "MissingProviderToken"))?;
-        let jwt = parse_jwt(jwt).ok_or(INVALID)?;
+        let raw = bearer(headers).ok_or((403, "MissingProviderToken"))?;
+        let jwt = parse_jwt(raw).ok_or(INVALID)?;
         if jwt.header["alg"] != "ES256" {
             return Err(INVALID);
         }
         let kid = jwt.header["kid"].as_str().ok_or(INVALID)?;
         let app = self.apps.iter().find(|app| app.key_id == kid).ok_or(INVALID)?;
-        if !jwt.verify(&ECDSA_P256_SHA256_FIXED, &app.public_key) || jwt.claims["iss"] != app.team_id.as_str() {
+        if jwt.claims["iss"] != app.team_id.as_str() {
             return Err(INVALID);
+        }
+        let known = self.verified.lock().unwrap_or_else(|p| p.into_inner()).contains(raw);
+        if !known {
+            if !jwt.verify(&ECDSA_P256_SHA256_FIXED, &app.public_key) {
+                return Err(INVALID);
+            }
+            self.verified.lock().unwrap_or_else(|p| p.into_inner()).insert(raw.to_owned());
         }
         let iat = jwt.claims["iat"].as_i64().ok_or(INVALID)?;
         let now = now_secs();
