@@ -82,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
         let mut worker =
             tokio::process::Command::new(BIN).args(["-t", role, "-i", "0"]).envs(&env).kill_on_drop(true).spawn()?;
         let pid = worker.id().unwrap_or(0);
-        let delivered = || if role == "ios_transport" { apns.delivered().len() } else { fcm.delivered().len() };
+        let delivered = || if role == "ios_transport" { apns.delivered_len() } else { fcm.delivered_len() };
         // The first push marks the end of start-up (group join, applications loaded).
         while delivered() == 0 {
             anyhow::ensure!(started.elapsed() < Duration::from_secs(120), "{role}: nothing delivered");

@@ -310,6 +310,11 @@ impl FakeApns {
         self.core.log.lock().unwrap().delivered.clone()
     }
 
+    /// How many were delivered, without copying them (for polling under load).
+    pub fn delivered_len(&self) -> usize {
+        self.core.log.lock().unwrap().delivered.len()
+    }
+
     /// Requests for `/3/device/{token}`, whatever the outcome.
     pub fn attempts(&self, token: &str) -> usize {
         self.core.log.lock().unwrap().attempts.get(token).copied().unwrap_or(0)
@@ -542,6 +547,11 @@ impl FakeFcm {
     /// Messages answered 200, in arrival order.
     pub fn delivered(&self) -> Vec<FcmRequest> {
         self.core.log.lock().unwrap().delivered.clone()
+    }
+
+    /// How many were delivered, without copying them (for polling under load).
+    pub fn delivered_len(&self) -> usize {
+        self.core.log.lock().unwrap().delivered.len()
     }
 
     /// Send requests whose `message.token` was `token`, whatever the outcome.

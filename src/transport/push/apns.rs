@@ -209,3 +209,91 @@ impl Apns {
         Outcome::Rejected("403 ExpiredProviderToken after renewal".into())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn openssl(args: &[&str]) {
+        let out = Command::new("openssl").args(args).output().expect("openssl CLI");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn creds(json: Value) -> ApnCredentials {
+        serde_json::from_value(json).expect("apn credentials")
+    }
+
+    #[test]
+    fn certificate_auth_loads_an_encrypted_key_and_token_auth_signs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+        openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", &p("k.pem")]);
+        openssl(&[
+            "pkcs8",
+            "-topk8",
+            "-v2",
+            "aes-256-cbc",
+            "-passout",
+            "pass:pw",
+            "-in",
+            &p("k.pem"),
+            "-out",
+            &p("e.pem"),
+        ]);
+        openssl(&[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            &p("k.pem"),
+            "-subj",
+            "/CN=com.example.app",
+            "-days",
+            "2",
+            "-out",
+            &p("c.pem"),
+        ]);
+        let read = |n: &str| std::fs::read_to_string(p(n)).expect("read");
+        let cert = creds(json!({"certificate": read("c.pem"), "private_key": read("e.pem"), "passphrase": "pw",
+            "topic": "com.example.app", "production": true}));
+        let client = AppClient::new(&cert, None).expect("certificate auth client");
+        assert_eq!(client.base, PRODUCTION);
+        assert!(matches!(client.auth, Auth::Certificate));
+        assert_eq!(client.bearer(false), Ok(None), "no provider token with a certificate");
+        let wrong = creds(json!({"certificate": read("c.pem"), "private_key": read("e.pem"), "passphrase": "nope",
+            "topic": "com.example.app"}));
+        let err = AppClient::new(&wrong, None).err().expect("wrong passphrase refused");
+        assert!(err.contains("apn.private_key") && !err.contains("nope"), "{err}");
+
+        let token = creds(json!({"key": read("k.pem"), "key_id": "K1", "team_id": "T1", "topic": "com.example.app"}));
+        let client = AppClient::new(&token, Some("http://127.0.0.1:9")).expect("token auth client");
+        assert_eq!(client.base, "http://127.0.0.1:9", "the global URL wins over the sandbox");
+        let first = client.bearer(false).expect("signs").expect("a provider token");
+        assert_eq!(client.bearer(false).expect("cached"), Some(first.clone()), "cached, not re-signed");
+        // ES256 signatures are randomized: a renewal is a new token even within the same second.
+        assert_ne!(client.bearer(true).expect("renewed"), Some(first));
+    }
+
+    #[test]
+    fn payloads_fit_apns_and_alert_only_for_the_push_field() {
+        let app: Application =
+            serde_json::from_value(json!({"id": "a", "schema": {"task": {"ios_push_field": "title"}}}))
+                .expect("application");
+        let delta = |title: &str| {
+            json!({"op":"create","object":{"id":"o","type":"task","title":title},"subscriptions":["blg:a:context:c:task"],
+                "application_id":"a","timestamp":1,"version":1})
+        };
+        let msg: TransportMessage = serde_json::from_value(json!({"application_id":"a","object_id":"o","version":1,
+            "timestamp":1,"devices":[],"message":{"new":[delta("hi"), delta(&"x".repeat(5000))],"updated":[],"deleted":[]}}))
+        .expect("message");
+        let pushes = payloads(&msg, &app);
+        assert!(pushes.iter().all(|p| p.body.len() <= DEFAULT_PUSH_LIMIT), "every body fits 4 KB");
+        let silent: Vec<&ApnsPush> = pushes.iter().filter(|p| !p.alert).collect();
+        assert!(silent.iter().any(|p| p.body.contains("\"sync\"") && p.collapse_id.is_some()), "too big: sync");
+        assert!(silent.iter().any(|p| p.body.contains("\"content-available\":1") && p.collapse_id.is_none()));
+        let alerts: Vec<&ApnsPush> = pushes.iter().filter(|p| p.alert).collect();
+        assert_eq!(alerts.len(), 2);
+        assert!(alerts[0].body.contains("\"alert\":\"hi\""));
+    }
+}

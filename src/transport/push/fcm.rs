@@ -159,6 +159,9 @@ impl Fcm {
             };
             let status = resp.status().as_u16();
             if status == 200 {
+                // Read the (small) body: a response dropped unread resets its HTTP/2 stream, and
+                // h2 caps locally reset streams per connection.
+                let _ = resp.bytes().await;
                 return Outcome::Delivered;
             }
             let after = retry_after(resp.headers());
