@@ -56,6 +56,8 @@ pub enum Command {
         /// Input file; `-` or nothing reads stdin.
         file: Option<PathBuf>,
     },
+    /// Keep N child processes per role (TP_SUPERVISE): replace crashed ones, recycle, drain.
+    Supervise,
     /// Mint a socket handshake token (HS256, the application's jwt_secret else TP_JWT_SECRET).
     Token {
         #[arg(long)]

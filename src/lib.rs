@@ -23,6 +23,7 @@ pub mod queue;
 pub mod registry;
 pub mod shutdown;
 pub mod store;
+pub mod supervisor;
 pub mod telemetry;
 pub mod transport;
 pub mod workers;

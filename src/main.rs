@@ -126,6 +126,18 @@ async fn dispatch(cli: Cli, config: Arc<Config>) -> Result<(), WorkerError> {
             })
             .await
         }
+        Some(Command::Supervise) => {
+            // Children load the same file and flags; their HTTP port is the supervisor's to give.
+            let mut child_args = Vec::new();
+            if let Some(file) = &cli.config {
+                child_args.extend(["-c".to_string(), file.display().to_string()]);
+            }
+            for set in cli.set.iter().filter(|s| !s.trim_start().starts_with("http_port=")) {
+                child_args.extend(["--set".to_string(), set.clone()]);
+            }
+            let plan = config.supervise.plan.clone();
+            nexxus_worker::supervisor::run(config, &plan, child_args).await
+        }
         Some(Command::Token { app, device, user, ttl }) => {
             println!("{}", token::mint(&config, &app, &device, user.as_deref(), ttl).await?);
             Ok(())

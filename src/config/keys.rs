@@ -187,6 +187,27 @@ pub const KEYS: &[Key] = &[
         "pushes per second per application (FCM's default quota is 600,000 a minute)",
     ),
     key("jwt_secret", "TP_JWT_SECRET", Kind::Secret, None, "fallback HS256 secret for apps that have none"),
+    key(
+        "supervise",
+        "TP_SUPERVISE",
+        Kind::Text,
+        Some("aggregation=1,write=1,track=1,transport_manager=1,sockets_transport=1"),
+        "`supervise`: children per role, role=count,...",
+    ),
+    key(
+        "recycle_rate_ms",
+        "TP_RECYCLE_RATE_MS",
+        Kind::Millis,
+        Some("0"),
+        "`supervise`: recycle each child after this long (0: never)",
+    ),
+    key(
+        "supervise_max_crashes",
+        "TP_SUPERVISE_MAX_CRASHES",
+        Kind::Count,
+        Some("5"),
+        "`supervise`: crashes of one child within a minute before it is given up on",
+    ),
     key("http_host", "TP_HTTP_HOST", Kind::Text, Some("0.0.0.0"), "health, metrics (and ingress) listening address"),
     key(
         "http_port",

@@ -106,6 +106,7 @@ pub struct Config {
     pub sockets: SocketsConfig,
     pub jwt_secret: Option<String>,
     pub push: PushConfig,
+    pub supervise: SuperviseConfig,
     pub http_host: String,
     /// `None` when `TP_HTTP_PORT=0` turned the endpoint off.
     pub http_port: Option<u16>,
@@ -137,6 +138,13 @@ pub struct SocketsConfig {
     pub queue_frames: usize,
     pub max_message_bytes: usize,
     pub ping_interval: Duration,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SuperviseConfig {
+    pub plan: String,
+    pub recycle_rate: Duration,
+    pub max_crashes: usize,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -330,6 +338,11 @@ impl Config {
                 ping_interval: Duration::from_millis(at_least_one("sckt_ping_ms", 25_000)? as u64),
             },
             jwt_secret: get("jwt_secret").text()?.filter(|s| !s.is_empty()),
+            supervise: SuperviseConfig {
+                plan: get("supervise").text()?.unwrap_or_else(|| default_of("supervise")),
+                recycle_rate: Duration::from_millis(get("recycle_rate_ms").count()?.unwrap_or(0)),
+                max_crashes: at_least_one("supervise_max_crashes", 5)?,
+            },
             push: PushConfig {
                 apns_url: get("apns_url").text()?.filter(|s| !s.is_empty()),
                 fcm_url: get("fcm_url").text()?.unwrap_or_else(|| default_of("fcm_url")),
