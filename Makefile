@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 STACK_ENV := deploy/local/stack.env
 
-.PHONY: all build release up down status lint fmt test test-unit test-int run bench fuzz clean help
+.PHONY: all build release up down status lint fmt test test-unit test-int run bench fuzz clean help image compose-up compose-down validate-deploy
 
 all: build
 
@@ -38,7 +38,19 @@ test-unit: ## tests that need no server
 test-int: up ## integration tests against the real local stack
 	set -a && source $(STACK_ENV) && set +a && $(CARGO) test --tests -- --test-threads=4
 
-test: lint up ## everything: lint, unit, and integration tests against real servers, benches once
+validate-deploy: ## helm lint/template, kubeconform -strict, docker compose config (installs the tools on first use)
+	NEXXUS_REQUIRE_COMPOSE=1 deploy/validate.sh
+
+image: ## container image nexxus-worker:local (Docker with BuildKit)
+	docker build -f deploy/docker/Dockerfile -t nexxus-worker:local .
+
+compose-up: ## everything in Docker: Kafka, ScyllaDB, Redis, topics, every role
+	docker compose -f deploy/compose/compose.yaml up -d --build
+
+compose-down: ## stop the Compose stack and drop its data
+	docker compose -f deploy/compose/compose.yaml down -v
+
+test: lint validate-deploy up ## everything: lint, deployment manifests, unit and integration tests against real servers, benches once
 	$(CARGO) test --bench model
 	set -a && source $(STACK_ENV) && set +a && $(CARGO) test --lib --tests -- --test-threads=4
 

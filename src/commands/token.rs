@@ -11,6 +11,8 @@ use crate::error::WorkerError;
 use crate::transport::jwt::{self, Claims};
 use crate::workers::apps::Apps;
 
+const LOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub async fn mint(
     cfg: &Config,
     app: &str,
@@ -22,8 +24,13 @@ pub async fn mint(
         return Err(WorkerError::Usage(format!("--device `{device}`: empty or contains `|`")));
     }
     let stop = CancellationToken::new();
-    let apps = Apps::load_and_follow(cfg, "nexxus-token", stop.clone()).await;
+    // A command, not a worker: give up on an unreachable Kafka instead of waiting for it.
+    let loaded = tokio::time::timeout(LOAD_TIMEOUT, Apps::load_and_follow(cfg, "nexxus-token", stop.clone())).await;
     stop.cancel();
+    let apps = loaded.map_err(|_| WorkerError::Io {
+        context: format!("loading applications from Kafka ({})", cfg.kafka.brokers),
+        source: std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 30 s"),
+    })?;
     let application = apps?.get(app).ok_or_else(|| {
         WorkerError::Usage(format!("unknown application `{app}` (register it with `nexxus-worker app put`)"))
     })?;

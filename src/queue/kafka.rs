@@ -101,10 +101,7 @@ fn describe(tpl: &TopicPartitionList) -> String {
 /// operator can override anything.
 pub fn base_config(cfg: &Config, client_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &cfg.kafka.brokers)
-        .set("client.id", client_id)
-        .set("statistics.interval.ms", "5000")
-        .set("socket.keepalive.enable", "true");
+    c.set("bootstrap.servers", &cfg.kafka.brokers).set("client.id", client_id).set("socket.keepalive.enable", "true");
     for (k, v) in &cfg.kafka.opts.0 {
         c.set(k, v);
     }
@@ -123,6 +120,9 @@ pub fn consumer(
     from_beginning: bool,
 ) -> Result<Arc<KafkaConsumer>, WorkerError> {
     let mut c = base_config(cfg, client_id);
+    // Statistics only where [`WorkerContext`] turns them into lag gauges: rdkafka's default
+    // context would log the whole multi-kilobyte document at INFO every interval.
+    c.set("statistics.interval.ms", "5000");
     c.set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
