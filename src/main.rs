@@ -159,6 +159,7 @@ where
 {
     let shutdown = CancellationToken::new();
     shutdown::spawn_signal_handler(shutdown.clone());
+    shutdown::spawn_orphan_watch(shutdown.clone());
     let metrics = telemetry::metrics::install();
     if let Some(port) = config.http_port {
         let (addr, _task) =

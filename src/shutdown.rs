@@ -19,6 +19,25 @@ pub fn spawn_signal_handler(token: CancellationToken) {
     });
 }
 
+/// A child of `supervise` (which sets `NEXXUS_SUPERVISOR_PID`) stops gracefully when its
+/// supervisor is gone (SIGKILL, crash): it would otherwise run on as an orphan nobody manages,
+/// and a new supervisor would start a second copy of it.
+pub fn spawn_orphan_watch(token: CancellationToken) {
+    let Some(supervisor) = std::env::var("NEXXUS_SUPERVISOR_PID").ok().and_then(|p| p.parse::<i32>().ok()) else {
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if nix::unistd::getppid().as_raw() != supervisor {
+                tracing::warn!(message = "supervisor gone, shutting down", supervisor);
+                token.cancel();
+                return;
+            }
+        }
+    });
+}
+
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {

@@ -209,4 +209,12 @@ async fn sighup_recycles_every_child_without_losing_a_message_then_drain_and_res
     assert_eq!(sup.post("/resume")["state"], "running");
     sup.until("children back", |s| (0..2).all(|i| s.child("aggregation", i)["pid"].is_u64())).await;
     assert!((0..2).all(|i| sup.child("aggregation", i)["crashes"] == 0), "no stop counted as a crash");
+
+    // A supervisor killed with SIGKILL leaves no orphan: its children notice and stop.
+    let children: Vec<u64> = (0..2).filter_map(|i| sup.child("aggregation", i)["pid"].as_u64()).collect();
+    let mut proc = sup.proc;
+    kill(proc.0.id() as u64, "-9");
+    let _ = proc.0.wait();
+    common::wait_until(Duration::from_secs(30), "orphaned children to stop", || children.iter().all(|p| !alive(*p)))
+        .await;
 }

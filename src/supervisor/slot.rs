@@ -69,6 +69,7 @@ impl Slot {
             .args(["-t", self.role.as_str(), "-i", &self.index.to_string()])
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("NEXXUS_SUPERVISOR_PID", std::process::id().to_string())
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()?;
