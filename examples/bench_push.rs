@@ -8,6 +8,9 @@
 //!
 //!     deploy/local/bench-push.sh --messages 200 --devices 500
 
+#[path = "support/proc.rs"]
+#[allow(dead_code)]
+mod proc;
 #[path = "../tests/common/push_fakes.rs"]
 #[allow(dead_code)]
 mod push_fakes;
@@ -15,6 +18,7 @@ mod push_fakes;
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use proc::cpu_ticks;
 use push_fakes::{ApnsApp, FakeApns, FakeFcm, FcmAccount};
 use serde_json::json;
 
@@ -106,11 +110,4 @@ async fn main() -> anyhow::Result<()> {
         let _ = worker.kill().await;
     }
     Ok(())
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
-    fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
 }

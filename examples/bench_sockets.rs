@@ -15,6 +15,9 @@
 //!
 //!     deploy/local/bench-sockets.sh --clients 10000 --messages 200 --rate 50 --idle 10000,19000
 
+#[path = "support/proc.rs"]
+mod proc;
+
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -22,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use nexxus_worker::transport::jwt::{self, Claims};
+use proc::{cpu_ticks, http_get, rss_kib};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpSocket;
@@ -251,9 +255,6 @@ async fn client() -> anyhow::Result<()> {
                             let now = micros();
                             if let Some(ts) = timestamp(&t) {
                                 lat.push(now.saturating_sub(ts) as u32);
-                                if std::env::var_os("BENCH_TRACE").is_some() {
-                                    eprintln!("frame {} µs", now.saturating_sub(ts));
-                                }
                             }
                             n += 1;
                             first = first.min(now);
@@ -294,29 +295,4 @@ fn timestamp(frame: &str) -> Option<u64> {
     let at = frame.find("\"timestamp\":")? + "\"timestamp\":".len();
     let digits: String = frame[at..].chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
-    fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
-}
-
-fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    Some(text)
 }

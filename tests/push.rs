@@ -69,18 +69,13 @@ impl Stack {
             docs.push((app.clone(), ec, kid, team, topic, rsa, project, email));
         }
         let (apns, fcm) = (FakeApns::start(apns_apps).await, FakeFcm::start(accounts).await);
-        let dir = tempfile::tempdir().unwrap();
         for (app, ec, kid, team, topic, rsa, project, email) in docs {
             let doc = json!({"id": app,
                 "schema": {"task": {"ios_push_field": "title"}},
                 "apn": {"key": ec, "key_id": kid, "team_id": team, "topic": topic, "url": apns.url()},
                 "fcm": {"service_account": {"type": "service_account", "project_id": project, "client_email": email,
                     "private_key": rsa, "token_uri": fcm.token_uri()}, "url": fcm.url()}});
-            let path = dir.path().join(format!("{app}.json"));
-            std::fs::write(&path, doc.to_string()).unwrap();
-            let out =
-                Command::new(common::BIN).args(["app", "put"]).arg(&path).env_clear().envs(&env).output().unwrap();
-            assert!(out.status.success(), "app put: {}", String::from_utf8_lossy(&out.stderr));
+            common::app_put(&env, &doc);
         }
         Stack { cfg, env, keyspace: with_store, apps, apns, fcm }
     }

@@ -49,20 +49,9 @@ impl Stack {
         .await;
         let unique = prefix.replace(['-', '.'], "");
         let stack = Stack { cfg, env, app1: format!("{unique}a1"), app2: format!("{unique}a2") };
-        let dir = tempfile::tempdir().unwrap();
         for app in [stack.app1.as_str(), stack.app2.as_str()] {
-            let path = dir.path().join(format!("{app}.json"));
-            let schema =
-                json!({"id": app, "schema": {"task": {"belongsTo": [{"parentModel": "project"}]}, "project": {}}});
-            std::fs::write(&path, schema.to_string()).unwrap();
-            let out = Command::new(common::BIN)
-                .args(["app", "put"])
-                .arg(&path)
-                .env_clear()
-                .envs(&stack.env)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "app put: {}", String::from_utf8_lossy(&out.stderr));
+            let schema = json!({"task": {"belongsTo": [{"parentModel": "project"}]}, "project": {}});
+            common::app_put(&stack.env, &json!({"id": app, "schema": schema}));
         }
         stack
     }

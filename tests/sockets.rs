@@ -58,18 +58,13 @@ impl Stack {
         common::create_topics(&cfg, &topics).await;
         let unique = prefix.replace(['-', '.'], "");
         let stack = Stack { cfg, env, keyspace: with_store, a1: format!("{unique}a1"), a2: format!("{unique}a2") };
-        let dir = tempfile::tempdir().unwrap();
         let schema = json!({"task": {"belongsTo": [{"parentModel": "project"}]}, "project": {}});
         for (app, secret) in [(&stack.a1, Some(SECRET1)), (&stack.a2, None)] {
-            let path = dir.path().join(format!("{app}.json"));
             let mut doc = json!({"id": app, "schema": schema});
             if let Some(s) = secret {
                 doc["jwt_secret"] = s.into();
             }
-            std::fs::write(&path, doc.to_string()).unwrap();
-            let out = Command::new(common::BIN).args(["app", "put"]).arg(&path).env_clear().envs(&stack.env).output();
-            let out = out.unwrap();
-            assert!(out.status.success(), "app put: {}", String::from_utf8_lossy(&out.stderr));
+            common::app_put(&stack.env, &doc);
         }
         stack
     }

@@ -88,11 +88,7 @@ async fn stack(name: &str) -> (Config, HashMap<String, String>, String) {
     let cfg = Config::load(&Default::default(), &env).unwrap();
     common::create_topics(&cfg, &[("aggregation", 2), ("write", 2), ("dead_letter", 1), ("system", 1)]).await;
     let app = format!("{}s", prefix.replace(['-', '.'], ""));
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("app.json");
-    std::fs::write(&path, json!({"id": app, "schema": {"task": {}}}).to_string()).unwrap();
-    let out = Command::new(common::BIN).args(["app", "put"]).arg(&path).env_clear().envs(&env).output().unwrap();
-    assert!(out.status.success(), "app put: {}", String::from_utf8_lossy(&out.stderr));
+    common::app_put(&env, &json!({"id": app, "schema": {"task": {}}}));
     (cfg, env, app)
 }
 

@@ -40,15 +40,8 @@ impl Stack {
         )
         .await;
         let stack = Stack { cfg, env };
-        let dir = tempfile::tempdir().unwrap();
-        let app = dir.path().join("app.json");
-        let schema = json!({"id": APP, "schema": {
-            "task": {"belongsTo": [{"parentModel": "project"}]},
-            "project": {}}});
-        std::fs::write(&app, schema.to_string()).unwrap();
-        let out =
-            Command::new(common::BIN).args(["app", "put"]).arg(&app).env_clear().envs(&stack.env).output().unwrap();
-        assert!(out.status.success(), "app put: {}", String::from_utf8_lossy(&out.stderr));
+        let schema = json!({"task": {"belongsTo": [{"parentModel": "project"}]}, "project": {}});
+        common::app_put(&stack.env, &json!({"id": APP, "schema": schema}));
         stack
     }
 
@@ -362,11 +355,7 @@ async fn an_application_put_while_running_is_picked_up_without_restart() {
         assert!(started.elapsed() < Duration::from_secs(60), "unknown application never dead-lettered");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let app = dir.path().join("late.json");
-    std::fs::write(&app, r#"{"id":"late","schema":{"note":{}}}"#).unwrap();
-    let out = Command::new(common::BIN).args(["app", "put"]).arg(&app).env_clear().envs(&stack.env).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    common::app_put(&stack.env, &json!({"id": "late", "schema": {"note": {}}}));
     // Workers follow `system` asynchronously; retry the create under new ids until one lands.
     let store = stack.store().await;
     let started = Instant::now();

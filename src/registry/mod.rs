@@ -217,19 +217,20 @@ impl Registry {
 
     /// A device's addresses changed (new push token, socket moved): in every channel it
     /// subscribed, adds the `new` addresses (and lists filtered channels in their filter index
-    /// again), then removes the `old` ones not among them.
+    /// again), then removes the `old` ones not among them. Returns how many channels the
+    /// device subscribed (0 when there was nothing to move, and they were not read).
     pub async fn move_addresses(
         &self,
         app: &str,
         device_id: &str,
         old: &[DeviceAddress],
         new: &[DeviceAddress],
-    ) -> Result<(), RegistryError> {
+    ) -> Result<usize, RegistryError> {
         let added = strings(new);
         let kept: BTreeSet<&str> = added.iter().map(String::as_str).collect();
         let removed: Vec<String> = strings(old).into_iter().filter(|a| !kept.contains(a.as_str())).collect();
         if added.is_empty() && removed.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let subs = self.device_subscriptions(app, device_id).await?;
         let mut ops = Vec::with_capacity(subs.len() * 2);
@@ -254,7 +255,8 @@ impl Registry {
         }
         let replies = self.conn.run("move addresses", &ops).await?;
         let empty = empty_after(&ops, replies)?;
-        self.prune_filter_index(filtered.into_iter().filter(|k| empty.contains(*k)).collect()).await
+        self.prune_filter_index(filtered.into_iter().filter(|k| empty.contains(*k)).collect()).await?;
+        Ok(subs.len())
     }
 
     /// Removes filtered keys, found empty, from their filter indexes; then re-checks them and

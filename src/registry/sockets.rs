@@ -23,8 +23,7 @@ impl Registry {
         let (app, dev, server) = parts(addr);
         let index = keys::socket_index(app, &server);
         self.conn.run_one("attach socket: index", Op::new("SADD", &index).arg(member(addr))).await?;
-        self.move_addresses(app, dev, &[], std::slice::from_ref(addr)).await?;
-        let restored = self.device_subscriptions(app, dev).await?.len();
+        let restored = self.move_addresses(app, dev, &[], std::slice::from_ref(addr)).await?;
         let mut device = self.get_device(app, dev).await?.unwrap_or_else(|| Device {
             id: dev.to_owned(),
             application_id: app.to_owned(),
@@ -48,7 +47,7 @@ impl Registry {
     /// entry goes last. Idempotent.
     pub async fn detach_socket(&self, addr: &DeviceAddress) -> Result<(), RegistryError> {
         let (app, dev, server) = parts(addr);
-        self.move_addresses(app, dev, std::slice::from_ref(addr), &[]).await?;
+        self.move_addresses(app, dev, std::slice::from_ref(addr), &[]).await.map(drop)?;
         if let Some(mut device) = self.get_device(app, dev).await? {
             let ours = device.volatile.as_ref().is_some_and(|v| {
                 v.server_name.as_deref() == Some(server.as_str()) && v.token.as_deref() == Some(addr.token.as_str())

@@ -68,15 +68,17 @@ fn certificates(var: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, 
 
 fn private_key(path: &Path, passphrase: Option<&str>) -> Result<PrivateKeyDer<'static>, WorkerError> {
     let pem = read("TP_SCKT_KEY_SSL", path)?;
-    decode_private_key(&pem, passphrase).map_err(|why| {
-        let why = why.replace("passphrase", "TP_SCKT_KEY_PASSPHRASE");
-        WorkerError::Usage(format!("TP_SCKT_KEY_SSL {}: {why}", path.display()))
-    })
+    decode_private_key(&pem, passphrase, "TP_SCKT_KEY_PASSPHRASE")
+        .map_err(|why| WorkerError::Usage(format!("TP_SCKT_KEY_SSL {}: {why}", path.display())))
 }
 
-/// A PEM private key (PKCS#8, PKCS#1 or SEC1; or encrypted PKCS#8 with `passphrase`). Errors
-/// never contain the passphrase.
-pub fn decode_private_key(pem: &[u8], passphrase: Option<&str>) -> Result<PrivateKeyDer<'static>, String> {
+/// A PEM private key (PKCS#8, PKCS#1 or SEC1; or encrypted PKCS#8 with `passphrase`, named
+/// `passphrase_name` in errors). Errors never contain the passphrase itself.
+pub fn decode_private_key(
+    pem: &[u8],
+    passphrase: Option<&str>,
+    passphrase_name: &str,
+) -> Result<PrivateKeyDer<'static>, String> {
     let text = String::from_utf8_lossy(pem);
     if text.contains("Proc-Type: 4,ENCRYPTED") {
         return Err("legacy OpenSSL-encrypted key; convert it with \
@@ -85,14 +87,14 @@ pub fn decode_private_key(pem: &[u8], passphrase: Option<&str>) -> Result<Privat
     }
     if text.contains("BEGIN ENCRYPTED PRIVATE KEY") {
         let Some(pass) = passphrase else {
-            return Err("the key is encrypted and no passphrase is set".into());
+            return Err(format!("the key is encrypted and no {passphrase_name} is set"));
         };
         let (_, doc) = SecretDocument::from_pem(&text).map_err(|e| format!("not a PEM PKCS#8 document: {e}"))?;
         let info =
             EncryptedPrivateKeyInfo::from_der(doc.as_bytes()).map_err(|e| format!("not encrypted PKCS#8: {e}"))?;
         let plain = info
             .decrypt(pass.as_bytes())
-            .map_err(|_| "cannot decrypt: wrong passphrase or unsupported cipher".to_string())?;
+            .map_err(|_| format!("cannot decrypt: wrong {passphrase_name} or unsupported cipher"))?;
         return Ok(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(plain.as_bytes().to_vec())));
     }
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| format!("no usable PEM private key: {e}"))

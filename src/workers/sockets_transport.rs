@@ -27,7 +27,6 @@ use crate::queue::{topic, Record};
 use crate::registry::Registry;
 use crate::transport::ws::conn::Shared;
 use crate::transport::ws::hub::Hub;
-use crate::transport::ws::protocol::CLOSE_GOING_AWAY;
 use crate::transport::ws::server::Server;
 
 /// Connects and runs the role until `shutdown`.
@@ -70,10 +69,10 @@ pub async fn run(
     let tracker = server.tracker();
     tracing::info!(message = "sockets transport listening", server = name, addr = ?server.local_addr(), tls = s.ssl);
     let connections = shutdown.child_token();
-    tokio::spawn(server.run(connections.clone(), connections.clone()));
+    tokio::spawn(server.run(connections.clone()));
 
     let result = pipeline.run(&mut Dispatcher { hub: hub.clone() }, shutdown).await;
-    hub.close_all(CLOSE_GOING_AWAY);
+    // Every connection sees the token and closes with 1001.
     connections.cancel();
     if tokio::time::timeout(cfg.shutdown_grace, tracker.wait()).await.is_err() {
         tracing::warn!(message = "connections still open at the end of the grace period", open = hub.open());

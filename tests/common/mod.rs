@@ -158,3 +158,18 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Some((code, body))
 }
+
+/// `nexxus-worker app put` of `doc` with `env`, asserting it succeeded.
+pub fn app_put(env: &HashMap<String, String>, doc: &serde_json::Value) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("app.json");
+    std::fs::write(&path, doc.to_string()).expect("writing the application file");
+    let out = std::process::Command::new(BIN)
+        .args(["app", "put"])
+        .arg(&path)
+        .env_clear()
+        .envs(env)
+        .output()
+        .expect("running app put");
+    assert!(out.status.success(), "app put: {}", String::from_utf8_lossy(&out.stderr));
+}

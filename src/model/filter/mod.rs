@@ -103,7 +103,9 @@ impl Filter {
     /// Parses Telepat filter JSON.
     pub fn parse(value: &Value) -> Result<Self, ModelError> {
         let mut budget = Budget { conditions: 0 };
-        match parse_element(&stable_floats(value), "filters", 0, &mut budget)? {
+        // Floats survive print-then-parse (serde_json's `float_roundtrip`), so the canonical key of
+        // a filter read back from its key is the key itself (checked by the model proptests).
+        match parse_element(value, "filters", 0, &mut budget)? {
             Element::Group(connector, elements) => Ok(Filter { connector, elements }),
             _ => Err(ModelError::filter("filters", "the root must be {\"and\":[...]} or {\"or\":[...]}")),
         }
@@ -154,38 +156,6 @@ impl Filter {
         let value: Value = serde_json::from_slice(&bytes)
             .map_err(|e| ModelError::InvalidFilterKey { reason: format!("not JSON: {e}") })?;
         Self::parse(&value)
-    }
-}
-
-/// Replaces each float by a representative that survives print-then-parse.
-///
-/// `serde_json`'s default float parser is fast but not always correctly rounded, so
-/// `parse(print(x))` can differ from `x` in the last bit, and some values alternate between
-/// two neighbours forever. The canonical key of a filter read back from a key would then
-/// differ from the key itself. Following `x → parse(print(x))` until it repeats and taking
-/// the member of the cycle with the smallest text gives the same number from any point of the
-/// cycle. (With serde_json's `float_roundtrip` feature every cycle has length one.)
-fn stable_floats(value: &Value) -> Value {
-    match value {
-        Value::Number(n) if n.is_f64() => {
-            let mut orbit = vec![n.clone()];
-            while orbit.len() < 16 {
-                let Some(last) = orbit.last() else { break };
-                let Ok(next) = serde_json::from_str::<Number>(&last.to_string()) else {
-                    break;
-                };
-                if let Some(start) = orbit.iter().position(|x| *x == next) {
-                    orbit.drain(..start);
-                    break;
-                }
-                orbit.push(next);
-            }
-            let pick = orbit.into_iter().min_by_key(|x| x.to_string());
-            Value::Number(pick.unwrap_or_else(|| n.clone()))
-        }
-        Value::Array(items) => Value::Array(items.iter().map(stable_floats).collect()),
-        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), stable_floats(v))).collect()),
-        other => other.clone(),
     }
 }
 

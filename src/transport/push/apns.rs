@@ -9,7 +9,6 @@
 //! push keeps its id; `apns-collapse-id` only on `sync` pushes, where a newer one supersedes an
 //! older one, never on deltas, each of which carries different changes.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,7 +18,7 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::CertificateDer;
 
 use super::sign::SigningKey;
-use super::{http_client, retry_after, stable_uuid, Outcome};
+use super::{http_client, retry_after, stable_uuid, Outcome, PerApp};
 use crate::model::delivery::{push_alert, split_push, PushPayload, DEFAULT_PUSH_LIMIT};
 use crate::model::schema::ApnCredentials;
 use crate::model::{Application, TransportMessage};
@@ -84,7 +83,7 @@ enum Auth {
 }
 
 struct AppClient {
-    credentials: ApnCredentials,
+    topic: String,
     http: reqwest::Client,
     base: String,
     auth: Auth,
@@ -108,13 +107,17 @@ impl AppClient {
                 let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| format!("apn.certificate: {e}"))?;
-                let key = crate::transport::tls::decode_private_key(key.as_bytes(), creds.passphrase.as_deref())
-                    .map_err(|e| format!("apn.private_key: {e}"))?;
+                let key = crate::transport::tls::decode_private_key(
+                    key.as_bytes(),
+                    creds.passphrase.as_deref(),
+                    "apn.passphrase",
+                )
+                .map_err(|e| format!("apn.private_key: {e}"))?;
                 (Auth::Certificate, Some((chain, key)))
             }
         };
         let http = http_client(&base, client_auth)?;
-        Ok(AppClient { credentials: creds.clone(), http, base, auth })
+        Ok(AppClient { topic: creds.topic.clone(), http, base, auth })
     }
 
     fn bearer(&self, renew: bool) -> Result<Option<String>, String> {
@@ -136,23 +139,17 @@ impl AppClient {
 /// change.
 pub struct Apns {
     global_url: Option<String>,
-    apps: Mutex<HashMap<String, Arc<AppClient>>>,
+    apps: PerApp<ApnCredentials, AppClient>,
 }
 
 impl Apns {
     pub fn new(global_url: Option<String>) -> Apns {
-        Apns { global_url, apps: Mutex::default() }
+        Apns { global_url, apps: PerApp::default() }
     }
 
     fn client(&self, app: &Application) -> Result<Arc<AppClient>, String> {
         let creds = app.apn.as_ref().ok_or_else(|| format!("application `{}` has no apn credentials", app.id))?;
-        let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = apps.get(&app.id).filter(|c| &c.credentials == creds) {
-            return Ok(c.clone());
-        }
-        let client = Arc::new(AppClient::new(creds, self.global_url.as_deref())?);
-        apps.insert(app.id.clone(), client.clone());
-        Ok(client)
+        self.apps.get(&app.id, creds, || AppClient::new(creds, self.global_url.as_deref()))
     }
 
     /// Sends one push to one device token.
@@ -171,7 +168,7 @@ impl Apns {
             let mut req = client
                 .http
                 .post(format!("{}/3/device/{token}", client.base))
-                .header("apns-topic", &client.credentials.topic)
+                .header("apns-topic", &client.topic)
                 .header("apns-push-type", if push.alert { "alert" } else { "background" })
                 .header("apns-priority", if push.alert { "10" } else { "5" })
                 .header("apns-expiration", expiration.to_string())

@@ -7,15 +7,14 @@
 //! deleted}}` travels as `{"data": "<that JSON>"}` (and `{"sync": "[channels]"}`), within FCM's
 //! 4 KB; `android.priority` high (the app must update now), `ttl` one day.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
 use super::sign::SigningKey;
-use super::{http_client, retry_after, Outcome};
+use super::{http_client, retry_after, Outcome, PerApp};
 use crate::model::delivery::{split_push, PushPayload, DEFAULT_PUSH_LIMIT};
 use crate::model::schema::FcmCredentials;
 use crate::model::{Application, TransportMessage};
@@ -42,7 +41,6 @@ pub fn payloads(msg: &TransportMessage) -> Vec<Map<String, Value>> {
 }
 
 struct AppClient {
-    credentials: FcmCredentials,
     project: String,
     client_email: String,
     token_uri: String,
@@ -69,7 +67,6 @@ impl AppClient {
             .map_err(|e| format!("fcm.service_account.private_key: {e}"))?;
         let base = creds.url.as_deref().unwrap_or(global).trim_end_matches('/').to_string();
         Ok(AppClient {
-            credentials: creds.clone(),
             client_email: field(sa, "client_email")?.to_string(),
             send_url: format!("{base}/v1/projects/{project}/messages:send"),
             http: http_client(&base, None)?,
@@ -121,23 +118,17 @@ impl AppClient {
 /// credentials change.
 pub struct Fcm {
     global_url: String,
-    apps: Mutex<HashMap<String, Arc<AppClient>>>,
+    apps: PerApp<FcmCredentials, AppClient>,
 }
 
 impl Fcm {
     pub fn new(global_url: Option<String>) -> Fcm {
-        Fcm { global_url: global_url.unwrap_or_else(|| DEFAULT_URL.to_string()), apps: Mutex::default() }
+        Fcm { global_url: global_url.unwrap_or_else(|| DEFAULT_URL.to_string()), apps: PerApp::default() }
     }
 
     fn client(&self, app: &Application) -> Result<Arc<AppClient>, String> {
         let creds = app.fcm.as_ref().ok_or_else(|| format!("application `{}` has no fcm credentials", app.id))?;
-        let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = apps.get(&app.id).filter(|c| &c.credentials == creds) {
-            return Ok(c.clone());
-        }
-        let client = Arc::new(AppClient::new(creds, &self.global_url)?);
-        apps.insert(app.id.clone(), client.clone());
-        Ok(client)
+        self.apps.get(&app.id, creds, || AppClient::new(creds, &self.global_url))
     }
 
     /// Sends one data message to one registration token.

@@ -98,6 +98,30 @@ pub fn http_client(
     builder.build().map_err(|e| format!("HTTP client for {base}: {e}"))
 }
 
+/// One provider client per application, built on first use and rebuilt when the application's
+/// credentials change (an `app put` while running).
+pub struct PerApp<Cr, C> {
+    clients: Mutex<HashMap<String, (Cr, Arc<C>)>>,
+}
+
+impl<Cr: PartialEq + Clone, C> Default for PerApp<Cr, C> {
+    fn default() -> Self {
+        PerApp { clients: Mutex::default() }
+    }
+}
+
+impl<Cr: PartialEq + Clone, C> PerApp<Cr, C> {
+    pub fn get(&self, app: &str, creds: &Cr, build: impl FnOnce() -> Result<C, String>) -> Result<Arc<C>, String> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, c)) = clients.get(app).filter(|(known, _)| known == creds) {
+            return Ok(c.clone());
+        }
+        let client = Arc::new(build()?);
+        clients.insert(app.to_owned(), (creds.clone(), client.clone()));
+        Ok(client)
+    }
+}
+
 /// Per-application token buckets: `rate` sends per second with a burst of one second's worth.
 pub struct Pacer {
     rate: f64,

@@ -149,12 +149,6 @@ impl Hub {
         last
     }
 
-    /// Authenticated connections.
-    pub fn connections(&self) -> usize {
-        let apps = self.apps.read().unwrap_or_else(|p| p.into_inner());
-        apps.values().flat_map(|d| d.values()).map(Vec::len).sum()
-    }
-
     /// Queues `msg` for its recipients on this transport (or, for a broadcast, every connection
     /// of its application).
     pub fn deliver(&self, msg: &TransportMessage) -> Delivered {
@@ -187,12 +181,6 @@ impl Hub {
         }
         out.bytes = out.frames * frame.len();
         out
-    }
-
-    /// Asks every connection to close with `code` (shutdown: 1001).
-    pub fn close_all(&self, code: u16) {
-        let apps = self.apps.read().unwrap_or_else(|p| p.into_inner());
-        apps.values().flat_map(|d| d.values()).flatten().for_each(|h| h.close.close(code));
     }
 }
 
@@ -231,7 +219,7 @@ mod tests {
         assert!(other.rx.try_recv().is_err());
         assert!(!hub.leave("app", "d1", a1.id));
         assert!(hub.leave("app", "d1", a2.id));
-        assert_eq!(hub.connections(), 2);
+        assert_eq!(hub.deliver(&msg("app", &[], true)).frames, 1, "only d2 is left in the application");
     }
 
     #[test]

@@ -44,12 +44,11 @@ impl Server {
         self.tracker.clone()
     }
 
-    /// Accepts until `stop` is cancelled; connections close on `shutdown` (a separate token, so
-    /// the process can stop accepting before it starts closing).
-    pub async fn run(self, stop: CancellationToken, shutdown: CancellationToken) {
+    /// Accepts until `shutdown`, which also closes every connection (1001).
+    pub async fn run(self, shutdown: CancellationToken) {
         loop {
             let accepted = tokio::select! {
-                () = stop.cancelled() => break,
+                () = shutdown.cancelled() => break,
                 a = self.listener.accept() => a,
             };
             let tcp = match accepted {
