@@ -15,6 +15,7 @@ use nexxus_worker::commands::{app, dead_letter, publish, token};
 use nexxus_worker::config::{Config, Overrides, ProcessEnv};
 use nexxus_worker::error::WorkerError;
 use nexxus_worker::queue::kafka::Producer;
+use nexxus_worker::queue::outbox::Sink;
 use nexxus_worker::queue::{topic, topics};
 use nexxus_worker::shutdown;
 use nexxus_worker::telemetry::{self, http, Health};
@@ -73,12 +74,7 @@ async fn dispatch(cli: Cli, config: Arc<Config>) -> Result<(), WorkerError> {
     match cli.command {
         None => {
             let role = cli.role.ok_or_else(|| WorkerError::Usage("missing -t".into()))?;
-            let ctx = WorkerContext {
-                config: config.clone(),
-                role,
-                index: cli.index.unwrap_or(0),
-                health: Arc::new(Health::new()),
-            };
+            let ctx = WorkerContext::new(config.clone(), role, cli.index.unwrap_or(0));
             let health = ctx.health.clone();
             long_running(config, health, move |shutdown| workers::run(ctx, shutdown)).await
         }
@@ -116,7 +112,7 @@ async fn dispatch(cli: Cli, config: Arc<Config>) -> Result<(), WorkerError> {
                     "dead_letter-replay",
                     dead_letter::GROUP,
                     &[topic::DEAD_LETTER],
-                    producer.clone(),
+                    Sink::Kafka(producer.clone()),
                     &shutdown,
                 )
                 .await?;

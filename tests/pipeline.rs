@@ -12,6 +12,7 @@ use nexxus_worker::error::ProcessError;
 use nexxus_worker::queue::dead_letter::Envelope;
 use nexxus_worker::queue::kafka;
 use nexxus_worker::queue::outbox::Outbox;
+use nexxus_worker::queue::outbox::Sink;
 use nexxus_worker::queue::Record;
 use nexxus_worker::telemetry::Health;
 use nexxus_worker::workers::pipeline::{Handler, Pipeline};
@@ -65,8 +66,9 @@ async fn poison_is_dead_lettered_transient_is_retried_offsets_committed() {
     let health = Arc::new(Health::new());
     let shutdown = CancellationToken::new();
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let pipeline =
-        Pipeline::connect(&cfg, &health, "test-0", "in", &["in"], producer.clone(), &shutdown).await.unwrap();
+    let pipeline = Pipeline::connect(&cfg, &health, "test-0", "in", &["in"], Sink::Kafka(producer.clone()), &shutdown)
+        .await
+        .unwrap();
     let mut handler = TestHandler(seen.clone());
     let run = tokio::spawn({
         let s = shutdown.clone();
@@ -108,7 +110,11 @@ async fn missing_topics_keep_readiness_false_until_created() {
     let producer = common::producer(&cfg);
     let connect = tokio::spawn({
         let (cfg, health, shutdown) = (cfg.clone(), health.clone(), shutdown.clone());
-        async move { Pipeline::connect(&cfg, &health, "test-0", "late", &["late"], producer, &shutdown).await.map(|_| ()) }
+        async move {
+            Pipeline::connect(&cfg, &health, "test-0", "late", &["late"], Sink::Kafka(producer), &shutdown)
+                .await
+                .map(|_| ())
+        }
     });
     common::wait_until(Duration::from_secs(20), "a failing kafka condition", || {
         health
@@ -158,7 +164,8 @@ async fn a_failed_end_batch_redoes_the_batch() {
     let health = Arc::new(Health::new());
     let shutdown = CancellationToken::new();
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let pipeline = Pipeline::connect(&cfg, &health, "test-0", "in", &["in"], producer, &shutdown).await.unwrap();
+    let pipeline =
+        Pipeline::connect(&cfg, &health, "test-0", "in", &["in"], Sink::Kafka(producer), &shutdown).await.unwrap();
     let mut handler = FailingEnd { seen: seen.clone(), failures_left: 1 };
     let run = tokio::spawn({
         let s = shutdown.clone();

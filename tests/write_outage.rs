@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use nexxus_worker::config::Config;
 use nexxus_worker::model::{Application, StoredObject};
+use nexxus_worker::queue::outbox::Sink;
 use nexxus_worker::store::cql::CqlStore;
 use nexxus_worker::store::{ObjectId, ObjectRow, ObjectWrite, Store, StoreError};
 use nexxus_worker::telemetry::Health;
@@ -99,7 +100,9 @@ async fn outage_keeps_the_place_and_readiness_false_until_the_store_returns() {
     let health = Arc::new(Health::new());
     let shutdown = CancellationToken::new();
     let pipeline =
-        Pipeline::connect(&cfg, &health, "write-0", "write", &["write"], producer.clone(), &shutdown).await.unwrap();
+        Pipeline::connect(&cfg, &health, "write-0", "write", &["write"], Sink::Kafka(producer.clone()), &shutdown)
+            .await
+            .unwrap();
     let mut writer = Writer::new(store.clone(), apps, cfg.topic("transport_manager"));
     let run = tokio::spawn({
         let s = shutdown.clone();

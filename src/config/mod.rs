@@ -110,11 +110,24 @@ pub struct Config {
     pub http_host: String,
     /// `None` when `TP_HTTP_PORT=0` turned the endpoint off.
     pub http_port: Option<u16>,
-    pub ingress_token: Option<String>,
+    pub ingress: IngressConfig,
+    /// `-t all` without Redis: the in-process registry.
+    pub registry_in_memory: bool,
+    pub memory_queue_capacity: usize,
     pub log_level: LogLevel,
     pub shutdown_grace: Duration,
     /// The file that was loaded, if any, for the start-up log line.
     pub loaded_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub struct IngressConfig {
+    /// Serve `/events`, `/track`, `PUT /apps`, `/objects` on the HTTP port.
+    pub enabled: bool,
+    pub token: Option<String>,
+    pub max_bytes: usize,
+    /// The application `POST /demo/token` mints tokens for (`None`: the route answers 404).
+    pub demo_app: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -269,6 +282,7 @@ impl Config {
             &scylla_nodes.unwrap_or_else(|| DEFAULT_SCYLLA_NODES.to_string()),
             &get("scylla_nodes").origin(),
         )?;
+        let redis_configured = [get("redis_url"), get("redis_host"), get("redis_port")].iter().any(|f| f.is_set());
         let redis_url = match get("redis_url").text()? {
             Some(url) => parse::redis_url(&url, &get("redis_url").origin())?,
             None => {
@@ -351,7 +365,14 @@ impl Config {
             },
             http_host: get("http_host").text()?.unwrap_or_else(|| default_of("http_host")),
             http_port: (http_port != 0).then_some(http_port),
-            ingress_token: get("ingress_token").text()?.filter(|s| !s.is_empty()),
+            ingress: IngressConfig {
+                enabled: get("ingress").boolean()?.unwrap_or(all),
+                token: get("ingress_token").text()?.filter(|s| !s.is_empty()),
+                max_bytes: at_least_one("ingress_max_bytes", 1_048_576)?,
+                demo_app: get("demo_app").text()?.filter(|s| !s.is_empty()),
+            },
+            registry_in_memory: all && !redis_configured,
+            memory_queue_capacity: at_least_one("memory_queue_capacity", 10_000)?,
             log_level: LogLevel::parse(
                 &get("log_level").text()?.unwrap_or_else(|| default_of("log_level")),
                 &get("log_level").origin(),
@@ -410,6 +431,11 @@ struct Field<'a> {
 }
 
 impl Field<'_> {
+    /// Given by some layer (a default is not "configured").
+    fn is_set(&self) -> bool {
+        self.layer.is_some()
+    }
+
     fn origin(&self) -> Origin {
         self.layer.map_or(Origin::Default, |(_, o)| o.clone())
     }

@@ -5,10 +5,13 @@
 //! - [`topics`]: the declarative topic files and `topics apply`.
 //! - [`dead_letter`]: the envelope every rejected message is wrapped in.
 //! - [`outbox`]: a batch's produces, sent at once and settled before the commit.
+//! - [`memory`]: the in-process queue of `-t all`; [`source`]: what a pipeline consumes from.
 
 pub mod dead_letter;
 pub mod kafka;
+pub mod memory;
 pub mod outbox;
+pub mod source;
 pub mod topics;
 
 /// The topics of CONTRACT section 3, before `TP_TOPIC_PREFIX`.
@@ -39,4 +42,43 @@ pub struct Record<'a> {
     pub payload: &'a [u8],
     /// Broker or producer timestamp in milliseconds, when known.
     pub timestamp_ms: Option<i64>,
+}
+
+/// The queue a process's roles exchange messages over.
+#[derive(Clone)]
+pub enum Queue {
+    Kafka,
+    /// `-t all` with `TP_MSG_QUE=memory`: every role of the process shares one broker.
+    Memory(memory::Broker),
+}
+
+impl Queue {
+    /// Where a role's outputs go: a Kafka producer, or the shared broker.
+    pub fn sink(
+        &self,
+        cfg: &crate::config::Config,
+        health: &std::sync::Arc<crate::telemetry::Health>,
+        client_id: &str,
+    ) -> Result<outbox::Sink, crate::error::WorkerError> {
+        match self {
+            Queue::Kafka => Ok(outbox::Sink::Kafka(kafka::Producer::new(cfg, health, client_id)?)),
+            Queue::Memory(b) => Ok(outbox::Sink::Memory(b.clone())),
+        }
+    }
+
+    /// A sink whose batches commit as transactions with their input offsets (`transactional_id`
+    /// stable per worker instance, so a restarted instance fences its previous life).
+    pub async fn transactional_sink(
+        &self,
+        cfg: &crate::config::Config,
+        health: &std::sync::Arc<crate::telemetry::Health>,
+        transactional_id: &str,
+    ) -> Result<outbox::Sink, crate::error::WorkerError> {
+        match self {
+            Queue::Kafka => {
+                Ok(outbox::Sink::Kafka(kafka::Producer::transactional(cfg, health, transactional_id).await?))
+            }
+            Queue::Memory(b) => Ok(outbox::Sink::Memory(b.clone())),
+        }
+    }
 }

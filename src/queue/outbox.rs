@@ -4,37 +4,56 @@
 //! records per second. Instead a handler enqueues its outputs here; the pipeline awaits every
 //! acknowledgement once per batch and commits the input offsets only if all succeeded. The
 //! idempotent producer keeps per-partition order across its internal retries, so enqueue order
-//! is delivery order.
+//! is delivery order. With the in-process queue (`-t all`) the same calls append to its logs.
 
 use std::time::Duration;
-
-use std::sync::Arc;
 
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryFuture, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::TopicPartitionList;
 
-use super::kafka::{KafkaConsumer, Producer};
+use super::kafka::Producer;
+use super::memory::Broker;
+use super::source::{to_list, Offsets, Source};
 use crate::error::WorkerError;
 use crate::telemetry;
 
 /// Bound on each transaction call; a broker that does not answer within it fails the batch.
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Where a batch's outputs go.
+#[derive(Clone)]
+pub enum Sink {
+    Kafka(Producer),
+    Memory(Broker),
+}
+
+enum Pending {
+    Kafka(String, DeliveryFuture),
+    /// In-process records are appended when the batch settles (or its transaction commits), so
+    /// an aborted batch leaves nothing behind, as with Kafka.
+    Memory {
+        topic: String,
+        key: Option<Vec<u8>>,
+        payload: Vec<u8>,
+    },
+}
+
 pub struct Outbox {
-    producer: Producer,
-    pending: Vec<(String, DeliveryFuture)>,
+    sink: Sink,
+    pending: Vec<Pending>,
+    in_transaction: bool,
 }
 
 impl Outbox {
-    pub fn new(producer: Producer) -> Self {
-        Outbox { producer, pending: Vec::new() }
+    pub fn new(sink: Sink) -> Self {
+        Outbox { sink, pending: Vec::new(), in_transaction: false }
     }
 
     /// Enqueues one message for `topic` (full name). Waits only while librdkafka's local queue
-    /// is full, which is the producer's backpressure.
+    /// is full, which is the producer's backpressure. Headers are Kafka's only: the in-process
+    /// queue has no reader for them.
     pub async fn send(
         &mut self,
         topic: &str,
@@ -42,11 +61,19 @@ impl Outbox {
         payload: &[u8],
         headers: &[(&str, &[u8])],
     ) -> Result<(), KafkaError> {
+        let producer = match &self.sink {
+            Sink::Kafka(p) => p,
+            Sink::Memory(_) => {
+                let (key, payload) = (key.map(<[u8]>::to_vec), payload.to_vec());
+                self.pending.push(Pending::Memory { topic: topic.to_string(), key, payload });
+                return Ok(());
+            }
+        };
         let mut record = super::kafka::record(topic, key, payload, headers);
         loop {
-            match self.producer.inner().send_result(record) {
+            match producer.inner().send_result(record) {
                 Ok(delivery) => {
-                    self.pending.push((topic.to_string(), delivery));
+                    self.pending.push(Pending::Kafka(topic.to_string(), delivery));
                     return Ok(());
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
@@ -65,18 +92,25 @@ impl Outbox {
     /// Awaits every enqueued delivery. On failure the whole batch must be redone: some of its
     /// outputs may be missing, and the input offsets must not be committed.
     pub async fn settle(&mut self) -> Result<usize, String> {
+        if self.in_transaction && matches!(self.sink, Sink::Memory(_)) {
+            // Appended by `commit_transaction`.
+            return Ok(self.pending.len());
+        }
         let pending = std::mem::take(&mut self.pending);
         let count = pending.len();
         let mut first_error = None;
-        for (topic, delivery) in pending {
-            match delivery.await {
-                Ok(Ok(_)) => telemetry::produced(&topic),
-                Ok(Err((e, _))) => {
-                    first_error.get_or_insert_with(|| format!("delivery to {topic} failed: {e}"));
-                }
-                Err(_) => {
-                    first_error.get_or_insert_with(|| format!("delivery to {topic} was cancelled"));
-                }
+        for p in pending {
+            match p {
+                Pending::Kafka(topic, delivery) => match delivery.await {
+                    Ok(Ok(_)) => telemetry::produced(&topic),
+                    Ok(Err((e, _))) => {
+                        first_error.get_or_insert_with(|| format!("delivery to {topic} failed: {e}"));
+                    }
+                    Err(_) => {
+                        first_error.get_or_insert_with(|| format!("delivery to {topic} was cancelled"));
+                    }
+                },
+                Pending::Memory { topic, key, payload } => self.append(&topic, key.as_deref(), &payload).await,
             }
         }
         match first_error {
@@ -84,24 +118,42 @@ impl Outbox {
             Some(e) => Err(e),
         }
     }
+
+    async fn append(&self, topic: &str, key: Option<&[u8]>, payload: &[u8]) {
+        if let Sink::Memory(broker) = &self.sink {
+            broker.append(topic, key, payload).await;
+        }
+    }
 }
 
 /// Transactions (the aggregation role): the batch's outputs and its input offsets commit
 /// together or not at all; downstream consumers read `read_committed`.
 impl Outbox {
-    pub fn begin(&self) -> Result<(), WorkerError> {
-        self.producer.inner().begin_transaction().map_err(WorkerError::kafka("beginning a transaction"))
+    pub fn begin(&mut self) -> Result<(), WorkerError> {
+        self.in_transaction = true;
+        match &self.sink {
+            Sink::Kafka(p) => p.inner().begin_transaction().map_err(WorkerError::kafka("beginning a transaction")),
+            Sink::Memory(_) => Ok(()),
+        }
     }
 
     /// Adds the input offsets to the transaction and commits it. An error means the batch must
     /// be aborted and redone.
-    pub async fn commit_transaction(
-        &self,
-        consumer: &Arc<KafkaConsumer>,
-        offsets: TopicPartitionList,
-    ) -> Result<(), String> {
-        let producer = self.producer.inner().clone();
-        let consumer = consumer.clone();
+    pub async fn commit_transaction(&mut self, source: &Source, offsets: &Offsets) -> Result<(), String> {
+        self.in_transaction = false;
+        let (producer, consumer) = match (&self.sink, source) {
+            (Sink::Kafka(p), Source::Kafka(c)) => (p.inner().clone(), c.clone()),
+            (Sink::Memory(_), Source::Memory(_)) => {
+                for p in std::mem::take(&mut self.pending) {
+                    if let Pending::Memory { topic, key, payload } = p {
+                        self.append(&topic, key.as_deref(), &payload).await;
+                    }
+                }
+                return source.commit(offsets).await;
+            }
+            _ => return Err("a transaction needs its source and sink on the same queue".into()),
+        };
+        let offsets = to_list(offsets);
         tokio::task::spawn_blocking(move || {
             if offsets.count() > 0 {
                 let group = consumer.group_metadata().ok_or("no consumer group metadata")?;
@@ -118,7 +170,11 @@ impl Outbox {
     /// Aborts the open transaction; failing to abort (a fenced or fatal producer) stops the worker.
     pub async fn abort_transaction(&mut self) -> Result<(), WorkerError> {
         self.pending.clear();
-        let producer = self.producer.inner().clone();
+        self.in_transaction = false;
+        let producer = match &self.sink {
+            Sink::Kafka(p) => p.inner().clone(),
+            Sink::Memory(_) => return Ok(()),
+        };
         tokio::task::spawn_blocking(move || producer.abort_transaction(TXN_TIMEOUT))
             .await
             .map_err(|e| WorkerError::Fatal(format!("abort task: {e}")))?

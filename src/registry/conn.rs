@@ -26,6 +26,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, ToRedisArgs, Value};
 
+use super::memory::MemoryDb;
 use super::RegistryError;
 
 /// Bound on establishing a connection (each node for a cluster).
@@ -60,6 +61,10 @@ impl Op {
         &self.key
     }
 
+    pub(crate) fn cmd(&self) -> &Cmd {
+        &self.cmd
+    }
+
     pub fn arg<T: ToRedisArgs>(mut self, arg: T) -> Op {
         self.cmd.arg(arg);
         self
@@ -70,6 +75,8 @@ impl Op {
 enum Inner {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    /// `-t all` without Redis.
+    Memory(MemoryDb),
 }
 
 /// A cheap-to-clone handle; clones share the underlying connection and the retry counter.
@@ -127,6 +134,11 @@ impl Conn {
         Ok(Conn { inner, retries: Arc::new(AtomicU64::new(0)) })
     }
 
+    /// The in-process backend: same commands, same replies, no server.
+    pub fn memory() -> Conn {
+        Conn { inner: Inner::Memory(MemoryDb::default()), retries: Arc::new(AtomicU64::new(0)) }
+    }
+
     pub fn is_cluster(&self) -> bool {
         matches!(self.inner, Inner::Cluster(_))
     }
@@ -157,7 +169,11 @@ impl Conn {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        let prepared = self.prepare(ops);
+        let prepared = match &self.inner {
+            Inner::Single(manager) => prepare_single(manager, ops),
+            Inner::Cluster(cluster) => prepare_cluster(cluster, ops),
+            Inner::Memory(db) => return db.run(what, ops),
+        };
         match self.attempt(&prepared, ops.len()).await {
             Ok(v) => Ok(v),
             Err(Failure::Redis(e)) if retryable(&e) => {
@@ -166,31 +182,6 @@ impl Conn {
                 self.attempt(&prepared, ops.len()).await.map_err(|f| f.into_error(what))
             }
             Err(f) => Err(f.into_error(what)),
-        }
-    }
-
-    fn prepare(&self, ops: &[Op]) -> Prepared {
-        match &self.inner {
-            Inner::Single(manager) => {
-                let mut pipe = redis::pipe();
-                for op in ops {
-                    pipe.add_command(op.cmd.clone());
-                }
-                Prepared::Single(manager.clone(), pipe)
-            }
-            Inner::Cluster(cluster) => {
-                let mut groups: Vec<(Vec<usize>, Pipeline)> = Vec::new();
-                let mut by_slot: HashMap<Slot, usize> = HashMap::new();
-                for (i, op) in ops.iter().enumerate() {
-                    let g = *by_slot.entry(Slot::for_key(&op.key)).or_insert_with(|| {
-                        groups.push((Vec::new(), redis::pipe()));
-                        groups.len() - 1
-                    });
-                    groups[g].0.push(i);
-                    groups[g].1.add_command(op.cmd.clone());
-                }
-                Prepared::Cluster(cluster.clone(), groups)
-            }
         }
     }
 
@@ -225,6 +216,29 @@ impl Conn {
         }
         Ok(out)
     }
+}
+
+fn prepare_single(manager: &ConnectionManager, ops: &[Op]) -> Prepared {
+    let mut pipe = redis::pipe();
+    for op in ops {
+        pipe.add_command(op.cmd.clone());
+    }
+    Prepared::Single(manager.clone(), pipe)
+}
+
+/// One pipeline per slot; commands keep their batch order within it.
+fn prepare_cluster(cluster: &ClusterConnection, ops: &[Op]) -> Prepared {
+    let mut groups: Vec<(Vec<usize>, Pipeline)> = Vec::new();
+    let mut by_slot: HashMap<Slot, usize> = HashMap::new();
+    for (i, op) in ops.iter().enumerate() {
+        let g = *by_slot.entry(Slot::for_key(&op.key)).or_insert_with(|| {
+            groups.push((Vec::new(), redis::pipe()));
+            groups.len() - 1
+        });
+        groups[g].0.push(i);
+        groups[g].1.add_command(op.cmd.clone());
+    }
+    Prepared::Cluster(cluster.clone(), groups)
 }
 
 async fn query_group<'a>(

@@ -31,6 +31,7 @@
 
 pub mod conn;
 pub mod keys;
+pub mod memory;
 mod route;
 mod sockets;
 mod values;
@@ -79,6 +80,11 @@ impl Registry {
     /// [`conn::RESPONSE_TIMEOUT`]).
     pub async fn connect(url: &str) -> Result<Registry, RegistryError> {
         Ok(Registry { conn: Conn::connect(url).await? })
+    }
+
+    /// The in-process registry of `-t all` without Redis (not durable; see [`memory`]).
+    pub fn memory() -> Registry {
+        Registry { conn: Conn::memory() }
     }
 
     pub fn is_cluster(&self) -> bool {

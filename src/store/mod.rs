@@ -144,3 +144,47 @@ pub(crate) fn last_write_per_object(writes: &[ObjectWrite]) -> Vec<&ObjectWrite>
     }
     out
 }
+
+/// The store `TP_MAIN_DB` picked, as one type the roles and the ingress can share.
+#[derive(Clone)]
+pub enum MainStore {
+    Cql(std::sync::Arc<CqlStore>),
+}
+
+macro_rules! each_store {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            MainStore::Cql($s) => $call.await,
+        }
+    };
+}
+
+impl Store for MainStore {
+    async fn get_objects(&self, app: &str, ids: &[ObjectId]) -> Result<HashMap<ObjectId, ObjectRow>, StoreError> {
+        each_store!(self, s => s.get_objects(app, ids))
+    }
+
+    async fn put_objects(&self, app: &str, writes: &[ObjectWrite]) -> Result<(), StoreError> {
+        each_store!(self, s => s.put_objects(app, writes))
+    }
+
+    async fn children(&self, app: &str, parent_model: &str, parent_id: &str) -> Result<Vec<ObjectId>, StoreError> {
+        each_store!(self, s => s.children(app, parent_model, parent_id))
+    }
+
+    async fn put_application(&self, app: &Application) -> Result<(), StoreError> {
+        each_store!(self, s => s.put_application(app))
+    }
+
+    async fn get_application(&self, id: &str) -> Result<Option<Application>, StoreError> {
+        each_store!(self, s => s.get_application(id))
+    }
+
+    async fn list_applications(&self) -> Result<Vec<Application>, StoreError> {
+        each_store!(self, s => s.list_applications())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        each_store!(self, s => s.ping())
+    }
+}

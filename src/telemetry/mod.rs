@@ -23,6 +23,8 @@ pub mod names {
     pub const REBALANCES: &str = "nexxus_rebalances_total";
     pub const RETRIES: &str = "nexxus_retries_total";
     pub const COMMIT_FAILURES: &str = "nexxus_commit_failures_total";
+    /// `-t all`: records dropped from an in-process topic nobody consumes (`dead_letter`).
+    pub const MEMORY_QUEUE_DROPPED: &str = "nexxus_memory_queue_dropped_total";
 }
 
 /// Installs the global `tracing` subscriber. `RUST_LOG` may refine the level for debugging

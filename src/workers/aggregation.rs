@@ -13,7 +13,7 @@ use crate::error::{ProcessError, WorkerError};
 use crate::model::schema::is_builtin;
 use crate::model::{decode_aggregation, Change, SourcePosition, WriteRecord, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::queue::outbox::Outbox;
-use crate::queue::{kafka::Producer, topic, Record};
+use crate::queue::{topic, Record};
 
 use super::apps::Apps;
 use super::pipeline::{Handler, Pipeline};
@@ -36,9 +36,9 @@ impl Aggregator {
 /// Connects and runs the role until `shutdown`.
 pub async fn run(ctx: &WorkerContext, shutdown: tokio_util::sync::CancellationToken) -> Result<(), WorkerError> {
     let cfg = &ctx.config;
-    let apps = Apps::load_and_follow(cfg, &ctx.name(), shutdown.clone()).await?;
+    let apps = Apps::for_worker(ctx, shutdown.clone()).await?;
     // One transactional id per instance: a restarted `aggregation-<i>` fences its previous life.
-    let producer = Producer::transactional(cfg, &ctx.health, &cfg.topic(&ctx.name())).await?;
+    let producer = ctx.queue.transactional_sink(cfg, &ctx.health, &cfg.topic(&ctx.name())).await?;
     let pipeline = Pipeline::connect(
         cfg,
         &ctx.health,

@@ -18,12 +18,12 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, StoreKind};
 use crate::error::WorkerError;
-use crate::queue::topic;
+use crate::queue::{topic, Queue};
 use crate::registry::{Registry, RegistryError};
 use crate::store::cql::CqlStore;
-use crate::store::StoreError;
+use crate::store::{MainStore, StoreError};
 use crate::telemetry::Health;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -131,6 +131,33 @@ pub struct WorkerContext {
     pub role: Role,
     pub index: u32,
     pub health: Arc<Health>,
+    pub queue: Queue,
+    /// Connections the roles of one `-t all` process share instead of each opening its own.
+    pub shared: Shared,
+}
+
+/// What `-t all` hands to each of its roles; a role started alone finds these empty and
+/// connects for itself.
+#[derive(Clone, Default)]
+pub struct Shared {
+    /// Applications, when no `system` topic carries them (the in-process queue).
+    pub apps: Option<apps::Apps>,
+    pub store: Option<MainStore>,
+    pub registry: Option<Registry>,
+}
+
+impl WorkerContext {
+    /// A context for running `role` alone, over Kafka.
+    pub fn new(config: Arc<Config>, role: Role, index: u32) -> Self {
+        WorkerContext {
+            config,
+            role,
+            index,
+            health: Arc::new(Health::new()),
+            queue: Queue::Kafka,
+            shared: Shared::default(),
+        }
+    }
 }
 
 impl WorkerContext {
@@ -154,14 +181,10 @@ pub async fn run(ctx: WorkerContext, shutdown: CancellationToken) -> Result<(), 
     match ctx.role {
         Role::Aggregation => aggregation::run(&ctx, shutdown).await,
         Role::Write => {
-            let store = connect(
-                &ctx,
-                &shutdown,
-                "store:cql",
-                || CqlStore::connect(&ctx.config),
-                |e| matches!(e, StoreError::Unavailable(_)),
-            )
-            .await?;
+            let store = match &ctx.shared.store {
+                Some(store) => store.clone(),
+                None => connect_store(&ctx, &shutdown).await?,
+            };
             write::run(&ctx, Arc::new(store), shutdown).await
         }
         Role::Track => {
@@ -200,14 +223,34 @@ async fn start(
     shutdown: &CancellationToken,
 ) -> Result<(apps::Apps, pipeline::Pipeline), WorkerError> {
     let cfg = &ctx.config;
-    let apps = apps::Apps::load_and_follow(cfg, &ctx.name(), shutdown.clone()).await?;
-    let producer = crate::queue::kafka::Producer::new(cfg, &ctx.health, &ctx.name())?;
+    let apps = apps::Apps::for_worker(ctx, shutdown.clone()).await?;
+    let producer = ctx.queue.sink(cfg, &ctx.health, &ctx.name())?;
     let pipeline =
         pipeline::Pipeline::connect(cfg, &ctx.health, &ctx.name(), input, &[input], producer, shutdown).await?;
     Ok((apps, pipeline))
 }
 
-async fn connect_registry(ctx: &WorkerContext, shutdown: &CancellationToken) -> Result<Registry, WorkerError> {
+/// The main store `TP_MAIN_DB` names: the CQL cluster (retried until reachable) or the SQLite file.
+pub async fn connect_store(ctx: &WorkerContext, shutdown: &CancellationToken) -> Result<MainStore, WorkerError> {
+    match ctx.config.main_db {
+        StoreKind::Scylla => connect(
+            ctx,
+            shutdown,
+            "store:cql",
+            || CqlStore::connect(&ctx.config),
+            |e| matches!(e, StoreError::Unavailable(_)),
+        )
+        .await
+        .map(|s| MainStore::Cql(Arc::new(s))),
+        StoreKind::Sqlite => Err(WorkerError::NotImplemented { what: "the SQLite store".into(), issue: "issue 8" }),
+    }
+}
+
+/// The registry: the shared one of `-t all`, else Redis (retried until reachable).
+pub async fn connect_registry(ctx: &WorkerContext, shutdown: &CancellationToken) -> Result<Registry, WorkerError> {
+    if let Some(registry) = &ctx.shared.registry {
+        return Ok(registry.clone());
+    }
     connect(
         ctx,
         shutdown,

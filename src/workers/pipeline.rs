@@ -15,23 +15,19 @@
 //! A crash therefore re-delivers at most the batch in flight, a poison message never stops its
 //! partition, and nothing is committed whose outputs are not durable.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
-use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::error::{ProcessError, WorkerError};
 use crate::queue::dead_letter::Envelope;
-use crate::queue::kafka::{self, KafkaConsumer, Producer};
-use crate::queue::outbox::Outbox;
+use crate::queue::kafka;
+use crate::queue::outbox::{Outbox, Sink};
+use crate::queue::source::{Offsets, Received, Source};
 use crate::queue::{topic, Record};
 use crate::telemetry::{self, names, Health};
 
@@ -73,7 +69,7 @@ pub trait Handler {
 /// A connected consumer with the producer for its outputs and dead letters.
 pub struct Pipeline {
     worker: String,
-    consumer: Arc<KafkaConsumer>,
+    consumer: Arc<Source>,
     outbox: Outbox,
     health: Arc<Health>,
     dead_letter_topic: String,
@@ -96,32 +92,38 @@ enum Outcome {
 /// Next offset to commit per (topic, partition), and the first offset of the batch for rewinds.
 #[derive(Default)]
 struct Positions {
-    next: BTreeMap<(String, i32), i64>,
-    first: BTreeMap<(String, i32), i64>,
+    next: Offsets,
+    first: Offsets,
 }
 
 impl Pipeline {
-    /// Creates the consumer for `group` on `topics` (before the prefix) and waits until the
-    /// cluster answers and the topics exist.
+    /// Creates the consumer for `group` on `topics` (before the prefix), on the queue `sink`
+    /// belongs to, and (Kafka) waits until the cluster answers and the topics exist.
     pub async fn connect(
         cfg: &Config,
         health: &Arc<Health>,
         worker: &str,
         group: &str,
         topics: &[&str],
-        producer: Producer,
+        sink: Sink,
         shutdown: &CancellationToken,
     ) -> Result<Self, WorkerError> {
         let full: Vec<String> = topics.iter().map(|t| cfg.topic(t)).collect();
         let group = cfg.topic(group);
         let client_id = format!("{worker}-{group}");
-        let consumer = kafka::consumer(cfg, health, &client_id, &group, &full, true)?;
-        kafka::wait_for_topics(&consumer, health, &client_id, &full, shutdown).await?;
+        let consumer = match &sink {
+            Sink::Kafka(_) => {
+                let consumer = kafka::consumer(cfg, health, &client_id, &group, &full, true)?;
+                kafka::wait_for_topics(&consumer, health, &client_id, &full, shutdown).await?;
+                Source::Kafka(consumer)
+            }
+            Sink::Memory(broker) => Source::Memory(broker.consumer(&group, &full)),
+        };
         Ok(Pipeline {
             processing_condition: format!("processing:{client_id}"),
             worker: worker.to_string(),
-            consumer,
-            outbox: Outbox::new(producer),
+            consumer: Arc::new(consumer),
+            outbox: Outbox::new(sink),
             health: health.clone(),
             dead_letter_topic: cfg.topic(topic::DEAD_LETTER),
             batch_size: cfg.batch_size,
@@ -165,7 +167,7 @@ impl Pipeline {
             // bigger batches under load, no added latency when idle. `recv` is cancel-safe.
             let deadline = Instant::now() + self.linger;
             while batch.len() < self.batch_size {
-                let next = match consumer.recv().now_or_never() {
+                let next = match consumer.try_recv() {
                     Some(m) => Some(m),
                     None if self.linger.is_zero() => None,
                     None => tokio::time::timeout_at(deadline, consumer.recv()).await.ok(),
@@ -191,9 +193,7 @@ impl Pipeline {
             let delivered = match (ended, settled) {
                 (Some(e), _) => Err(format!("ending the batch: {e}")),
                 (None, Err(reason)) => Err(reason),
-                (None, Ok(_)) if self.transactional => {
-                    self.outbox.commit_transaction(&consumer, to_list(&positions.next)).await
-                }
+                (None, Ok(_)) if self.transactional => self.outbox.commit_transaction(&consumer, &positions.next).await,
                 (None, Ok(_)) => Ok(()),
             };
             if let Err(reason) = delivered {
@@ -247,21 +247,11 @@ impl Pipeline {
     async fn process_batch<H: Handler>(
         &mut self,
         handler: &mut H,
-        batch: &[BorrowedMessage<'_>],
+        batch: &[Received<'_>],
         shutdown: &CancellationToken,
     ) -> (Positions, Result<Outcome, WorkerError>) {
         let mut positions = Positions::default();
-        let records: Vec<Record<'_>> = batch
-            .iter()
-            .map(|msg| Record {
-                topic: msg.topic(),
-                partition: msg.partition(),
-                offset: msg.offset(),
-                key: msg.key(),
-                payload: msg.payload().unwrap_or_default(),
-                timestamp_ms: msg.timestamp().to_millis(),
-            })
-            .collect();
+        let records: Vec<Record<'_>> = batch.iter().map(Received::record).collect();
         // Every partition of the batch, processed or not: a redo must rewind them all.
         for record in &records {
             positions.first.entry((record.topic.to_string(), record.partition)).or_insert(record.offset);
@@ -377,43 +367,17 @@ impl Pipeline {
         Ok(())
     }
 
-    async fn commit(&self, offsets: &BTreeMap<(String, i32), i64>) {
-        if offsets.is_empty() {
-            return;
-        }
-        let tpl = to_list(offsets);
-        // A synchronous commit blocks on a broker round trip: keep it off the async threads.
-        let consumer = self.consumer.clone();
-        let result = tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
-            .await
-            .unwrap_or(Err(rdkafka::error::KafkaError::Canceled));
+    async fn commit(&self, offsets: &Offsets) {
         // A commit can fail after a rebalance moved the partition away; the new owner resumes
         // from the previous commit and re-processes, which the roles make idempotent.
-        if let Err(error) = result {
+        if let Err(error) = self.consumer.commit(offsets).await {
             metrics::counter!(names::COMMIT_FAILURES).increment(1);
             tracing::warn!(message = "offset commit failed", %error);
         }
     }
 
     /// Moves the consumer back to the first offsets of a batch that must be redone.
-    async fn rewind(&self, first: &BTreeMap<(String, i32), i64>) -> Result<(), WorkerError> {
-        let consumer = self.consumer.clone();
-        let tpl = to_list(first);
-        let result = tokio::task::spawn_blocking(move || consumer.seek_partitions(tpl, Duration::from_secs(10)))
-            .await
-            .unwrap_or(Err(rdkafka::error::KafkaError::Canceled));
-        // Without the seek the batch would be skipped: stop rather than lose it. The next owner
-        // resumes from the last commit.
-        result.map(drop).map_err(|e| WorkerError::Fatal(format!("seek after an unacknowledged batch failed: {e}")))
+    async fn rewind(&self, first: &Offsets) -> Result<(), WorkerError> {
+        self.consumer.rewind(first).await
     }
-}
-
-fn to_list(offsets: &BTreeMap<(String, i32), i64>) -> TopicPartitionList {
-    let mut tpl = TopicPartitionList::with_capacity(offsets.len());
-    for ((t, p), offset) in offsets {
-        if let Err(error) = tpl.add_partition_offset(t, *p, Offset::Offset(*offset)) {
-            tracing::error!(message = "bad offset", topic = %t, partition = p, %error);
-        }
-    }
-    tpl
 }

@@ -21,7 +21,6 @@ use super::pipeline::{Handler, Pipeline};
 use super::WorkerContext;
 use crate::error::{ProcessError, WorkerError};
 use crate::model::{Transport, TransportMessage};
-use crate::queue::kafka::Producer;
 use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
 use crate::registry::Registry;
@@ -38,8 +37,8 @@ pub async fn run(
 ) -> Result<(), WorkerError> {
     let cfg = &ctx.config;
     let name = ctx.name();
-    let apps = Apps::load_and_follow(cfg, &name, shutdown.clone()).await?;
-    let producer = Producer::new(cfg, &ctx.health, &name)?;
+    let apps = Apps::for_worker(ctx, shutdown.clone()).await?;
+    let producer = ctx.queue.sink(cfg, &ctx.health, &name)?;
     let own = topic::sockets(ctx.index);
     let topics = [own.as_str(), topic::SOCKETS_BROADCAST];
     let pipeline = Pipeline::connect(cfg, &ctx.health, &name, &own, &topics, producer, &shutdown).await?;

@@ -2,7 +2,7 @@
 //! writes queued deliveries, pings, and closes when asked.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -16,9 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::hub::{Hub, Inbox, Slot};
 use super::protocol::{self as p, ClientFrame, ErrorCode, Subscription};
-use crate::model::{schema, DeviceAddress, Transport};
+use crate::model::{DeviceAddress, Transport};
 use crate::registry::Registry;
-use crate::transport::jwt::{self, Claims, JwtError};
+use crate::transport::auth;
+use crate::transport::jwt::{Claims, JwtError};
 use crate::workers::apps::Apps;
 
 /// How long a client has to complete the TLS and WebSocket handshakes, and then to bind.
@@ -133,17 +134,7 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    jwt::verify(&token, now, |app| {
-        let application = shared.apps.get(app).ok_or_else(|| JwtError::UnknownApplication(app.to_owned()))?;
-        application
-            .jwt_secret
-            .clone()
-            .filter(|s| !s.is_empty())
-            .or_else(|| shared.fallback_secret.clone())
-            .ok_or_else(|| JwtError::NoSecret(app.to_owned()))
-    })
-    .map_err(|e| match e {
+    auth::verify_device(&token, &shared.apps, shared.fallback_secret.as_deref()).map_err(|e| match e {
         JwtError::Expired { .. } => (ErrorCode::TokenExpired, p::CLOSE_TOKEN_EXPIRED, e.to_string()),
         other => unauthorized(other.to_string()),
     })
@@ -305,16 +296,10 @@ impl Session {
     /// (its push token too, as the track role would).
     async fn change(&self, s: Subscription, subscribe: bool) -> Utf8Bytes {
         let app = &self.claims.application_id;
-        if s.application_id.as_ref().is_some_and(|a| a != app) {
-            return p::error(ErrorCode::Forbidden, "another application's channel");
-        }
-        if s.channel.user.as_ref().is_some_and(|u| Some(u) != self.claims.user_id.as_ref()) {
-            return p::error(ErrorCode::Forbidden, "another user's channel");
-        }
-        let known = schema::is_builtin(&s.channel.model)
-            || self.shared.apps.get(app).is_some_and(|a| a.model(&s.channel.model).is_some());
-        if !known {
-            return p::error(ErrorCode::BadRequest, &format!("unknown model `{}`", s.channel.model));
+        match auth::authorize_channel(&self.claims, &self.shared.apps, &s.channel, s.application_id.as_deref()) {
+            Ok(()) => {}
+            Err(e @ auth::Refusal::Forbidden(_)) => return p::error(ErrorCode::Forbidden, &e.to_string()),
+            Err(e @ auth::Refusal::UnknownModel(_)) => return p::error(ErrorCode::BadRequest, &e.to_string()),
         }
         let key = match s.channel.key(app, s.filter.as_ref()) {
             Ok(k) => k,

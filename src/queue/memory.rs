@@ -1,0 +1,311 @@
+//! The in-process queue of `-t all` (`TP_MSG_QUE=memory`): Kafka's model, minus the network.
+//!
+//! Each topic is one ordered log (a single partition: one process runs one consumer per group,
+//! so more partitions would add no parallelism, and one log keeps every object's changes in
+//! order trivially). Consumer groups have a position and a committed offset per topic, exactly
+//! what the pipeline needs: read ahead, commit after the side effects, rewind a batch to redo it.
+//!
+//! Bounded: a log holds at most `capacity` records that some group has not committed yet; a
+//! producer waits for room (backpressure travels upstream to the ingress, which answers 503
+//! rather than buffer without limit). A topic nobody consumes (`dead_letter` in one process)
+//! keeps its newest `capacity` records and counts what it drops.
+//!
+//! Offsets start at the process's start time in microseconds, not at 0. Object ids of creates
+//! and the writer's replay guard are derived from positions, so positions must never repeat
+//! across restarts of a process whose store outlives it; they cannot, unless one life produced
+//! more than a million records per second on one topic on average.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use crate::telemetry;
+
+/// One record in a log.
+#[derive(Debug)]
+pub struct Message {
+    pub topic: Arc<str>,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub timestamp_ms: i64,
+}
+
+/// The queue shared by every role of the process. Cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    topics: Mutex<HashMap<String, Arc<Topic>>>,
+    capacity: usize,
+    first_offset: i64,
+}
+
+struct Topic {
+    name: Arc<str>,
+    log: Mutex<Log>,
+    /// Signalled when committed records are trimmed (producers waiting for room).
+    room: Notify,
+}
+
+struct Log {
+    records: VecDeque<Arc<Message>>,
+    /// Offset of `records[0]`.
+    base: i64,
+    groups: HashMap<String, Cursor>,
+    /// Consumers to wake when a record arrives.
+    waiting: Vec<Arc<Notify>>,
+    dropped: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Cursor {
+    position: i64,
+    committed: i64,
+}
+
+impl Log {
+    fn end(&self) -> i64 {
+        self.base + self.records.len() as i64
+    }
+
+    /// Drops the records every group has committed.
+    fn trim(&mut self) -> bool {
+        let Some(low) = self.groups.values().map(|c| c.committed).min() else { return false };
+        let mut trimmed = false;
+        while self.base < low && self.records.pop_front().is_some() {
+            self.base += 1;
+            trimmed = true;
+        }
+        trimmed
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a log lock leaves a consistent log (every mutation is a single
+    // push, pop or assignment), so a poisoned lock is still safe to use.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Broker {
+    /// A broker whose logs hold up to `capacity` unconsumed records each.
+    pub fn new(capacity: usize) -> Broker {
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        Broker {
+            inner: Arc::new(Inner {
+                topics: Mutex::new(HashMap::new()),
+                capacity: capacity.max(1),
+                first_offset: micros,
+            }),
+        }
+    }
+
+    fn topic(&self, name: &str) -> Arc<Topic> {
+        let mut topics = lock(&self.inner.topics);
+        topics
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                Arc::new(Topic {
+                    name: Arc::from(name),
+                    log: Mutex::new(Log {
+                        records: VecDeque::new(),
+                        base: self.inner.first_offset,
+                        groups: HashMap::new(),
+                        waiting: Vec::new(),
+                        dropped: 0,
+                    }),
+                    room: Notify::new(),
+                })
+            })
+            .clone()
+    }
+
+    /// Declares `group` on `topic` (from the earliest retained record, like a new Kafka group
+    /// with `auto.offset.reset=earliest`). Declaring groups before anything is produced makes
+    /// the logs keep records for them; `-t all` declares every role's groups at start.
+    pub fn declare(&self, topic: &str, group: &str) {
+        let t = self.topic(topic);
+        let mut log = lock(&t.log);
+        let base = log.base;
+        log.groups.entry(group.to_string()).or_insert(Cursor { position: base, committed: base });
+    }
+
+    /// A consumer of `topics` in `group`.
+    pub fn consumer(&self, group: &str, topics: &[String]) -> Consumer {
+        let wake = Arc::new(Notify::new());
+        let topics: Vec<Arc<Topic>> = topics
+            .iter()
+            .map(|name| {
+                self.declare(name, group);
+                let t = self.topic(name);
+                lock(&t.log).waiting.push(wake.clone());
+                t
+            })
+            .collect();
+        Consumer { group: group.to_string(), topics, wake, next: AtomicUsize::new(0) }
+    }
+
+    /// Appends one record, waiting while the log is full. Returns its offset.
+    pub async fn append(&self, topic: &str, key: Option<&[u8]>, payload: &[u8]) -> i64 {
+        let t = self.topic(topic);
+        loop {
+            let room = t.room.notified();
+            tokio::pin!(room);
+            // Registered before the check, so a trim between the check and the await wakes us.
+            room.as_mut().enable();
+            if let Some(offset) = self.try_append(&t, key, payload) {
+                telemetry::produced(topic);
+                return offset;
+            }
+            room.await;
+        }
+    }
+
+    fn try_append(&self, t: &Topic, key: Option<&[u8]>, payload: &[u8]) -> Option<i64> {
+        let mut log = lock(&t.log);
+        if log.records.len() >= self.inner.capacity {
+            if !log.groups.is_empty() {
+                return None;
+            }
+            // Nobody reads this topic: keep the newest records.
+            log.records.pop_front();
+            log.base += 1;
+            log.dropped += 1;
+            metrics::counter!(telemetry::names::MEMORY_QUEUE_DROPPED, "topic" => t.name.to_string()).increment(1);
+        }
+        let offset = log.end();
+        let timestamp_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        log.records.push_back(Arc::new(Message {
+            topic: t.name.clone(),
+            offset,
+            key: key.map(<[u8]>::to_vec),
+            payload: payload.to_vec(),
+            timestamp_ms,
+        }));
+        for w in &log.waiting {
+            w.notify_one();
+        }
+        Some(offset)
+    }
+
+    /// Records of `topic` some group has not committed yet, per group (lag).
+    pub fn lag(&self, topic: &str) -> HashMap<String, i64> {
+        let t = self.topic(topic);
+        let log = lock(&t.log);
+        let end = log.end();
+        log.groups.iter().map(|(g, c)| (g.clone(), end - c.committed)).collect()
+    }
+
+    /// True when every group of every topic has committed everything: nothing is in flight.
+    pub fn is_idle(&self) -> bool {
+        let topics: Vec<Arc<Topic>> = lock(&self.inner.topics).values().cloned().collect();
+        topics.iter().all(|t| {
+            let log = lock(&t.log);
+            let end = log.end();
+            log.groups.values().all(|c| c.committed >= end)
+        })
+    }
+
+    /// The newest retained records of a topic (operators: `dead_letter` in one process).
+    pub fn tail(&self, topic: &str, n: usize) -> Vec<Arc<Message>> {
+        let t = self.topic(topic);
+        let log = lock(&t.log);
+        log.records.iter().rev().take(n).rev().cloned().collect()
+    }
+
+    /// Records dropped from a topic nobody consumes.
+    pub fn dropped(&self, topic: &str) -> u64 {
+        lock(&self.topic(topic).log).dropped
+    }
+}
+
+/// One group's reader of one or more topics.
+pub struct Consumer {
+    group: String,
+    topics: Vec<Arc<Topic>>,
+    wake: Arc<Notify>,
+    /// Round-robin start, so a busy topic cannot starve the others.
+    next: AtomicUsize,
+}
+
+impl Consumer {
+    /// The next record of any of the topics. Cancel-safe: nothing is taken unless returned.
+    pub async fn recv(&self) -> Arc<Message> {
+        loop {
+            if let Some(m) = self.poll() {
+                return m;
+            }
+            // `notify_one` stores a permit when nobody waits, so a record appended between
+            // the poll and this await is not missed.
+            self.wake.notified().await;
+        }
+    }
+
+    /// The next record if one is ready now.
+    pub fn poll(&self) -> Option<Arc<Message>> {
+        let n = self.topics.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            let t = &self.topics[(start + i) % n];
+            let mut log = lock(&t.log);
+            let (base, end) = (log.base, log.end());
+            let Some(cursor) = log.groups.get_mut(&self.group) else { continue };
+            if cursor.position < base {
+                cursor.position = base;
+            }
+            if cursor.position < end {
+                let at = (cursor.position - base) as usize;
+                cursor.position += 1;
+                return log.records.get(at).cloned();
+            }
+        }
+        None
+    }
+
+    /// Marks everything before `next` as done on `topic`; the log trims what every group did.
+    pub fn commit(&self, topic: &str, next: i64) {
+        if let Some(t) = self.topics.iter().find(|t| &*t.name == topic) {
+            let trimmed = {
+                let mut log = lock(&t.log);
+                if let Some(c) = log.groups.get_mut(&self.group) {
+                    c.committed = c.committed.max(next);
+                }
+                log.trim()
+            };
+            if trimmed {
+                t.room.notify_waiters();
+            }
+        }
+    }
+
+    /// Moves the group's position on `topic` back to `offset` (a batch to redo).
+    pub fn seek(&self, topic: &str, offset: i64) {
+        if let Some(t) = self.topics.iter().find(|t| &*t.name == topic) {
+            let mut log = lock(&t.log);
+            if let Some(c) = log.groups.get_mut(&self.group) {
+                c.position = offset.max(c.committed);
+            }
+        }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        for t in &self.topics {
+            lock(&t.log).waiting.retain(|w| !Arc::ptr_eq(w, &self.wake));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
