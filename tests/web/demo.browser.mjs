@@ -1,0 +1,180 @@
+// Browser test of the live demo page: two headless-Chromium pages on the same task list; what
+// page A does must show on page B within 1 second.
+//
+//   deploy/local/browser.sh                       # once: Chromium + playwright-core
+//   node tests/web/demo.browser.mjs http://127.0.0.1:8080 /tmp/demo.png
+//
+// The server (nexxus-worker -t all with the demo application) must be running at <base-url>.
+// Environment: INGRESS_TOKEN (the server's TP_INGRESS_TOKEN, passed to the page as
+// #ingress_token=...), CHROMIUM (default /usr/bin/chromium).
+// Writes a side-by-side screenshot of both pages to <screenshot-path>. Exits 0 on success, 1 with
+// a message on a failure, 2 on bad usage; the whole run is bounded to 60 s.
+import { chromium } from 'playwright-core';
+
+const LIMIT_MS = 1000; // B must show A's change within this
+const STEP_MS = 5000; // how long to wait for one step before failing (to report the real latency)
+const RUN_MS = 60000;
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+
+const [baseArg, shotPath] = process.argv.slice(2);
+if (!baseArg || !shotPath) {
+  console.error('usage: node tests/web/demo.browser.mjs <base-url> <screenshot-path>');
+  process.exit(2);
+}
+const base = baseArg.replace(/\/+$/, '');
+const hash = process.env.INGRESS_TOKEN ? `#ingress_token=${encodeURIComponent(process.env.INGRESS_TOKEN)}` : '';
+
+let browser = null;
+let pages = [];
+const logs = [];
+
+function log(msg) {
+  console.log(`[demo.browser] ${msg}`);
+}
+
+async function fail(msg) {
+  console.error(`[demo.browser] FAIL: ${msg}`);
+  for (const [i, p] of pages.entries()) {
+    const text = await p.locator('[data-testid="notice"]').textContent({ timeout: 1000 }).catch(() => '');
+    if (text) console.error(`[demo.browser] page ${'AB'[i]} says: ${text}`);
+  }
+  if (logs.length) console.error(`[demo.browser] browser console:\n  ${logs.slice(-30).join('\n  ')}`);
+  if (pages.length) {
+    try {
+      await screenshot(shotPath);
+      console.error(`[demo.browser] screenshot of the failure: ${shotPath}`);
+    } catch { /* nothing to show */ }
+  }
+  await browser?.close().catch(() => {});
+  process.exit(1);
+}
+
+const watchdog = setTimeout(() => fail(`the run took longer than ${RUN_MS / 1000} s`), RUN_MS);
+
+/** Screenshots both pages and lays them side by side in one PNG (an extra page renders it). */
+async function screenshot(path) {
+  const shots = [];
+  for (const p of pages) shots.push((await p.screenshot({ timeout: 5000 })).toString('base64'));
+  const page = await browser.newPage({ viewport: { width: 1240, height: 760 } });
+  const imgs = shots.map((b, i) => `<figure><figcaption>page ${'AB'[i]}</figcaption><img src="data:image/png;base64,${b}"></figure>`).join('');
+  await page.setContent(`<style>body{margin:0;display:flex;gap:8px;background:#888;padding:8px;font:14px sans-serif}
+    figure{margin:0}figcaption{color:#fff;padding:0 0 4px}img{width:608px;display:block}</style>${imgs}`);
+  await page.screenshot({ path, fullPage: true, timeout: 5000 });
+  await page.close();
+}
+
+const titles = (page) => page.locator('[data-testid="task-title"]').allTextContents();
+const taskItem = (page, id) => page.locator(`[data-testid="task"][data-id="${id}"]`);
+
+/** Page A notes the time of each user action (click, Enter), in the browser's own clock. */
+function noteActions(page) {
+  return page.evaluate(() => {
+    const note = () => { window.__actionAt = Date.now(); };
+    document.addEventListener('click', note, true);
+    document.addEventListener('keydown', (e) => e.key === 'Enter' && note(), true);
+  });
+}
+
+/** Runs `act` on page A, waits until `predicate(arg)` holds on page B and returns the latency: from
+ * the action in page A to page B showing it (both stamped with Date.now() in the browser; B is
+ * checked on every animation frame). Fails past LIMIT_MS. */
+async function followed(what, a, b, act, predicate, arg) {
+  const t0 = Date.now();
+  await act();
+  let shownAt;
+  try {
+    const check = `(${predicate})(${JSON.stringify(arg)}) && Date.now()`;
+    const handle = await b.waitForFunction(check, undefined, { timeout: STEP_MS, polling: 'raf' });
+    shownAt = await handle.jsonValue();
+  } catch {
+    await fail(`page B did not show ${what} within ${STEP_MS} ms`);
+  }
+  const wall = Date.now() - t0;
+  const actionAt = await a.evaluate(() => window.__actionAt);
+  const ms = shownAt - actionAt;
+  log(`page B shows ${what} ${ms} ms after page A's action (${wall} ms for the whole step, test driver included)`);
+  if (!(ms <= LIMIT_MS)) await fail(`page B showed ${what} ${ms} ms after page A's action (limit ${LIMIT_MS} ms)`);
+  return ms;
+}
+
+async function main() {
+  // Fail fast and clearly when nothing serves the demo.
+  try {
+    const res = await fetch(`${base}/`, { signal: AbortSignal.timeout(5000) });
+    if (!res.ok) await fail(`GET ${base}/ answered HTTP ${res.status}`);
+  } catch (e) {
+    await fail(`cannot reach ${base}/ (${e.cause?.code || e.message}): is nexxus-worker -t all running?`);
+  }
+  try {
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'], timeout: 20000 });
+  } catch (e) {
+    await fail(`cannot start ${CHROMIUM} (run deploy/local/browser.sh): ${e.message.split('\n')[0]}`);
+  }
+  // Two contexts: two independent tabs, as two people would have.
+  for (const name of ['A', 'B']) {
+    const ctx = await browser.newContext({ viewport: { width: 600, height: 720 } });
+    const page = await ctx.newPage();
+    page.setDefaultTimeout(10000);
+    page.on('console', (m) => (m.type() === 'error' || m.type() === 'warning') && logs.push(`${name} ${m.type()}: ${m.text()}`));
+    page.on('pageerror', (e) => logs.push(`${name} page error: ${e.message}`));
+    pages.push(page);
+  }
+  const [a, b] = pages;
+  await Promise.all(pages.map((p) => p.goto(`${base}/${hash}`, { waitUntil: 'load', timeout: 10000 })));
+  const connected = (p) => p.locator('[data-testid="status"][data-state="connected"]').waitFor({ timeout: 15000 });
+  try {
+    await Promise.all([connected(a), connected(b)]);
+  } catch {
+    const states = await Promise.all(pages.map((p) => p.locator('[data-testid="status"]').textContent().catch(() => '?')));
+    const notices = await Promise.all(pages.map((p) => p.locator('[data-testid="notice"]').textContent().catch(() => '')));
+    await fail(`the pages did not connect within 15 s (status A: "${states[0]}", B: "${states[1]}"; notices: ${JSON.stringify(notices)})`);
+  }
+  log('both pages are connected');
+  // Warm up the driver's in-page poller so that its first use does not count in a latency.
+  await Promise.all(pages.map((p) => p.waitForFunction('true', undefined, { polling: 'raf' })));
+  const latencies = {};
+
+  // 1. A creates a task.
+  await noteActions(a);
+  const title = `browser test ${Date.now().toString(36)}`;
+  await a.locator('[data-testid="new-title"]').fill(title);
+  latencies.create = await followed(`the new task "${title}"`, a, b, () => a.locator('[data-testid="add"]').click(), (t) =>
+    [...document.querySelectorAll('[data-testid="task-title"]')].some((e) => e.textContent === t), title);
+  const id = await b.locator('[data-testid="task"]', { hasText: title }).getAttribute('data-id');
+  if (!id) await fail('the new task has no data-id');
+  await taskItem(a, id).waitFor({ timeout: 2000 }).catch(() => fail('page A does not show its own task'));
+
+  // 2. A edits its title.
+  const edited = `${title} (edited)`;
+  await taskItem(a, id).locator('[data-testid="task-edit"]').click();
+  const input = taskItem(a, id).locator('[data-testid="task-title-input"]');
+  await input.fill(edited);
+  latencies.edit = await followed(`the edited title "${edited}"`, a, b, () => input.press('Enter'), ([i, t]) =>
+    document.querySelector(`[data-testid="task"][data-id="${i}"] [data-testid="task-title"]`)?.textContent === t, [id, edited]);
+
+  // 3. A votes +1.
+  const vote = () => taskItem(a, id).locator('[data-testid="task-vote"]').click();
+  latencies.increment = await followed('the vote', a, b, vote, (i) =>
+    /^1\b/.test(document.querySelector(`[data-testid="task"][data-id="${i}"] [data-testid="task-votes"]`)?.textContent || ''), id);
+
+  // Both pages, before the delete (the screenshot shows the task on both).
+  await taskItem(a, id).locator('[data-testid="task-votes"]', { hasText: /^1\b/ }).waitFor({ timeout: 2000 })
+    .catch(() => fail('page A does not show its own vote'));
+  await screenshot(shotPath);
+  log(`screenshot: ${shotPath}`);
+
+  // 4. A deletes it.
+  const del = () => taskItem(a, id).locator('[data-testid="task-delete"]').click();
+  latencies.delete = await followed('the deletion', a, b, del, (i) => !document.querySelector(`[data-testid="task"][data-id="${i}"]`), id);
+  await taskItem(a, id).waitFor({ state: 'detached', timeout: 2000 }).catch(() => fail('page A still shows the deleted task'));
+  if ((await titles(b)).includes(edited)) await fail('page B still lists the deleted title');
+
+  const errors = logs.filter((l) => / error: /.test(l));
+  if (errors.length) await fail(`the pages logged errors:\n  ${errors.join('\n  ')}`);
+  log(`latencies (ms): ${Object.entries(latencies).map(([k, v]) => `${k} ${v}`).join(', ')}`);
+  log('PASS');
+  clearTimeout(watchdog);
+  await browser.close();
+}
+
+main().catch((e) => fail(e?.stack || String(e)));
