@@ -18,6 +18,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod ingress;
 pub mod model;
 pub mod queue;
 pub mod registry;

@@ -14,6 +14,7 @@ use nexxus_worker::cli::{self, AppAction, Cli, Command, DeadLetterAction, Topics
 use nexxus_worker::commands::{app, dead_letter, publish, token};
 use nexxus_worker::config::{Config, Overrides, ProcessEnv};
 use nexxus_worker::error::WorkerError;
+use nexxus_worker::ingress::Ingress;
 use nexxus_worker::queue::kafka::Producer;
 use nexxus_worker::queue::outbox::Sink;
 use nexxus_worker::queue::{topic, topics};
@@ -76,7 +77,9 @@ async fn dispatch(cli: Cli, config: Arc<Config>) -> Result<(), WorkerError> {
             let role = cli.role.ok_or_else(|| WorkerError::Usage("missing -t".into()))?;
             let ctx = WorkerContext::new(config.clone(), role, cli.index.unwrap_or(0));
             let health = ctx.health.clone();
-            long_running(config, health, move |shutdown| workers::run(ctx, shutdown)).await
+            let ingress = config.ingress.enabled.then(|| Ingress::new(config.clone()));
+            let routes = ingress.clone().map(nexxus_worker::ingress::router);
+            long_running(config, health, routes, move |shutdown| workers::run(ctx, ingress, shutdown)).await
         }
         Some(Command::Topics { action: TopicsAction::Apply { dir, fix } }) => {
             let dir = dir.or_else(|| std::path::Path::new("topics").is_dir().then(|| "topics".into()));
@@ -100,7 +103,7 @@ async fn dispatch(cli: Cli, config: Arc<Config>) -> Result<(), WorkerError> {
             let health = Arc::new(Health::new());
             let h = health.clone();
             let cfg = config.clone();
-            long_running(config, health, move |shutdown| async move {
+            long_running(config, health, None, move |shutdown| async move {
                 let producer = Producer::new(&cfg, &h, "dead_letter-replay")?;
                 let mut handler = dead_letter::Replay {
                     only_source: source_topic.map(|t| cfg.topic(&t)),
@@ -148,7 +151,12 @@ async fn dispatch(cli: Cli, config: Arc<Config>) -> Result<(), WorkerError> {
 
 /// Runs a worker with the process machinery: the HTTP endpoint, signal handling, and a drain
 /// bounded by `TP_SHUTDOWN_GRACE_MS`. The worker ending (with an error or not) stops the process.
-async fn long_running<F, Fut>(config: Arc<Config>, health: Arc<Health>, worker: F) -> Result<(), WorkerError>
+async fn long_running<F, Fut>(
+    config: Arc<Config>,
+    health: Arc<Health>,
+    routes: Option<axum::Router>,
+    worker: F,
+) -> Result<(), WorkerError>
 where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: Future<Output = Result<(), WorkerError>> + Send + 'static,
@@ -158,10 +166,10 @@ where
     shutdown::spawn_orphan_watch(shutdown.clone());
     let metrics = telemetry::metrics::install();
     if let Some(port) = config.http_port {
-        let (addr, _task) =
-            http::serve(&config.http_host, port, http::router(health.clone(), metrics), shutdown.clone())
-                .await
-                .map_err(WorkerError::io(format!("binding the HTTP endpoint {}:{port}", config.http_host)))?;
+        let router = http::router(health.clone(), metrics).merge(routes.unwrap_or_default());
+        let (addr, _task) = http::serve(&config.http_host, port, router, shutdown.clone())
+            .await
+            .map_err(WorkerError::io(format!("binding the HTTP endpoint {}:{port}", config.http_host)))?;
         tracing::info!(message = "http endpoint listening", %addr);
     }
     let tracker = TaskTracker::new();

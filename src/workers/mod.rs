@@ -6,6 +6,7 @@
 //! drains when the process token is cancelled.
 
 pub mod aggregation;
+pub mod all;
 pub mod apps;
 pub mod pipeline;
 pub mod push_transport;
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, StoreKind};
 use crate::error::WorkerError;
+use crate::ingress::Ingress;
 use crate::queue::{topic, Queue};
 use crate::registry::{Registry, RegistryError};
 use crate::store::cql::CqlStore;
@@ -112,8 +114,7 @@ impl Role {
         match self {
             Role::Aggregation | Role::Write => None,
             Role::TransportManager | Role::Track | Role::SocketsTransport => None,
-            Role::AndroidTransport | Role::IosTransport => None,
-            Role::All => Some("issue 8 (Single-process mode: `-t all` on embedded defaults, HTTP ingress, a live demo page and a browser client)"),
+            Role::AndroidTransport | Role::IosTransport | Role::All => None,
         }
     }
 }
@@ -175,9 +176,47 @@ pub fn check_runnable(role: Role) -> Result<(), WorkerError> {
     }
 }
 
-/// Runs `ctx.role` until `shutdown` is cancelled.
-pub async fn run(ctx: WorkerContext, shutdown: CancellationToken) -> Result<(), WorkerError> {
+/// Runs `ctx.role` until `shutdown` is cancelled, with the HTTP ingress if the process serves
+/// one (`-t all`, or `TP_INGRESS=true` beside a single role).
+pub async fn run(
+    ctx: WorkerContext,
+    ingress: Option<Arc<Ingress>>,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
     check_runnable(ctx.role)?;
+    match (ctx.role, ingress) {
+        (Role::All, Some(ingress)) => all::run(&ctx, ingress, shutdown).await,
+        (Role::All, None) => all::run(&ctx, Ingress::new(ctx.config.clone()), shutdown).await,
+        (_, Some(ingress)) => {
+            let beside = ctx.clone();
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(error) = connect_ingress(&beside, &ingress, &token).await {
+                    tracing::error!(message = "the HTTP ingress could not connect; it answers 503", %error);
+                }
+            });
+            run_role(ctx, shutdown).await
+        }
+        (_, None) => run_role(ctx, shutdown).await,
+    }
+}
+
+/// The ingress beside a single role: its own producer, applications and store.
+async fn connect_ingress(
+    ctx: &WorkerContext,
+    ingress: &Ingress,
+    shutdown: &CancellationToken,
+) -> Result<(), WorkerError> {
+    let name = format!("ingress-{}", ctx.name());
+    let sink = ctx.queue.sink(&ctx.config, &ctx.health, &name)?;
+    let apps = apps::Apps::load_and_follow(&ctx.config, &name, shutdown.clone()).await?;
+    let store = connect_store(ctx, shutdown).await?;
+    ingress.set_backend(crate::ingress::Backend { sink, apps, store: Some(store) });
+    Ok(())
+}
+
+/// Runs one role (not `all`) until `shutdown` is cancelled.
+pub async fn run_role(ctx: WorkerContext, shutdown: CancellationToken) -> Result<(), WorkerError> {
     match ctx.role {
         Role::Aggregation => aggregation::run(&ctx, shutdown).await,
         Role::Write => {
@@ -211,7 +250,7 @@ pub async fn run(ctx: WorkerContext, shutdown: CancellationToken) -> Result<(), 
             let registry = connect_registry(&ctx, &shutdown).await?;
             push_transport::run(&ctx, provider, registry, shutdown).await
         }
-        Role::All => Err(WorkerError::Fatal(format!("{} passed check_runnable", ctx.role))),
+        Role::All => Err(WorkerError::Fatal("run_role(all): `all` is run by workers::all".into())),
     }
 }
 

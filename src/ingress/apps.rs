@@ -1,0 +1,154 @@
+//! `PUT /apps/{id}` (register an application, as `app put` does) and `GET /objects` (what a
+//! channel holds now, for a client's first render and its resync after a gap or reconnect).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{bearer, error, Backend, Ingress};
+use crate::model::{Application, Channel, Filter};
+use crate::queue::outbox::Sink;
+use crate::queue::topic;
+use crate::store::{ObjectId, Store};
+use crate::transport::auth::{self, Refusal};
+
+/// Longest channel listing a snapshot returns; beyond it the answer says `truncated`.
+const MAX_SNAPSHOT: usize = 10_000;
+
+/// Stores the application, then announces it: on `system` over Kafka (every worker follows
+/// it), or straight into the process's applications with the in-process queue.
+pub async fn put_app(
+    State(ingress): State<Arc<Ingress>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(refused) = ingress.authorize_write(&headers) {
+        return refused.into_response();
+    }
+    let backend = match ingress.backend() {
+        Ok(b) => b,
+        Err(refused) => return refused.into_response(),
+    };
+    let app = match Application::from_json(&body) {
+        Ok(app) if app.id == id => app,
+        Ok(app) => {
+            return error(StatusCode::BAD_REQUEST, &format!("body id `{}` differs from the path's `{id}`", app.id))
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let Some(store) = &backend.store else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no main store in this process");
+    };
+    if let Err(e) = store.put_application(&app).await {
+        return error(StatusCode::SERVICE_UNAVAILABLE, &format!("storing the application: {e}"));
+    }
+    match &backend.sink {
+        Sink::Kafka(producer) => {
+            let json = serde_json::to_vec(&app).unwrap_or_default();
+            let system = ingress.config.topic(topic::SYSTEM);
+            if let Err(e) = producer.send(&system, Some(app.id.as_bytes()), &json, &[]).await {
+                return error(StatusCode::SERVICE_UNAVAILABLE, &format!("announcing on {system}: {e}"));
+            }
+        }
+        Sink::Memory(_) => backend.apps.insert(app.clone()),
+    }
+    tracing::info!(message = "application registered through the ingress", app = %app.id);
+    (StatusCode::OK, Json(json!({ "id": app.id }))).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct ObjectsQuery {
+    channel: String,
+    filters: Option<String>,
+}
+
+/// The live objects on a channel with their versions, for the bearer of a device token of the
+/// channel's application (the socket's rules: own application, own user, known model).
+/// Channels of one object (`model` + `id`) and of a parent's children (`parent` + `model`).
+pub async fn get_objects(
+    State(ingress): State<Arc<Ingress>>,
+    Query(q): Query<ObjectsQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let backend = match ingress.backend() {
+        Ok(b) => b,
+        Err(refused) => return refused.into_response(),
+    };
+    let Some(token) = bearer(&headers) else {
+        return error(StatusCode::UNAUTHORIZED, "Authorization: Bearer <device token> required");
+    };
+    let claims = match auth::verify_device(token, &backend.apps, ingress.config.jwt_secret.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::UNAUTHORIZED, &e.to_string()),
+    };
+    let parsed = serde_json::from_str::<Value>(&q.channel)
+        .map_err(|e| e.to_string())
+        .and_then(|v| Channel::from_value(&v).map_err(|e| e.to_string()));
+    let channel = match parsed {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("channel: {e}")),
+    };
+    let filter = match q.filters.as_deref().map(Filter::parse_str).transpose() {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("filters: {e}")),
+    };
+    match auth::authorize_channel(&claims, &backend.apps, &channel, None) {
+        Ok(()) => {}
+        Err(e @ Refusal::Forbidden(_)) => return error(StatusCode::FORBIDDEN, &e.to_string()),
+        Err(e @ Refusal::UnknownModel(_)) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+    let app = &claims.application_id;
+    let key = match channel.key(app, filter.as_ref()) {
+        Ok(k) => k,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    match snapshot(backend, app, &channel, filter.as_ref()).await {
+        Ok((objects, truncated)) => {
+            let body = json!({ "channel": key.as_str(), "objects": objects, "truncated": truncated });
+            (StatusCode::OK, Json(body)).into_response()
+        }
+        Err((status, reason)) => error(status, &reason),
+    }
+}
+
+async fn snapshot(
+    backend: &Backend,
+    app: &str,
+    channel: &Channel,
+    filter: Option<&Filter>,
+) -> Result<(Vec<Value>, bool), (StatusCode, String)> {
+    let store = backend.store.as_ref().ok_or((StatusCode::SERVICE_UNAVAILABLE, "no main store".to_string()))?;
+    let unavailable = |e: crate::store::StoreError| (StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    let mut ids: Vec<ObjectId> = match (&channel.id, &channel.parent, &channel.context, &channel.user) {
+        (Some(id), None, None, None) => vec![(channel.model.clone(), id.clone())],
+        (None, Some(parent), None, None) => store
+            .children(app, &parent.model, &parent.id)
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .filter(|(model, _)| *model == channel.model)
+            .collect(),
+        _ => {
+            let reason = "snapshots cover one object (model + id) or a parent's children (parent + model)";
+            return Err((StatusCode::BAD_REQUEST, reason.to_string()));
+        }
+    };
+    ids.sort();
+    let truncated = ids.len() > MAX_SNAPSHOT;
+    ids.truncate(MAX_SNAPSHOT);
+    let rows = store.get_objects(app, &ids).await.map_err(unavailable)?;
+    let objects = ids
+        .iter()
+        .filter_map(|id| rows.get(id))
+        .filter(|row| !row.deleted && filter.is_none_or(|f| f.matches(&row.object.object)))
+        .map(|row| json!({ "object": row.object.object, "version": row.object.version }))
+        .collect();
+    Ok((objects, truncated))
+}

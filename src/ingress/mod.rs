@@ -1,0 +1,131 @@
+//! The HTTP ingress: the API's stand-in for `-t all` (and, with `TP_INGRESS=true`, beside any
+//! role), on the process's HTTP port (CONTRACT section 9).
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /events` | one AggregatorMessage or an array → `aggregation` ([`events`]) |
+//! | `POST /track` | one track command or an array → `track` ([`events`]) |
+//! | `PUT /apps/{id}` | store an application and announce it ([`apps`]) |
+//! | `GET /objects?channel=` | a snapshot of a channel's objects, for a device token ([`apps`]) |
+//! | `POST /demo/token` | a development token for `TP_DEMO_APP` ([`web`]) |
+//! | `GET /`, `GET /client.js` | the demo page and the browser client ([`web`]) |
+//!
+//! Writes need `Authorization: Bearer $TP_INGRESS_TOKEN` when it is set. Bodies are capped at
+//! `TP_INGRESS_MAX_BYTES` (413). Until the process has connected its queue and store, the
+//! routes answer 503, so the HTTP port (and `/healthz`) can be up from the first moment.
+
+pub mod apps;
+pub mod events;
+pub mod web;
+
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::queue::outbox::Sink;
+use crate::store::MainStore;
+use crate::workers::apps::Apps;
+
+/// What the routes need once the process is connected.
+pub struct Backend {
+    pub sink: Sink,
+    pub apps: Apps,
+    /// `PUT /apps` and `GET /objects` need the main store; without one they answer 503.
+    pub store: Option<MainStore>,
+}
+
+/// The ingress of one process: its configuration now, its backend once connected.
+pub struct Ingress {
+    config: Arc<Config>,
+    backend: OnceLock<Backend>,
+}
+
+impl Ingress {
+    pub fn new(config: Arc<Config>) -> Arc<Ingress> {
+        Arc::new(Ingress { config, backend: OnceLock::new() })
+    }
+
+    /// Makes the routes live. A second call is ignored.
+    pub fn set_backend(&self, backend: Backend) {
+        let _ = self.backend.set(backend);
+    }
+
+    fn backend(&self) -> Result<&Backend, Refused> {
+        self.backend.get().ok_or(Refused(StatusCode::SERVICE_UNAVAILABLE, "starting: not connected yet"))
+    }
+
+    /// `Authorization: Bearer <TP_INGRESS_TOKEN>`, compared in constant time, when a token is set.
+    fn authorize_write(&self, headers: &HeaderMap) -> Result<(), Refused> {
+        let Some(expected) = &self.config.ingress.token else { return Ok(()) };
+        match bearer(headers) {
+            Some(given) if same_secret(given, expected) => Ok(()),
+            Some(_) => Err(Refused(StatusCode::UNAUTHORIZED, "wrong ingress token")),
+            None => Err(Refused(StatusCode::UNAUTHORIZED, "Authorization: Bearer <TP_INGRESS_TOKEN> required")),
+        }
+    }
+}
+
+/// A request turned away before any work: the status and a fixed reason.
+pub struct Refused(StatusCode, &'static str);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
+/// The ingress routes, to merge into the process's HTTP router.
+pub fn router(ingress: Arc<Ingress>) -> Router {
+    let limit = ingress.config.ingress.max_bytes;
+    Router::new()
+        .route("/events", post(events::post_events))
+        .route("/track", post(events::post_track))
+        .route("/apps/{id}", put(apps::put_app))
+        .route("/objects", get(apps::get_objects))
+        .route("/demo/token", post(web::demo_token))
+        .route("/", get(web::index))
+        .route("/client.js", get(web::client_js))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(ingress)
+}
+
+/// `{"error": reason}` with `status`.
+pub fn error(status: StatusCode, reason: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": reason }))).into_response()
+}
+
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Compares digests, so the time taken says nothing about how much of the secret matched.
+fn same_secret(given: &str, expected: &str) -> bool {
+    let (a, b) = (Sha256::digest(given.as_bytes()), Sha256::digest(expected.as_bytes()));
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_are_parsed_and_compared() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, "Bearer  s3cret ".parse().unwrap());
+        assert_eq!(bearer(&h), Some("s3cret"));
+        h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+        assert!(same_secret("a", "a"));
+        assert!(!same_secret("a", "b"));
+        assert!(!same_secret("", "a"));
+    }
+}

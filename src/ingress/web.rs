@@ -1,0 +1,116 @@
+//! The demo page and the browser client (`web/`, compiled into the binary so a fresh machine
+//! needs nothing else), and the development tokens the demo page asks for.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{error, Ingress};
+use crate::model::id::validate_ident;
+use crate::transport::jwt::{self, Claims};
+
+const INDEX_HTML: &str = include_str!("../../web/index.html");
+const CLIENT_JS: &str = include_str!("../../web/client.js");
+
+/// Lifetime of a demo token; the client asks for a new one when the socket says it expired.
+const DEMO_TOKEN_SECS: u64 = 3600;
+
+pub async fn index() -> Response {
+    ([(header::CACHE_CONTROL, "no-cache")], Html(INDEX_HTML)).into_response()
+}
+
+pub async fn client_js() -> Response {
+    let headers = [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")];
+    (headers, CLIENT_JS).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct TokenRequest {
+    device_id: String,
+    user_id: Option<String>,
+}
+
+/// Mints a device token for `TP_DEMO_APP` (404 when unset): development only, since anyone who
+/// can reach the port gets a token. `ws_url` uses the host the page was loaded from.
+pub async fn demo_token(
+    State(ingress): State<Arc<Ingress>>,
+    headers: HeaderMap,
+    Json(req): Json<TokenRequest>,
+) -> Response {
+    let cfg = &ingress.config;
+    let Some(app_id) = &cfg.ingress.demo_app else {
+        return error(StatusCode::NOT_FOUND, "no demo application (TP_DEMO_APP is not set)");
+    };
+    let backend = match ingress.backend() {
+        Ok(b) => b,
+        Err(refused) => return refused.into_response(),
+    };
+    for (field, value) in [("device_id", Some(&req.device_id)), ("user_id", req.user_id.as_ref())] {
+        if let Some(Err(e)) = value.map(|v| validate_ident(field, v)) {
+            return error(StatusCode::BAD_REQUEST, &e.to_string());
+        }
+    }
+    let Some(app) = backend.apps.get(app_id) else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, &format!("demo application `{app_id}` is not registered yet"));
+    };
+    let Some(secret) = app.jwt_secret.clone().filter(|s| !s.is_empty()).or_else(|| cfg.jwt_secret.clone()) else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("`{app_id}` has no jwt_secret and TP_JWT_SECRET is unset"),
+        );
+    };
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let claims = Claims {
+        application_id: app_id.clone(),
+        device_id: req.device_id,
+        exp: now + DEMO_TOKEN_SECS,
+        user_id: req.user_id,
+    };
+    let scheme = if cfg.sockets.ssl { "wss" } else { "ws" };
+    let ws_url = format!("{scheme}://{}:{}/", request_host(&headers), cfg.sockets.port);
+    Json(json!({
+        "token": jwt::sign(&claims, &secret),
+        "application_id": app_id,
+        "ws_url": ws_url,
+        "expires_in": DEMO_TOKEN_SECS,
+    }))
+    .into_response()
+}
+
+/// The host name of the request's `Host` header, without its port (IPv6 in brackets).
+fn request_host(headers: &HeaderMap) -> String {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or(host, |(ip, _)| &host[..ip.len() + 2]),
+        None => host.split(':').next().unwrap_or(host),
+    };
+    let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "-.[]:".contains(c));
+    if valid {
+        name.to_string()
+    } else {
+        "127.0.0.1".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_socket_host_follows_the_page_host() {
+        let mut h = HeaderMap::new();
+        assert_eq!(request_host(&h), "127.0.0.1");
+        h.insert(header::HOST, "example.test:8080".parse().unwrap());
+        assert_eq!(request_host(&h), "example.test");
+        h.insert(header::HOST, "[::1]:8080".parse().unwrap());
+        assert_eq!(request_host(&h), "[::1]");
+        h.insert(header::HOST, "evil\"host".parse().unwrap());
+        assert_eq!(request_host(&h), "127.0.0.1");
+    }
+}
