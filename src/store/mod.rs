@@ -12,11 +12,13 @@
 //! readyz:  ping
 //! ```
 //!
-//! | module | what |
-//! |--------|------|
-//! | `cql`  | [`CqlStore`]: Cassandra / ScyllaDB through the `scylla` driver |
+//! | module   | what |
+//! |----------|------|
+//! | `cql`    | [`CqlStore`]: Cassandra / ScyllaDB through the `scylla` driver |
+//! | `sqlite` | [`SqliteStore`]: one embedded SQLite file (WAL), no server needed |
 
 pub mod cql;
+pub mod sqlite;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -25,6 +27,7 @@ use crate::error::ProcessError;
 use crate::model::{Application, StoredObject};
 
 pub use cql::{CqlOptions, CqlStore};
+pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

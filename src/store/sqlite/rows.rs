@@ -1,0 +1,92 @@
+//! Objects and applications to and from their columns, with the checks the CQL store makes.
+
+use std::collections::BTreeSet;
+
+use rusqlite::Row;
+use serde_json::{Map, Value};
+
+use crate::model::{Application, SourcePosition, StoredObject};
+use crate::store::{ObjectRow, ObjectWrite, StoreError};
+
+/// One object write as owned column values, so the blocking task borrows nothing from the caller.
+pub(super) struct EncodedObject {
+    pub(super) model: String,
+    pub(super) id: String,
+    pub(super) body: String,
+    pub(super) version: i64,
+    pub(super) topic: Option<String>,
+    pub(super) partition: Option<i32>,
+    pub(super) offset: Option<i64>,
+    pub(super) deleted: bool,
+    /// The links the object holds after the write: none for a tombstone.
+    pub(super) links: BTreeSet<(String, String)>,
+}
+
+/// Checks and encodes one write; an error means the call must write nothing.
+pub(super) fn encode_object(app: &str, w: &ObjectWrite) -> Result<EncodedObject, StoreError> {
+    let o = &w.row.object;
+    let id = o.id();
+    if id.is_empty() || w.model.is_empty() {
+        return Err(StoreError::Corrupt(format!("object of model {:?} in {app} has no id", w.model)));
+    }
+    let body = serde_json::to_string(&o.object)
+        .map_err(|e| StoreError::Corrupt(format!("object {app}/{}/{id} does not serialize: {e}", w.model)))?;
+    let version = i64::try_from(o.version)
+        .map_err(|_| StoreError::Corrupt(format!("object {app}/{}/{id}: version {} too large", w.model, o.version)))?;
+    let pos = o.last_applied.as_ref();
+    let links = if w.row.deleted { BTreeSet::new() } else { w.parents.iter().cloned().collect() };
+    Ok(EncodedObject {
+        model: w.model.clone(),
+        id: id.to_owned(),
+        body,
+        version,
+        topic: pos.map(|p| p.topic.clone()),
+        partition: pos.map(|p| p.partition),
+        offset: pos.map(|p| p.offset),
+        deleted: w.row.deleted,
+        links,
+    })
+}
+
+/// Decodes the columns of [`super::schema::GET_OBJECT`]; the caller names the row in the error.
+pub(super) fn decode_object(row: &Row<'_>) -> Result<ObjectRow, String> {
+    let column = |e: rusqlite::Error| e.to_string();
+    let body: String = row.get(0).map_err(column)?;
+    let version: i64 = row.get(1).map_err(column)?;
+    let topic: Option<String> = row.get(2).map_err(column)?;
+    let partition: Option<i32> = row.get(3).map_err(column)?;
+    let offset: Option<i64> = row.get(4).map_err(column)?;
+    let deleted: i64 = row.get(5).map_err(column)?;
+
+    let object: Map<String, Value> =
+        serde_json::from_str(&body).map_err(|e| format!("body is not a JSON object: {e}"))?;
+    let version = u64::try_from(version).map_err(|_| format!("negative version {version}"))?;
+    let last_applied = match (topic, partition, offset) {
+        (Some(topic), Some(partition), Some(offset)) => Some(SourcePosition { topic, partition, offset }),
+        (None, None, None) => None,
+        _ => return Err("last_topic, last_partition and last_offset are not all set or all null".into()),
+    };
+    let deleted = match deleted {
+        0 => false,
+        1 => true,
+        other => return Err(format!("deleted flag is {other}, not 0 or 1")),
+    };
+    Ok(ObjectRow { object: StoredObject { object, version, last_applied }, deleted })
+}
+
+/// Validates and serialises an application as the CQL store does, so either store reads the
+/// other's JSON.
+pub(super) fn encode_application(app: &Application) -> Result<String, StoreError> {
+    app.validate().map_err(|e| StoreError::Corrupt(format!("refusing to store application {}: {e}", app.id)))?;
+    serde_json::to_string(app)
+        .map_err(|e| StoreError::Corrupt(format!("application {} does not serialize: {e}", app.id)))
+}
+
+pub(super) fn decode_application(id: &str, body: &str) -> Result<Application, StoreError> {
+    let app =
+        Application::from_json(body.as_bytes()).map_err(|e| StoreError::Corrupt(format!("application {id}: {e}")))?;
+    if app.id != id {
+        return Err(StoreError::Corrupt(format!("application row {id} holds application {}", app.id)));
+    }
+    Ok(app)
+}
