@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod push_fakes;
+pub mod ws;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -148,10 +149,26 @@ pub async fn drop_keyspace(cfg: &Config) {
 
 /// A minimal HTTP/1.0 GET to 127.0.0.1 with the status code and body.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_request(port, "GET", path, &[], "")
+}
+
+/// A minimal HTTP/1.0 request to 127.0.0.1 with extra headers and a body; the status code and
+/// the response body.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
+    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    write!(s, "{head}\r\n{body}").ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let code = text.split_whitespace().nth(1)?.parse().ok()?;
