@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod push_fakes;
+pub mod store_suite;
 pub mod ws;
 
 use std::collections::{BTreeMap, HashMap};
