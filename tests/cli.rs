@@ -70,11 +70,19 @@ fn unknown_config_file_key_exits_64() {
 }
 
 #[test]
-fn roles_of_later_issues_fail_loudly_before_connecting() {
-    // An unreachable broker proves nothing connects first: the answer is immediate.
-    let out = run(&["-t", "all", "-i", "0"], &[("TP_KFK_BROKERS", "127.0.0.1:1")]);
+fn single_process_settings_are_checked_before_anything_runs() {
+    let out = run(&["-t", "write", "-i", "0"], &[("TP_MSG_QUE", "memory")]);
     assert_eq!(out.status.code(), Some(64));
-    assert!(stderr(&out).contains("not implemented yet") && stderr(&out).contains("issue 8"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("TP_MSG_QUE") && stderr(&out).contains("only works with -t all"), "{}", stderr(&out));
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_db = dir.path().join("junk.db");
+    std::fs::write(&not_a_db, "this is not a SQLite file, and it is long enough to have a header").unwrap();
+    let out = run(
+        &["-t", "all", "-i", "0"],
+        &[("TP_SQLITE_PATH", not_a_db.to_str().unwrap()), ("TP_HTTP_PORT", "0"), ("TP_SCKT_PORT", "0")],
+    );
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(stderr(&out).contains("TP_SQLITE_PATH") && stderr(&out).contains("junk.db"), "{}", stderr(&out));
     let out = run(&["app", "put", "/nonexistent/app.json"], &[]);
     assert_eq!(out.status.code(), Some(69));
     assert!(stderr(&out).contains("reading /nonexistent/app.json"), "{}", stderr(&out));

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -38,14 +39,16 @@ pub struct TokenRequest {
 
 /// Mints a device token for `TP_DEMO_APP` (404 when unset): development only, since anyone who
 /// can reach the port gets a token. `ws_url` uses the host the page was loaded from.
-pub async fn demo_token(
-    State(ingress): State<Arc<Ingress>>,
-    headers: HeaderMap,
-    Json(req): Json<TokenRequest>,
-) -> Response {
+pub async fn demo_token(State(ingress): State<Arc<Ingress>>, headers: HeaderMap, body: Bytes) -> Response {
     let cfg = &ingress.config;
     let Some(app_id) = &cfg.ingress.demo_app else {
         return error(StatusCode::NOT_FOUND, "no demo application (TP_DEMO_APP is not set)");
+    };
+    let req: TokenRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(StatusCode::BAD_REQUEST, &format!("expected {{\"device_id\": ..., \"user_id\"?: ...}}: {e}"))
+        }
     };
     let backend = match ingress.backend() {
         Ok(b) => b,

@@ -23,7 +23,6 @@ impl Registry {
         let (app, dev, server) = parts(addr);
         let index = keys::socket_index(app, &server);
         self.conn.run_one("attach socket: index", Op::new("SADD", &index).arg(member(addr))).await?;
-        let restored = self.move_addresses(app, dev, &[], std::slice::from_ref(addr)).await?;
         let mut device = self.get_device(app, dev).await?.unwrap_or_else(|| Device {
             id: dev.to_owned(),
             application_id: app.to_owned(),
@@ -38,7 +37,10 @@ impl Registry {
             server_name: Some(server),
         });
         self.put_device(&device).await?;
-        Ok(restored)
+        // After `volatile` is written: a `track` subscribe that read the device before it
+        // re-reads it after storing its subscription, and this reads the subscriptions after,
+        // so a subscription racing the attach is restored by one side or the other.
+        self.move_addresses(app, dev, &[], std::slice::from_ref(addr)).await
     }
 
     /// Undoes [`Registry::attach_socket`]: the address leaves every channel, the device's

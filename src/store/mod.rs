@@ -152,12 +152,25 @@ pub(crate) fn last_write_per_object(writes: &[ObjectWrite]) -> Vec<&ObjectWrite>
 #[derive(Clone)]
 pub enum MainStore {
     Cql(std::sync::Arc<CqlStore>),
+    Sqlite(std::sync::Arc<SqliteStore>),
+}
+
+impl MainStore {
+    /// Opens (creating it if needed) the SQLite file, off the async threads.
+    pub async fn open_sqlite(path: &std::path::Path) -> Result<MainStore, StoreError> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("opening the SQLite store: {e}")))?
+            .map(|s| MainStore::Sqlite(std::sync::Arc::new(s)))
+    }
 }
 
 macro_rules! each_store {
     ($self:ident, $s:ident => $call:expr) => {
         match $self {
             MainStore::Cql($s) => $call.await,
+            MainStore::Sqlite($s) => $call.await,
         }
     };
 }

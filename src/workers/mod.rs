@@ -281,7 +281,11 @@ pub async fn connect_store(ctx: &WorkerContext, shutdown: &CancellationToken) ->
         )
         .await
         .map(|s| MainStore::Cql(Arc::new(s))),
-        StoreKind::Sqlite => Err(WorkerError::NotImplemented { what: "the SQLite store".into(), issue: "issue 8" }),
+        // A local file that cannot be opened at start (a bad path, permissions, not a database)
+        // is the operator's to fix, and retrying does not: exit 64 naming the variable.
+        StoreKind::Sqlite => MainStore::open_sqlite(&ctx.config.sqlite_path)
+            .await
+            .map_err(|e| WorkerError::Usage(format!("TP_SQLITE_PATH {}: {e}", ctx.config.sqlite_path.display()))),
     }
 }
 

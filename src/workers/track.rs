@@ -72,7 +72,15 @@ impl Handler for Tracker {
                     .await?
                     .ok_or_else(|| ProcessError::Poison(format!("subscribe of unknown device `{device_id}`")))?;
                 let key = channel.key(&app, filter.as_ref()).map_err(|e| ProcessError::Poison(e.to_string()))?;
-                registry.subscribe(&app, &device_id, &key, &device.addresses()).await?;
+                let addresses = device.addresses();
+                registry.subscribe(&app, &device_id, &key, &addresses).await?;
+                // A socket attaching meanwhile may have read the subscription list before this
+                // subscription was in it, after this command read the device: look again, so
+                // one of the two always sees the other (attach writes, then reads; so do we).
+                let now = registry.get_device(&app, &device_id).await?.map(|d| d.addresses()).unwrap_or_default();
+                if now.iter().any(|a| !addresses.contains(a)) {
+                    registry.subscribe(&app, &device_id, &key, &now).await?;
+                }
             }
             TrackCommand::Unsubscribe { device_id, channel, filter, .. } => {
                 let key = channel.key(&app, filter.as_ref()).map_err(|e| ProcessError::Poison(e.to_string()))?;
