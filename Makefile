@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 STACK_ENV := deploy/local/stack.env
 
-.PHONY: all build release up down status lint fmt test test-unit test-int run bench fuzz clean help image compose-up compose-down validate-deploy
+.PHONY: all build release up down status lint fmt test test-unit test-int test-web browser-deps run run-stack bench fuzz clean help image compose-up compose-down validate-deploy
 
 all: build
 
@@ -35,7 +35,7 @@ lint: ## formatting and clippy, warnings are errors
 test-unit: ## tests that need no server
 	$(CARGO) test --lib
 
-test-int: up ## integration tests against the real local stack
+test-int: up browser-deps ## integration tests against the real local stack
 	set -a && source $(STACK_ENV) && set +a && $(CARGO) test --tests -- --test-threads=4
 
 validate-deploy: ## helm lint/template, kubeconform -strict, docker compose config (installs the tools on first use)
@@ -50,12 +50,21 @@ compose-up: ## everything in Docker: Kafka, ScyllaDB, Redis, topics, every role
 compose-down: ## stop the Compose stack and drop its data
 	docker compose -f deploy/compose/compose.yaml down -v
 
-test: lint validate-deploy up ## everything: lint, deployment manifests, unit and integration tests against real servers, benches once
+browser-deps: ## Debian's chromium and the npm packages of tests/web (idempotent)
+	deploy/local/browser.sh
+
+test-web: browser-deps ## unit tests of web/client.js (node --test)
+	cd tests/web && npm test
+
+test: lint validate-deploy up test-web ## everything: lint, deployment manifests, client.js, unit and integration tests against real servers (browser included), benches once
 	$(CARGO) test --bench model
 	set -a && source $(STACK_ENV) && set +a && $(CARGO) test --lib --tests -- --test-threads=4
 
-run: release ## the main job on this machine (see README)
+run: release ## the main job: -t all on embedded defaults with the demo page on http://127.0.0.1:8080 (see README)
 	deploy/local/run.sh
+
+run-stack: release ## every role as its own process against the real local Kafka, Cassandra and Redis
+	deploy/local/run-stack.sh
 
 bench: ## criterion micro-benchmarks
 	$(CARGO) bench --bench model

@@ -299,3 +299,37 @@ async fn shutdown_drains_what_the_ingress_accepted() {
     assert_eq!(snapshot(&p, &app, "d1").len(), 2000, "{}", log_of(dir.path()));
     assert_eq!(p.stop(), Some(0));
 }
+
+/// The demo page in two headless Chromium pages (tests/web/demo.browser.mjs): what one page
+/// does, the other shows within a second. Chromium and playwright-core come from
+/// `deploy/local/browser.sh` (run by `make test`); the screenshot is kept in
+/// `target/test-artifacts/demo-two-pages.png`.
+#[tokio::test]
+async fn two_browser_pages_share_the_demo_task_list_live() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for needed in ["/usr/bin/chromium", "tests/web/node_modules/playwright-core"] {
+        assert!(root.join(needed).exists(), "{needed} is missing: run deploy/local/browser.sh (make test does)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = start(dir.path(), None, &[("TP_DEMO_APP", "demo")]).await;
+    let demo: Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("deploy/local/demo-app.json")).unwrap()).unwrap();
+    assert_eq!(p.request("PUT", "/apps/demo", &[], &demo).0, 200);
+    let artifacts = root.join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("demo-two-pages.png");
+    let _ = std::fs::remove_file(&shot);
+    let out = tokio::process::Command::new("node")
+        .arg(root.join("tests/web/demo.browser.mjs"))
+        .arg(format!("http://127.0.0.1:{}", p.http))
+        .arg(&shot)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), out).await.expect("browser test within 120 s").unwrap();
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{report}");
+    assert!(out.status.success(), "browser test failed:\n{report}\nworker log:\n{}", log_of(dir.path()));
+    assert!(report.contains("PASS"), "{report}");
+    assert!(std::fs::metadata(&shot).map(|m| m.len() > 10_000).unwrap_or(false), "no screenshot at {}", shot.display());
+    assert_eq!(p.stop(), Some(0));
+}

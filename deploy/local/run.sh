@@ -1,46 +1,51 @@
 #!/usr/bin/env bash
-# `make run`: the main job on this machine. Starts the local stack, creates the topics, registers
-# the demo application and runs every role that exists so far (aggregation-0, write-0, track-0,
-# transport_manager-0, sockets_transport-0 on ws://127.0.0.1:3000) until
-# Ctrl-C. When the single-process mode lands (issue 8) this becomes `nexxus-worker -t all`.
+# `make run`: the main job on this machine, nothing else needed. One process (`-t all`) runs
+# every role over the in-process queue, the embedded SQLite store (data/nexxus.db, kept across
+# runs) and the in-memory registry, serves the demo page, and registers the demo application.
+# Ctrl-C stops it gracefully. `make run-stack` runs the roles as separate processes against
+# the real Kafka, Cassandra and Redis instead.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-deploy/local/up.sh
-set -a; source deploy/local/stack.env; set +a
-export TP_HTTP_HOST=127.0.0.1
 BIN=target/release/nexxus-worker
-$BIN topics apply
-$BIN app put deploy/local/demo-app.json
-pids=()
+HTTP_PORT=${TP_HTTP_PORT:-8080}
+SCKT_PORT=${TP_SCKT_PORT:-3000}
+mkdir -p data
+export TP_SQLITE_PATH=${TP_SQLITE_PATH:-data/nexxus.db}
+export TP_HTTP_HOST=${TP_HTTP_HOST:-127.0.0.1} TP_SCKT_HOST=${TP_SCKT_HOST:-127.0.0.1}
+export TP_HTTP_PORT=$HTTP_PORT TP_SCKT_PORT=$SCKT_PORT TP_DEMO_APP=${TP_DEMO_APP:-demo}
+
+$BIN -t all &
+pid=$!
 stop() {
-  trap - INT TERM EXIT
-  echo "stopping workers..." >&2
-  kill -TERM "${pids[@]}" 2>/dev/null || true
-  wait "${pids[@]}" 2>/dev/null || true
+  trap - INT TERM
+  kill -TERM "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
 }
-trap stop INT TERM EXIT
-TP_HTTP_PORT=9100 $BIN -t aggregation -i 0 & pids+=($!)
-TP_HTTP_PORT=9101 $BIN -t write -i 0 & pids+=($!)
-TP_HTTP_PORT=9102 $BIN -t track -i 0 & pids+=($!)
-TP_HTTP_PORT=9103 $BIN -t transport_manager -i 0 & pids+=($!)
-TP_HTTP_PORT=9104 TP_SCKT_HOST=127.0.0.1 TP_SCKT_PORT=3000 $BIN -t sockets_transport -i 0 & pids+=($!)
+# Ctrl-C reaches the worker too (same process group): a second signal from here would make it
+# exit at once instead of draining, so on INT only wait for it. TERM is for this script alone.
+trap 'trap - INT; wait "$pid" 2>/dev/null || true' INT
+trap stop TERM
+
+# Register the demo application once the ingress answers (it is stored: later runs have it).
+for _ in $(seq 1 100); do
+  code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT --data-binary @deploy/local/demo-app.json \
+    "http://127.0.0.1:$HTTP_PORT/apps/demo" || true)
+  [[ $code == 200 ]] && break
+  kill -0 "$pid" 2>/dev/null || { wait "$pid"; exit $?; }
+  sleep 0.1
+done
+[[ ${code:-} == 200 ]] || { echo "the demo application could not be registered (HTTP ${code:-none})" >&2; stop; exit 1; }
+
 cat >&2 <<MSG
 
-nexxus-worker is running against the local stack (Kafka $TP_KFK_BROKERS, Cassandra $TP_SCYLLA_NODES):
-  aggregation-0  health/metrics on http://127.0.0.1:9100/readyz and /metrics
-  write-0        health/metrics on http://127.0.0.1:9101/readyz and /metrics
-  track-0, transport_manager-0   on ports 9102 and 9103
-  sockets_transport-0            ws://127.0.0.1:3000 (health/metrics on 9104)
+nexxus-worker -t all is running (data in $TP_SQLITE_PATH):
+  demo page      http://127.0.0.1:$HTTP_PORT/   (open it in two windows: changes show up live in both)
+  browser client http://127.0.0.1:$HTTP_PORT/client.js   (docs/client.md)
+  WebSocket      ws://127.0.0.1:$SCKT_PORT/?token=...     (a token: TP_MAIN_DB=sqlite $BIN token --app demo --device d1)
+  ingress        curl -X POST http://127.0.0.1:$HTTP_PORT/events -d '{"op":"create","application_id":"demo",
+                   "object":{"type":"task","application_id":"demo","context_id":"demo","list_id":"demo","title":"from curl"}}'
+  health         http://127.0.0.1:$HTTP_PORT/readyz and /metrics
 
-Try, in another terminal:
-  set -a; . deploy/local/stack.env; set +a
-  # a WebSocket client of device d1 subscribes to the tasks of context c1 and prints what arrives ...
-  TOKEN=\$($BIN token --app demo --device d1)
-  cargo run --release --example ws_tail -- "ws://127.0.0.1:3000/?token=\$TOKEN" \\
-    '{"event":"subscribe","data":{"channel":{"model":"task","context":"c1"}}}'
-  # ... and, in a third terminal, a task is created: the client prints a "message" frame with it
-  echo '{"op":"create","object":{"id":"t1","type":"task","context_id":"c1","application_id":"demo","title":"hello"},"application_id":"demo","timestamp":1700000000000000}' | $BIN publish
-
-Ctrl-C stops the workers (the stack keeps running; make down stops it).
+Ctrl-C stops it.
 MSG
-wait -n "${pids[@]}" || true
+wait "$pid"
