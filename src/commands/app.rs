@@ -19,14 +19,20 @@ use crate::telemetry::Health;
 pub async fn put(cfg: &Config, file: &Path) -> Result<Application, WorkerError> {
     let bytes = std::fs::read(file).map_err(WorkerError::io(format!("reading {}", file.display())))?;
     let app = Application::from_json(&bytes).map_err(|e| WorkerError::Data(format!("{}: {e}", file.display())))?;
+    register(cfg, &app).await?;
+    Ok(app)
+}
+
+/// Stores a validated application in the CQL store and announces it on `system`.
+pub async fn register(cfg: &Config, app: &Application) -> Result<(), WorkerError> {
     let producer = Producer::new(cfg, &Arc::new(Health::new()), "nexxus-app-put")?;
     producer.check_topic(&cfg.topic(topic::SYSTEM)).await?;
     let store = CqlStore::connect(cfg).await.map_err(|e| WorkerError::Fatal(format!("CQL store: {e}")))?;
-    store.put_application(&app).await.map_err(|e| WorkerError::Fatal(format!("storing the application: {e}")))?;
-    let json = serde_json::to_vec(&app).map_err(|e| WorkerError::Fatal(format!("encoding the application: {e}")))?;
+    store.put_application(app).await.map_err(|e| WorkerError::Fatal(format!("storing the application: {e}")))?;
+    let json = serde_json::to_vec(app).map_err(|e| WorkerError::Fatal(format!("encoding the application: {e}")))?;
     producer
         .send(&cfg.topic(topic::SYSTEM), Some(app.id.as_bytes()), &json, &[])
         .await
         .map_err(WorkerError::kafka("announcing the application on system"))?;
-    Ok(app)
+    Ok(())
 }

@@ -1,0 +1,234 @@
+//! WebSocket clients, in child processes of the tool (`nexxus-load client ...`): each holds up
+//! to `PER_PROCESS` connections from its own source address (127.0.0.<n>), since the file
+//! limit and the ephemeral port range bound one process, not the transport.
+//!
+//! A child connects its clients, subscribes each as the plan says, prints `ready`, then records
+//! every delta: its (object, version) for losses and duplicates, and `now - timestamp` for
+//! latency once the parent says `start <micros>`. On `report` it prints its JSON report.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::plan::Shape;
+use crate::report::Histogram;
+use nexxus_worker::transport::jwt::{self, Claims};
+
+pub const PER_PROCESS: usize = 9_000;
+
+/// What a child process needs; passed as one JSON argument.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Spec {
+    pub ws: Vec<String>,
+    pub app: String,
+    pub secret: String,
+    pub first: usize,
+    pub count: usize,
+    pub clients: usize,
+    pub channels: usize,
+    pub subs_per_client: usize,
+    pub filtered: f64,
+    pub source_ip: String,
+}
+
+/// Per client: deltas received, distinct (object, version) among them.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Report {
+    pub first: usize,
+    pub received: Vec<u64>,
+    pub unique: Vec<u64>,
+    pub latency: Histogram,
+    pub first_us: u64,
+    pub last_us: u64,
+}
+
+pub fn micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+#[derive(Deserialize)]
+struct Frame<'a> {
+    #[serde(borrow)]
+    event: &'a str,
+    #[serde(default)]
+    data: Option<Data>,
+}
+
+#[derive(Deserialize, Default)]
+struct Data {
+    #[serde(default)]
+    new: Vec<Delta>,
+    #[serde(default)]
+    updated: Vec<Delta>,
+    #[serde(default)]
+    deleted: Vec<Delta>,
+}
+
+#[derive(Deserialize)]
+struct Delta {
+    #[serde(default)]
+    object: Option<ObjectId>,
+    #[serde(default)]
+    patch: Option<PatchPath>,
+    timestamp: u64,
+    version: u64,
+}
+
+#[derive(Deserialize)]
+struct ObjectId {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct PatchPath {
+    path: String,
+}
+
+/// `<run>-<n>` → n: object ids of one run differ only by their number.
+fn object_number(id: &str) -> u64 {
+    id.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+pub async fn run(spec: Spec) -> anyhow::Result<()> {
+    let shape = Shape {
+        clients: spec.clients,
+        channels: spec.channels,
+        subs_per_client: spec.subs_per_client,
+        filtered: spec.filtered,
+    };
+    let ip: std::net::Ipv4Addr = spec.source_ip.parse()?;
+    let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 6 * 3600;
+    let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+    let start_us = Arc::new(AtomicU64::new(u64::MAX));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let connect = |k: usize| {
+        let i = spec.first + k;
+        let claims = Claims { application_id: spec.app.clone(), device_id: format!("d{i}"), exp, user_id: None };
+        let base = &spec.ws[i % spec.ws.len()];
+        let url = format!("{}/?token={}", base.trim_end_matches('/'), jwt::sign(&claims, &spec.secret));
+        let subs = shape.subscriptions(i);
+        async move {
+            let addr: std::net::SocketAddr = url
+                .trim_start_matches("ws://")
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+            let socket = TcpSocket::new_v4()?;
+            socket.bind((ip, 0).into())?;
+            let tcp = socket.connect(addr).await?;
+            let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(config)).await?;
+            let ready = ws.next().await.ok_or_else(|| anyhow::anyhow!("closed before ready"))??;
+            anyhow::ensure!(ready.to_text()?.contains("\"ready\""), "not ready: {ready:?}");
+            for (c, filtered) in &subs {
+                let mut data = json!({"channel": Shape::channel(*c)});
+                if *filtered {
+                    data["filters"] = Shape::filter();
+                }
+                ws.send(Message::Text(json!({"event": "subscribe", "data": data}).to_string().into())).await?;
+            }
+            let mut answered = 0;
+            while answered < subs.len() {
+                let m = ws.next().await.ok_or_else(|| anyhow::anyhow!("closed while subscribing"))??;
+                let text = m.to_text()?;
+                anyhow::ensure!(!text.contains("\"error\""), "subscribe refused: {text}");
+                answered += usize::from(text.contains("\"subscribed\""));
+            }
+            anyhow::Ok(ws)
+        }
+    };
+    let sockets: Vec<_> = futures::stream::iter(0..spec.count).map(connect).buffered(200).collect().await;
+    let mut tasks = Vec::with_capacity(spec.count);
+    for ws in sockets {
+        let mut ws = ws?;
+        let (stop, start_us) = (stop.clone(), start_us.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut seen: Vec<u64> = Vec::new();
+            let mut latency = Histogram::default();
+            let (mut first, mut last) = (u64::MAX, 0u64);
+            loop {
+                let text = tokio::select! {
+                    () = stop.cancelled() => break,
+                    m = ws.next() => match m {
+                        Some(Ok(Message::Text(t))) => t,
+                        Some(Ok(_)) => continue,
+                        _ => break,
+                    },
+                };
+                let now = micros();
+                let Ok(frame) = serde_json::from_str::<Frame<'_>>(&text) else { continue };
+                let Some(data) = frame.data.filter(|_| frame.event == "message") else { continue };
+                let start = start_us.load(Ordering::Relaxed);
+                for d in data.new.iter().chain(&data.updated).chain(&data.deleted) {
+                    let id = match (&d.object, &d.patch) {
+                        (Some(o), _) => object_number(&o.id),
+                        (None, Some(p)) => object_number(p.path.split('/').nth(1).unwrap_or_default()),
+                        (None, None) => 0,
+                    };
+                    seen.push(id << 24 | (d.version & 0xff_ffff));
+                    if d.timestamp >= start {
+                        latency.record(now.saturating_sub(d.timestamp));
+                        first = first.min(now);
+                        last = last.max(now);
+                    }
+                }
+            }
+            let received = seen.len() as u64;
+            seen.sort_unstable();
+            seen.dedup();
+            (received, seen.len() as u64, latency, first, last)
+        }));
+    }
+    println!("ready {}", spec.count);
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        if let Some(t) = line.strip_prefix("start ") {
+            start_us.store(t.trim().parse().unwrap_or(0), Ordering::Relaxed);
+        } else if line.trim() == "report" {
+            break;
+        }
+    }
+    stop.cancel();
+    let mut report = Report { first: spec.first, first_us: u64::MAX, ..Report::default() };
+    for t in tasks {
+        let (received, unique, latency, first, last) = t.await?;
+        report.received.push(received);
+        report.unique.push(unique);
+        report.latency.merge(&latency);
+        report.first_us = report.first_us.min(first);
+        report.last_us = report.last_us.max(last);
+    }
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// Counts of (spec, child) for `clients` connections split over child processes.
+pub fn split(clients: usize) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut first = 0;
+    while first < clients {
+        let n = (clients - first).min(PER_PROCESS);
+        out.push((first, n));
+        first += n;
+    }
+    out
+}
+
+/// Per client index → expected deltas, from each channel's owed (unfiltered, filtered) totals.
+pub fn expected(shape: &Shape, owed: &HashMap<usize, (u64, u64)>) -> Vec<u64> {
+    (0..shape.clients)
+        .map(|i| {
+            shape.subscriptions(i).iter().map(|(c, f)| owed.get(c).map_or(0, |(u, fl)| if *f { *fl } else { *u })).sum()
+        })
+        .collect()
+}

@@ -1,0 +1,317 @@
+//! `nexxus-load`: the load tool. Drives creates, updates and deletes into `aggregation` (Kafka)
+//! or the HTTP ingress of `-t all`, holds M real WebSocket clients with a mix of channels and
+//! filters, and measures what reaches them: end-to-end latency (produce to receipt), deliveries
+//! per second, expected vs received per client (losses, duplicates), and the CPU and RSS of
+//! every `nexxus-worker` process on the machine. Bounded in time; writes JSON and Markdown.
+//!
+//!     nexxus-load --scenario a --target kafka --clients 1000 --subs 3 --channels 300 --rate 5000 --duration 30
+//!     nexxus-load --scenario d --idle --clients 50000 --ws ws://127.0.0.1:3000,ws://127.0.0.1:3001
+//!
+//! `deploy/local/bench-e2e.sh` runs the published scenarios (BENCHMARKS.md).
+
+mod clients;
+mod plan;
+mod report;
+mod watch;
+mod writer;
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+use clients::{micros, Report, Spec};
+use plan::{Generator, Shape};
+use report::{Histogram, Latency, Outcome};
+
+#[derive(Parser)]
+#[command(name = "nexxus-load", about = "End-to-end load tool of nexxus-worker (see BENCHMARKS.md)")]
+struct Cli {
+    #[command(subcommand)]
+    internal: Option<Internal>,
+    #[command(flatten)]
+    run: Run,
+}
+
+#[derive(Subcommand)]
+enum Internal {
+    /// A child process holding WebSocket clients (started by the tool itself).
+    #[command(hide = true)]
+    Client { spec: String },
+}
+
+#[derive(clap::Args, Clone)]
+struct Run {
+    /// Label of the run in the report.
+    #[arg(long, default_value = "custom")]
+    scenario: String,
+    /// Where changes go: `kafka` (TP_* variables, TP_TOPIC_PREFIX) or `http` (the ingress).
+    #[arg(long, default_value = "http")]
+    target: String,
+    /// Base URL of the HTTP ingress.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    http: String,
+    /// Bearer token of the ingress (TP_INGRESS_TOKEN of the server).
+    #[arg(long)]
+    ingress_token: Option<String>,
+    /// WebSocket URLs of the sockets transports, comma separated; clients are spread over them.
+    #[arg(long, default_value = "ws://127.0.0.1:3000", value_delimiter = ',')]
+    ws: Vec<String>,
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// Channels (contexts of model `item`) the subscriptions spread over.
+    #[arg(long, default_value_t = 300)]
+    channels: usize,
+    /// Subscriptions per client.
+    #[arg(long, default_value_t = 3)]
+    subs: usize,
+    /// Fraction of subscriptions filtered by `score >= 50` (enter/leave).
+    #[arg(long, default_value_t = 0.0)]
+    filtered: f64,
+    /// Changes per second.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 30.0)]
+    duration: f64,
+    /// Objects created per channel before measuring.
+    #[arg(long, default_value_t = 2)]
+    seed: usize,
+    /// Weights of create, update, delete.
+    #[arg(long, default_value = "10,85,5", value_delimiter = ',')]
+    mix: Vec<f64>,
+    /// Seconds to wait after the last change for deliveries in flight.
+    #[arg(long, default_value_t = 5.0)]
+    drain: f64,
+    /// Only connect the clients and measure worker memory per connection.
+    #[arg(long)]
+    idle: bool,
+    /// JWT secret of the application the tool registers.
+    #[arg(long, default_value = "load-tool-secret")]
+    secret: String,
+    /// Write the result as JSON here.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    /// Append the result as Markdown here.
+    #[arg(long)]
+    md: Option<std::path::PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // reqwest is built without a default TLS provider (the worker picks ring); even plain-http
+    // clients need one installed.
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.internal {
+        Some(Internal::Client { spec }) => rt.block_on(clients::run(serde_json::from_str(&spec)?)),
+        None => rt.block_on(run(cli.run)),
+    }
+}
+
+async fn run(args: Run) -> anyhow::Result<()> {
+    let app = format!("load{}", micros());
+    let target = register(&args, &app).await?;
+    let shape = Shape {
+        clients: args.clients,
+        channels: args.channels.max(1),
+        subs_per_client: args.subs,
+        filtered: args.filtered,
+    };
+    let processes = watch::discover();
+    eprintln!("[load] watching {processes:?}");
+    let watch = watch::Watch::start(&processes);
+
+    let mut children = Vec::new();
+    for (k, (first, count)) in clients::split(args.clients).into_iter().enumerate() {
+        let spec = Spec {
+            ws: args.ws.clone(),
+            app: app.clone(),
+            secret: args.secret.clone(),
+            first,
+            count,
+            clients: shape.clients,
+            channels: shape.channels,
+            subs_per_client: shape.subs_per_client,
+            filtered: shape.filtered,
+            source_ip: format!("127.0.0.{}", k + 2),
+        };
+        children.push(spawn_child(&spec).await?);
+    }
+    eprintln!("[load] {} clients connected and subscribed", args.clients);
+
+    let mut sent = writer::Sent::default();
+    let (mut measured_changes, mut elapsed) = (0, Duration::ZERO);
+    let mut idle_kib = None;
+    if args.idle {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let start = watch.rss_start();
+        let grown: u64 = watch
+            .rss_now()
+            .iter()
+            .filter(|(name, _)| name.starts_with("sockets_transport") || name.starts_with("all"))
+            .map(|(name, now)| now.saturating_sub(start.iter().find(|(n, _)| n == name).map_or(0, |(_, s)| *s)))
+            .sum();
+        idle_kib = Some(grown as f64 / args.clients.max(1) as f64);
+    } else {
+        let mix = [0, 1, 2].map(|i| args.mix.get(i).copied().unwrap_or(0.0));
+        let mut generator = Generator::new(shape.channels, mix, &app);
+        target.send_all(&app, &generator.seed(args.seed), &mut sent).await?;
+        let gap_ms = generator.revisit() as f64 / args.rate.max(1) as f64 * 1000.0;
+        if gap_ms < 100.0 {
+            eprintln!("[load] warning: an object changes again after {gap_ms:.0} ms; the aggregator may merge updates (raise --seed)");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let seeded = sent.changes;
+        let t0 = micros();
+        for child in &mut children {
+            tell(child, &format!("start {t0}")).await?;
+        }
+        eprintln!("[load] {} objects seeded; {} changes/s for {} s", seeded, args.rate, args.duration);
+        target.drive(&app, &mut generator, args.rate, Duration::from_secs_f64(args.duration), &mut sent).await?;
+        measured_changes = sent.changes - seeded;
+        elapsed = sent.elapsed;
+        tokio::time::sleep(Duration::from_secs_f64(args.drain)).await;
+    }
+    let processes = watch.finish();
+
+    let mut reports = Vec::new();
+    for mut child in children {
+        tell(&mut child, "report").await?;
+        let out = child.wait_with_output().await?;
+        reports.push(serde_json::from_slice::<Report>(&out.stdout)?);
+    }
+    let outcome = summarize(&args, &shape, &sent, &reports, measured_changes, elapsed, processes, idle_kib);
+    let md = outcome.markdown();
+    println!("{md}");
+    if let Some(path) = &args.out {
+        std::fs::write(path, serde_json::to_string_pretty(&outcome)?)?;
+    }
+    if let Some(path) = &args.md {
+        use std::io::Write;
+        std::fs::OpenOptions::new().create(true).append(true).open(path)?.write_all(format!("{md}\n").as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Registers the run's application where the target reads applications from.
+async fn register(args: &Run, app: &str) -> anyhow::Result<writer::Target> {
+    let doc = serde_json::json!({"id": app, "jwt_secret": args.secret, "schema": {plan::MODEL: {"read_acl": 0, "write_acl": 0}}});
+    match args.target.as_str() {
+        "http" => {
+            let mut put =
+                reqwest::Client::new().put(format!("{}/apps/{app}", args.http.trim_end_matches('/'))).json(&doc);
+            if let Some(t) = &args.ingress_token {
+                put = put.bearer_auth(t);
+            }
+            let status = put.send().await?.status();
+            anyhow::ensure!(status.is_success(), "PUT /apps/{app}: {status}");
+            Ok(writer::Target::http(&args.http, args.ingress_token.clone()))
+        }
+        "kafka" => {
+            let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+            let cfg = nexxus_worker::config::Config::load(&Default::default(), &env)?;
+            let application = nexxus_worker::model::Application::from_json(doc.to_string().as_bytes())?;
+            nexxus_worker::commands::app::register(&cfg, &application).await?;
+            // Running workers pick the application up from `system` asynchronously.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            writer::Target::kafka(&cfg)
+        }
+        other => anyhow::bail!("--target {other}: expected kafka or http"),
+    }
+}
+
+async fn spawn_child(spec: &Spec) -> anyhow::Result<Child> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["client", &serde_json::to_string(spec)?])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("client stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(300), lines.next_line()).await??.unwrap_or_default();
+    anyhow::ensure!(line.starts_with("ready"), "client process from {}: {line:?}", spec.first);
+    child.stdout = Some(lines.into_inner().into_inner());
+    Ok(child)
+}
+
+async fn tell(child: &mut Child, line: &str) -> anyhow::Result<()> {
+    let stdin = child.stdin.as_mut().ok_or_else(|| anyhow::anyhow!("client stdin"))?;
+    stdin.write_all(format!("{line}\n").as_bytes()).await?;
+    Ok(stdin.flush().await?)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summarize(
+    args: &Run,
+    shape: &Shape,
+    sent: &writer::Sent,
+    reports: &[Report],
+    measured_changes: u64,
+    elapsed: Duration,
+    processes: Vec<report::ProcessUse>,
+    idle_kib: Option<f64>,
+) -> Outcome {
+    let expected = clients::expected(shape, &sent.owed);
+    let (mut received, mut lost, mut dups, mut unexpected, mut with_loss, mut with_dups) = (0, 0, 0, 0, 0, 0);
+    let mut latency = Histogram::default();
+    let (mut first, mut last) = (u64::MAX, 0);
+    for r in reports {
+        latency.merge(&r.latency);
+        first = first.min(r.first_us);
+        last = last.max(r.last_us);
+        for (k, (got, unique)) in r.received.iter().zip(&r.unique).enumerate() {
+            let want = expected.get(r.first + k).copied().unwrap_or(0);
+            received += got;
+            dups += got - unique;
+            lost += want.saturating_sub(*unique);
+            unexpected += unique.saturating_sub(want);
+            with_loss += usize::from(*unique < want);
+            with_dups += usize::from(got > unique);
+        }
+    }
+    let span = last.saturating_sub(first).max(1) as f64 / 1e6;
+    Outcome {
+        scenario: args.scenario.clone(),
+        target: if args.target == "http" { format!("HTTP ingress {}", args.http) } else { "Kafka".into() },
+        machine: machine(),
+        clients: shape.clients,
+        channels: shape.channels,
+        subs_per_client: shape.subs_per_client,
+        filtered_fraction: shape.filtered,
+        rate_wanted: args.rate,
+        duration_s: args.duration,
+        changes_sent: sent.changes,
+        changes_per_s: measured_changes as f64 / elapsed.as_secs_f64().max(0.001),
+        deliveries_expected: expected.iter().sum(),
+        deliveries_received: received,
+        deliveries_per_s: if latency.count() > 0 { latency.count() as f64 / span } else { 0.0 },
+        lost,
+        duplicates: dups,
+        unexpected,
+        clients_with_loss: with_loss,
+        clients_with_duplicates: with_dups,
+        latency: Latency::of(&latency),
+        processes,
+        idle_kib_per_connection: idle_kib,
+    }
+}
+
+/// CPU model, cores and memory, for the report.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    format!("{} vCPU ({}), {mem_gib:.0} GiB", cores, model.unwrap_or_else(|| "unknown CPU".into()))
+}
