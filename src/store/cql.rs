@@ -30,11 +30,10 @@ use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, Statement};
 use scylla::value::CqlTimestamp;
-use serde_json::{Map, Value};
 
 use super::{last_write_per_object, ObjectId, ObjectRow, ObjectWrite, Store, StoreError};
 use crate::config::Config;
-use crate::model::{Application, SourcePosition, StoredObject};
+use crate::model::Application;
 
 mod errors;
 mod schema;
@@ -321,15 +320,7 @@ impl Store for CqlStore {
 }
 
 fn decode_object((body, version, topic, partition, offset, deleted): ObjectColumns) -> Result<ObjectRow, String> {
-    let object: Map<String, Value> =
-        serde_json::from_str(&body).map_err(|e| format!("body is not a JSON object: {e}"))?;
-    let version = u64::try_from(version).map_err(|_| format!("negative version {version}"))?;
-    let last_applied = match (topic, partition, offset) {
-        (Some(topic), Some(partition), Some(offset)) => Some(SourcePosition { topic, partition, offset }),
-        (None, None, None) => None,
-        _ => return Err("last_topic, last_partition and last_offset are not all set or all null".into()),
-    };
-    Ok(ObjectRow { object: StoredObject { object, version, last_applied }, deleted })
+    super::decode_row(&body, version, (topic, partition, offset), deleted)
 }
 
 fn decode_application(id: &str, body: &str) -> Result<Application, StoreError> {

@@ -131,6 +131,25 @@ pub trait Store: Send + Sync + 'static {
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
+/// An object row from a store's columns: body JSON, version, last applied position (all three
+/// parts or none), deleted flag. The error names what is wrong; the caller names the row.
+pub(crate) fn decode_row(
+    body: &str,
+    version: i64,
+    (topic, partition, offset): (Option<String>, Option<i32>, Option<i64>),
+    deleted: bool,
+) -> Result<ObjectRow, String> {
+    let object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(body).map_err(|e| format!("body is not a JSON object: {e}"))?;
+    let version = u64::try_from(version).map_err(|_| format!("negative version {version}"))?;
+    let last_applied = match (topic, partition, offset) {
+        (Some(topic), Some(partition), Some(offset)) => Some(crate::model::SourcePosition { topic, partition, offset }),
+        (None, None, None) => None,
+        _ => return Err("last_topic, last_partition and last_offset are not all set or all null".into()),
+    };
+    Ok(ObjectRow { object: StoredObject { object, version, last_applied }, deleted })
+}
+
 /// Keeps the last write of each object, in first-seen order, so concurrent statements within one
 /// call never race on the same row.
 pub(crate) fn last_write_per_object(writes: &[ObjectWrite]) -> Vec<&ObjectWrite> {

@@ -3,9 +3,8 @@
 use std::collections::BTreeSet;
 
 use rusqlite::Row;
-use serde_json::{Map, Value};
 
-use crate::model::{Application, SourcePosition, StoredObject};
+use crate::model::Application;
 use crate::store::{ObjectRow, ObjectWrite, StoreError};
 
 /// One object write as owned column values, so the blocking task borrows nothing from the caller.
@@ -58,20 +57,12 @@ pub(super) fn decode_object(row: &Row<'_>) -> Result<ObjectRow, String> {
     let offset: Option<i64> = row.get(4).map_err(column)?;
     let deleted: i64 = row.get(5).map_err(column)?;
 
-    let object: Map<String, Value> =
-        serde_json::from_str(&body).map_err(|e| format!("body is not a JSON object: {e}"))?;
-    let version = u64::try_from(version).map_err(|_| format!("negative version {version}"))?;
-    let last_applied = match (topic, partition, offset) {
-        (Some(topic), Some(partition), Some(offset)) => Some(SourcePosition { topic, partition, offset }),
-        (None, None, None) => None,
-        _ => return Err("last_topic, last_partition and last_offset are not all set or all null".into()),
-    };
     let deleted = match deleted {
         0 => false,
         1 => true,
         other => return Err(format!("deleted flag is {other}, not 0 or 1")),
     };
-    Ok(ObjectRow { object: StoredObject { object, version, last_applied }, deleted })
+    super::super::decode_row(&body, version, (topic, partition, offset), deleted)
 }
 
 /// Validates and serialises an application as the CQL store does, so either store reads the
