@@ -1,6 +1,6 @@
-//! The Redis registry against the real Redis of the local stack, each scenario on both
-//! topologies: the single node (`TP_REDIS_URL`) and the 3-master cluster
-//! (`NEXXUS_REDIS_CLUSTER_URL`). Each test works under its own application id `t<nanos>...`,
+//! The registry against the real Redis of the local stack, each scenario on the single node
+//! (`TP_REDIS_URL`), the 3-master cluster (`NEXXUS_REDIS_CLUSTER_URL`) and the in-memory
+//! backend of `-t all` (the same registry code over a map that must answer as Redis does). Each test works under its own application id `t<nanos>...`,
 //! checks the raw keys with plain Redis commands, and deletes its keys at the end. The restart
 //! test runs its own throwaway redis-server.
 
@@ -17,6 +17,14 @@ use serde_json::json;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Topology {
+    Single,
+    Cluster,
+    /// The in-process backend of `-t all` without Redis: same registry code, same scenarios.
+    Memory,
+}
 
 fn url(cluster: bool) -> String {
     let env = common::stack_env();
@@ -42,6 +50,7 @@ struct Raw {
 enum Routed {
     Single(redis::aio::MultiplexedConnection),
     Cluster(redis::cluster_async::ClusterConnection),
+    Memory(nexxus_worker::registry::memory::MemoryDb),
 }
 
 impl Raw {
@@ -63,6 +72,7 @@ impl Raw {
         match &self.routed {
             Routed::Single(c) => cmd.query_async(&mut c.clone()).await.unwrap(),
             Routed::Cluster(c) => cmd.query_async(&mut c.clone()).await.unwrap(),
+            Routed::Memory(db) => redis::from_redis_value(db.query(cmd).unwrap()).unwrap(),
         }
     }
 
@@ -77,6 +87,9 @@ impl Raw {
     /// Every key of `app` on every node (KEYS is fine in a test; the registry never uses it).
     async fn keys_of(&self, app: &str) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
+        if let Routed::Memory(db) = &self.routed {
+            out.extend(db.keys().into_iter().filter(|k| k.starts_with(&format!("blg:{app}:"))));
+        }
         for node in &self.nodes {
             let ks: Vec<String> =
                 redis::cmd("KEYS").arg(format!("blg:{app}:*")).query_async(&mut node.clone()).await.unwrap();
@@ -93,7 +106,13 @@ impl Raw {
     }
 }
 
-async fn setup(cluster: bool) -> (Registry, Raw, String) {
+async fn setup(topology: Topology) -> (Registry, Raw, String) {
+    if topology == Topology::Memory {
+        let reg = Registry::memory();
+        let db = reg.memory_db().expect("the in-memory registry exposes its map");
+        return (reg, Raw { nodes: Vec::new(), routed: Routed::Memory(db) }, unique_app());
+    }
+    let cluster = topology == Topology::Cluster;
     let u = url(cluster);
     let reg = Registry::connect(&u).await.expect("connecting the registry to the local stack (make up)");
     assert_eq!(reg.is_cluster(), cluster);
@@ -124,16 +143,20 @@ fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
-/// Runs one scenario on the single node and on the cluster.
-macro_rules! both_topologies {
-    ($body:ident: $single:ident, $cluster:ident) => {
+/// Runs one scenario on the single node, on the cluster and on the in-memory backend.
+macro_rules! every_topology {
+    ($body:ident: $single:ident, $cluster:ident, $memory:ident) => {
         #[tokio::test]
         async fn $single() {
-            $body(false).await
+            $body(Topology::Single).await
         }
         #[tokio::test]
         async fn $cluster() {
-            $body(true).await
+            $body(Topology::Cluster).await
+        }
+        #[tokio::test]
+        async fn $memory() {
+            $body(Topology::Memory).await
         }
     };
 }
@@ -141,9 +164,9 @@ macro_rules! both_topologies {
 // ---------------------------------------------------------------------------------------------
 // Scenarios
 
-both_topologies!(device_put_get_delete: device_put_get_delete_single, device_put_get_delete_cluster);
-async fn device_put_get_delete(cluster: bool) {
-    let (reg, raw, app) = setup(cluster).await;
+every_topology!(device_put_get_delete: device_put_get_delete_single, device_put_get_delete_cluster, device_put_get_delete_memory);
+async fn device_put_get_delete(topology: Topology) {
+    let (reg, raw, app) = setup(topology).await;
     reg.ping().await.unwrap();
     assert_eq!(reg.get_device(&app, "d1").await.unwrap(), None);
 
@@ -168,9 +191,9 @@ async fn device_put_get_delete(cluster: bool) {
     raw.cleanup(&app).await;
 }
 
-both_topologies!(subscribe_unsubscribe: subscribe_unsubscribe_single, subscribe_unsubscribe_cluster);
-async fn subscribe_unsubscribe(cluster: bool) {
-    let (reg, raw, app) = setup(cluster).await;
+every_topology!(subscribe_unsubscribe: subscribe_unsubscribe_single, subscribe_unsubscribe_cluster, subscribe_unsubscribe_memory);
+async fn subscribe_unsubscribe(topology: Topology) {
+    let (reg, raw, app) = setup(topology).await;
     let key = context_channel("c1").key(&app, None).unwrap();
     assert_eq!(key.as_str(), format!("blg:{app}:context:c1:task"));
     let addrs = [addr(&app, Transport::Ios, "d1", "tok1"), addr(&app, Transport::Sockets(3), "d1", "")];
@@ -208,9 +231,9 @@ async fn subscribe_unsubscribe(cluster: bool) {
     raw.cleanup(&app).await;
 }
 
-both_topologies!(filtered_subscription_index: filtered_index_single, filtered_index_cluster);
-async fn filtered_subscription_index(cluster: bool) {
-    let (reg, raw, app) = setup(cluster).await;
+every_topology!(filtered_subscription_index: filtered_index_single, filtered_index_cluster, filtered_index_memory);
+async fn filtered_subscription_index(topology: Topology) {
+    let (reg, raw, app) = setup(topology).await;
     let base = context_channel("c1").key(&app, None).unwrap();
     let fk = context_channel("c1").key(&app, Some(&filter(1))).unwrap();
     assert!(fk.as_str().starts_with(&format!("blg:{app}:context:c1:task:filter:")));
@@ -233,9 +256,9 @@ async fn filtered_subscription_index(cluster: bool) {
     raw.cleanup(&app).await;
 }
 
-both_topologies!(route_channels: route_single, route_cluster);
-async fn route_channels(cluster: bool) {
-    let (reg, raw, app_a) = setup(cluster).await;
+every_topology!(route_channels: route_single, route_cluster, route_memory);
+async fn route_channels(topology: Topology) {
+    let (reg, raw, app_a) = setup(topology).await;
     let app_b = unique_app();
     let ch_a = context_channel("c1").key(&app_a, None).unwrap();
     let ch_b = context_channel("c1").key(&app_b, None).unwrap();
@@ -284,9 +307,9 @@ async fn route_channels(cluster: bool) {
     raw.cleanup(&app_b).await;
 }
 
-both_topologies!(move_addresses: move_addresses_single, move_addresses_cluster);
-async fn move_addresses(cluster: bool) {
-    let (reg, raw, app) = setup(cluster).await;
+every_topology!(move_addresses: move_addresses_single, move_addresses_cluster, move_addresses_memory);
+async fn move_addresses(topology: Topology) {
+    let (reg, raw, app) = setup(topology).await;
     let ch = context_channel("c1").key(&app, None).unwrap();
     let fk = context_channel("c2").key(&app, Some(&filter(7))).unwrap();
     let old = addr(&app, Transport::Ios, "d1", "old");
@@ -315,9 +338,9 @@ async fn move_addresses(cluster: bool) {
     raw.cleanup(&app).await;
 }
 
-both_topologies!(delete_device_removes_everything: delete_device_single, delete_device_cluster);
-async fn delete_device_removes_everything(cluster: bool) {
-    let (reg, raw, app) = setup(cluster).await;
+every_topology!(delete_device_removes_everything: delete_device_single, delete_device_cluster, delete_device_memory);
+async fn delete_device_removes_everything(topology: Topology) {
+    let (reg, raw, app) = setup(topology).await;
     let ch = context_channel("c1").key(&app, None).unwrap();
     let fk = context_channel("c1").key(&app, Some(&filter(1))).unwrap();
     let user = Channel { model: "user".into(), ..Channel::default() }.key(&app, None).unwrap();
@@ -348,9 +371,9 @@ async fn delete_device_removes_everything(cluster: bool) {
     raw.cleanup(&app).await;
 }
 
-both_topologies!(app_devices: app_devices_single, app_devices_cluster);
-async fn app_devices(cluster: bool) {
-    let (reg, raw, app) = setup(cluster).await;
+every_topology!(app_devices: app_devices_single, app_devices_cluster, app_devices_memory);
+async fn app_devices(topology: Topology) {
+    let (reg, raw, app) = setup(topology).await;
     let other_app = unique_app();
     let n = nexxus_worker::registry::DEVICE_CHUNK + 20; // more than one pipelined chunk
     let puts = (0..n).map(|i| {
@@ -377,9 +400,9 @@ async fn app_devices(cluster: bool) {
     raw.cleanup(&other_app).await;
 }
 
-both_topologies!(corrupt_data_is_an_error: corrupt_single, corrupt_cluster);
-async fn corrupt_data_is_an_error(cluster: bool) {
-    let (reg, raw, app) = setup(cluster).await;
+every_topology!(corrupt_data_is_an_error: corrupt_single, corrupt_cluster, corrupt_memory);
+async fn corrupt_data_is_an_error(topology: Topology) {
+    let (reg, raw, app) = setup(topology).await;
     let ch = context_channel("c1").key(&app, None).unwrap();
     let _: () = raw.q(redis::cmd("SET").arg(ch.as_str()).arg("a string, not a set")).await;
     let err = reg.route(std::slice::from_ref(&ch)).await.unwrap_err();

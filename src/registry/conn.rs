@@ -139,6 +139,13 @@ impl Conn {
         Conn { inner: Inner::Memory(MemoryDb::default()), retries: Arc::new(AtomicU64::new(0)) }
     }
 
+    pub fn memory_db(&self) -> Option<MemoryDb> {
+        match &self.inner {
+            Inner::Memory(db) => Some(db.clone()),
+            _ => None,
+        }
+    }
+
     pub fn is_cluster(&self) -> bool {
         matches!(self.inner, Inner::Cluster(_))
     }

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use redis::{Arg, Value};
+use redis::{Arg, Cmd, Value};
 
 use super::conn::Op;
 use super::RegistryError;
@@ -27,7 +27,31 @@ impl MemoryDb {
     /// Runs a batch atomically (one lock), one reply per command as Redis would give.
     pub fn run(&self, what: &str, ops: &[Op]) -> Result<Vec<Value>, RegistryError> {
         let mut keys = self.keys.lock().map_err(|_| RegistryError::Unavailable(format!("{what}: poisoned")))?;
-        ops.iter().map(|op| apply(&mut keys, op).map_err(|e| RegistryError::Corrupt(format!("{what}: {e}")))).collect()
+        ops.iter()
+            .map(|op| {
+                // An `Op`'s first argument is its key (PING has none).
+                let (_, mut args) = split(op.cmd());
+                if op.name() != "PING" && !args.is_empty() {
+                    args.remove(0);
+                }
+                apply(&mut keys, op.name(), op.key(), args).map_err(|e| RegistryError::Corrupt(format!("{what}: {e}")))
+            })
+            .collect()
+    }
+
+    /// One command as `redis::cmd(...)` builds it (tests inspect and tamper with the map the
+    /// way they do with a server).
+    pub fn query(&self, cmd: &Cmd) -> Result<Value, RegistryError> {
+        let (name, mut args) = split(cmd);
+        let name = name.ok_or_else(|| RegistryError::Corrupt("empty command".into()))?;
+        let key = if args.is_empty() { String::new() } else { String::from_utf8_lossy(&args.remove(0)).into_owned() };
+        let mut keys = self.keys.lock().map_err(|_| RegistryError::Unavailable("poisoned".into()))?;
+        apply(&mut keys, &name, &key, args).map_err(RegistryError::Corrupt)
+    }
+
+    /// Every key (tests).
+    pub fn keys(&self) -> Vec<String> {
+        self.keys.lock().map(|k| k.keys().cloned().collect()).unwrap_or_default()
     }
 
     /// Number of keys (tests and gauges).
@@ -40,20 +64,20 @@ impl MemoryDb {
     }
 }
 
-fn apply(keys: &mut HashMap<String, Entry>, op: &Op) -> Result<Value, String> {
-    // The command name, then the key (`Op::new`), then the command's values.
-    let values: Vec<Vec<u8>> = op
-        .cmd()
-        .args_iter()
-        .skip(2)
-        .filter_map(|a| match a {
-            Arg::Simple(bytes) => Some(bytes.to_vec()),
-            _ => None,
-        })
-        .collect();
-    let key = op.key();
-    let wrong_type = || format!("WRONGTYPE {} on {key}", op.name());
-    Ok(match op.name() {
+/// The command name (upper case) and the arguments after it.
+fn split(cmd: &Cmd) -> (Option<String>, Vec<Vec<u8>>) {
+    let mut args = cmd.args_iter().filter_map(|a| match a {
+        Arg::Simple(bytes) => Some(bytes.to_vec()),
+        _ => None,
+    });
+    let name = args.next().map(|n| String::from_utf8_lossy(&n).to_ascii_uppercase());
+    (name, args.collect())
+}
+
+/// One command on the map; `values` are its arguments after the key.
+fn apply(keys: &mut HashMap<String, Entry>, name: &str, key: &str, values: Vec<Vec<u8>>) -> Result<Value, String> {
+    let wrong_type = || format!("WRONGTYPE {name} on {key}");
+    Ok(match name {
         "PING" => Value::SimpleString("PONG".into()),
         "GET" => match keys.get(key) {
             None => Value::Nil,
@@ -61,11 +85,30 @@ fn apply(keys: &mut HashMap<String, Entry>, op: &Op) -> Result<Value, String> {
             Some(Entry::Set(_)) => return Err(wrong_type()),
         },
         "SET" => {
-            let value = values.into_iter().next().ok_or_else(|| format!("SET {key} without a value"))?;
-            keys.insert(key.to_string(), Entry::Text(value));
-            Value::Okay
+            let mut args = values.into_iter();
+            let value = args.next().ok_or_else(|| format!("SET {key} without a value"))?;
+            // `SET key value GET` answers the previous value; no other option is sent.
+            let get = match args.next() {
+                None => false,
+                Some(o) if o.eq_ignore_ascii_case(b"GET") && args.next().is_none() => true,
+                Some(o) => return Err(format!("SET option {} is not supported", String::from_utf8_lossy(&o))),
+            };
+            let previous = match keys.insert(key.to_string(), Entry::Text(value)) {
+                None => Value::Nil,
+                Some(Entry::Text(old)) => Value::BulkString(old),
+                Some(old @ Entry::Set(_)) => {
+                    keys.insert(key.to_string(), old);
+                    return Err(wrong_type());
+                }
+            };
+            if get {
+                previous
+            } else {
+                Value::Okay
+            }
         }
         "DEL" => Value::Int(i64::from(keys.remove(key).is_some())),
+        "EXISTS" => Value::Int(i64::from(keys.contains_key(key))),
         "SADD" => {
             let entry = keys.entry(key.to_string()).or_insert_with(|| Entry::Set(HashSet::new()));
             let Entry::Set(set) = entry else { return Err(wrong_type()) };
@@ -126,6 +169,7 @@ mod tests {
                     Op::new("SREM", "s").arg("a").arg("zz"),
                     Op::new("SMEMBERS", "s"),
                     Op::new("SET", "k").arg("v1"),
+                    Op::new("SET", "k").arg("v2").arg("GET"),
                     Op::new("GET", "k"),
                     Op::new("GET", "missing"),
                     Op::new("DEL", "k"),
@@ -138,9 +182,12 @@ mod tests {
         assert_eq!(out[2], Value::Int(1));
         assert_eq!(members(&out[3]), vec!["b"]);
         assert_eq!(out[4], Value::Okay);
-        assert_eq!(out[5], Value::BulkString(b"v1".to_vec()));
-        assert_eq!(out[6], Value::Nil);
-        assert_eq!((out[7].clone(), out[8].clone()), (Value::Int(1), Value::Int(0)));
+        assert_eq!(out[5], Value::BulkString(b"v1".to_vec()), "SET ... GET answers the previous value");
+        assert_eq!(out[6], Value::BulkString(b"v2".to_vec()));
+        assert_eq!(out[7], Value::Nil);
+        assert_eq!((out[8].clone(), out[9].clone()), (Value::Int(1), Value::Int(0)));
+        let first = db.run("t", &[Op::new("SET", "new").arg("x").arg("GET")]).unwrap();
+        assert_eq!(first, vec![Value::Nil]);
     }
 
     #[test]

@@ -87,6 +87,11 @@ impl Registry {
         Registry { conn: Conn::memory() }
     }
 
+    /// The map behind an in-memory registry (tests inspect it as they would a server).
+    pub fn memory_db(&self) -> Option<memory::MemoryDb> {
+        self.conn.memory_db()
+    }
+
     pub fn is_cluster(&self) -> bool {
         self.conn.is_cluster()
     }
