@@ -5,7 +5,7 @@
 #   deploy/local/bench-e2e.sh all   [a b c d]   # one `-t all` process on its embedded defaults
 #
 # Scenarios (rates override with RATE_A, RATE_B, RATE_C; DURATION for all):
-#   a  sustained updates, 1,000 clients × 3 channels (of 300)
+#   a  sustained updates, 1,000 clients × 3 channels (of 1,000: 3 subscribers per channel)
 #   b  fan-out of one channel to 10,000 clients
 #   c  filtered subscriptions (score >= 50) with enter/leave, 1,000 clients × 2 channels (of 100)
 #   d  idle connections, memory per connection (50,000 over three sockets transports with the
@@ -72,7 +72,7 @@ sleep 3
 
 for s in $SCENARIOS; do
   case $s in
-    a) args=(--clients 1000 --subs 3 --channels 300 --seed 40 --rate "${RATE_A:-5000}" --ws "$ALL_WS") ;;
+    a) args=(--clients 1000 --subs 3 --channels 1000 --seed 12 --rate "${RATE_A:-5000}" --ws "$ALL_WS") ;;
     b) args=(--clients 10000 --subs 1 --channels 1 --seed 50 --mix 0,1,0 --rate "${RATE_B:-20}" --ws "$ONE_WS") ;;
     c) args=(--clients 1000 --subs 2 --channels 100 --filtered 1 --seed 40 --mix 5,90,5 --rate "${RATE_C:-2000}" --ws "$ALL_WS") ;;
     d) args=(--idle --clients "$IDLE_CLIENTS" --ws "$ALL_WS") ;;

@@ -19,6 +19,8 @@ pub mod names {
     pub const DEAD_LETTERED: &str = "nexxus_dead_letter_total";
     pub const PROCESSING_SECONDS: &str = "nexxus_processing_seconds";
     pub const BATCH_SIZE: &str = "nexxus_batch_messages";
+    /// Seconds per phase of a batch: process, end_batch, settle, commit_transaction, persist, commit.
+    pub const BATCH_PHASE_SECONDS: &str = "nexxus_batch_phase_seconds";
     pub const CONSUMER_LAG: &str = "nexxus_consumer_lag";
     pub const REBALANCES: &str = "nexxus_rebalances_total";
     pub const RETRIES: &str = "nexxus_retries_total";

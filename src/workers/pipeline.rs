@@ -184,12 +184,16 @@ impl Pipeline {
                     break Err(e);
                 }
             }
+            let phase = Phases::start();
             let (positions, outcome) = self.process_batch(handler, &batch, &shutdown).await;
+            let phase = phase.next("process");
             drop(batch);
             // A failed `end_batch` means some outputs were never enqueued: the batch must be redone,
             // never committed. The outbox is settled either way so no delivery is left pending.
             let ended = if outcome.is_ok() { handler.end_batch(&mut self.outbox).await.err() } else { None };
+            let phase = phase.next("end_batch");
             let settled = self.outbox.settle().await;
+            let phase = phase.next("settle");
             let delivered = match (ended, settled) {
                 (Some(e), _) => Err(format!("ending the batch: {e}")),
                 (None, Err(reason)) => Err(reason),
@@ -224,6 +228,7 @@ impl Pipeline {
                 continue;
             }
             settle_delay = RETRY_START;
+            let phase = phase.next("commit_transaction");
             if !self.persist(handler, &shutdown).await {
                 // Shut down while the store was failing: nothing of this batch is committed.
                 break Ok(());
@@ -231,7 +236,11 @@ impl Pipeline {
             if !self.transactional {
                 // Synchronous: when the next batch starts, this one is durable, so a crash (even
                 // SIGKILL) re-delivers at most the batch in flight. One round trip per batch.
+                let phase = phase.next("persist");
                 self.commit(&positions.next).await;
+                phase.next("commit");
+            } else {
+                phase.next("persist");
             }
             match outcome {
                 Ok(Outcome::Done) => {}
@@ -379,5 +388,21 @@ impl Pipeline {
     /// Moves the consumer back to the first offsets of a batch that must be redone.
     async fn rewind(&self, first: &Offsets) -> Result<(), WorkerError> {
         self.consumer.rewind(first).await
+    }
+}
+
+/// Times the phases of one batch into `nexxus_batch_phase_seconds{phase}`: where a role's batch
+/// time goes (processing, the outputs' acknowledgements, the store, the commit).
+struct Phases(Instant);
+
+impl Phases {
+    fn start() -> Phases {
+        Phases(Instant::now())
+    }
+
+    fn next(self, phase: &'static str) -> Phases {
+        let now = Instant::now();
+        metrics::histogram!(names::BATCH_PHASE_SECONDS, "phase" => phase).record((now - self.0).as_secs_f64());
+        Phases(now)
     }
 }

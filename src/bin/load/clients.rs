@@ -4,7 +4,8 @@
 //!
 //! A child connects its clients, subscribes each as the plan says, prints `ready`, then records
 //! every delta: its (object, version) for losses and duplicates, and `now - timestamp` for
-//! latency once the parent says `start <micros>`. On `report` it prints its JSON report.
+//! latency once the parent says `start <micros>`. On `progress` it prints how many deltas it has
+//! received so far; on `report`, its JSON report.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -109,6 +110,7 @@ pub async fn run(spec: Spec) -> anyhow::Result<()> {
     let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 6 * 3600;
     let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
     let start_us = Arc::new(AtomicU64::new(u64::MAX));
+    let total = Arc::new(AtomicU64::new(0));
     let stop = tokio_util::sync::CancellationToken::new();
     let connect = |k: usize| {
         let i = spec.first + k;
@@ -151,7 +153,7 @@ pub async fn run(spec: Spec) -> anyhow::Result<()> {
     let mut tasks = Vec::with_capacity(spec.count);
     for ws in sockets {
         let mut ws = ws?;
-        let (stop, start_us) = (stop.clone(), start_us.clone());
+        let (stop, start_us, total) = (stop.clone(), start_us.clone(), total.clone());
         tasks.push(tokio::spawn(async move {
             let mut seen: Vec<u64> = Vec::new();
             let mut latency = Histogram::default();
@@ -176,6 +178,7 @@ pub async fn run(spec: Spec) -> anyhow::Result<()> {
                         (None, None) => 0,
                     };
                     seen.push(id << 24 | (d.version & 0xff_ffff));
+                    total.fetch_add(1, Ordering::Relaxed);
                     if d.timestamp >= start {
                         latency.record(now.saturating_sub(d.timestamp));
                         first = first.min(now);
@@ -194,6 +197,8 @@ pub async fn run(spec: Spec) -> anyhow::Result<()> {
     while let Some(line) = lines.next_line().await? {
         if let Some(t) = line.strip_prefix("start ") {
             start_us.store(t.trim().parse().unwrap_or(0), Ordering::Relaxed);
+        } else if line.trim() == "progress" {
+            println!("progress {}", total.load(Ordering::Relaxed));
         } else if line.trim() == "report" {
             break;
         }

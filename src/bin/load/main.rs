@@ -81,8 +81,8 @@ struct Run {
     /// Weights of create, update, delete.
     #[arg(long, default_value = "10,85,5", value_delimiter = ',')]
     mix: Vec<f64>,
-    /// Seconds to wait after the last change for deliveries in flight.
-    #[arg(long, default_value_t = 5.0)]
+    /// After the last change, wait for deliveries until none arrived for 2 s, at most this long.
+    #[arg(long, default_value_t = 60.0)]
     drain: f64,
     /// Only connect the clients and measure worker memory per connection.
     #[arg(long)]
@@ -119,9 +119,8 @@ async fn run(args: Run) -> anyhow::Result<()> {
         subs_per_client: args.subs,
         filtered: args.filtered,
     };
-    let processes = watch::discover();
-    eprintln!("[load] watching {processes:?}");
-    let watch = watch::Watch::start(&processes);
+    // Transport memory before any client connects: the idle measurement's baseline.
+    let baseline: Vec<(String, u64)> = watch::discover().into_iter().map(|(n, pid)| (n, watch::rss_kib(pid))).collect();
 
     let mut children = Vec::new();
     for (k, (first, count)) in clients::split(args.clients).into_iter().enumerate() {
@@ -140,18 +139,20 @@ async fn run(args: Run) -> anyhow::Result<()> {
         children.push(spawn_child(&spec).await?);
     }
     eprintln!("[load] {} clients connected and subscribed", args.clients);
+    let processes = watch::discover();
+    eprintln!("[load] watching {}", processes.iter().map(|(n, p)| format!("{n}={p}")).collect::<Vec<_>>().join(" "));
+    let watch = watch::Watch::start(&processes);
 
     let mut sent = writer::Sent::default();
     let (mut measured_changes, mut elapsed) = (0, Duration::ZERO);
     let mut idle_kib = None;
     if args.idle {
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let start = watch.rss_start();
         let grown: u64 = watch
             .rss_now()
             .iter()
             .filter(|(name, _)| name.starts_with("sockets_transport") || name.starts_with("all"))
-            .map(|(name, now)| now.saturating_sub(start.iter().find(|(n, _)| n == name).map_or(0, |(_, s)| *s)))
+            .map(|(name, now)| now.saturating_sub(baseline.iter().find(|(n, _)| n == name).map_or(0, |(_, s)| *s)))
             .sum();
         idle_kib = Some(grown as f64 / args.clients.max(1) as f64);
     } else {
@@ -172,15 +173,14 @@ async fn run(args: Run) -> anyhow::Result<()> {
         target.drive(&app, &mut generator, args.rate, Duration::from_secs_f64(args.duration), &mut sent).await?;
         measured_changes = sent.changes - seeded;
         elapsed = sent.elapsed;
-        tokio::time::sleep(Duration::from_secs_f64(args.drain)).await;
+        drain(&mut children, Duration::from_secs_f64(args.drain)).await?;
     }
     let processes = watch.finish();
 
     let mut reports = Vec::new();
-    for mut child in children {
-        tell(&mut child, "report").await?;
-        let out = child.wait_with_output().await?;
-        reports.push(serde_json::from_slice::<Report>(&out.stdout)?);
+    for child in &mut children {
+        tell(child, "report").await?;
+        reports.push(serde_json::from_str::<Report>(&child.lines.next_line().await?.unwrap_or_default())?);
     }
     let outcome = summarize(&args, &shape, &sent, &reports, measured_changes, elapsed, processes, idle_kib);
     let md = outcome.markdown();
@@ -222,7 +222,13 @@ async fn register(args: &Run, app: &str) -> anyhow::Result<writer::Target> {
     }
 }
 
-async fn spawn_child(spec: &Spec) -> anyhow::Result<Child> {
+/// A client process and its stdout, line by line.
+struct ClientProcess {
+    child: Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+async fn spawn_child(spec: &Spec) -> anyhow::Result<ClientProcess> {
     let mut child = Command::new(std::env::current_exe()?)
         .args(["client", &serde_json::to_string(spec)?])
         .stdin(std::process::Stdio::piped())
@@ -233,14 +239,32 @@ async fn spawn_child(spec: &Spec) -> anyhow::Result<Child> {
     let mut lines = BufReader::new(stdout).lines();
     let line = tokio::time::timeout(Duration::from_secs(300), lines.next_line()).await??.unwrap_or_default();
     anyhow::ensure!(line.starts_with("ready"), "client process from {}: {line:?}", spec.first);
-    child.stdout = Some(lines.into_inner().into_inner());
-    Ok(child)
+    Ok(ClientProcess { child, lines })
 }
 
-async fn tell(child: &mut Child, line: &str) -> anyhow::Result<()> {
-    let stdin = child.stdin.as_mut().ok_or_else(|| anyhow::anyhow!("client stdin"))?;
+async fn tell(p: &mut ClientProcess, line: &str) -> anyhow::Result<()> {
+    let stdin = p.child.stdin.as_mut().ok_or_else(|| anyhow::anyhow!("client stdin"))?;
     stdin.write_all(format!("{line}\n").as_bytes()).await?;
     Ok(stdin.flush().await?)
+}
+
+/// Waits until no client received anything for 2 s (the pipeline has drained), at most `bound`.
+async fn drain(children: &mut [ClientProcess], bound: Duration) -> anyhow::Result<()> {
+    let started = tokio::time::Instant::now();
+    let (mut last, mut quiet) = (u64::MAX, 0);
+    while started.elapsed() < bound && quiet < 4 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut total = 0;
+        for child in children.iter_mut() {
+            tell(child, "progress").await?;
+            let line = child.lines.next_line().await?.unwrap_or_default();
+            total += line.strip_prefix("progress ").and_then(|n| n.trim().parse::<u64>().ok()).unwrap_or(0);
+        }
+        quiet = if total == last { quiet + 1 } else { 0 };
+        last = total;
+    }
+    eprintln!("[load] drained after {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -9,25 +9,41 @@ mod proc;
 
 use crate::report::ProcessUse;
 
-/// The `nexxus-worker` processes running a role (`-t`), named `<role>-<index>`.
+/// The `nexxus-worker` processes running a role (`-t`), named `<role>-<index>`, and what shares
+/// the machine with them: the Kafka and Cassandra JVMs, Redis, and this tool with its clients.
 pub fn discover() -> Vec<(String, u32)> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else { return found };
+    let me = std::process::id();
     for entry in entries.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
         let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
         let args: Vec<String> = raw.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        if !args.first().is_some_and(|a| a.ends_with("nexxus-worker")) {
-            continue;
-        }
+        let Some(exe) = args.first() else { continue };
         let flag = |f: &str| args.iter().position(|a| a == f).and_then(|i| args.get(i + 1)).cloned();
-        if let Some(role) = flag("-t") {
-            found.push((format!("{role}-{}", flag("-i").unwrap_or_else(|| "0".into())), pid));
+        let has = |needle: &str| args.iter().any(|a| a.contains(needle));
+        let name = if exe.ends_with("nexxus-worker") {
+            flag("-t").map(|role| format!("{role}-{}", flag("-i").unwrap_or_else(|| "0".into())))
+        } else if exe.ends_with("java") && has("kafka.Kafka") {
+            Some("(kafka)".to_string())
+        } else if exe.ends_with("java") && has("CassandraDaemon") {
+            Some("(cassandra)".to_string())
+        } else if exe.contains("redis-server") && !has("cluster") {
+            Some(format!("(redis {})", exe.rsplit(' ').next().unwrap_or_default()))
+        } else if exe.ends_with("nexxus-load") {
+            Some(if pid == me { "(load tool)".to_string() } else { format!("(load clients {pid})") })
+        } else {
+            None
+        };
+        if let Some(name) = name {
+            found.push((name, pid));
         }
     }
     found.sort();
     found
 }
+
+pub use proc::rss_kib;
 
 struct Track {
     name: String,
@@ -73,10 +89,6 @@ impl Watch {
     pub fn rss_now(&self) -> Vec<(String, u64)> {
         let tracks = self.tracks.lock().map(|t| t.iter().map(|t| (t.name.clone(), t.pid)).collect::<Vec<_>>());
         tracks.unwrap_or_default().into_iter().map(|(n, pid)| (n, proc::rss_kib(pid))).collect()
-    }
-
-    pub fn rss_start(&self) -> Vec<(String, u64)> {
-        self.tracks.lock().map(|t| t.iter().map(|t| (t.name.clone(), t.rss_start)).collect()).unwrap_or_default()
     }
 
     pub fn finish(self) -> Vec<ProcessUse> {

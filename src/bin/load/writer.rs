@@ -120,14 +120,17 @@ impl Target {
                 Ok(())
             }
             Target::Http { client, url, token } => {
-                let now = micros();
-                let body: Vec<serde_json::Value> = batch.iter().map(|c| message(app, c, now)).collect();
-                let mut request = client.post(url).json(&body);
-                if let Some(t) = token {
-                    request = request.bearer_auth(t);
+                // Requests stay well under the ingress's 1 MiB default body limit.
+                for chunk in batch.chunks(1000) {
+                    let now = micros();
+                    let body: Vec<serde_json::Value> = chunk.iter().map(|c| message(app, c, now)).collect();
+                    let mut request = client.post(url).json(&body);
+                    if let Some(t) = token {
+                        request = request.bearer_auth(t);
+                    }
+                    let response = request.send().await?;
+                    anyhow::ensure!(response.status().as_u16() == 202, "POST /events: {}", response.status());
                 }
-                let response = request.send().await?;
-                anyhow::ensure!(response.status().as_u16() == 202, "POST /events: {}", response.status());
                 Ok(())
             }
         }
