@@ -23,7 +23,7 @@ mkdir -p "$OUT"
 MD="$OUT/$MODE.md"
 : >"$MD"
 cargo build --release --bin nexxus-worker --bin nexxus-load >&2
-W=target/release/nexxus-worker
+W=${NEXXUS_WORKER_BIN:-target/release/nexxus-worker}
 L=target/release/nexxus-load
 pids=()
 cleanup() {
