@@ -333,3 +333,113 @@ async fn two_browser_pages_share_the_demo_task_list_live() {
     assert!(std::fs::metadata(&shot).map(|m| m.len() > 10_000).unwrap_or(false), "no screenshot at {}", shot.display());
     assert_eq!(p.stop(), Some(0));
 }
+
+/// With Kafka, a CQL node and Redis configured, `-t all` runs every role against them instead
+/// of its embedded defaults: same ingress, same results, data in Cassandra.
+#[tokio::test]
+async fn with_kafka_cql_and_redis_configured_every_role_uses_them() {
+    let prefix = common::unique_prefix("all-stack");
+    let mut env = common::env_for(&prefix);
+    let keyspace = format!("t_all_{}", std::process::id());
+    env.insert("TP_SCYLLA_KEYSPACE".into(), keyspace.clone());
+    env.insert("TP_SHUTDOWN_GRACE_MS".into(), "20000".into());
+    let applied = Command::new(common::BIN).args(["topics", "apply"]).env_clear().envs(&env).output().unwrap();
+    assert!(applied.status.success(), "topics apply: {}", String::from_utf8_lossy(&applied.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let p = start(dir.path(), None, &pairs).await;
+    let log = log_of(dir.path());
+    assert!(log.contains("queue=Kafka store=Scylla registry=\"redis\""), "{log}");
+
+    let app = unique_app("stack");
+    assert_eq!(p.request("PUT", &format!("/apps/{app}"), &[], &app_doc(&app)).0, 200);
+    // Over Kafka the roles learn of the application from `system`, a moment later.
+    let started = std::time::Instant::now();
+    let mut c = loop {
+        // The sockets transport listens once its consumer joined; the ingress may answer first.
+        let url = format!("ws://127.0.0.1:{}/?token={}", p.ws, token(&app, "d1"));
+        if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await {
+            if let Some(Ok(m)) = futures::StreamExt::next(&mut ws).await {
+                if m.to_text().unwrap_or_default().contains("\"ready\"") {
+                    break Client(ws);
+                }
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no ready from the sockets transport: {}",
+            log_of(dir.path())
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(c.subscribe(list_channel(), None).await["event"], "subscribed");
+    // The aggregation and write roles follow `system` too: retry until the create goes through.
+    let mut got = Vec::new();
+    for attempt in 0..30 {
+        // 400 "unknown application" until the ingress's own `system` follower has it.
+        let (code, body) = p.post("/events", &json!([create(&app, Some("k1"), "via kafka")]));
+        assert!(code == 202 || (code == 400 && body.to_string().contains("unknown application")), "{code} {body}");
+        if c.silent(Duration::from_millis(700)).await.is_err() {
+            got.push(attempt);
+            break;
+        }
+    }
+    assert!(!got.is_empty(), "no delivery through Kafka: {}", log_of(dir.path()));
+    let objects = snapshot(&p, &app, "d1");
+    assert_eq!(objects["k1"].1["title"], "via kafka", "read back from Cassandra");
+    assert_eq!(p.stop(), Some(0));
+    let cfg = nexxus_worker::config::Config::load(&Default::default(), &env).unwrap();
+    common::drop_keyspace(&cfg).await;
+}
+
+/// The load tool against `-t all`: a short run whose every expected delivery arrives.
+#[tokio::test]
+async fn the_load_tool_accounts_for_every_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = start(dir.path(), None, &[]).await;
+    let out = dir.path().join("result.json");
+    let args = [
+        "--scenario",
+        "test",
+        "--target",
+        "http",
+        "--clients",
+        "60",
+        "--channels",
+        "12",
+        "--subs",
+        "2",
+        "--filtered",
+        "0.5",
+        "--rate",
+        "300",
+        "--duration",
+        "3",
+        "--seed",
+        "50",
+        "--drain",
+        "20",
+    ];
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_nexxus-load"))
+        .args(args)
+        .args(["--http", &format!("http://127.0.0.1:{}", p.http), "--ws", &format!("ws://127.0.0.1:{}", p.ws)])
+        .arg("--out")
+        .arg(&out)
+        .kill_on_drop(true)
+        .output();
+    let run = tokio::time::timeout(Duration::from_secs(120), run).await.expect("load tool within 120 s").unwrap();
+    let report = format!("{}{}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+    assert!(run.status.success(), "{report}");
+    let result: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let expected = result["deliveries_expected"].as_u64().unwrap();
+    assert!(expected > 500, "{result}");
+    assert_eq!(result["deliveries_received"].as_u64(), Some(expected), "{result}");
+    for field in ["lost", "duplicates", "unexpected"] {
+        assert_eq!(result[field], 0, "{field}: {result}");
+    }
+    assert!(result["latency"]["samples"].as_u64().unwrap() > 0, "{result}");
+    assert!(report.contains("| changes/s |"), "Markdown table printed: {report}");
+    let names: Vec<&str> = result["processes"].as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
+    assert!(names.contains(&"all-0"), "{names:?}");
+    assert_eq!(p.stop(), Some(0));
+}

@@ -11,11 +11,12 @@
 //! | unfiltered | 1 | 1 | 1 |
 //! | filtered | 1 if after matches | 1 if before or after matches (enter, stay, leave) | 1 if before matched |
 //!
-//! The aggregator merges consecutive updates of one object that arrive together (its linger,
-//! `TP_AGGREGATION_LINGER_MS`), and a filtered subscription then sees one transition for the
-//! merged change instead of one per update, which is right but not what the table counts.
-//! So the generator touches channels and objects round-robin: the same object comes back only
-//! after every other live object, [`Generator::revisit`] changes later.
+//! The aggregator merges consecutive updates of one object within one batch (up to
+//! `TP_BATCH_SIZE`, 500, records when it lags behind), and a filtered subscription then sees one
+//! transition for the merged change instead of one per update, which is right but not what the
+//! table counts. So the generator touches channels and objects round-robin: the same object
+//! comes back only after every other live object, [`Generator::revisit`] changes later, and a
+//! run with more live objects than a batch holds is never merged.
 
 use serde_json::{json, Value};
 
