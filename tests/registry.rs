@@ -482,3 +482,36 @@ async fn redis_rs_cluster_pipelines_cannot_span_slots() {
     let err = pipe.query_async::<Vec<redis::Value>>(&mut c.clone()).await.unwrap_err();
     assert!(err.to_string().to_lowercase().contains("slot"), "{err}");
 }
+
+every_topology!(concurrent_device_updates: concurrent_updates_single, concurrent_updates_cluster, concurrent_updates_memory);
+/// Many writers changing one device record at once (a socket attaching while `track`
+/// registers, times twenty): with `update_device` no writer's change is lost.
+async fn concurrent_device_updates(topology: Topology) {
+    let (reg, raw, app) = setup(topology).await;
+    reg.put_device(&device(&app, "d1", "t")).await.unwrap();
+    let writers: Vec<_> = (0..20)
+        .map(|k| {
+            let (reg, app) = (reg.clone(), app.clone());
+            tokio::spawn(async move {
+                reg.update_device(&app, "d1", |stored| {
+                    let mut d = stored.cloned()?;
+                    d.info.insert(format!("w{k}"), json!(true));
+                    Some(d)
+                })
+                .await
+                .unwrap();
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let stored = reg.get_device(&app, "d1").await.unwrap().unwrap();
+    let missing: Vec<usize> = (0..20).filter(|k| !stored.info.contains_key(&format!("w{k}"))).collect();
+    assert!(missing.is_empty(), "lost updates of writers {missing:?}");
+    // `None` leaves the record alone, and a missing device is not created.
+    let (before, after) = reg.update_device(&app, "nobody", |d| d.cloned()).await.unwrap();
+    assert_eq!((before, after), (None, None));
+    assert!(!raw.exists(&format!("blg:{app}:devices:nobody")).await);
+    raw.cleanup(&app).await;
+}

@@ -65,6 +65,9 @@ impl From<RegistryError> for ProcessError {
     }
 }
 
+/// Attempts of [`Registry::update_device`] before it gives up (each one lost a race).
+const UPDATE_ROUNDS: usize = 64;
+
 /// Device ids read per pipelined GET batch in [`Registry::app_devices`].
 pub const DEVICE_CHUNK: usize = 500;
 
@@ -130,6 +133,46 @@ impl Registry {
                 Ok(None)
             }
         }
+    }
+
+    /// Read-modify-write of a device record that loses no concurrent update: every write
+    /// answers the record it replaced (`SET … GET`, atomic). If that is not what this writer
+    /// expected there (the record it started from, then its own last write), another writer got
+    /// in between and was overwritten: `change` runs again on the replaced record, which holds
+    /// that writer's change, and the result is written again. A socket attaching while `track`
+    /// registers the device is the case this exists for. `change` returns `None` to leave the
+    /// record alone. Returns the record the last write replaced and the one stored.
+    pub async fn update_device<F>(
+        &self,
+        app: &str,
+        device_id: &str,
+        mut change: F,
+    ) -> Result<(Option<Device>, Option<Device>), RegistryError>
+    where
+        F: FnMut(Option<&Device>) -> Option<Device>,
+    {
+        let mut basis = self.get_device(app, device_id).await?;
+        let mut expected = basis.clone();
+        let mut wrote = false;
+        for _ in 0..UPDATE_ROUNDS {
+            let next = match (change(basis.as_ref()), wrote, &basis) {
+                (Some(next), _, _) => next,
+                (None, false, _) => return Ok((basis.clone(), basis)),
+                // Nothing to change on the other writer's record, but ours overwrote it: put it back.
+                (None, true, Some(theirs)) => theirs.clone(),
+                (None, true, None) => return Ok((None, expected)),
+            };
+            wrote = true;
+            let replaced = self.put_device(&next).await?;
+            if replaced == expected {
+                return Ok((replaced, Some(next)));
+            }
+            basis = replaced;
+            expected = Some(next);
+        }
+        Err(RegistryError::Unavailable(format!(
+            "device {app}/{device_id} changed under us {UPDATE_ROUNDS} times in a row"
+        )))
     }
 
     /// Removes the device: its address(es) from every channel it subscribed (every member of

@@ -23,20 +23,24 @@ impl Registry {
         let (app, dev, server) = parts(addr);
         let index = keys::socket_index(app, &server);
         self.conn.run_one("attach socket: index", Op::new("SADD", &index).arg(member(addr))).await?;
-        let mut device = self.get_device(app, dev).await?.unwrap_or_else(|| Device {
-            id: dev.to_owned(),
-            application_id: app.to_owned(),
-            info: Default::default(),
-            persistent: None,
-            volatile: None,
-        });
-        device.volatile = Some(Volatile {
+        let ours = Volatile {
             kind: Some("sockets".into()),
             token: Some(addr.token.clone()),
             active: true,
-            server_name: Some(server),
-        });
-        self.put_device(&device).await?;
+            server_name: Some(server.clone()),
+        };
+        self.update_device(app, dev, |stored| {
+            let mut device = stored.cloned().unwrap_or_else(|| Device {
+                id: dev.to_owned(),
+                application_id: app.to_owned(),
+                info: Default::default(),
+                persistent: None,
+                volatile: None,
+            });
+            device.volatile = Some(ours.clone());
+            Some(device)
+        })
+        .await?;
         // After `volatile` is written: a `track` subscribe that read the device before it
         // re-reads it after storing its subscription, and this reads the subscriptions after,
         // so a subscription racing the attach is restored by one side or the other.
@@ -50,16 +54,19 @@ impl Registry {
     pub async fn detach_socket(&self, addr: &DeviceAddress) -> Result<(), RegistryError> {
         let (app, dev, server) = parts(addr);
         self.move_addresses(app, dev, std::slice::from_ref(addr), &[]).await.map(drop)?;
-        if let Some(mut device) = self.get_device(app, dev).await? {
+        self.update_device(app, dev, |stored| {
+            let mut device = stored?.clone();
             let ours = device.volatile.as_ref().is_some_and(|v| {
                 v.server_name.as_deref() == Some(server.as_str()) && v.token.as_deref() == Some(addr.token.as_str())
             });
-            if ours {
+            // Only a volatile that still names this connection is turned off: a newer one stays.
+            ours.then(|| {
                 device.volatile =
                     Some(Volatile { kind: Some("sockets".into()), token: None, active: false, server_name: None });
-                self.put_device(&device).await?;
-            }
-        }
+                device
+            })
+        })
+        .await?;
         let index = keys::socket_index(app, &server);
         self.conn.run_one("detach socket: index", Op::new("SREM", &index).arg(member(addr))).await.map(drop)
     }

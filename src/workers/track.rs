@@ -45,25 +45,36 @@ impl Handler for Tracker {
         }
         let registry = &self.registry;
         match command {
-            TrackCommand::DeviceRegister { mut device, .. } => {
+            TrackCommand::DeviceRegister { device, .. } => {
                 // The live socket (`volatile`) belongs to the sockets transport that holds it; the
                 // API cannot know it, so a re-registration keeps the stored one and a first one
                 // cannot claim a socket that nobody holds.
-                let previous = registry.get_device(&app, &device.id).await?;
-                device.volatile = match previous.as_ref() {
-                    Some(p) => p.volatile.clone(),
-                    None => device.volatile.take().map(|v| Volatile { active: false, ..v }),
+                let with_volatile = |stored: Option<&Device>| {
+                    let mut next = device.clone();
+                    next.volatile = match stored {
+                        Some(p) => p.volatile.clone(),
+                        None => device.volatile.clone().map(|v| Volatile { active: false, ..v }),
+                    };
+                    Some(next)
                 };
                 // Move the channel entries before storing the record: if this is interrupted, the
                 // replay still sees the old record, so the move is redone rather than forgotten.
-                let new = device.addresses();
-                if let Some(previous) = previous {
-                    let old = previous.addresses();
+                let previous = registry.get_device(&app, &device.id).await?;
+                let planned = with_volatile(previous.as_ref()).map(|d| d.addresses()).unwrap_or_default();
+                if let Some(p) = &previous {
+                    if p.addresses() != planned {
+                        registry.move_addresses(&app, &device.id, &p.addresses(), &planned).await?;
+                    }
+                }
+                let (replaced, stored) = registry.update_device(&app, &device.id, with_volatile).await?;
+                // A socket attached in between: move from what was really replaced as well.
+                if replaced != previous {
+                    let old = replaced.as_ref().map(Device::addresses).unwrap_or_default();
+                    let new = stored.as_ref().map(Device::addresses).unwrap_or_default();
                     if old != new {
                         registry.move_addresses(&app, &device.id, &old, &new).await?;
                     }
                 }
-                registry.put_device(&device).await?;
             }
             TrackCommand::DeviceRemove { device_id, .. } => registry.delete_device(&app, &device_id).await?,
             TrackCommand::Subscribe { device_id, channel, filter, .. } => {
