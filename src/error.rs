@@ -41,8 +41,6 @@ impl ProcessError {
 pub enum WorkerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("not implemented yet: {what} arrives with {issue}")]
-    NotImplemented { what: String, issue: &'static str },
     #[error("usage: {0}")]
     Usage(String),
     #[error("bad input: {0}")]
@@ -78,7 +76,7 @@ impl WorkerError {
     /// 70 internal error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            WorkerError::Config(_) | WorkerError::NotImplemented { .. } | WorkerError::Usage(_) => 64,
+            WorkerError::Config(_) | WorkerError::Usage(_) => 64,
             WorkerError::Data(_) => 65,
             WorkerError::Kafka { .. } | WorkerError::Io { .. } => 69,
             WorkerError::Fatal(_) => 70,

@@ -65,10 +65,6 @@ fn run(cli: Cli) -> Result<(), WorkerError> {
     for var in Config::unknown_env(&ProcessEnv) {
         tracing::warn!(message = "unknown environment variable ignored (see --help)", var);
     }
-    if let Some(role) = cli.role {
-        // Before anything connects: a role that cannot run must not join a consumer group.
-        workers::check_runnable(role)?;
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("nexxus")

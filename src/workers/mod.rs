@@ -107,16 +107,6 @@ impl Role {
         }
         inputs
     }
-
-    /// The issue that brings the role's processing. Until it lands, running the role fails
-    /// loudly instead of consuming and committing messages it would silently drop.
-    fn pending_issue(self) -> Option<&'static str> {
-        match self {
-            Role::Aggregation | Role::Write => None,
-            Role::TransportManager | Role::Track | Role::SocketsTransport => None,
-            Role::AndroidTransport | Role::IosTransport | Role::All => None,
-        }
-    }
 }
 
 impl std::fmt::Display for Role {
@@ -168,14 +158,6 @@ impl WorkerContext {
     }
 }
 
-/// Checks that the role can run at all before anything connects (exit 64 otherwise).
-pub fn check_runnable(role: Role) -> Result<(), WorkerError> {
-    match role.pending_issue() {
-        Some(issue) => Err(WorkerError::NotImplemented { what: format!("the {role} role"), issue }),
-        None => Ok(()),
-    }
-}
-
 /// Runs `ctx.role` until `shutdown` is cancelled, with the HTTP ingress if the process serves
 /// one (`-t all`, or `TP_INGRESS=true` beside a single role).
 pub async fn run(
@@ -183,7 +165,6 @@ pub async fn run(
     ingress: Option<Arc<Ingress>>,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
-    check_runnable(ctx.role)?;
     match (ctx.role, ingress) {
         (Role::All, Some(ingress)) => all::run(&ctx, ingress, shutdown).await,
         (Role::All, None) => all::run(&ctx, Ingress::new(ctx.config.clone()), shutdown).await,
@@ -352,24 +333,5 @@ mod tests {
         assert_eq!(s[1], Input { topic: "sockets_transport".into(), group: "sockets_transport-3".into() });
         assert_eq!(Role::Write.inputs(0)[0], Input { topic: "write".into(), group: "write".into() });
         assert_eq!(Role::Track.inputs(1)[1].group, "system-track-1");
-    }
-
-    #[test]
-    fn unfinished_roles_fail_loudly_naming_their_issue() {
-        let done = [
-            Role::Aggregation,
-            Role::Write,
-            Role::Track,
-            Role::TransportManager,
-            Role::SocketsTransport,
-            Role::IosTransport,
-            Role::AndroidTransport,
-        ];
-        for role in Role::WORKERS.into_iter().filter(|r| !done.contains(r)) {
-            let err = check_runnable(role).unwrap_err();
-            assert_eq!(err.exit_code(), 64);
-            assert!(err.to_string().contains("not implemented yet"), "{err}");
-            assert!(err.to_string().contains("issue "), "{err}");
-        }
     }
 }
