@@ -6,35 +6,31 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::process::{Command, Stdio};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::push_fakes::{self, ApnsApp, FakeApns, FakeFcm, FcmAccount};
-use nexxus_worker::config::Config;
+use common::stack::TestStack;
 use nexxus_worker::model::Device;
 use nexxus_worker::registry::Registry;
 use serde_json::{json, Value};
 
 struct Stack {
-    cfg: Config,
-    env: HashMap<String, String>,
-    keyspace: bool,
+    base: TestStack,
     apps: Vec<String>,
     apns: FakeApns,
     fcm: FakeFcm,
 }
 
+impl std::ops::Deref for Stack {
+    type Target = TestStack;
+    fn deref(&self) -> &TestStack {
+        &self.base
+    }
+}
+
 impl Stack {
     async fn new(name: &str, with_store: bool) -> Stack {
-        let prefix = common::unique_prefix(name);
-        let mut env = common::env_for(&prefix);
-        if with_store {
-            let keyspace: String = format!("k{}", prefix.replace(['-', '.'], "_")).chars().take(48).collect();
-            env.insert("TP_SCYLLA_KEYSPACE".into(), keyspace);
-        }
-        env.insert("TP_HTTP_PORT".into(), "0".into());
-        let cfg = Config::load(&Default::default(), &env).unwrap();
         let topics = [
             ("aggregation", 1),
             ("write", 1),
@@ -46,9 +42,8 @@ impl Stack {
             ("dead_letter", 1),
             ("system", 1),
         ];
-        common::create_topics(&cfg, &topics).await;
-        let unique = prefix.replace(['-', '.'], "");
-        let apps: Vec<String> = (1..=2).map(|n| format!("{unique}p{n}")).collect();
+        let base = TestStack::new(name, with_store, &[], &topics).await;
+        let apps: Vec<String> = (1..=2).map(|n| format!("{}p{n}", base.unique)).collect();
         let (mut apns_apps, mut accounts, mut docs) = (Vec::new(), Vec::new(), Vec::new());
         for (n, app) in apps.iter().enumerate() {
             let (ec, ec_public) = push_fakes::ec_p8_key();
@@ -75,22 +70,9 @@ impl Stack {
                 "apn": {"key": ec, "key_id": kid, "team_id": team, "topic": topic, "url": apns.url()},
                 "fcm": {"service_account": {"type": "service_account", "project_id": project, "client_email": email,
                     "private_key": rsa, "token_uri": fcm.token_uri()}, "url": fcm.url()}});
-            common::app_put(&env, &doc);
+            common::app_put(&base.env, &doc);
         }
-        Stack { cfg, env, keyspace: with_store, apps, apns, fcm }
-    }
-
-    fn start(&self, role: &str) -> common::Reaper {
-        let mut cmd = Command::new(common::BIN);
-        cmd.args(["-t", role, "-i", "0"]).env_clear().envs(&self.env);
-        common::Reaper(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap())
-    }
-
-    async fn send(&self, topic: &str, key: &str, lines: &[Value]) {
-        let producer = common::producer(&self.cfg);
-        for l in lines {
-            producer.send(&self.cfg.topic(topic), Some(key.as_bytes()), l.to_string().as_bytes(), &[]).await.unwrap();
-        }
+        Stack { base, apps, apns, fcm }
     }
 }
 
@@ -134,8 +116,8 @@ async fn every_outcome_maps_to_its_device_across_two_applications() {
             stack.send(topic, "o1", &[message(app, "o1", "hello", &devices)]).await;
         }
     }
-    let _ios = stack.start("ios_transport");
-    let _android = stack.start("android_transport");
+    let _ios = stack.start("ios_transport", 0, &[]);
+    let _android = stack.start("android_transport", 0, &[]);
 
     // Delivered: ok, and the retried busy (429 + Retry-After), flaky (503) and reset (stream
     // reset) ones, each exactly once per push; nothing for the invalid ones.
@@ -209,7 +191,7 @@ async fn a_change_reaches_ios_and_android_subscribers_as_exactly_the_expected_re
     let stack = Stack::new("push-e2e", true).await;
     let app = stack.apps[0].clone();
     let _procs = ["aggregation", "write", "track", "transport_manager", "ios_transport", "android_transport"]
-        .map(|r| stack.start(r));
+        .map(|r| stack.start(r, 0, &[]));
     let channel = json!({"model": "task", "context": "c1"});
     let mut track = Vec::new();
     for (id, platform) in [("phone", "ios"), ("tablet", "android"), ("elsewhere", "ios")] {
@@ -249,7 +231,5 @@ async fn a_change_reaches_ios_and_android_subscribers_as_exactly_the_expected_re
     let data: Value = serde_json::from_str(&fcm[0].data["data"]).unwrap();
     assert_eq!(data["new"][0]["object"]["title"], "Buy milk");
     assert_eq!(data["new"][0]["version"], 1);
-    if stack.keyspace {
-        common::drop_keyspace(&stack.cfg).await;
-    }
+    stack.finish().await;
 }

@@ -5,14 +5,14 @@
 
 mod common;
 
+use common::stack::TestStack;
 use common::ws::Client;
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::{SinkExt, StreamExt};
-use nexxus_worker::config::Config;
 use nexxus_worker::registry::Registry;
 use nexxus_worker::transport::jwt::{self, Claims};
 use serde_json::{json, Value};
@@ -23,26 +23,21 @@ const SECRET1: &str = "secret-of-app-1";
 const FALLBACK: &str = "process-wide-fallback";
 
 struct Stack {
-    cfg: Config,
-    env: HashMap<String, String>,
-    keyspace: bool,
+    base: TestStack,
     /// a1 has its own jwt_secret, a2 relies on TP_JWT_SECRET.
     a1: String,
     a2: String,
 }
 
+impl std::ops::Deref for Stack {
+    type Target = TestStack;
+    fn deref(&self) -> &TestStack {
+        &self.base
+    }
+}
+
 impl Stack {
     async fn new(name: &str, with_store: bool) -> Stack {
-        let prefix = common::unique_prefix(name);
-        let mut env = common::env_for(&prefix);
-        if with_store {
-            let keyspace: String = format!("k{}", prefix.replace(['-', '.'], "_")).chars().take(48).collect();
-            env.insert("TP_SCYLLA_KEYSPACE".into(), keyspace);
-        }
-        env.insert("TP_HTTP_PORT".into(), "0".into());
-        env.insert("TP_SCKT_HOST".into(), "127.0.0.1".into());
-        env.insert("TP_JWT_SECRET".into(), FALLBACK.into());
-        let cfg = Config::load(&Default::default(), &env).unwrap();
         let topics = [
             ("aggregation", 2),
             ("write", 2),
@@ -56,9 +51,10 @@ impl Stack {
             ("dead_letter", 1),
             ("system", 1),
         ];
-        common::create_topics(&cfg, &topics).await;
-        let unique = prefix.replace(['-', '.'], "");
-        let stack = Stack { cfg, env, keyspace: with_store, a1: format!("{unique}a1"), a2: format!("{unique}a2") };
+        let env = [("TP_SCKT_HOST", "127.0.0.1"), ("TP_JWT_SECRET", FALLBACK)];
+        let base = TestStack::new(name, with_store, &env, &topics).await;
+        let (a1, a2) = (format!("{}a1", base.unique), format!("{}a2", base.unique));
+        let stack = Stack { base, a1, a2 };
         let schema = json!({"task": {"belongsTo": [{"parentModel": "project"}]}, "project": {}});
         for (app, secret) in [(&stack.a1, Some(SECRET1)), (&stack.a2, None)] {
             let mut doc = json!({"id": app, "schema": schema});
@@ -68,15 +64,6 @@ impl Stack {
             common::app_put(&stack.env, &doc);
         }
         stack
-    }
-
-    fn start(&self, role: &str, index: u32, extra: &[(&str, String)]) -> common::Reaper {
-        let mut cmd = Command::new(common::BIN);
-        cmd.args(["-t", role, "-i", &index.to_string()]).env_clear().envs(&self.env);
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        common::Reaper(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap())
     }
 
     /// A sockets transport on a free port; returns once it accepts connections.
@@ -91,19 +78,6 @@ impl Stack {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         (proc, port)
-    }
-
-    async fn send(&self, topic: &str, key: &str, lines: &[Value]) {
-        let producer = common::producer(&self.cfg);
-        for l in lines {
-            producer.send(&self.cfg.topic(topic), Some(key.as_bytes()), l.to_string().as_bytes(), &[]).await.unwrap();
-        }
-    }
-
-    async fn finish(self) {
-        if self.keyspace {
-            common::drop_keyspace(&self.cfg).await;
-        }
     }
 }
 

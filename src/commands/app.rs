@@ -12,8 +12,7 @@ use crate::error::WorkerError;
 use crate::model::Application;
 use crate::queue::kafka::Producer;
 use crate::queue::topic;
-use crate::store::cql::CqlStore;
-use crate::store::Store;
+use crate::store::{MainStore, Store};
 use crate::telemetry::Health;
 
 pub async fn put(cfg: &Config, file: &Path) -> Result<Application, WorkerError> {
@@ -23,11 +22,23 @@ pub async fn put(cfg: &Config, file: &Path) -> Result<Application, WorkerError> 
     Ok(app)
 }
 
-/// Stores a validated application in the CQL store and announces it on `system`.
+/// Stores a validated application in the main store (`TP_MAIN_DB`) and announces it on `system`.
 pub async fn register(cfg: &Config, app: &Application) -> Result<(), WorkerError> {
     let producer = Producer::new(cfg, &Arc::new(Health::new()), "nexxus-app-put")?;
     producer.check_topic(&cfg.topic(topic::SYSTEM)).await?;
-    let store = CqlStore::connect(cfg).await.map_err(|e| WorkerError::Fatal(format!("CQL store: {e}")))?;
+    let store = MainStore::connect(cfg).await.map_err(|e| WorkerError::Fatal(format!("main store: {e}")))?;
+    store_and_announce(cfg, &store, &producer, app).await
+}
+
+/// The two steps of registering, in order: the store first (the source of truth for the API,
+/// operators and `token`), then `system` (key = id), which every running worker follows. Also
+/// the ingress's `PUT /apps` over Kafka.
+pub async fn store_and_announce(
+    cfg: &Config,
+    store: &MainStore,
+    producer: &Producer,
+    app: &Application,
+) -> Result<(), WorkerError> {
     store.put_application(app).await.map_err(|e| WorkerError::Fatal(format!("storing the application: {e}")))?;
     let json = serde_json::to_vec(app).map_err(|e| WorkerError::Fatal(format!("encoding the application: {e}")))?;
     producer

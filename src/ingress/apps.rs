@@ -14,7 +14,6 @@ use serde_json::{json, Value};
 use super::{bearer, error, Backend, Ingress};
 use crate::model::{Application, Channel, Filter};
 use crate::queue::outbox::Sink;
-use crate::queue::topic;
 use crate::store::{ObjectId, Store};
 use crate::transport::auth::{self, Refusal};
 
@@ -46,18 +45,16 @@ pub async fn put_app(
     let Some(store) = &backend.store else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "no main store in this process");
     };
-    if let Err(e) = store.put_application(&app).await {
-        return error(StatusCode::SERVICE_UNAVAILABLE, &format!("storing the application: {e}"));
-    }
-    match &backend.sink {
-        Sink::Kafka(producer) => {
-            let json = serde_json::to_vec(&app).unwrap_or_default();
-            let system = ingress.config.topic(topic::SYSTEM);
-            if let Err(e) = producer.send(&system, Some(app.id.as_bytes()), &json, &[]).await {
-                return error(StatusCode::SERVICE_UNAVAILABLE, &format!("announcing on {system}: {e}"));
-            }
+    let registered = match &backend.sink {
+        Sink::Kafka(producer) => crate::commands::app::store_and_announce(&ingress.config, store, producer, &app)
+            .await
+            .map_err(|e| e.to_string()),
+        Sink::Memory(_) => {
+            store.put_application(&app).await.map(|()| backend.apps.insert(app.clone())).map_err(|e| e.to_string())
         }
-        Sink::Memory(_) => backend.apps.insert(app.clone()),
+    };
+    if let Err(e) = registered {
+        return error(StatusCode::SERVICE_UNAVAILABLE, &e);
     }
     tracing::info!(message = "application registered through the ingress", app = %app.id);
     (StatusCode::OK, Json(json!({ "id": app.id }))).into_response()

@@ -119,13 +119,14 @@ async fn send_all(sink: &Sink, topic: &str, records: Vec<(Option<String>, String
             Ok(n)
         }
         Sink::Memory(broker) => {
-            for (i, (key, payload)) in records.iter().enumerate() {
-                let append = broker.append(topic, key.as_deref().map(str::as_bytes), payload.as_bytes());
+            let n = records.len();
+            for (i, (key, payload)) in records.into_iter().enumerate() {
+                let append = broker.append(topic, key.map(String::into_bytes), payload.into_bytes());
                 if tokio::time::timeout(QUEUE_WAIT, append).await.is_err() {
                     return Err((i, format!("the in-process queue stayed full for {QUEUE_WAIT:?}")));
                 }
             }
-            Ok(records.len())
+            Ok(n)
         }
     }
 }

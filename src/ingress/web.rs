@@ -2,7 +2,6 @@
 //! needs nothing else), and the development tokens the demo page asks for.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -13,8 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{error, Ingress};
-use crate::model::id::validate_ident;
-use crate::transport::jwt::{self, Claims};
+use crate::transport::auth;
 
 const INDEX_HTML: &str = include_str!("../../web/index.html");
 const CLIENT_JS: &str = include_str!("../../web/client.js");
@@ -54,31 +52,19 @@ pub async fn demo_token(State(ingress): State<Arc<Ingress>>, headers: HeaderMap,
         Ok(b) => b,
         Err(refused) => return refused.into_response(),
     };
-    for (field, value) in [("device_id", Some(&req.device_id)), ("user_id", req.user_id.as_ref())] {
-        if let Some(Err(e)) = value.map(|v| validate_ident(field, v)) {
-            return error(StatusCode::BAD_REQUEST, &e.to_string());
-        }
-    }
     let Some(app) = backend.apps.get(app_id) else {
         return error(StatusCode::SERVICE_UNAVAILABLE, &format!("demo application `{app_id}` is not registered yet"));
     };
-    let Some(secret) = app.jwt_secret.clone().filter(|s| !s.is_empty()).or_else(|| cfg.jwt_secret.clone()) else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!("`{app_id}` has no jwt_secret and TP_JWT_SECRET is unset"),
-        );
-    };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let claims = Claims {
-        application_id: app_id.clone(),
-        device_id: req.device_id,
-        exp: now + DEMO_TOKEN_SECS,
-        user_id: req.user_id,
-    };
+    let token =
+        match auth::mint(&app, cfg.jwt_secret.as_deref(), &req.device_id, req.user_id.as_deref(), DEMO_TOKEN_SECS) {
+            Ok(t) => t,
+            Err(e @ auth::MintError::BadId(_)) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+            Err(e @ auth::MintError::NoSecret(_)) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        };
     let scheme = if cfg.sockets.ssl { "wss" } else { "ws" };
     let ws_url = format!("{scheme}://{}:{}/", request_host(&headers), cfg.sockets.port);
     Json(json!({
-        "token": jwt::sign(&claims, &secret),
+        "token": token,
         "application_id": app_id,
         "ws_url": ws_url,
         "expires_in": DEMO_TOKEN_SECS,

@@ -109,22 +109,23 @@ impl Broker {
 
     fn topic(&self, name: &str) -> Arc<Topic> {
         let mut topics = lock(&self.inner.topics);
-        topics
-            .entry(name.to_string())
-            .or_insert_with(|| {
-                Arc::new(Topic {
-                    name: Arc::from(name),
-                    log: Mutex::new(Log {
-                        records: VecDeque::new(),
-                        base: self.inner.first_offset,
-                        groups: HashMap::new(),
-                        waiting: Vec::new(),
-                        dropped: 0,
-                    }),
-                    room: Notify::new(),
-                })
-            })
-            .clone()
+        // Looked up on every append: no key allocation once the topic exists.
+        if let Some(t) = topics.get(name) {
+            return t.clone();
+        }
+        let t = Arc::new(Topic {
+            name: Arc::from(name),
+            log: Mutex::new(Log {
+                records: VecDeque::new(),
+                base: self.inner.first_offset,
+                groups: HashMap::new(),
+                waiting: Vec::new(),
+                dropped: 0,
+            }),
+            room: Notify::new(),
+        });
+        topics.insert(name.to_string(), t.clone());
+        t
     }
 
     /// Declares `group` on `topic` (from the earliest retained record, like a new Kafka group
@@ -152,15 +153,17 @@ impl Broker {
         Consumer { group: group.to_string(), topics, wake, next: AtomicUsize::new(0) }
     }
 
-    /// Appends one record, waiting while the log is full. Returns its offset.
-    pub async fn append(&self, topic: &str, key: Option<&[u8]>, payload: &[u8]) -> i64 {
+    /// Appends one record, waiting while the log is full. Returns its offset. Cancel-safe:
+    /// nothing is appended unless it returns.
+    pub async fn append(&self, topic: &str, key: Option<Vec<u8>>, payload: Vec<u8>) -> i64 {
         let t = self.topic(topic);
+        let mut record = Some((key, payload));
         loop {
             let room = t.room.notified();
             tokio::pin!(room);
             // Registered before the check, so a trim between the check and the await wakes us.
             room.as_mut().enable();
-            if let Some(offset) = self.try_append(&t, key, payload) {
+            if let Some(offset) = self.try_append(&t, &mut record) {
                 telemetry::produced(topic);
                 return offset;
             }
@@ -168,7 +171,8 @@ impl Broker {
         }
     }
 
-    fn try_append(&self, t: &Topic, key: Option<&[u8]>, payload: &[u8]) -> Option<i64> {
+    /// Takes the record out of `record` if there is room (or nobody reads the topic).
+    fn try_append(&self, t: &Topic, record: &mut Option<(Option<Vec<u8>>, Vec<u8>)>) -> Option<i64> {
         let mut log = lock(&t.log);
         if log.records.len() >= self.inner.capacity {
             if !log.groups.is_empty() {
@@ -180,18 +184,13 @@ impl Broker {
             log.dropped += 1;
             metrics::counter!(telemetry::names::MEMORY_QUEUE_DROPPED, "topic" => t.name.to_string()).increment(1);
         }
+        let (key, payload) = record.take()?;
         let offset = log.end();
         let timestamp_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
-        log.records.push_back(Arc::new(Message {
-            topic: t.name.clone(),
-            offset,
-            key: key.map(<[u8]>::to_vec),
-            payload: payload.to_vec(),
-            timestamp_ms,
-        }));
+        log.records.push_back(Arc::new(Message { topic: t.name.clone(), offset, key, payload, timestamp_ms }));
         for w in &log.waiting {
             w.notify_one();
         }

@@ -110,7 +110,7 @@ impl Outbox {
                         first_error.get_or_insert_with(|| format!("delivery to {topic} was cancelled"));
                     }
                 },
-                Pending::Memory { topic, key, payload } => self.append(&topic, key.as_deref(), &payload).await,
+                Pending::Memory { topic, key, payload } => self.append(&topic, key, payload).await,
             }
         }
         match first_error {
@@ -119,7 +119,8 @@ impl Outbox {
         }
     }
 
-    async fn append(&self, topic: &str, key: Option<&[u8]>, payload: &[u8]) {
+    /// A `Pending::Memory` record into the broker (only a memory sink has them).
+    async fn append(&self, topic: &str, key: Option<Vec<u8>>, payload: Vec<u8>) {
         if let Sink::Memory(broker) = &self.sink {
             broker.append(topic, key, payload).await;
         }
@@ -146,7 +147,7 @@ impl Outbox {
             (Sink::Memory(_), Source::Memory(_)) => {
                 for p in std::mem::take(&mut self.pending) {
                     if let Pending::Memory { topic, key, payload } = p {
-                        self.append(&topic, key.as_deref(), &payload).await;
+                        self.append(&topic, key, payload).await;
                     }
                 }
                 return source.commit(offsets).await;

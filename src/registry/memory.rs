@@ -29,12 +29,11 @@ impl MemoryDb {
         let mut keys = self.keys.lock().map_err(|_| RegistryError::Unavailable(format!("{what}: poisoned")))?;
         ops.iter()
             .map(|op| {
-                // An `Op`'s first argument is its key (PING has none).
-                let (_, mut args) = split(op.cmd());
-                if op.name() != "PING" && !args.is_empty() {
-                    args.remove(0);
-                }
-                apply(&mut keys, op.name(), op.key(), args).map_err(|e| RegistryError::Corrupt(format!("{what}: {e}")))
+                // The command's name, then (but for PING) the `Op`'s key, then its values.
+                let skip = if op.name() == "PING" { 1 } else { 2 };
+                let values = args(op.cmd()).skip(skip).collect();
+                apply(&mut keys, op.name(), op.key(), values)
+                    .map_err(|e| RegistryError::Corrupt(format!("{what}: {e}")))
             })
             .collect()
     }
@@ -42,9 +41,11 @@ impl MemoryDb {
     /// One command as `redis::cmd(...)` builds it (tests inspect and tamper with the map the
     /// way they do with a server).
     pub fn query(&self, cmd: &Cmd) -> Result<Value, RegistryError> {
-        let (name, mut args) = split(cmd);
+        let mut args = args(cmd);
+        let name = args.next().map(|n| String::from_utf8_lossy(&n).to_ascii_uppercase());
         let name = name.ok_or_else(|| RegistryError::Corrupt("empty command".into()))?;
-        let key = if args.is_empty() { String::new() } else { String::from_utf8_lossy(&args.remove(0)).into_owned() };
+        let key = args.next().map(|k| String::from_utf8_lossy(&k).into_owned()).unwrap_or_default();
+        let args = args.collect();
         let mut keys = self.keys.lock().map_err(|_| RegistryError::Unavailable("poisoned".into()))?;
         apply(&mut keys, &name, &key, args).map_err(RegistryError::Corrupt)
     }
@@ -54,7 +55,7 @@ impl MemoryDb {
         self.keys.lock().map(|k| k.keys().cloned().collect()).unwrap_or_default()
     }
 
-    /// Number of keys (tests and gauges).
+    /// Number of keys (tests).
     pub fn len(&self) -> usize {
         self.keys.lock().map(|k| k.len()).unwrap_or(0)
     }
@@ -64,14 +65,12 @@ impl MemoryDb {
     }
 }
 
-/// The command name (upper case) and the arguments after it.
-fn split(cmd: &Cmd) -> (Option<String>, Vec<Vec<u8>>) {
-    let mut args = cmd.args_iter().filter_map(|a| match a {
+/// Every argument of `cmd`, its name first.
+fn args(cmd: &Cmd) -> impl Iterator<Item = Vec<u8>> + '_ {
+    cmd.args_iter().filter_map(|a| match a {
         Arg::Simple(bytes) => Some(bytes.to_vec()),
         _ => None,
-    });
-    let name = args.next().map(|n| String::from_utf8_lossy(&n).to_ascii_uppercase());
-    (name, args.collect())
+    })
 }
 
 /// One command on the map; `values` are its arguments after the key.
@@ -112,7 +111,8 @@ fn apply(keys: &mut HashMap<String, Entry>, name: &str, key: &str, values: Vec<V
         "SADD" => {
             let entry = keys.entry(key.to_string()).or_insert_with(|| Entry::Set(HashSet::new()));
             let Entry::Set(set) = entry else { return Err(wrong_type()) };
-            Value::Int(values.into_iter().filter(|m| set.insert(m.clone())).count() as i64)
+            let added = values.into_iter().map(|m| set.insert(m)).filter(|&new| new).count();
+            Value::Int(added as i64)
         }
         "SREM" => {
             let (removed, now_empty) = match keys.get_mut(key) {

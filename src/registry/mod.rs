@@ -146,12 +146,26 @@ impl Registry {
         &self,
         app: &str,
         device_id: &str,
+        change: F,
+    ) -> Result<(Option<Device>, Option<Device>), RegistryError>
+    where
+        F: FnMut(Option<&Device>) -> Option<Device>,
+    {
+        let stored = self.get_device(app, device_id).await?;
+        self.update_device_from(app, device_id, stored, change).await
+    }
+
+    /// [`Registry::update_device`] from a record the caller has just read.
+    pub async fn update_device_from<F>(
+        &self,
+        app: &str,
+        device_id: &str,
+        mut basis: Option<Device>,
         mut change: F,
     ) -> Result<(Option<Device>, Option<Device>), RegistryError>
     where
         F: FnMut(Option<&Device>) -> Option<Device>,
     {
-        let mut basis = self.get_device(app, device_id).await?;
         let mut expected = basis.clone();
         let mut wrote = false;
         for _ in 0..UPDATE_ROUNDS {

@@ -22,6 +22,7 @@ pub mod sqlite;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 
 use crate::error::ProcessError;
 use crate::model::{Application, StoredObject};
@@ -170,18 +171,26 @@ pub(crate) fn last_write_per_object(writes: &[ObjectWrite]) -> Vec<&ObjectWrite>
 /// The store `TP_MAIN_DB` picked, as one type the roles and the ingress can share.
 #[derive(Clone)]
 pub enum MainStore {
-    Cql(std::sync::Arc<CqlStore>),
-    Sqlite(std::sync::Arc<SqliteStore>),
+    Cql(Arc<CqlStore>),
+    Sqlite(Arc<SqliteStore>),
 }
 
 impl MainStore {
+    /// The store `TP_MAIN_DB` names, in one attempt (commands; workers retry around it).
+    pub async fn connect(cfg: &crate::config::Config) -> Result<MainStore, StoreError> {
+        match cfg.main_db {
+            crate::config::StoreKind::Scylla => CqlStore::connect(cfg).await.map(|s| MainStore::Cql(Arc::new(s))),
+            crate::config::StoreKind::Sqlite => MainStore::open_sqlite(&cfg.sqlite_path).await,
+        }
+    }
+
     /// Opens (creating it if needed) the SQLite file, off the async threads.
     pub async fn open_sqlite(path: &std::path::Path) -> Result<MainStore, StoreError> {
         let path = path.to_path_buf();
         tokio::task::spawn_blocking(move || SqliteStore::open(&path))
             .await
             .map_err(|e| StoreError::Unavailable(format!("opening the SQLite store: {e}")))?
-            .map(|s| MainStore::Sqlite(std::sync::Arc::new(s)))
+            .map(|s| MainStore::Sqlite(Arc::new(s)))
     }
 }
 

@@ -3,23 +3,62 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::model::{schema, Channel};
+use crate::model::id::validate_ident;
+use crate::model::{schema, Application, Channel};
 use crate::transport::jwt::{self, Claims, JwtError};
 use crate::workers::apps::Apps;
 
-/// Verifies a device token against its application's `jwt_secret`, else `fallback`
-/// (`TP_JWT_SECRET`).
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The key of an application's device tokens: its `jwt_secret`, else `fallback` (`TP_JWT_SECRET`).
+pub fn secret_of(app: &Application, fallback: Option<&str>) -> Result<String, JwtError> {
+    app.jwt_secret
+        .clone()
+        .filter(|s| !s.is_empty())
+        .or_else(|| fallback.map(str::to_owned))
+        .ok_or_else(|| JwtError::NoSecret(app.id.clone()))
+}
+
+/// Verifies a device token against its application's key ([`secret_of`]).
 pub fn verify_device(token: &str, apps: &Apps, fallback: Option<&str>) -> Result<Claims, JwtError> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    jwt::verify(token, now, |app| {
+    jwt::verify(token, now_secs(), |app| {
         let application = apps.get(app).ok_or_else(|| JwtError::UnknownApplication(app.to_owned()))?;
-        application
-            .jwt_secret
-            .clone()
-            .filter(|s| !s.is_empty())
-            .or_else(|| fallback.map(str::to_owned))
-            .ok_or_else(|| JwtError::NoSecret(app.to_owned()))
+        secret_of(&application, fallback)
     })
+}
+
+/// Why no token was minted: the caller's ids, or the application's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MintError {
+    #[error("{0}")]
+    BadId(String),
+    #[error("{0}")]
+    NoSecret(String),
+}
+
+/// A device token for `device` (and `user`) of `app`, valid `ttl_secs` (development tokens:
+/// `nexxus-worker token`, `POST /demo/token`). The ids must be usable in registry keys.
+pub fn mint(
+    app: &Application,
+    fallback: Option<&str>,
+    device: &str,
+    user: Option<&str>,
+    ttl_secs: u64,
+) -> Result<String, MintError> {
+    validate_ident("device_id", device).map_err(|e| MintError::BadId(e.to_string()))?;
+    if let Some(user) = user {
+        validate_ident("user_id", user).map_err(|e| MintError::BadId(e.to_string()))?;
+    }
+    let secret = secret_of(app, fallback).map_err(|e| MintError::NoSecret(e.to_string()))?;
+    let claims = Claims {
+        application_id: app.id.clone(),
+        device_id: device.to_owned(),
+        exp: now_secs().saturating_add(ttl_secs),
+        user_id: user.map(str::to_owned),
+    };
+    Ok(jwt::sign(&claims, &secret))
 }
 
 /// Why a channel was refused.

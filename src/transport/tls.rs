@@ -100,51 +100,33 @@ pub fn decode_private_key(
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| format!("no usable PEM private key: {e}"))
 }
 
+/// Test keys made by the openssl CLI, shared by the TLS and the APNs certificate-auth tests.
+#[cfg(test)]
+pub(crate) mod test_keys {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    fn openssl(args: &[&str]) {
+        let out = Command::new("openssl").args(args).output().expect("the openssl CLI makes test keys");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// An EC P-256 key (`key.pem`), the same key as PKCS#8 encrypted with passphrase `pw`
+    /// (`enc.pem`), and a self-signed certificate for `cn` (`cert.pem`), in `dir`.
+    pub fn ec_key_and_cert(dir: &Path, cn: &str) -> (PathBuf, PathBuf, PathBuf) {
+        let (key, enc, cert) = (dir.join("key.pem"), dir.join("enc.pem"), dir.join("cert.pem"));
+        let s = |p: &Path| p.to_string_lossy().into_owned();
+        openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", &s(&key)]);
+        openssl(&["pkcs8", "-topk8", "-v2", "aes-256-cbc", "-passout", "pass:pw", "-in", &s(&key), "-out", &s(&enc)]);
+        let subject = format!("/CN={cn}");
+        openssl(&["req", "-x509", "-new", "-key", &s(&key), "-subj", &subject, "-days", "2", "-out", &s(&cert)]);
+        (key, enc, cert)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
-    use std::process::Command;
-
-    /// A self-signed certificate and its key encrypted with `pass`, made by the openssl CLI.
-    fn material(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
-        let (key, enc, cert) = (dir.join("key.pem"), dir.join("enc.pem"), dir.join("cert.pem"));
-        let run = |args: &[&str]| Command::new("openssl").args(args).output().map(|o| o.status.success());
-        let ok = run(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", path(&key)])
-            .ok()?
-            && run(&[
-                "pkcs8",
-                "-topk8",
-                "-v2",
-                "aes-256-cbc",
-                "-passout",
-                "pass:pw",
-                "-in",
-                path(&key),
-                "-out",
-                path(&enc),
-            ])
-            .ok()?
-            && run(&[
-                "req",
-                "-x509",
-                "-new",
-                "-key",
-                path(&key),
-                "-subj",
-                "/CN=localhost",
-                "-days",
-                "2",
-                "-out",
-                path(&cert),
-            ])
-            .ok()?;
-        ok.then_some((key, enc, cert))
-    }
-
-    fn path(p: &Path) -> &str {
-        p.to_str().unwrap_or_default()
-    }
 
     fn cfg(key: &Path, cert: &Path, pass: Option<&str>) -> SocketsConfig {
         SocketsConfig {
@@ -162,7 +144,7 @@ mod tests {
     #[test]
     fn plain_and_encrypted_pkcs8_keys_load_and_bad_ones_name_the_variable() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (key, enc, cert) = material(dir.path()).expect("the openssl CLI makes test keys");
+        let (key, enc, cert) = test_keys::ec_key_and_cert(dir.path(), "localhost");
         assert!(acceptor(&cfg(&key, &cert, None)).expect("plain key").is_some());
         assert!(acceptor(&cfg(&enc, &cert, Some("pw"))).expect("encrypted key").is_some());
         let wrong = acceptor(&cfg(&enc, &cert, Some("nope"))).err().expect("wrong passphrase fails").to_string();

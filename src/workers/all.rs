@@ -30,10 +30,17 @@ use crate::store::Store;
 /// The roles `-t all` runs, in start order (consumers before the ingress opens).
 const ROLES: [Role; 7] = Role::WORKERS;
 
-pub async fn run(ctx: &WorkerContext, ingress: Arc<Ingress>, shutdown: CancellationToken) -> Result<(), WorkerError> {
+pub async fn run(
+    ctx: &WorkerContext,
+    ingress: Option<Arc<Ingress>>,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
     let cfg = &ctx.config;
     let store = connect_store(ctx, &shutdown).await?;
     let registry = if cfg.registry_in_memory { Registry::memory() } else { connect_registry(ctx, &shutdown).await? };
+    // One set of applications for every role and the ingress: loaded from the store and kept by
+    // `PUT /apps` with the in-process queue; over Kafka, one follower of `system` for all.
+    let roles_token = CancellationToken::new();
     let (queue, apps) = match cfg.msg_que {
         QueueKind::Memory => {
             let broker = Broker::new(cfg.memory_queue_capacity);
@@ -53,13 +60,12 @@ pub async fn run(ctx: &WorkerContext, ingress: Arc<Ingress>, shutdown: Cancellat
             for app in stored {
                 apps.insert(app);
             }
-            (Queue::Memory(broker), Some(apps))
+            (Queue::Memory(broker), apps)
         }
-        QueueKind::Kafka => (Queue::Kafka, None),
+        QueueKind::Kafka => (Queue::Kafka, Apps::load_and_follow(cfg, &ctx.name(), roles_token.clone()).await?),
     };
-    let shared = Shared { apps: apps.clone(), store: Some(store.clone()), registry: Some(registry) };
+    let shared = Shared { apps: Some(apps.clone()), store: Some(store.clone()), registry: Some(registry) };
 
-    let roles_token = CancellationToken::new();
     let mut roles = JoinSet::new();
     for role in ROLES {
         let role_ctx = WorkerContext {
@@ -74,12 +80,10 @@ pub async fn run(ctx: &WorkerContext, ingress: Arc<Ingress>, shutdown: Cancellat
         roles.spawn(async move { (role, super::run_role(role_ctx, token).await) });
     }
 
-    let ingress_apps = match &apps {
-        Some(a) => a.clone(),
-        None => Apps::load_and_follow(cfg, &format!("ingress-{}", ctx.index), roles_token.clone()).await?,
-    };
-    let sink = queue.sink(cfg, &ctx.health, &format!("ingress-{}", ctx.index))?;
-    ingress.set_backend(Backend { sink, apps: ingress_apps, store: Some(store) });
+    if let Some(ingress) = ingress {
+        let sink = queue.sink(cfg, &ctx.health, &format!("ingress-{}", ctx.index))?;
+        ingress.set_backend(Backend { sink, apps, store: Some(store) });
+    }
     tracing::info!(message = "all roles started", queue = ?cfg.msg_que, store = ?cfg.main_db, registry = if cfg.registry_in_memory { "memory" } else { "redis" });
 
     let result = tokio::select! {

@@ -72,8 +72,8 @@ impl Apps {
         }
     }
 
-    /// The applications a role works with: the process's shared set under `-t all` with the
-    /// in-process queue, else `system` loaded and followed for this worker.
+    /// The applications a role works with: the process's shared set under `-t all`, else
+    /// `system` loaded and followed for this worker.
     pub async fn for_worker(ctx: &super::WorkerContext, shutdown: CancellationToken) -> Result<Apps, WorkerError> {
         match &ctx.shared.apps {
             Some(apps) => Ok(apps.clone()),

@@ -24,7 +24,6 @@ use crate::error::WorkerError;
 use crate::ingress::Ingress;
 use crate::queue::{topic, Queue};
 use crate::registry::{Registry, RegistryError};
-use crate::store::cql::CqlStore;
 use crate::store::{MainStore, StoreError};
 use crate::telemetry::Health;
 
@@ -131,7 +130,7 @@ pub struct WorkerContext {
 /// connects for itself.
 #[derive(Clone, Default)]
 pub struct Shared {
-    /// Applications, when no `system` topic carries them (the in-process queue).
+    /// The process's applications (one `system` follower, or the store with the in-process queue).
     pub apps: Option<apps::Apps>,
     pub store: Option<MainStore>,
     pub registry: Option<Registry>,
@@ -166,8 +165,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     match (ctx.role, ingress) {
-        (Role::All, Some(ingress)) => all::run(&ctx, ingress, shutdown).await,
-        (Role::All, None) => all::run(&ctx, Ingress::new(ctx.config.clone()), shutdown).await,
+        (Role::All, ingress) => all::run(&ctx, ingress, shutdown).await,
         (_, Some(ingress)) => {
             let beside = ctx.clone();
             let token = shutdown.clone();
@@ -253,15 +251,16 @@ async fn start(
 /// The main store `TP_MAIN_DB` names: the CQL cluster (retried until reachable) or the SQLite file.
 pub async fn connect_store(ctx: &WorkerContext, shutdown: &CancellationToken) -> Result<MainStore, WorkerError> {
     match ctx.config.main_db {
-        StoreKind::Scylla => connect(
-            ctx,
-            shutdown,
-            "store:cql",
-            || CqlStore::connect(&ctx.config),
-            |e| matches!(e, StoreError::Unavailable(_)),
-        )
-        .await
-        .map(|s| MainStore::Cql(Arc::new(s))),
+        StoreKind::Scylla => {
+            connect(
+                ctx,
+                shutdown,
+                "store:cql",
+                || MainStore::connect(&ctx.config),
+                |e| matches!(e, StoreError::Unavailable(_)),
+            )
+            .await
+        }
         // A local file that cannot be opened at start (a bad path, permissions, not a database)
         // is the operator's to fix, and retrying does not: exit 64 naming the variable.
         StoreKind::Sqlite => MainStore::open_sqlite(&ctx.config.sqlite_path)

@@ -66,7 +66,8 @@ impl Handler for Tracker {
                         registry.move_addresses(&app, &device.id, &p.addresses(), &planned).await?;
                     }
                 }
-                let (replaced, stored) = registry.update_device(&app, &device.id, with_volatile).await?;
+                let (replaced, stored) =
+                    registry.update_device_from(&app, &device.id, previous.clone(), with_volatile).await?;
                 // A socket attached in between: move from what was really replaced as well.
                 if replaced != previous {
                     let old = replaced.as_ref().map(Device::addresses).unwrap_or_default();

@@ -10,8 +10,8 @@ fn topics(names: &[&str]) -> Vec<String> {
 async fn a_group_reads_in_order_and_commits_trim_the_log() {
     let broker = Broker::new(100);
     let c = broker.consumer("g", &topics(&["t"]));
-    let first = broker.append("t", Some(b"k"), b"1").await;
-    let second = broker.append("t", None, b"2").await;
+    let first = broker.append("t", Some(b"k".to_vec()), b"1".to_vec()).await;
+    let second = broker.append("t", None, b"2".to_vec()).await;
     assert_eq!(second, first + 1);
     let m = c.recv().await;
     assert_eq!((m.offset, m.payload.as_slice(), m.key.as_deref()), (first, &b"1"[..], Some(&b"k"[..])));
@@ -30,8 +30,8 @@ async fn seek_redoes_a_batch_and_two_groups_each_see_everything() {
     let broker = Broker::new(100);
     let a = broker.consumer("a", &topics(&["t"]));
     let b = broker.consumer("b", &topics(&["t"]));
-    let o = broker.append("t", None, b"x").await;
-    broker.append("t", None, b"y").await;
+    let o = broker.append("t", None, b"x".to_vec()).await;
+    broker.append("t", None, b"y".to_vec()).await;
     assert_eq!(a.recv().await.offset, o);
     assert_eq!(a.recv().await.offset, o + 1);
     a.seek("t", o);
@@ -48,10 +48,10 @@ async fn seek_redoes_a_batch_and_two_groups_each_see_everything() {
 async fn a_full_log_makes_producers_wait_until_a_commit() {
     let broker = Broker::new(2);
     let c = broker.consumer("g", &topics(&["t"]));
-    broker.append("t", None, b"1").await;
-    let last = broker.append("t", None, b"2").await;
+    broker.append("t", None, b"1".to_vec()).await;
+    let last = broker.append("t", None, b"2".to_vec()).await;
     let b2 = broker.clone();
-    let blocked = tokio::spawn(async move { b2.append("t", None, b"3").await });
+    let blocked = tokio::spawn(async move { b2.append("t", None, b"3".to_vec()).await });
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!blocked.is_finished(), "the third append waits for room");
     c.recv().await;
@@ -65,7 +65,7 @@ async fn a_full_log_makes_producers_wait_until_a_commit() {
 async fn a_topic_nobody_reads_keeps_its_newest_records() {
     let broker = Broker::new(3);
     for i in 0..5u8 {
-        broker.append("dead_letter", None, &[i]).await;
+        broker.append("dead_letter", None, vec![i]).await;
     }
     let kept: Vec<u8> = broker.tail("dead_letter", 10).iter().map(|m| m.payload[0]).collect();
     assert_eq!(kept, vec![2, 3, 4]);
@@ -78,7 +78,7 @@ async fn a_waiting_consumer_wakes_on_any_of_its_topics() {
     let c = broker.consumer("g", &topics(&["own", "broadcast"]));
     let waiter = tokio::spawn(async move { c.recv().await.topic.to_string() });
     tokio::time::sleep(Duration::from_millis(20)).await;
-    broker.append("broadcast", None, b"b").await;
+    broker.append("broadcast", None, b"b".to_vec()).await;
     let topic = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken").expect("task");
     assert_eq!(topic, "broadcast");
 }
@@ -88,9 +88,9 @@ async fn offsets_do_not_repeat_across_brokers_of_later_lives() {
     let first = Broker::new(10);
     let mut last = 0;
     for _ in 0..100 {
-        last = first.append("t", None, b"x").await;
+        last = first.append("t", None, b"x".to_vec()).await;
     }
     tokio::time::sleep(Duration::from_millis(1)).await;
     let second = Broker::new(10);
-    assert!(second.append("t", None, b"x").await > last);
+    assert!(second.append("t", None, b"x".to_vec()).await > last);
 }

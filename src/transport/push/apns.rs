@@ -210,12 +210,6 @@ impl Apns {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::Command;
-
-    fn openssl(args: &[&str]) {
-        let out = Command::new("openssl").args(args).output().expect("openssl CLI");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
 
     fn creds(json: Value) -> ApnCredentials {
         serde_json::from_value(json).expect("apn credentials")
@@ -224,46 +218,22 @@ mod tests {
     #[test]
     fn certificate_auth_loads_an_encrypted_key_and_token_auth_signs() {
         let dir = tempfile::tempdir().expect("tempdir");
+        crate::transport::tls::test_keys::ec_key_and_cert(dir.path(), "com.example.app");
         let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
-        openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", &p("k.pem")]);
-        openssl(&[
-            "pkcs8",
-            "-topk8",
-            "-v2",
-            "aes-256-cbc",
-            "-passout",
-            "pass:pw",
-            "-in",
-            &p("k.pem"),
-            "-out",
-            &p("e.pem"),
-        ]);
-        openssl(&[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            &p("k.pem"),
-            "-subj",
-            "/CN=com.example.app",
-            "-days",
-            "2",
-            "-out",
-            &p("c.pem"),
-        ]);
         let read = |n: &str| std::fs::read_to_string(p(n)).expect("read");
-        let cert = creds(json!({"certificate": read("c.pem"), "private_key": read("e.pem"), "passphrase": "pw",
+        let cert = creds(json!({"certificate": read("cert.pem"), "private_key": read("enc.pem"), "passphrase": "pw",
             "topic": "com.example.app", "production": true}));
         let client = AppClient::new(&cert, None).expect("certificate auth client");
         assert_eq!(client.base, PRODUCTION);
         assert!(matches!(client.auth, Auth::Certificate));
         assert_eq!(client.bearer(false), Ok(None), "no provider token with a certificate");
-        let wrong = creds(json!({"certificate": read("c.pem"), "private_key": read("e.pem"), "passphrase": "nope",
+        let wrong =
+            creds(json!({"certificate": read("cert.pem"), "private_key": read("enc.pem"), "passphrase": "nope",
             "topic": "com.example.app"}));
         let err = AppClient::new(&wrong, None).err().expect("wrong passphrase refused");
         assert!(err.contains("apn.private_key") && !err.contains("nope"), "{err}");
 
-        let token = creds(json!({"key": read("k.pem"), "key_id": "K1", "team_id": "T1", "topic": "com.example.app"}));
+        let token = creds(json!({"key": read("key.pem"), "key_id": "K1", "team_id": "T1", "topic": "com.example.app"}));
         let client = AppClient::new(&token, Some("http://127.0.0.1:9")).expect("token auth client");
         assert_eq!(client.base, "http://127.0.0.1:9", "the global URL wins over the sandbox");
         let first = client.bearer(false).expect("signs").expect("a provider token");
