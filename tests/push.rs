@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::push_fakes::{self, ApnsApp, FakeApns, FakeFcm, FcmAccount};
-use common::stack::TestStack;
+use common::stack::{pipeline_topics, TestStack};
 use nexxus_worker::model::Device;
 use nexxus_worker::registry::Registry;
 use serde_json::{json, Value};
@@ -31,18 +31,7 @@ impl std::ops::Deref for Stack {
 
 impl Stack {
     async fn new(name: &str, with_store: bool) -> Stack {
-        let topics = [
-            ("aggregation", 1),
-            ("write", 1),
-            ("transport_manager", 1),
-            ("track", 1),
-            ("ios_transport", 1),
-            ("android_transport", 1),
-            ("sockets_transport", 1),
-            ("dead_letter", 1),
-            ("system", 1),
-        ];
-        let base = TestStack::new(name, with_store, &[], &topics).await;
+        let base = TestStack::new(name, with_store, &[], &pipeline_topics(1)).await;
         let apps: Vec<String> = (1..=2).map(|n| format!("{}p{n}", base.unique)).collect();
         let (mut apns_apps, mut accounts, mut docs) = (Vec::new(), Vec::new(), Vec::new());
         for (n, app) in apps.iter().enumerate() {

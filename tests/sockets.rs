@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::stack::TestStack;
+use common::stack::{pipeline_topics, TestStack};
 use common::ws::Client;
 
 use std::collections::HashMap;
@@ -38,19 +38,8 @@ impl std::ops::Deref for Stack {
 
 impl Stack {
     async fn new(name: &str, with_store: bool) -> Stack {
-        let topics = [
-            ("aggregation", 2),
-            ("write", 2),
-            ("transport_manager", 2),
-            ("track", 1),
-            ("ios_transport", 1),
-            ("android_transport", 1),
-            ("sockets_transport", 1),
-            ("sockets_transport-0", 1),
-            ("sockets_transport-1", 1),
-            ("dead_letter", 1),
-            ("system", 1),
-        ];
+        let mut topics = pipeline_topics(2);
+        topics.extend([("sockets_transport-0", 1), ("sockets_transport-1", 1)]);
         let env = [("TP_SCKT_HOST", "127.0.0.1"), ("TP_JWT_SECRET", FALLBACK)];
         let base = TestStack::new(name, with_store, &env, &topics).await;
         let (a1, a2) = (format!("{}a1", base.unique), format!("{}a2", base.unique));

@@ -9,6 +9,15 @@ use serde_json::Value;
 
 use super::Reaper;
 
+/// Every topic of the pipeline, the three keyed by object id with `partitions` partitions.
+pub fn pipeline_topics(partitions: i32) -> Vec<(&'static str, i32)> {
+    let mut topics = vec![("aggregation", partitions), ("write", partitions), ("transport_manager", partitions)];
+    for t in ["track", "ios_transport", "android_transport", "sockets_transport", "dead_letter", "system"] {
+        topics.push((t, 1));
+    }
+    topics
+}
+
 pub struct TestStack {
     pub cfg: Config,
     pub env: HashMap<String, String>,
