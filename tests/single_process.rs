@@ -263,6 +263,28 @@ async fn the_ingress_checks_tokens_sizes_and_each_message() {
     assert_eq!(p.request("POST", "/track", &auth, &json!({"op": "device_remove", "application_id": app})).0, 400);
     assert_eq!(p.request("POST", "/events", &auth, &create(&app, Some("a"), "x")).0, 202);
 
+    // Decodable but refused by aggregation (a model the schema lacks): a dead letter, readable
+    // over HTTP since the in-process queue has no topic to read.
+    let mut unknown = create(&app, Some("u1"), "x");
+    unknown["object"]["type"] = json!("nosuchmodel");
+    assert_eq!(p.request("POST", "/events", &auth, &unknown).0, 202);
+    assert_eq!(p.request("GET", "/dead_letter", &[], &Value::Null).0, 401);
+    let started = std::time::Instant::now();
+    let letters = loop {
+        let (code, body) = p.request("GET", "/dead_letter?limit=10", &auth, &Value::Null);
+        assert_eq!(code, 200, "{body}");
+        if !body["dead_letters"].as_array().unwrap().is_empty() {
+            break body;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no dead letter: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let letter = &letters["dead_letters"][0];
+    assert!(letter["reason"].as_str().unwrap().contains("nosuchmodel"), "{letter}");
+    assert_eq!(letter["worker"], "aggregation-0", "{letter}");
+    assert!(letter["payload"].as_str().unwrap().contains("\"u1\""), "{letter}");
+    assert_eq!(letters["dropped"], 0);
+
     // Snapshots want a device token of the channel's application.
     let channel = format!("/objects?channel={}", url_encode(&list_channel().to_string()));
     assert_eq!(p.request("GET", &channel, &[], &Value::Null).0, 401);

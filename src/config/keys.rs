@@ -221,7 +221,7 @@ pub const KEYS: &[Key] = &[
         "TP_INGRESS_TOKEN",
         Kind::Secret,
         None,
-        "bearer token required by the HTTP ingress (/events, /track, PUT /apps) when set",
+        "bearer token required by the HTTP ingress (/events, /track, /dead_letter, PUT /apps) when set",
     ),
     key(
         "ingress",

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -129,6 +129,39 @@ async fn send_all(sink: &Sink, topic: &str, records: Vec<(Option<String>, String
             Ok(n)
         }
     }
+}
+
+#[derive(serde::Deserialize)]
+pub struct DeadLetterQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /dead_letter?limit=N` (ingress token): the newest dead-letter envelopes of a process on
+/// the in-process queue, which has no `dead_letter` topic to read. Over Kafka, 404: read the
+/// topic (`dead-letter replay` puts them back).
+pub async fn get_dead_letters(
+    State(ingress): State<Arc<Ingress>>,
+    Query(q): Query<DeadLetterQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refused) = ingress.authorize_write(&headers) {
+        return refused.into_response();
+    }
+    let backend = match ingress.backend() {
+        Ok(b) => b,
+        Err(refused) => return refused.into_response(),
+    };
+    let Sink::Memory(broker) = &backend.sink else {
+        return error(StatusCode::NOT_FOUND, "dead letters are on the Kafka topic dead_letter");
+    };
+    let topic = ingress.config.topic(topic::DEAD_LETTER);
+    let envelopes: Vec<Value> = broker
+        .tail(&topic, q.limit.unwrap_or(100).min(10_000))
+        .iter()
+        .filter_map(|m| serde_json::from_slice(&m.payload).ok())
+        .collect();
+    let body = json!({ "dead_letters": envelopes, "dropped": broker.dropped(&topic) });
+    (StatusCode::OK, Json(body)).into_response()
 }
 
 fn now_micros() -> u64 {

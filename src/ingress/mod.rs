@@ -5,12 +5,13 @@
 //! |---|---|
 //! | `POST /events` | one AggregatorMessage or an array → `aggregation` ([`events`]) |
 //! | `POST /track` | one track command or an array → `track` ([`events`]) |
+//! | `GET /dead_letter` | the newest dead letters of the in-process queue ([`events`]) |
 //! | `PUT /apps/{id}` | store an application and announce it ([`apps`]) |
 //! | `GET /objects?channel=` | a snapshot of a channel's objects, for a device token ([`apps`]) |
 //! | `POST /demo/token` | a development token for `TP_DEMO_APP` ([`web`]) |
 //! | `GET /`, `GET /client.js` | the demo page and the browser client ([`web`]) |
 //!
-//! Writes need `Authorization: Bearer $TP_INGRESS_TOKEN` when it is set. Bodies are capped at
+//! Writes and dead letters need `Authorization: Bearer $TP_INGRESS_TOKEN` when it is set. Bodies are capped at
 //! `TP_INGRESS_MAX_BYTES` (413). Until the process has connected its queue and store, the
 //! routes answer 503, so the HTTP port (and `/healthz`) can be up from the first moment.
 
@@ -86,6 +87,7 @@ pub fn router(ingress: Arc<Ingress>) -> Router {
     Router::new()
         .route("/events", post(events::post_events))
         .route("/track", post(events::post_track))
+        .route("/dead_letter", get(events::get_dead_letters))
         .route("/apps/{id}", put(apps::put_app))
         .route("/objects", get(apps::get_objects))
         .route("/demo/token", post(web::demo_token))

@@ -197,7 +197,7 @@ impl Broker {
         Some(offset)
     }
 
-    /// Records of `topic` some group has not committed yet, per group (lag).
+    /// Records of `topic` some group has not committed yet, per group (lag; tests).
     pub fn lag(&self, topic: &str) -> HashMap<String, i64> {
         let t = self.topic(topic);
         let log = lock(&t.log);
@@ -215,7 +215,7 @@ impl Broker {
         })
     }
 
-    /// The newest retained records of a topic (operators: `dead_letter` in one process).
+    /// The newest retained records of a topic (`GET /dead_letter` of the ingress).
     pub fn tail(&self, topic: &str, n: usize) -> Vec<Arc<Message>> {
         let t = self.topic(topic);
         let log = lock(&t.log);
