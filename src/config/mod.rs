@@ -110,7 +110,12 @@ pub struct Config {
     pub http_host: String,
     /// `None` when `TP_HTTP_PORT=0` turned the endpoint off.
     pub http_port: Option<u16>,
+    pub http_limits: HttpLimits,
     pub ingress: IngressConfig,
+    /// What one device may hold in the registry, through any door (sockets or `track`).
+    pub limits: Limits,
+    /// Longest lifetime of a device token (`TP_JWT_MAX_LIFETIME_SECS`).
+    pub jwt_max_lifetime: Duration,
     /// `-t all` without Redis: the in-process registry.
     pub registry_in_memory: bool,
     pub memory_queue_capacity: usize,
@@ -124,8 +129,18 @@ pub struct Config {
 pub struct IngressConfig {
     /// Serve `/events`, `/track`, `PUT /apps`, `/objects` on the HTTP port.
     pub enabled: bool,
+    /// Bearer token of the event routes (`TP_INGRESS_TOKEN`).
     pub token: Option<String>,
+    /// Bearer token of the operator routes (`TP_ADMIN_TOKEN`).
+    pub admin_token: Option<String>,
+    /// `TP_INGRESS_ALLOW_OPEN`: the development switch that lets a non-loopback ingress run
+    /// without tokens.
+    pub allow_open: bool,
+    /// Origins allowed to call the ingress from a browser on another site (exact matches).
+    pub allowed_origins: Vec<String>,
     pub max_bytes: usize,
+    /// Most messages one request may carry.
+    pub max_messages: usize,
     /// The application `POST /demo/token` mints tokens for (`None`: the route answers 404).
     pub demo_app: Option<String>,
 }
@@ -151,6 +166,50 @@ pub struct SocketsConfig {
     pub queue_frames: usize,
     pub max_message_bytes: usize,
     pub ping_interval: Duration,
+    pub handshake_timeout: Duration,
+    /// Connections in the handshake at once.
+    pub max_handshakes: usize,
+    /// Client frames per second per connection (bursts of twice as many).
+    pub frames_per_sec: u32,
+}
+
+/// Bounds of the HTTP listener (health, metrics, ingress).
+#[derive(Clone, Debug)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    /// Requests in process at once (more: 503).
+    pub concurrency: usize,
+    pub header_timeout: Duration,
+    pub request_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: 512,
+            concurrency: 64,
+            header_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Per-device and per-channel bounds of the registry, so one client cannot make routing
+/// expensive for everybody.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Subscriptions one device may hold.
+    pub device_subscriptions: usize,
+    /// Distinct filtered variants of one channel (each is evaluated for every change).
+    pub channel_filters: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { device_subscriptions: 1000, channel_filters: 100 }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -166,6 +225,8 @@ pub struct PushConfig {
     pub fcm_url: String,
     pub concurrency: usize,
     pub rate: u64,
+    /// OAuth token endpoints a service account's `token_uri` may name (`TP_PUSH_TOKEN_URLS`).
+    pub token_urls: Vec<String>,
 }
 
 /// One layer's raw value: file values keep their JSON type, env and flags are text.
@@ -314,6 +375,21 @@ impl Config {
             Ok(v as usize)
         };
         let batch_size = at_least_one("batch_size", 500)?;
+        let http_host = get("http_host").text()?.unwrap_or_else(|| if all { "127.0.0.1" } else { "0.0.0.0" }.into());
+        let ingress = IngressConfig {
+            enabled: get("ingress").boolean()?.unwrap_or(all),
+            token: get("ingress_token").text()?.filter(|s| !s.is_empty()),
+            admin_token: get("admin_token").text()?.filter(|s| !s.is_empty()),
+            allow_open: get("ingress_allow_open").boolean()?.unwrap_or(false),
+            allowed_origins: parse::url_list(
+                &get("ingress_allowed_origins").text()?.unwrap_or_default(),
+                &get("ingress_allowed_origins").origin(),
+            )?,
+            max_bytes: at_least_one("ingress_max_bytes", 1_048_576)?,
+            max_messages: at_least_one("ingress_max_messages", 1000)?,
+            demo_app: get("demo_app").text()?.filter(|s| !s.is_empty()),
+        };
+        check_ingress_policy(&ingress, &http_host, http_port, &get("admin_token").origin())?;
         Ok(Config {
             msg_que,
             main_db,
@@ -350,6 +426,10 @@ impl Config {
                 queue_frames: at_least_one("sckt_queue", 256)?,
                 max_message_bytes: at_least_one("sckt_max_message", 65_536)?,
                 ping_interval: Duration::from_millis(at_least_one("sckt_ping_ms", 25_000)? as u64),
+                handshake_timeout: Duration::from_millis(at_least_one("sckt_handshake_timeout_ms", 10_000)? as u64),
+                max_handshakes: at_least_one("sckt_max_handshakes", 1024)?,
+                frames_per_sec: u32::try_from(at_least_one("sckt_frames_per_sec", 20)?)
+                    .map_err(|_| invalid(&get("sckt_frames_per_sec").origin(), "too large"))?,
             },
             jwt_secret: get("jwt_secret").text()?.filter(|s| !s.is_empty()),
             supervise: SuperviseConfig {
@@ -362,15 +442,26 @@ impl Config {
                 fcm_url: get("fcm_url").text()?.unwrap_or_else(|| default_of("fcm_url")),
                 concurrency: at_least_one("push_concurrency", 512)?,
                 rate: at_least_one("push_rate", 10_000)? as u64,
+                token_urls: parse::url_list(
+                    &get("push_token_urls").text()?.unwrap_or_else(|| default_of("push_token_urls")),
+                    &get("push_token_urls").origin(),
+                )?,
             },
-            http_host: get("http_host").text()?.unwrap_or_else(|| default_of("http_host")),
+            http_host,
             http_port: (http_port != 0).then_some(http_port),
-            ingress: IngressConfig {
-                enabled: get("ingress").boolean()?.unwrap_or(all),
-                token: get("ingress_token").text()?.filter(|s| !s.is_empty()),
-                max_bytes: at_least_one("ingress_max_bytes", 1_048_576)?,
-                demo_app: get("demo_app").text()?.filter(|s| !s.is_empty()),
+            http_limits: HttpLimits {
+                max_connections: at_least_one("http_max_connections", 512)?,
+                concurrency: at_least_one("http_concurrency", 64)?,
+                header_timeout: Duration::from_millis(at_least_one("http_header_timeout_ms", 5_000)? as u64),
+                request_timeout: Duration::from_millis(at_least_one("http_request_timeout_ms", 30_000)? as u64),
+                idle_timeout: Duration::from_millis(at_least_one("http_idle_timeout_ms", 60_000)? as u64),
             },
+            ingress,
+            limits: Limits {
+                device_subscriptions: at_least_one("max_device_subscriptions", 1000)?,
+                channel_filters: at_least_one("max_channel_filters", 100)?,
+            },
+            jwt_max_lifetime: Duration::from_secs(at_least_one("jwt_max_lifetime_secs", 604_800)? as u64),
             registry_in_memory: all && !redis_configured,
             memory_queue_capacity: at_least_one("memory_queue_capacity", 10_000)?,
             log_level: LogLevel::parse(
@@ -411,6 +502,42 @@ impl Config {
             self.loaded_file.as_deref().map_or("none".to_string(), |p| p.display().to_string()),
         )
     }
+}
+
+/// CONTRACT section 9, secure by default: an ingress reachable from other hosts needs both
+/// tokens (distinct), unless the development switch says otherwise (`main` logs it loudly).
+fn check_ingress_policy(
+    ingress: &IngressConfig,
+    http_host: &str,
+    http_port: u16,
+    admin_origin: &Origin,
+) -> Result<(), ConfigError> {
+    if let (Some(event), Some(admin)) = (&ingress.token, &ingress.admin_token) {
+        if event == admin {
+            return Err(invalid(admin_origin, "must differ from TP_INGRESS_TOKEN (the event token must not open operator routes)"));
+        }
+    }
+    if !ingress.enabled || http_port == 0 || ingress.allow_open || is_loopback_host(http_host) {
+        return Ok(());
+    }
+    for (var, value) in [("TP_INGRESS_TOKEN", &ingress.token), ("TP_ADMIN_TOKEN", &ingress.admin_token)] {
+        if value.is_none() {
+            return Err(invalid(
+                &Origin::Env(var.into()),
+                &format!(
+                    "not set, and the HTTP ingress listens on {http_host} (TP_HTTP_HOST), which is not loopback-only: \
+                     set {var}, listen on 127.0.0.1, or set TP_INGRESS_ALLOW_OPEN=true for development"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `127.0.0.0/8`, `::1` or `localhost`: reachable from this host only.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 const DEFAULT_BROKERS: &str = "127.0.0.1:9092";

@@ -213,6 +213,20 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// Kafka topic names allow `[a-zA-Z0-9._-]`; the prefix must keep every name legal.
+/// A comma-separated list of `http(s)://` URLs or origins (empty: none), each without a trailing `/`.
+pub fn url_list(text: &str, origin: &Origin) -> Result<Vec<String>, ConfigError> {
+    let mut out = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let ok = (item.starts_with("https://") || item.starts_with("http://"))
+            && !item.chars().any(|c| c.is_whitespace() || c.is_control());
+        if !ok {
+            return Err(invalid(origin, &format!("expected http(s):// URLs separated by commas, got {item:?}")));
+        }
+        out.push(item.trim_end_matches('/').to_string());
+    }
+    Ok(out)
+}
+
 pub fn topic_prefix(text: &str, origin: &Origin) -> Result<String, ConfigError> {
     if text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) && text.len() <= 200 {
         Ok(text.to_string())

@@ -27,6 +27,16 @@ pub fn is_builtin(model: &str) -> bool {
     BUILTIN_MODELS.contains(&model)
 }
 
+/// Names no model (nor parent model) may take, because a channel key built from them would be
+/// spelled like a registry key of another kind: `blg:<app>:devices:<id>` is a device record,
+/// `blg:<app>:device:<id>:subscriptions` a subscription set, `users` and `filter` are parts
+/// of channel masks, `index` is kept for our own keys.
+pub const RESERVED_MODELS: [&str; 5] = ["devices", "device", "users", "filter", "index"];
+
+pub fn is_reserved(model: &str) -> bool {
+    RESERVED_MODELS.contains(&model)
+}
+
 /// `{"parentModel":"project"}`: objects carry the parent id in `<parentModel>_id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BelongsTo {
@@ -82,12 +92,10 @@ pub struct ApnCredentials {
     pub passphrase: Option<String>,
     /// The app's bundle id, sent as `apns-topic`.
     pub topic: String,
-    /// `false` (the default) sends to the sandbox.
+    /// `false` (the default) sends to the sandbox. Where the workers connect is the operator's
+    /// choice (`TP_APNS_URL`), never the application's: a record naming a `url` is refused.
     #[serde(default)]
     pub production: bool,
-    /// Base URL instead of Apple's (a test server); `TP_APNS_URL` sets one for every app.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
 }
 
 impl ApnCredentials {
@@ -123,11 +131,9 @@ impl std::fmt::Debug for ApnCredentials {
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FcmCredentials {
+    /// The endpoint is the operator's `TP_FCM_URL`; the service account's `token_uri` must be
+    /// on the operator's `TP_PUSH_TOKEN_URLS` list (checked where the list is known).
     pub service_account: Map<String, Value>,
-    /// Base URL instead of `https://fcm.googleapis.com` (a test server); `TP_FCM_URL` sets one
-    /// for every app. The OAuth endpoint is the service account's own `token_uri`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
 }
 
 impl FcmCredentials {
@@ -190,10 +196,25 @@ impl Application {
     /// Checks names that end up in keys, and the credentials' completeness.
     pub fn validate(&self) -> Result<(), ModelError> {
         validate_ident("id", &self.id)?;
+        let reserved = |field: String, name: &str| {
+            if is_reserved(name) {
+                return Err(ModelError::InvalidApplication {
+                    reason: format!("{field}: `{name}` is reserved (it would spell another registry key)"),
+                });
+            }
+            Ok(())
+        };
         for (name, model) in &self.schema {
             validate_ident(&format!("schema.{name}"), name)?;
+            reserved(format!("schema.{name}"), name)?;
             for b in &model.belongs_to {
                 validate_ident(&format!("schema.{name}.belongsTo"), &b.parent_model)?;
+                reserved(format!("schema.{name}.belongsTo"), &b.parent_model)?;
+                if b.parent_model == "context" {
+                    return Err(ModelError::InvalidApplication {
+                        reason: format!("schema.{name}.belongsTo: `context` is the built-in context, not a parent"),
+                    });
+                }
             }
         }
         if let Some(apn) = &self.apn {

@@ -92,7 +92,7 @@ struct AppClient {
 impl AppClient {
     fn new(creds: &ApnCredentials, global: Option<&str>) -> Result<AppClient, String> {
         let default = if creds.production { PRODUCTION } else { SANDBOX };
-        let base = creds.url.as_deref().or(global).unwrap_or(default).trim_end_matches('/').to_string();
+        let base = global.unwrap_or(default).trim_end_matches('/').to_string();
         let (auth, client_auth) = match (&creds.key, &creds.key_id, &creds.team_id) {
             (Some(key), Some(key_id), Some(team_id)) => {
                 let key = Box::new(SigningKey::es256(key).map_err(|e| format!("apn.key: {e}"))?);

@@ -65,7 +65,7 @@ impl AppClient {
         let token_uri = sa.get("token_uri").and_then(Value::as_str).unwrap_or(GOOGLE_TOKEN_URI).to_string();
         let key = SigningKey::rs256(field(sa, "private_key")?)
             .map_err(|e| format!("fcm.service_account.private_key: {e}"))?;
-        let base = creds.url.as_deref().unwrap_or(global).trim_end_matches('/').to_string();
+        let base = global.trim_end_matches('/').to_string();
         Ok(AppClient {
             client_email: field(sa, "client_email")?.to_string(),
             send_url: format!("{base}/v1/projects/{project}/messages:send"),
