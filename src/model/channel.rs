@@ -23,7 +23,7 @@ use super::error::ModelError;
 use super::filter::Filter;
 use super::id::validate_ident;
 use super::json::scalar_to_key_part;
-use super::schema::{is_builtin, AppSchema};
+use super::schema::{is_builtin, is_reserved, AppSchema, Application};
 
 /// Prefix of every key of the registry.
 pub const KEY_PREFIX: &str = "blg";
@@ -108,6 +108,28 @@ impl Channel {
             (Some(_), _, Some(_), None) => Err(bad("`context` and `parent` cannot be combined")),
             (None, Some(_), None, None) => Err(bad("`user` needs a `context` or a `parent`")),
         }
+    }
+
+    /// Checks the channel against the application's schema: its model is declared (or one of
+    /// the built-in `user` and `context`), and a parent is one the model `belongsTo`. A channel
+    /// of anything else could never receive an object, and (before this check) could spell
+    /// another registry key, such as `{"model":"devices","id":"d2"}` = d2's device record.
+    pub fn check_models(&self, app: &Application) -> Result<(), ModelError> {
+        let unknown = |model: &str| ModelError::UnknownModel { model: model.to_owned() };
+        if is_reserved(&self.model) {
+            return Err(unknown(&self.model));
+        }
+        let schema = app.model(&self.model);
+        if schema.is_none() && !is_builtin(&self.model) {
+            return Err(unknown(&self.model));
+        }
+        if let Some(parent) = &self.parent {
+            let declared = schema.is_some_and(|m| m.belongs_to.iter().any(|b| b.parent_model == parent.model));
+            if !declared {
+                return Err(bad("the parent is not one the model belongsTo in the application's schema"));
+            }
+        }
+        Ok(())
     }
 
     /// Rejects filters on single-object channels, as Telepat's API never set them there.

@@ -41,6 +41,7 @@ use std::collections::BTreeSet;
 use conn::{Conn, Op};
 pub use route::Routes;
 
+use crate::config::Limits;
 use crate::error::ProcessError;
 use crate::model::{ChannelKey, Device, DeviceAddress};
 
@@ -54,13 +55,18 @@ pub enum RegistryError {
     /// A stored value does not parse or a key holds another type than the registry stores.
     #[error("redis registry data is corrupt: {0}")]
     Corrupt(String),
+    /// A device or channel bound ([`crate::config::Limits`]) would be exceeded.
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(String),
 }
 
 impl From<RegistryError> for ProcessError {
+    /// Nothing found in the registry stops a worker: what a message led to (a limit, a value
+    /// that is not what it should be) rejects that message, and the partition moves on.
     fn from(e: RegistryError) -> Self {
         match e {
             RegistryError::Unavailable(_) => ProcessError::Transient(e.to_string()),
-            RegistryError::Corrupt(_) => ProcessError::Fatal(e.to_string()),
+            RegistryError::Corrupt(_) | RegistryError::LimitExceeded(_) => ProcessError::Poison(e.to_string()),
         }
     }
 }
@@ -75,6 +81,7 @@ pub const DEVICE_CHUNK: usize = 500;
 #[derive(Clone)]
 pub struct Registry {
     conn: Conn,
+    limits: Limits,
 }
 
 impl Registry {
@@ -82,12 +89,22 @@ impl Registry {
     /// URLs, with bounded connect and response timeouts ([`conn::CONNECT_TIMEOUT`],
     /// [`conn::RESPONSE_TIMEOUT`]).
     pub async fn connect(url: &str) -> Result<Registry, RegistryError> {
-        Ok(Registry { conn: Conn::connect(url).await? })
+        Ok(Registry { conn: Conn::connect(url).await?, limits: Limits::default() })
+    }
+
+    /// The same registry, enforcing `limits` on subscriptions.
+    pub fn with_limits(mut self, limits: Limits) -> Registry {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// The in-process registry of `-t all` without Redis (not durable; see [`memory`]).
     pub fn memory() -> Registry {
-        Registry { conn: Conn::memory() }
+        Registry { conn: Conn::memory(), limits: Limits::default() }
     }
 
     /// The map behind an in-memory registry (tests inspect it as they would a server).

@@ -3,6 +3,7 @@
 //! Metric names live in [`names`] so dashboards and tests read one list. Events that both log
 //! and count are small functions here, so a log line and its counter cannot drift apart.
 
+pub mod gate;
 pub mod health;
 pub mod http;
 pub mod metrics;

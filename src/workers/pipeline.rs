@@ -361,13 +361,18 @@ impl Pipeline {
     /// rather than skipped, so nothing is lost.
     async fn dead_letter(&mut self, record: &Record<'_>, reason: &str) -> Result<(), ProcessError> {
         let envelope = Envelope::new(record, &self.worker, reason);
-        tracing::warn!(
-            message = "message dead-lettered",
-            topic = record.topic,
-            partition = record.partition,
-            offset = record.offset,
-            reason
-        );
+        // Hostile input can be dead-lettered thousands of times a second: one line per second,
+        // with the count of the others (every one is counted in the metric and the envelope).
+        if let Some(suppressed) = telemetry::gate::allow("dead_letter") {
+            tracing::warn!(
+                message = "message dead-lettered",
+                topic = record.topic,
+                partition = record.partition,
+                offset = record.offset,
+                reason,
+                suppressed
+            );
+        }
         self.outbox
             .send(&self.dead_letter_topic, record.key, &envelope.to_json(), &[("nexxus-reason", reason.as_bytes())])
             .await
