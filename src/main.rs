@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use nexxus_worker::cli::{self, AppAction, Cli, Command, DeadLetterAction, TopicsAction};
 use nexxus_worker::commands::{app, dead_letter, publish, token};
-use nexxus_worker::config::{Config, Overrides, ProcessEnv};
+use nexxus_worker::config::{is_loopback_host, Config, Overrides, ProcessEnv};
 use nexxus_worker::error::WorkerError;
 use nexxus_worker::ingress::Ingress;
 use nexxus_worker::queue::kafka::Producer;
@@ -62,6 +62,7 @@ fn run(cli: Cli) -> Result<(), WorkerError> {
     let overrides = Overrides { config_file: cli.config.clone(), sets: cli.set.clone(), role: cli.role };
     let config = Arc::new(Config::load(&overrides, &ProcessEnv)?);
     telemetry::init_logging(config.log_level);
+    raise_open_files();
     for var in Config::unknown_env(&ProcessEnv) {
         tracing::warn!(message = "unknown environment variable ignored (see --help)", var);
     }
@@ -73,6 +74,20 @@ fn run(cli: Cli) -> Result<(), WorkerError> {
     runtime.block_on(dispatch(cli, config))
 }
 
+/// Lifts the soft limit of open files to the hard one: every listener's connection cap assumes
+/// the process can hold that many descriptors plus its dependencies' (the common soft default
+/// of 1,024 let 1,010 half-open HTTP connections starve the WebSocket listener).
+fn raise_open_files() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(message = "open file limit raised", from = soft, to = hard),
+            Err(error) => tracing::warn!(message = "could not raise the open file limit", soft, hard, %error),
+        },
+        Ok(_) | Err(_) => {}
+    }
+}
+
 async fn dispatch(cli: Cli, config: Arc<Config>) -> Result<(), WorkerError> {
     tracing::info!(message = "configuration", effective = %config.redacted());
     match cli.command {
@@ -81,6 +96,9 @@ async fn dispatch(cli: Cli, config: Arc<Config>) -> Result<(), WorkerError> {
             let ctx = WorkerContext::new(config.clone(), role, cli.index.unwrap_or(0));
             let health = ctx.health.clone();
             let ingress = config.ingress.enabled.then(|| Ingress::new(config.clone()));
+            if let Some(ingress) = &ingress {
+                announce_ingress_policy(&config, ingress);
+            }
             let routes = ingress.clone().map(nexxus_worker::ingress::router);
             long_running(config, health, routes, move |shutdown| workers::run(ctx, ingress, shutdown)).await
         }
@@ -152,6 +170,26 @@ async fn dispatch(cli: Cli, config: Arc<Config>) -> Result<(), WorkerError> {
     }
 }
 
+/// What an operator must see at start: an ingress without tokens, and demo tokens.
+fn announce_ingress_policy(config: &Config, ingress: &Ingress) {
+    if ingress.is_open() {
+        if is_loopback_host(&config.http_host) {
+            tracing::info!(message = "HTTP ingress without tokens, on a loopback address only", host = %config.http_host);
+        } else {
+            tracing::warn!(
+                message = "TP_INGRESS_ALLOW_OPEN: the HTTP ingress accepts requests without tokens from any host that reaches it; development only",
+                host = %config.http_host
+            );
+        }
+    }
+    if let Some(app) = &config.ingress.demo_app {
+        tracing::warn!(
+            message = "demo tokens are on: POST /demo/token mints anonymous device tokens (TP_DEMO_APP); development only",
+            app = %app
+        );
+    }
+}
+
 /// Runs a worker with the process machinery: the HTTP endpoint, signal handling, and a drain
 /// bounded by `TP_SHUTDOWN_GRACE_MS`. The worker ending (with an error or not) stops the process.
 async fn long_running<F, Fut>(
@@ -170,7 +208,7 @@ where
     let metrics = telemetry::metrics::install();
     if let Some(port) = config.http_port {
         let router = http::router(health.clone(), metrics).merge(routes.unwrap_or_default());
-        let (addr, _task) = http::serve(&config.http_host, port, router, shutdown.clone())
+        let (addr, _task) = http::serve(&config.http_host, port, router, &config.http_limits, shutdown.clone())
             .await
             .map_err(WorkerError::io(format!("binding the HTTP endpoint {}:{port}", config.http_host)))?;
         tracing::info!(message = "http endpoint listening", %addr);
@@ -184,6 +222,8 @@ where
         result
     });
     shutdown.cancelled().await;
+    // Out of rotation at once: what drains now must not be sent more.
+    health.fail("process", "draining");
     if !shutdown::drain(&tracker, config.shutdown_grace).await {
         return Err(WorkerError::Fatal("in-flight work did not finish within TP_SHUTDOWN_GRACE_MS".into()));
     }

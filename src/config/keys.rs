@@ -289,8 +289,8 @@ pub const KEYS: &[Key] = &[
         "http_header_timeout_ms",
         "TP_HTTP_HEADER_TIMEOUT_MS",
         Kind::Millis,
-        Some("5000"),
-        "time a client has to send a request's headers (the connection is closed after)",
+        Some("10000"),
+        "time a client has to send a request's headers, and most a kept-alive connection waits for the next; then it is closed",
     ),
     key(
         "http_request_timeout_ms",
@@ -298,13 +298,6 @@ pub const KEYS: &[Key] = &[
         Kind::Millis,
         Some("30000"),
         "time a request may take, body included (408 after)",
-    ),
-    key(
-        "http_idle_timeout_ms",
-        "TP_HTTP_IDLE_TIMEOUT_MS",
-        Kind::Millis,
-        Some("60000"),
-        "a kept-alive connection with no request for this long is closed",
     ),
     key(
         "ingress_token",

@@ -179,9 +179,9 @@ pub struct HttpLimits {
     pub max_connections: usize,
     /// Requests in process at once (more: 503).
     pub concurrency: usize,
+    /// Also bounds how long a kept-alive connection waits idle for its next request.
     pub header_timeout: Duration,
     pub request_timeout: Duration,
-    pub idle_timeout: Duration,
 }
 
 impl Default for HttpLimits {
@@ -189,9 +189,8 @@ impl Default for HttpLimits {
         HttpLimits {
             max_connections: 512,
             concurrency: 64,
-            header_timeout: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -452,9 +451,8 @@ impl Config {
             http_limits: HttpLimits {
                 max_connections: at_least_one("http_max_connections", 512)?,
                 concurrency: at_least_one("http_concurrency", 64)?,
-                header_timeout: Duration::from_millis(at_least_one("http_header_timeout_ms", 5_000)? as u64),
+                header_timeout: Duration::from_millis(at_least_one("http_header_timeout_ms", 10_000)? as u64),
                 request_timeout: Duration::from_millis(at_least_one("http_request_timeout_ms", 30_000)? as u64),
-                idle_timeout: Duration::from_millis(at_least_one("http_idle_timeout_ms", 60_000)? as u64),
             },
             ingress,
             limits: Limits {

@@ -28,7 +28,7 @@ pub async fn put_app(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(refused) = ingress.authorize_write(&headers) {
+    if let Err(refused) = ingress.authorize_admin(&headers) {
         return refused.into_response();
     }
     let backend = match ingress.backend() {

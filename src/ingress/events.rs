@@ -14,11 +14,13 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::de::{DeserializeSeed, Deserializer, Error as _, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::{error, Ingress};
 use crate::commands::publish;
-use crate::model::{decode_aggregation, decode_track, DEFAULT_MAX_MESSAGE_BYTES};
+use crate::model::{decode_aggregation, decode_track, Application, TrackCommand, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::queue::outbox::Sink;
 use crate::queue::topic;
 use crate::workers::apps::Apps;
@@ -41,35 +43,43 @@ pub async fn post_track(State(ingress): State<Arc<Ingress>>, headers: HeaderMap,
 }
 
 async fn accept(ingress: &Ingress, headers: &HeaderMap, body: &[u8], kind: Kind) -> Response {
-    if let Err(refused) = ingress.authorize_write(headers) {
+    if let Err(refused) = ingress.authorize_events(headers) {
         return refused.into_response();
     }
     let backend = match ingress.backend() {
         Ok(b) => b,
         Err(refused) => return refused.into_response(),
     };
-    let items = match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Array(items)) => items,
-        Ok(one @ Value::Object(_)) => vec![one],
-        Ok(_) => return error(StatusCode::BAD_REQUEST, "expected a JSON object or an array of objects"),
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("not JSON: {e}")),
+    let max = ingress.config.ingress.max_messages;
+    // Each item stays a slice of the body until it is checked on its own, so the memory of a
+    // request is its body plus one message at a time, whatever the body holds.
+    let items = match split(body, max) {
+        Ok(items) => items,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, &reason),
     };
-    if items.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "no messages");
-    }
     let total = items.len();
     let mut records = Vec::with_capacity(total);
     let mut rejected = Vec::new();
+    let mut rejected_count = 0usize;
     for (index, item) in items.into_iter().enumerate() {
         match check(kind, item, &backend.apps) {
-            Ok(record) => records.push(record),
-            Err(reason) => rejected.push(json!({ "index": index, "reason": reason })),
+            Ok(record) if rejected_count == 0 => records.push(record),
+            Ok(_) => {}
+            Err(reason) => {
+                rejected_count += 1;
+                // The answer stays small however many are wrong: the first reasons and a count.
+                if rejected.len() < MAX_REASONS {
+                    rejected.push(json!({ "index": index, "reason": reason }));
+                }
+                records = Vec::new();
+            }
         }
     }
-    if !rejected.is_empty() {
+    if rejected_count > 0 {
         let body = json!({
-            "error": format!("{} of {total} messages rejected; none accepted", rejected.len()),
+            "error": format!("{rejected_count} of {total} messages rejected; none accepted"),
             "rejected": rejected,
+            "rejected_count": rejected_count,
         });
         return (StatusCode::BAD_REQUEST, Json(body)).into_response();
     }
@@ -86,25 +96,94 @@ async fn accept(ingress: &Ingress, headers: &HeaderMap, body: &[u8], kind: Kind)
     }
 }
 
+/// Reasons listed in a 400 answer; the rest are counted in `rejected_count`.
+pub const MAX_REASONS: usize = 20;
+
+/// The messages of a body: one JSON object, or an array of at most `max` items (each left
+/// unparsed). Refuses a longer array while reading it, before anything is kept for its items.
+fn split(body: &[u8], max: usize) -> Result<Vec<&RawValue>, String> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'[') {
+        return match serde_json::from_slice::<&RawValue>(body) {
+            Ok(one) if one.get().starts_with('{') => Ok(vec![one]),
+            Ok(_) => Err("expected a JSON object or an array of objects".into()),
+            Err(e) => Err(format!("not JSON: {e}")),
+        };
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let items = Bounded { max }.deserialize(&mut de).map_err(|e| format!("not JSON: {e}"))?;
+    de.end().map_err(|e| format!("not JSON: {e}"))?;
+    if items.is_empty() {
+        return Err("no messages".into());
+    }
+    Ok(items)
+}
+
+/// A JSON array of at most `max` raw values.
+struct Bounded {
+    max: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Bounded {
+    type Value = Vec<&'de RawValue>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Bounded {
+    type Value = Vec<&'de RawValue>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "an array of at most {} messages", self.max)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(item) = seq.next_element::<&'de RawValue>()? {
+            if out.len() == self.max {
+                return Err(A::Error::custom(format!(
+                    "more than {} messages in one request (TP_INGRESS_MAX_MESSAGES)",
+                    self.max
+                )));
+            }
+            out.push(item);
+        }
+        Ok(out)
+    }
+}
+
 /// Decodes `item` as its role will; returns (partition key, bytes to produce).
-fn check(kind: Kind, mut item: Value, apps: &Apps) -> Result<(Option<String>, String), String> {
-    if let (Kind::Events, Some(map)) = (kind, item.as_object_mut()) {
+fn check(kind: Kind, item: &RawValue, apps: &Apps) -> Result<(Option<String>, String), String> {
+    let mut item: Value = serde_json::from_str(item.get()).map_err(|e| format!("not JSON: {e}"))?;
+    let Some(map) = item.as_object_mut() else {
+        return Err("expected a JSON object".into());
+    };
+    if let Kind::Events = kind {
         // The API stamps writes; so does its stand-in when the client did not.
         map.entry("timestamp").or_insert_with(|| json!(now_micros()));
     }
     let text = item.to_string();
-    let app = match kind {
-        Kind::Events => decode_aggregation(text.as_bytes(), DEFAULT_MAX_MESSAGE_BYTES)
-            .map(|m| m.application_id().to_owned())
-            .map_err(|e| e.to_string())?,
-        Kind::Track => decode_track(text.as_bytes(), DEFAULT_MAX_MESSAGE_BYTES)
-            .map(|c| c.application_id().to_owned())
-            .map_err(|e| e.to_string())?,
-    };
-    if apps.get(&app).is_none() {
-        return Err(format!("unknown application `{app}`"));
+    match kind {
+        Kind::Events => {
+            let msg = decode_aggregation(text.as_bytes(), DEFAULT_MAX_MESSAGE_BYTES).map_err(|e| e.to_string())?;
+            known_app(apps, msg.application_id())?;
+        }
+        Kind::Track => {
+            let command = decode_track(text.as_bytes(), DEFAULT_MAX_MESSAGE_BYTES).map_err(|e| e.to_string())?;
+            let app = known_app(apps, command.application_id())?;
+            // The track role's rule, here too, so the client hears it instead of a dead letter.
+            if let TrackCommand::Subscribe { channel, .. } | TrackCommand::Unsubscribe { channel, .. } = &command {
+                channel.check_models(&app).map_err(|e| e.to_string())?;
+            }
+        }
     }
     Ok((publish::message_key(&item), text))
+}
+
+fn known_app(apps: &Apps, id: &str) -> Result<Arc<Application>, String> {
+    apps.get(id).ok_or_else(|| format!("unknown application `{id}`"))
 }
 
 /// Produces in order. On failure: how many went through, and why the rest did not.
@@ -144,7 +223,7 @@ pub async fn get_dead_letters(
     Query(q): Query<DeadLetterQuery>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = ingress.authorize_write(&headers) {
+    if let Err(refused) = ingress.authorize_admin(&headers) {
         return refused.into_response();
     }
     let backend = match ingress.backend() {

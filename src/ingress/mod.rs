@@ -11,22 +11,30 @@
 //! | `POST /demo/token` | a development token for `TP_DEMO_APP` ([`web`]) |
 //! | `GET /`, `GET /client.js` | the demo page and the browser client ([`web`]) |
 //!
-//! Writes and dead letters need `Authorization: Bearer $TP_INGRESS_TOKEN` when it is set. Bodies are capped at
-//! `TP_INGRESS_MAX_BYTES` (413). Until the process has connected its queue and store, the
-//! routes answer 503, so the HTTP port (and `/healthz`) can be up from the first moment.
+//! Event routes need `Authorization: Bearer $TP_INGRESS_TOKEN`, operator routes (`PUT /apps`,
+//! `GET /dead_letter`) `Bearer $TP_ADMIN_TOKEN`, when set; the configuration refuses to start an
+//! ingress reachable from other hosts without both (CONTRACT section 9). Every route also passes
+//! [`guard`] (origin, host, JSON bodies, requests in process) and is bounded in time
+//! (`TP_HTTP_REQUEST_TIMEOUT_MS`, 408) and size (`TP_INGRESS_MAX_BYTES`, 413). Until the process
+//! has connected its queue and store, the routes answer 503, so the HTTP port (and `/healthz`)
+//! can be up from the first moment.
 
 pub mod apps;
 pub mod events;
+pub mod guard;
 pub mod web;
 
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use sha2::{Digest, Sha256};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::timeout::TimeoutLayer;
 
 use crate::config::Config;
 use crate::queue::outbox::Sink;
@@ -61,14 +69,30 @@ impl Ingress {
         self.backend.get().ok_or(Refused(StatusCode::SERVICE_UNAVAILABLE, "starting: not connected yet"))
     }
 
-    /// `Authorization: Bearer <TP_INGRESS_TOKEN>`, compared in constant time, when a token is set.
-    fn authorize_write(&self, headers: &HeaderMap) -> Result<(), Refused> {
-        let Some(expected) = &self.config.ingress.token else { return Ok(()) };
-        match bearer(headers) {
-            Some(given) if same_secret(given, expected) => Ok(()),
-            Some(_) => Err(Refused(StatusCode::UNAUTHORIZED, "wrong ingress token")),
-            None => Err(Refused(StatusCode::UNAUTHORIZED, "Authorization: Bearer <TP_INGRESS_TOKEN> required")),
-        }
+    /// Event routes: `Authorization: Bearer <TP_INGRESS_TOKEN>` when it is set.
+    fn authorize_events(&self, headers: &HeaderMap) -> Result<(), Refused> {
+        check_bearer(headers, self.config.ingress.token.as_deref(), "Authorization: Bearer <TP_INGRESS_TOKEN> required")
+    }
+
+    /// Operator routes: `Authorization: Bearer <TP_ADMIN_TOKEN>` when it is set; the event
+    /// token never opens them.
+    fn authorize_admin(&self, headers: &HeaderMap) -> Result<(), Refused> {
+        check_bearer(headers, self.config.ingress.admin_token.as_deref(), "Authorization: Bearer <TP_ADMIN_TOKEN> required")
+    }
+
+    /// Without any token (only allowed on a loopback listener, or by the development switch).
+    pub fn is_open(&self) -> bool {
+        self.config.ingress.token.is_none() || self.config.ingress.admin_token.is_none()
+    }
+}
+
+/// The bearer token against `expected`, compared in constant time; open when `expected` is unset.
+fn check_bearer(headers: &HeaderMap, expected: Option<&str>, missing: &'static str) -> Result<(), Refused> {
+    let Some(expected) = expected else { return Ok(()) };
+    match bearer(headers) {
+        Some(given) if same_secret(given, expected) => Ok(()),
+        Some(_) => Err(Refused(StatusCode::UNAUTHORIZED, "wrong bearer token")),
+        None => Err(Refused(StatusCode::UNAUTHORIZED, missing)),
     }
 }
 
@@ -81,9 +105,14 @@ impl IntoResponse for Refused {
     }
 }
 
-/// The ingress routes, to merge into the process's HTTP router.
+/// The ingress routes, to merge into the process's HTTP router. Layers run outside in: CORS
+/// (answers an allowed origin's preflight), then the time bound, then the in-process bound,
+/// then [`guard::check_request`], then the body limit and the route.
 pub fn router(ingress: Arc<Ingress>) -> Router {
-    let limit = ingress.config.ingress.max_bytes;
+    let cfg = &ingress.config;
+    let limit = cfg.ingress.max_bytes;
+    let in_flight = guard::InFlight::new(cfg.http_limits.concurrency);
+    let timeout = TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, cfg.http_limits.request_timeout);
     Router::new()
         .route("/events", post(events::post_events))
         .route("/track", post(events::post_track))
@@ -94,7 +123,23 @@ pub fn router(ingress: Arc<Ingress>) -> Router {
         .route("/", get(web::index))
         .route("/client.js", get(web::client_js))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(ingress.clone(), guard::check_request))
+        .layer(middleware::from_fn_with_state(in_flight, guard::limit_in_flight))
+        .layer(timeout)
+        .layer(cors(&cfg.ingress.allowed_origins))
         .with_state(ingress)
+}
+
+/// Preflight answers and CORS headers for the configured origins only; none configured, no
+/// browser of another site gets through (the guard refuses a foreign `Origin` as well, since
+/// CORS alone only hides answers from pages, it does not stop the request).
+fn cors(origins: &[String]) -> CorsLayer {
+    let allowed: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(allowed))
+        .allow_methods([Method::GET, Method::POST, Method::PUT])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(std::time::Duration::from_secs(600))
 }
 
 /// `{"error": reason}` with `status`.

@@ -3,12 +3,10 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
 use serde_json::json;
 
 use super::{error, Ingress};
@@ -29,25 +27,19 @@ pub async fn client_js() -> Response {
     (headers, CLIENT_JS).into_response()
 }
 
-#[derive(Deserialize)]
-pub struct TokenRequest {
-    device_id: String,
-    user_id: Option<String>,
-}
-
-/// Mints a device token for `TP_DEMO_APP` (404 when unset): development only, since anyone who
-/// can reach the port gets a token. `ws_url` uses the host the page was loaded from.
-pub async fn demo_token(State(ingress): State<Arc<Ingress>>, headers: HeaderMap, body: Bytes) -> Response {
+/// Mints a device token for `TP_DEMO_APP` (404 when unset) for a fresh anonymous device and
+/// user the server picks: a caller can neither choose whose channels it reads nor reuse another
+/// device's registry entries. It is an event route: with `TP_INGRESS_TOKEN` set it needs that
+/// token, and without it the ingress only runs on loopback (or by the development switch).
+/// `ws_url` uses the host the page was loaded from.
+pub async fn demo_token(State(ingress): State<Arc<Ingress>>, headers: HeaderMap) -> Response {
     let cfg = &ingress.config;
     let Some(app_id) = &cfg.ingress.demo_app else {
         return error(StatusCode::NOT_FOUND, "no demo application (TP_DEMO_APP is not set)");
     };
-    let req: TokenRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return error(StatusCode::BAD_REQUEST, &format!("expected {{\"device_id\": ..., \"user_id\"?: ...}}: {e}"))
-        }
-    };
+    if let Err(refused) = ingress.authorize_events(&headers) {
+        return refused.into_response();
+    }
     let backend = match ingress.backend() {
         Ok(b) => b,
         Err(refused) => return refused.into_response(),
@@ -55,30 +47,39 @@ pub async fn demo_token(State(ingress): State<Arc<Ingress>>, headers: HeaderMap,
     let Some(app) = backend.apps.get(app_id) else {
         return error(StatusCode::SERVICE_UNAVAILABLE, &format!("demo application `{app_id}` is not registered yet"));
     };
-    let token =
-        match auth::mint(&app, cfg.jwt_secret.as_deref(), &req.device_id, req.user_id.as_deref(), DEMO_TOKEN_SECS) {
-            Ok(t) => t,
-            Err(e @ auth::MintError::BadId(_)) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
-            Err(e @ auth::MintError::NoSecret(_)) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
-        };
+    let Some(suffix) = random_suffix() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no randomness available for an anonymous id");
+    };
+    let (device_id, user_id) = (format!("demo-{suffix}"), format!("anon-{suffix}"));
+    let token = match auth::mint(&app, cfg.jwt_secret.as_deref(), &device_id, Some(&user_id), DEMO_TOKEN_SECS) {
+        Ok(t) => t,
+        Err(e @ auth::MintError::BadId(_)) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(e @ auth::MintError::NoSecret(_)) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
     let scheme = if cfg.sockets.ssl { "wss" } else { "ws" };
     let ws_url = format!("{scheme}://{}:{}/", request_host(&headers), cfg.sockets.port);
     Json(json!({
         "token": token,
         "application_id": app_id,
+        "device_id": device_id,
+        "user_id": user_id,
         "ws_url": ws_url,
         "expires_in": DEMO_TOKEN_SECS,
     }))
     .into_response()
 }
 
+/// 128 random bits as hex: ids nobody can guess or choose.
+fn random_suffix() -> Option<String> {
+    let mut bytes = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).ok()?;
+    Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// The host name of the request's `Host` header, without its port (IPv6 in brackets).
 fn request_host(headers: &HeaderMap) -> String {
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
-    let name = match host.strip_prefix('[') {
-        Some(rest) => rest.split_once(']').map_or(host, |(ip, _)| &host[..ip.len() + 2]),
-        None => host.split(':').next().unwrap_or(host),
-    };
+    let name = super::guard::host_name(host);
     let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "-.[]:".contains(c));
     if valid {
         name.to_string()

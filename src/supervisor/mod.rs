@@ -143,7 +143,7 @@ pub async fn run(config: Arc<Config>, plan: &str, child_args: Vec<String>) -> Re
     let stop_http = CancellationToken::new();
     if let Some(port) = config.http_port {
         let router = http::router(Arc::new(Health::new()), telemetry::metrics::install()).merge(admin(control.clone()));
-        let (addr, _task) = http::serve(&config.http_host, port, router, stop_http.clone())
+        let (addr, _task) = http::serve(&config.http_host, port, router, &config.http_limits, stop_http.clone())
             .await
             .map_err(WorkerError::io(format!("binding the HTTP endpoint {}:{port}", config.http_host)))?;
         tracing::info!(message = "supervisor listening", %addr);

@@ -80,6 +80,8 @@ pub struct Pipeline {
     transactional: bool,
     /// Readiness condition held false while a dependency is failing.
     processing_condition: String,
+    /// `running:<client id>`: unmet until the loop runs, and again once it stopped.
+    running_condition: String,
 }
 
 /// Where a batch stopped.
@@ -119,8 +121,13 @@ impl Pipeline {
             }
             Sink::Memory(broker) => Source::Memory(broker.consumer(&group, &full)),
         };
+        // Not ready until the loop runs: a process whose roles have not started (or, for the
+        // sockets transport, whose listener is not bound yet) must not receive traffic.
+        let running_condition = format!("running:{client_id}");
+        health.require(&running_condition, "starting");
         Ok(Pipeline {
             processing_condition: format!("processing:{client_id}"),
+            running_condition,
             worker: worker.to_string(),
             consumer: Arc::new(consumer),
             outbox: Outbox::new(sink),
@@ -148,6 +155,8 @@ impl Pipeline {
     /// Consumes until `shutdown`, then commits and leaves the group.
     pub async fn run<H: Handler>(mut self, handler: &mut H, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let consumer = self.consumer.clone();
+        let running = self.running_condition.clone();
+        self.health.ok(&running);
         let mut settle_delay = RETRY_START;
         let result = loop {
             let first = tokio::select! {
@@ -249,6 +258,7 @@ impl Pipeline {
             }
         };
         self.health.remove(&self.processing_condition);
+        self.health.fail(&running, "stopped");
         result
     }
 

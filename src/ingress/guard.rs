@@ -1,0 +1,117 @@
+//! What every ingress request passes before a handler runs: where it comes from (browsers of
+//! other sites, DNS rebinding), what it carries (`application/json` only), and how many are in
+//! process at once. The bearer tokens are checked by [`super::Ingress`], per route family.
+//!
+//! Why each rule: a browser sends a `text/plain` POST to any site without asking (a "simple"
+//! request), so an open ingress reachable from a browser was writable by every web page the
+//! operator visited; requiring `application/json` forces the browser's CORS preflight, which
+//! only a configured origin passes. A page served by a name that resolves to 127.0.0.1 (DNS
+//! rebinding) is same-origin with itself, so an ingress running without tokens also refuses
+//! any `Host` that is not a loopback name.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use tokio::sync::Semaphore;
+
+use super::{error, Ingress};
+use crate::config::is_loopback_host;
+
+/// Requests of the ingress in process at once (`TP_HTTP_CONCURRENCY`); beyond, 503 with
+/// `Retry-After` rather than a queue that grows with the attacker's patience.
+#[derive(Clone)]
+pub struct InFlight(Arc<Semaphore>);
+
+impl InFlight {
+    pub fn new(limit: usize) -> InFlight {
+        InFlight(Arc::new(Semaphore::new(limit)))
+    }
+}
+
+pub async fn limit_in_flight(State(in_flight): State<InFlight>, request: Request, next: Next) -> Response {
+    let Ok(_permit) = in_flight.0.clone().try_acquire_owned() else {
+        metrics::counter!("nexxus_ingress_refused_total", "reason" => "busy").increment(1);
+        let mut response = error(StatusCode::SERVICE_UNAVAILABLE, "too many requests in process; retry shortly");
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
+    next.run(request).await
+}
+
+/// Origin, Host and Content-Type rules of every ingress route.
+pub async fn check_request(State(ingress): State<Arc<Ingress>>, request: Request, next: Next) -> Response {
+    if let Err((status, reason)) = check(&ingress, request.method(), request.headers()) {
+        metrics::counter!("nexxus_ingress_refused_total", "reason" => refusal_label(status)).increment(1);
+        return error(status, reason);
+    }
+    next.run(request).await
+}
+
+fn refusal_label(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "content_type",
+        StatusCode::MISDIRECTED_REQUEST => "host",
+        _ => "origin",
+    }
+}
+
+fn check(ingress: &Ingress, method: &Method, headers: &HeaderMap) -> Result<(), (StatusCode, &'static str)> {
+    let cfg = &ingress.config.ingress;
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    if ingress.is_open() && !is_loopback_host(host_name(host)) {
+        return Err((StatusCode::MISDIRECTED_REQUEST, "this ingress runs without tokens and answers loopback names only"));
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("").trim_end_matches('/');
+        let same_site = ["http://", "https://"].iter().any(|s| origin.strip_prefix(s) == Some(host));
+        if !same_site && !cfg.allowed_origins.iter().any(|o| o == origin) {
+            return Err((StatusCode::FORBIDDEN, "cross-origin request from an origin not in TP_INGRESS_ALLOWED_ORIGINS"));
+        }
+    }
+    if matches!(*method, Method::POST | Method::PUT) && !is_json(headers) {
+        return Err((StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type: application/json required"));
+    }
+    Ok(())
+}
+
+/// `application/json`, with parameters (`; charset=utf-8`) allowed.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// The host of a `Host` header, without its port (IPv6 keeps its brackets).
+pub fn host_name(host: &str) -> &str {
+    match host.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or(host, |(ip, _)| &host[..ip.len() + 2]),
+        None => host.split(':').next().unwrap_or(host),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types_and_host_names() {
+        let mut h = HeaderMap::new();
+        assert!(!is_json(&h));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+        assert!(is_json(&h));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert!(!is_json(&h));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/jsonx"));
+        assert!(!is_json(&h));
+        assert_eq!(host_name("localhost:8080"), "localhost");
+        assert_eq!(host_name("[::1]:8080"), "[::1]");
+        assert_eq!(host_name("127.0.0.1"), "127.0.0.1");
+        assert!(is_loopback_host(host_name("[::1]:8080")));
+        assert!(!is_loopback_host(host_name("evil.example:8080")));
+    }
+}
