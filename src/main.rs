@@ -208,9 +208,10 @@ where
     let metrics = telemetry::metrics::install();
     if let Some(port) = config.http_port {
         let router = http::router(health.clone(), metrics).merge(routes.unwrap_or_default());
-        let (addr, _task) = http::serve(&config.http_host, port, router, &config.http_limits, shutdown.clone())
-            .await
-            .map_err(WorkerError::io(format!("binding the HTTP endpoint {}:{port}", config.http_host)))?;
+        let (addr, _task) =
+            http::serve(&config.http_host, port, router, &config.http_limits, shutdown.clone())
+                .await
+                .map_err(WorkerError::io(format!("binding the HTTP endpoint {}:{port}", config.http_host)))?;
         tracing::info!(message = "http endpoint listening", %addr);
     }
     let tracker = TaskTracker::new();

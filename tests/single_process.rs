@@ -4,153 +4,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::process::Command;
+use std::time::Duration;
 
+use common::all::*;
+use common::http_get;
 use common::ws::Client;
-use common::{http_get, http_request, Reaper};
-use nexxus_worker::transport::jwt::{self, Claims};
 use serde_json::{json, Value};
-
-const SECRET: &str = "single-process-test-secret";
-
-struct Process {
-    reaper: Reaper,
-    http: u16,
-    ws: u16,
-}
-
-/// Starts `-t all` on `dir/nexxus.db` with nothing but `extra` configured, and waits until its
-/// ingress answers.
-async fn start(dir: &Path, ports: Option<(u16, u16)>, extra: &[(&str, &str)]) -> Process {
-    let (http, ws) = ports.unwrap_or_else(|| (common::free_port(), common::free_port()));
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("worker.log")).unwrap();
-    let child = Command::new(common::BIN)
-        .args(["-t", "all"])
-        .env_clear()
-        .env("TP_SQLITE_PATH", dir.join("nexxus.db"))
-        .env("TP_HTTP_HOST", "127.0.0.1")
-        .env("TP_HTTP_PORT", http.to_string())
-        .env("TP_SCKT_HOST", "127.0.0.1")
-        .env("TP_SCKT_PORT", ws.to_string())
-        .envs(extra.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("starting -t all");
-    let p = Process { reaper: Reaper(child), http, ws };
-    let started = std::time::Instant::now();
-    // `/objects` without a token answers 401 once the ingress is connected, 503 before.
-    while http_get(http, "/objects?channel=%7B%7D").map(|(code, _)| code) != Some(401) {
-        assert!(started.elapsed() < Duration::from_secs(30), "-t all not ready: {}", log_of(dir));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    p
-}
-
-impl Process {
-    /// SIGTERM, then the exit status (graceful shutdown must exit 0).
-    fn stop(mut self) -> Option<i32> {
-        let pid = nix::unistd::Pid::from_raw(self.reaper.0.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        self.reaper.0.wait().unwrap().code()
-    }
-
-    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &Value) -> (u16, Value) {
-        // No body for `null`: a server that answers without reading an unexpected body resets
-        // the connection, which can cut the answer short.
-        let body = if body.is_null() { String::new() } else { body.to_string() };
-        let (code, text) = http_request(self.http, method, path, headers, &body)
-            .unwrap_or_else(|| panic!("no HTTP answer to {method} {path} on {}", self.http));
-        (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
-    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        self.request("POST", path, &[], body)
-    }
-}
-
-fn log_of(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("worker.log")).unwrap_or_default()
-}
-
-fn unique_app(name: &str) -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    format!("sp{}_{}_{name}", nanos % 1_000_000_000_000, std::process::id())
-}
-
-fn app_doc(app: &str) -> Value {
-    json!({"id": app, "jwt_secret": SECRET, "schema": {
-        "list": {"write_acl": 0, "read_acl": 0},
-        "task": {"belongsTo": [{"parentModel": "list"}], "write_acl": 0, "read_acl": 0}}})
-}
-
-fn token(app: &str, device: &str) -> String {
-    let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 600;
-    jwt::sign(&Claims { application_id: app.into(), device_id: device.into(), exp, user_id: None }, SECRET)
-}
-
-fn list_channel() -> Value {
-    json!({"model": "task", "parent": {"model": "list", "id": "l1"}})
-}
-
-fn create(app: &str, id: Option<&str>, title: &str) -> Value {
-    let mut object =
-        json!({"type": "task", "application_id": app, "context_id": "c1", "list_id": "l1", "title": title});
-    if let Some(id) = id {
-        object["id"] = json!(id);
-    }
-    json!({"op": "create", "application_id": app, "object": object})
-}
-
-fn increment(app: &str, id: &str) -> Value {
-    json!({"op": "update", "application_id": app, "patches": [{"op": "increment", "path": format!("task/{id}/votes"), "value": 1}]})
-}
-
-/// Reads frames until `want` deltas arrived; (kind, object id, version, title) of each.
-async fn deltas(client: &mut Client, want: usize) -> Vec<(String, String, u64, Value)> {
-    let mut out = Vec::new();
-    while out.len() < want {
-        let frame = client.event().await;
-        assert_eq!(frame["event"], "message", "{frame}");
-        for kind in ["new", "updated", "deleted"] {
-            for d in frame["data"][kind].as_array().unwrap() {
-                let id = match d["object"]["id"].as_str() {
-                    Some(id) => id.to_string(),
-                    None => d["patch"]["path"].as_str().unwrap().split('/').nth(1).unwrap().to_string(),
-                };
-                out.push((kind.to_string(), id, d["version"].as_u64().unwrap(), d["object"]["title"].clone()));
-            }
-        }
-    }
-    out
-}
-
-/// `GET /objects` of the list channel: object id → (version, object).
-fn snapshot(p: &Process, app: &str, device: &str) -> std::collections::BTreeMap<String, (u64, Value)> {
-    let channel = list_channel().to_string();
-    let path = format!("/objects?channel={}", url_encode(&channel));
-    let auth = format!("Bearer {}", token(app, device));
-    let (code, body) = p.request("GET", &path, &[("Authorization", &auth)], &Value::Null);
-    assert_eq!(code, 200, "{body}");
-    body["objects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| {
-            (o["object"]["id"].as_str().unwrap().to_string(), (o["version"].as_u64().unwrap(), o["object"].clone()))
-        })
-        .collect()
-}
-
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 #[tokio::test]
 async fn events_reach_a_websocket_client_and_survive_a_restart() {
@@ -236,16 +96,23 @@ async fn device_subscriptions_survive_a_restart_with_redis() {
 async fn the_ingress_checks_tokens_sizes_and_each_message() {
     let dir = tempfile::tempdir().unwrap();
     let app = unique_app("ingress");
-    let env = [("TP_INGRESS_TOKEN", "s3cret"), ("TP_INGRESS_MAX_BYTES", "4096")];
+    let env = [("TP_INGRESS_TOKEN", "s3cret"), ("TP_ADMIN_TOKEN", "adm1n"), ("TP_INGRESS_MAX_BYTES", "4096")];
     let p = start(dir.path(), None, &env).await;
     let auth = [("Authorization", "Bearer s3cret")];
+    let admin = [("Authorization", "Bearer adm1n")];
     let path = format!("/apps/{app}");
     assert_eq!(p.request("PUT", &path, &[], &app_doc(&app)).0, 401);
     assert_eq!(p.request("PUT", &path, &[("Authorization", "Bearer nope")], &app_doc(&app)).0, 401);
-    assert_eq!(p.request("PUT", &format!("/apps/{app}x"), &auth, &app_doc(&app)).0, 400, "path and body ids differ");
-    assert_eq!(p.request("PUT", &path, &auth, &app_doc(&app)).0, 200);
-
+    assert_eq!(p.request("PUT", &path, &auth, &app_doc(&app)).0, 401, "the event token does not open operator routes");
+    assert_eq!(p.request("PUT", &format!("/apps/{app}x"), &admin, &app_doc(&app)).0, 400, "path and body ids differ");
+    assert_eq!(p.request("PUT", &path, &admin, &app_doc(&app)).0, 200);
     assert_eq!(p.post("/events", &create(&app, Some("a"), "x")).0, 401);
+    assert_eq!(
+        p.request("POST", "/events", &admin, &create(&app, Some("a"), "x")).0,
+        401,
+        "nor the admin token events"
+    );
+
     let (code, body) = p.request(
         "POST",
         "/events",
@@ -269,9 +136,10 @@ async fn the_ingress_checks_tokens_sizes_and_each_message() {
     unknown["object"]["type"] = json!("nosuchmodel");
     assert_eq!(p.request("POST", "/events", &auth, &unknown).0, 202);
     assert_eq!(p.request("GET", "/dead_letter", &[], &Value::Null).0, 401);
+    assert_eq!(p.request("GET", "/dead_letter", &auth, &Value::Null).0, 401, "dead letters are the operator's");
     let started = std::time::Instant::now();
     let letters = loop {
-        let (code, body) = p.request("GET", "/dead_letter?limit=10", &auth, &Value::Null);
+        let (code, body) = p.request("GET", "/dead_letter?limit=10", &admin, &Value::Null);
         assert_eq!(code, 200, "{body}");
         if !body["dead_letters"].as_array().unwrap().is_empty() {
             break body;
@@ -314,7 +182,10 @@ async fn shutdown_drains_what_the_ingress_accepted() {
     let p = start(dir.path(), None, &[]).await;
     assert_eq!(p.request("PUT", &format!("/apps/{app}"), &[], &app_doc(&app)).0, 200);
     let creates: Vec<Value> = (0..2000).map(|i| create(&app, Some(&format!("o{i}")), "x")).collect();
-    assert_eq!(p.post("/events", &json!(creates)).0, 202);
+    // Two requests: one carries at most TP_INGRESS_MAX_MESSAGES (1,000 by default).
+    for half in creates.chunks(1000) {
+        assert_eq!(p.post("/events", &json!(half)).0, 202);
+    }
     // Straight after the 202: every accepted create must still be written.
     assert_eq!(p.stop(), Some(0), "{}", log_of(dir.path()));
     let p = start(dir.path(), None, &[]).await;

@@ -28,7 +28,8 @@ trap stop TERM
 
 # Register the demo application once the ingress answers (it is stored: later runs have it).
 for _ in $(seq 1 100); do
-  code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT --data-binary @deploy/local/demo-app.json \
+  code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT -H 'Content-Type: application/json' \
+    --data-binary @deploy/local/demo-app.json \
     "http://127.0.0.1:$HTTP_PORT/apps/demo" || true)
   [[ $code == 200 ]] && break
   kill -0 "$pid" 2>/dev/null || { wait "$pid"; exit $?; }
@@ -42,7 +43,7 @@ nexxus-worker -t all is running (data in $TP_SQLITE_PATH):
   demo page      http://127.0.0.1:$HTTP_PORT/   (open it in two windows: changes show up live in both)
   browser client http://127.0.0.1:$HTTP_PORT/client.js   (docs/client.md)
   WebSocket      ws://127.0.0.1:$SCKT_PORT/?token=...     (a token: TP_MAIN_DB=sqlite $BIN token --app demo --device d1)
-  ingress        curl -X POST http://127.0.0.1:$HTTP_PORT/events -d '{"op":"create","application_id":"demo",
+  ingress        curl -X POST http://127.0.0.1:$HTTP_PORT/events -H 'Content-Type: application/json' -d '{"op":"create","application_id":"demo",
                    "object":{"type":"task","application_id":"demo","context_id":"demo","list_id":"demo","title":"from curl"}}'
   health         http://127.0.0.1:$HTTP_PORT/readyz and /metrics
 

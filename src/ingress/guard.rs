@@ -62,13 +62,19 @@ fn check(ingress: &Ingress, method: &Method, headers: &HeaderMap) -> Result<(), 
     let cfg = &ingress.config.ingress;
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
     if ingress.is_open() && !is_loopback_host(host_name(host)) {
-        return Err((StatusCode::MISDIRECTED_REQUEST, "this ingress runs without tokens and answers loopback names only"));
+        return Err((
+            StatusCode::MISDIRECTED_REQUEST,
+            "this ingress runs without tokens and answers loopback names only",
+        ));
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("").trim_end_matches('/');
         let same_site = ["http://", "https://"].iter().any(|s| origin.strip_prefix(s) == Some(host));
         if !same_site && !cfg.allowed_origins.iter().any(|o| o == origin) {
-            return Err((StatusCode::FORBIDDEN, "cross-origin request from an origin not in TP_INGRESS_ALLOWED_ORIGINS"));
+            return Err((
+                StatusCode::FORBIDDEN,
+                "cross-origin request from an origin not in TP_INGRESS_ALLOWED_ORIGINS",
+            ));
         }
     }
     if matches!(*method, Method::POST | Method::PUT) && !is_json(headers) {

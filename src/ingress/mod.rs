@@ -27,8 +27,8 @@ pub mod web;
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::DefaultBodyLimit;
-use axum::middleware;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -77,7 +77,11 @@ impl Ingress {
     /// Operator routes: `Authorization: Bearer <TP_ADMIN_TOKEN>` when it is set; the event
     /// token never opens them.
     fn authorize_admin(&self, headers: &HeaderMap) -> Result<(), Refused> {
-        check_bearer(headers, self.config.ingress.admin_token.as_deref(), "Authorization: Bearer <TP_ADMIN_TOKEN> required")
+        check_bearer(
+            headers,
+            self.config.ingress.admin_token.as_deref(),
+            "Authorization: Bearer <TP_ADMIN_TOKEN> required",
+        )
     }
 
     /// Without any token (only allowed on a loopback listener, or by the development switch).

@@ -3,6 +3,7 @@
 //! run in parallel without seeing each other.
 #![allow(dead_code)]
 
+pub mod all;
 pub mod push_fakes;
 pub mod stack;
 pub mod store_suite;
@@ -169,6 +170,10 @@ pub fn http_request(
     let mut head = format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: {}\r\n", body.len());
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    // The ingress takes JSON bodies only; a test that means otherwise says so in `headers`.
+    if !body.is_empty() && !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-type")) {
+        head.push_str("Content-Type: application/json\r\n");
     }
     write!(s, "{head}\r\n{body}").ok()?;
     let mut text = String::new();

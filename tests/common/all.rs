@@ -1,0 +1,152 @@
+//! `-t all` as a test starts it: a child process on a temporary SQLite file, its ingress and
+//! WebSocket ports, and the requests and documents the `-t all` suites share.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nexxus_worker::transport::jwt::{self, Claims};
+use serde_json::{json, Value};
+
+use super::ws::Client;
+use super::{http_get, http_request, Reaper};
+
+pub const SECRET: &str = "single-process-test-secret";
+
+pub struct Process {
+    pub reaper: Reaper,
+    pub http: u16,
+    pub ws: u16,
+}
+
+/// Starts `-t all` on `dir/nexxus.db` with nothing but `extra` configured, and waits until its
+/// ingress answers.
+pub async fn start(dir: &Path, ports: Option<(u16, u16)>, extra: &[(&str, &str)]) -> Process {
+    let (http, ws) = ports.unwrap_or_else(|| (super::free_port(), super::free_port()));
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("worker.log")).unwrap();
+    let child = Command::new(super::BIN)
+        .args(["-t", "all"])
+        .env_clear()
+        .env("TP_SQLITE_PATH", dir.join("nexxus.db"))
+        .env("TP_HTTP_HOST", "127.0.0.1")
+        .env("TP_HTTP_PORT", http.to_string())
+        .env("TP_SCKT_HOST", "127.0.0.1")
+        .env("TP_SCKT_PORT", ws.to_string())
+        .envs(extra.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("starting -t all");
+    let p = Process { reaper: Reaper(child), http, ws };
+    let started = std::time::Instant::now();
+    // `/objects` without a token answers 401 once the ingress is connected, 503 before.
+    while http_get(http, "/objects?channel=%7B%7D").map(|(code, _)| code) != Some(401) {
+        assert!(started.elapsed() < Duration::from_secs(30), "-t all not ready: {}", log_of(dir));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    p
+}
+
+impl Process {
+    /// SIGTERM, then the exit status (graceful shutdown must exit 0).
+    pub fn stop(mut self) -> Option<i32> {
+        let pid = nix::unistd::Pid::from_raw(self.reaper.0.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        self.reaper.0.wait().unwrap().code()
+    }
+
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &Value) -> (u16, Value) {
+        // No body for `null`: a server that answers without reading an unexpected body resets
+        // the connection, which can cut the answer short.
+        let body = if body.is_null() { String::new() } else { body.to_string() };
+        let (code, text) = http_request(self.http, method, path, headers, &body)
+            .unwrap_or_else(|| panic!("no HTTP answer to {method} {path} on {}", self.http));
+        (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.request("POST", path, &[], body)
+    }
+}
+
+pub fn log_of(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("worker.log")).unwrap_or_default()
+}
+
+pub fn unique_app(name: &str) -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    format!("sp{}_{}_{name}", nanos % 1_000_000_000_000, std::process::id())
+}
+
+pub fn app_doc(app: &str) -> Value {
+    json!({"id": app, "jwt_secret": SECRET, "schema": {
+        "list": {"write_acl": 0, "read_acl": 0},
+        "task": {"belongsTo": [{"parentModel": "list"}], "write_acl": 0, "read_acl": 0}}})
+}
+
+pub fn token(app: &str, device: &str) -> String {
+    let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 600;
+    jwt::sign(&Claims { application_id: app.into(), device_id: device.into(), exp, user_id: None }, SECRET)
+}
+
+pub fn list_channel() -> Value {
+    json!({"model": "task", "parent": {"model": "list", "id": "l1"}})
+}
+
+pub fn create(app: &str, id: Option<&str>, title: &str) -> Value {
+    let mut object =
+        json!({"type": "task", "application_id": app, "context_id": "c1", "list_id": "l1", "title": title});
+    if let Some(id) = id {
+        object["id"] = json!(id);
+    }
+    json!({"op": "create", "application_id": app, "object": object})
+}
+
+pub fn increment(app: &str, id: &str) -> Value {
+    json!({"op": "update", "application_id": app, "patches": [{"op": "increment", "path": format!("task/{id}/votes"), "value": 1}]})
+}
+
+/// Reads frames until `want` deltas arrived; (kind, object id, version, title) of each.
+pub async fn deltas(client: &mut Client, want: usize) -> Vec<(String, String, u64, Value)> {
+    let mut out = Vec::new();
+    while out.len() < want {
+        let frame = client.event().await;
+        assert_eq!(frame["event"], "message", "{frame}");
+        for kind in ["new", "updated", "deleted"] {
+            for d in frame["data"][kind].as_array().unwrap() {
+                let id = match d["object"]["id"].as_str() {
+                    Some(id) => id.to_string(),
+                    None => d["patch"]["path"].as_str().unwrap().split('/').nth(1).unwrap().to_string(),
+                };
+                out.push((kind.to_string(), id, d["version"].as_u64().unwrap(), d["object"]["title"].clone()));
+            }
+        }
+    }
+    out
+}
+
+/// `GET /objects` of the list channel: object id → (version, object).
+pub fn snapshot(p: &Process, app: &str, device: &str) -> std::collections::BTreeMap<String, (u64, Value)> {
+    let channel = list_channel().to_string();
+    let path = format!("/objects?channel={}", url_encode(&channel));
+    let auth = format!("Bearer {}", token(app, device));
+    let (code, body) = p.request("GET", &path, &[("Authorization", &auth)], &Value::Null);
+    assert_eq!(code, 200, "{body}");
+    body["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (o["object"]["id"].as_str().unwrap().to_string(), (o["version"].as_u64().unwrap(), o["object"].clone()))
+        })
+        .collect()
+}
+
+pub fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
