@@ -335,7 +335,7 @@ async fn application_records_cannot_choose_where_the_workers_connect() {
         ),
     ];
     for (key, doc) in &system {
-        stack.send("system", key, &[doc.clone()]).await;
+        stack.send("system", key, std::slice::from_ref(doc)).await;
         let devices = [("d1".to_string(), format!("ok-{key}"))];
         stack.send("android_transport", "o1", &[message(key, "o1", "leak", &devices)]).await;
     }
