@@ -39,9 +39,6 @@ async fn main() -> anyhow::Result<()> {
     env.insert("TP_HTTP_PORT".into(), "0".into());
     env.insert("TP_LOG_LEVEL".into(), "warn".into());
     env.insert("TP_PUSH_RATE".into(), "1000000".into());
-    let run = |args: &[&str]| std::process::Command::new(BIN).args(args).envs(&env).output();
-    anyhow::ensure!(run(&["topics", "apply"])?.status.success(), "topics apply failed");
-
     let (ec, ec_public) = push_fakes::ec_p8_key();
     let (rsa, rsa_public) = push_fakes::rsa_key();
     let apns = FakeApns::start(vec![ApnsApp {
@@ -57,14 +54,22 @@ async fn main() -> anyhow::Result<()> {
         public_key: rsa_public,
     }])
     .await;
+    // Where the workers connect is the operator's setting: application records cannot name it.
+    env.insert("TP_APNS_URL".into(), apns.url());
+    env.insert("TP_FCM_URL".into(), fcm.url());
+    env.insert("TP_PUSH_TOKEN_URLS".into(), fcm.token_uri());
+    let run = |args: &[&str]| std::process::Command::new(BIN).args(args).envs(&env).output();
+    anyhow::ensure!(run(&["topics", "apply"])?.status.success(), "topics apply failed");
+
     let doc = json!({"id": app, "schema": {"task": {}},
-        "apn": {"key": ec, "key_id": "KID", "team_id": "TEAM", "topic": "com.example.bench", "url": apns.url()},
+        "apn": {"key": ec, "key_id": "KID", "team_id": "TEAM", "topic": "com.example.bench"},
         "fcm": {"service_account": {"project_id": "bench", "client_email": "sa@bench.iam.gserviceaccount.com",
-            "private_key": rsa, "token_uri": fcm.token_uri()}, "url": fcm.url()}});
+            "private_key": rsa, "token_uri": fcm.token_uri()}}});
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("app.json");
     std::fs::write(&path, doc.to_string())?;
-    anyhow::ensure!(run(&["app", "put", path.to_str().unwrap_or_default()])?.status.success(), "app put failed");
+    let put = run(&["app", "put", path.to_str().unwrap_or_default()])?;
+    anyhow::ensure!(put.status.success(), "app put failed: {}", String::from_utf8_lossy(&put.stderr));
 
     let cfg = nexxus_worker::config::Config::load(&Default::default(), &env)?;
     let health = std::sync::Arc::new(nexxus_worker::telemetry::Health::new());

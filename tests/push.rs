@@ -2,11 +2,16 @@
 //! (`common::push_fakes`, which verify signatures, topics, bearer tokens and payloads), with
 //! real Kafka and Redis: every outcome maps to the device sent to, invalid tokens leave the
 //! registry, throttling / 5xx / stream resets are retried until delivered, two applications
-//! with different credentials share one process; and end to end from `aggregation`.
+//! with different credentials share one process; end to end from `aggregation`; and no
+//! application record, registered or planted on `system`, makes the workers connect anywhere
+//! the operator did not configure (`TP_APNS_URL`, `TP_FCM_URL`, `TP_PUSH_TOKEN_URLS`).
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::push_fakes::{self, ApnsApp, FakeApns, FakeFcm, FcmAccount};
@@ -30,11 +35,12 @@ impl std::ops::Deref for Stack {
 }
 
 impl Stack {
+    /// Two applications registered with `app put`; the workers reach the stand-ins through the
+    /// operator's settings, since application records cannot name endpoints.
     async fn new(name: &str, with_store: bool) -> Stack {
-        let base = TestStack::new(name, with_store, &[], &pipeline_topics(1)).await;
-        let apps: Vec<String> = (1..=2).map(|n| format!("{}p{n}", base.unique)).collect();
-        let (mut apns_apps, mut accounts, mut docs) = (Vec::new(), Vec::new(), Vec::new());
-        for (n, app) in apps.iter().enumerate() {
+        let mut apps_keys = Vec::new();
+        let (mut apns_apps, mut accounts) = (Vec::new(), Vec::new());
+        for n in 0..2 {
             let (ec, ec_public) = push_fakes::ec_p8_key();
             let (rsa, rsa_public) = push_fakes::rsa_key();
             let (team, kid, topic) = (format!("TEAM{n}"), format!("KID{n}"), format!("com.example.app{n}"));
@@ -50,15 +56,20 @@ impl Stack {
                 client_email: email.clone(),
                 public_key: rsa_public,
             });
-            docs.push((app.clone(), ec, kid, team, topic, rsa, project, email));
+            apps_keys.push((ec, kid, team, topic, rsa, project, email));
         }
         let (apns, fcm) = (FakeApns::start(apns_apps).await, FakeFcm::start(accounts).await);
-        for (app, ec, kid, team, topic, rsa, project, email) in docs {
+        let endpoints =
+            [("TP_APNS_URL", apns.url()), ("TP_FCM_URL", fcm.url()), ("TP_PUSH_TOKEN_URLS", fcm.token_uri())];
+        let extra: Vec<(&str, &str)> = endpoints.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let base = TestStack::new(name, with_store, &extra, &pipeline_topics(1)).await;
+        let apps: Vec<String> = (1..=2).map(|n| format!("{}p{n}", base.unique)).collect();
+        for (app, (ec, kid, team, topic, rsa, project, email)) in apps.iter().zip(apps_keys) {
             let doc = json!({"id": app,
                 "schema": {"task": {"ios_push_field": "title"}},
-                "apn": {"key": ec, "key_id": kid, "team_id": team, "topic": topic, "url": apns.url()},
+                "apn": {"key": ec, "key_id": kid, "team_id": team, "topic": topic},
                 "fcm": {"service_account": {"type": "service_account", "project_id": project, "client_email": email,
-                    "private_key": rsa, "token_uri": fcm.token_uri()}, "url": fcm.url()}});
+                    "private_key": rsa, "token_uri": fcm.token_uri()}}});
             common::app_put(&base.env, &doc);
         }
         Stack { base, apps, apns, fcm }
@@ -221,4 +232,120 @@ async fn a_change_reaches_ios_and_android_subscribers_as_exactly_the_expected_re
     assert_eq!(data["new"][0]["object"]["title"], "Buy milk");
     assert_eq!(data["new"][0]["version"], 1);
     stack.finish().await;
+}
+
+/// A listener that counts every connection made to it: an address no worker may ever reach.
+struct Trap {
+    url: String,
+    connections: Arc<AtomicUsize>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Trap {
+    async fn start() -> Trap {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        let accept = tokio::spawn(async move {
+            while listener.accept().await.is_ok() {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        Trap { url, connections, accept }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Trap {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// `app put` of `doc`: its exit status and stderr.
+fn try_app_put(env: &HashMap<String, String>, doc: &Value) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.json");
+    std::fs::write(&path, doc.to_string()).unwrap();
+    let out = Command::new(common::BIN).args(["app", "put"]).arg(&path).env_clear().envs(env).output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn application_records_cannot_choose_where_the_workers_connect() {
+    let trap = Trap::start().await;
+    let stack = Stack::new("push-endpoints", false).await;
+    let (ec, _) = push_fakes::ec_p8_key();
+    let (rsa, _) = push_fakes::rsa_key();
+    let evil = format!("{}evil", stack.unique);
+    let apn = json!({"key": ec, "key_id": "K", "team_id": "T", "topic": "com.example.evil"});
+    let account = |extra: Value| {
+        let mut sa = json!({"project_id": "evil", "client_email": "e@evil.example", "private_key": rsa});
+        sa.as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap_or_default());
+        sa
+    };
+    let token_uri = format!("{}/token", trap.url);
+
+    // Registration refuses every record that names a destination, with the reason, exit 65.
+    let refused = [
+        (json!({"id": evil, "apn": {"url": trap.url, "key": ec, "key_id": "K", "team_id": "T", "topic": "t"}}), "url"),
+        (json!({"id": evil, "fcm": {"service_account": account(json!({})), "url": trap.url}}), "url"),
+        (
+            json!({"id": evil, "fcm": {"service_account": account(json!({"token_uri": token_uri}))}}),
+            "TP_PUSH_TOKEN_URLS",
+        ),
+        (
+            json!({"id": evil, "fcm": {"service_account": account(json!({"token_uri": "https://oauth2.googleapis.com/token"}))}}),
+            "TP_PUSH_TOKEN_URLS",
+        ),
+        (
+            json!({"id": evil, "fcm": {"service_account": account(json!({"project_id": "../../x",
+            "token_uri": stack.fcm.token_uri()}))}}),
+            "project_id",
+        ),
+    ];
+    for (doc, reason) in &refused {
+        let (code, stderr) = try_app_put(&stack.env, doc);
+        assert_eq!(code, Some(65), "refused as bad input: {stderr}");
+        assert!(stderr.contains(reason), "the reason names {reason}: {stderr}");
+    }
+    let announced = common::read_all(&stack.cfg, &stack.cfg.topic("system"), 1);
+    assert!(!announced.iter().any(|(k, _)| k.as_deref() == Some(evil.as_bytes())), "nothing refused was announced");
+    assert_eq!(trap.connections(), 0);
+
+    // Records planted on `system` (an older binary, or written by hand) are never followed:
+    // one whose token_uri is not allowed, one with an `fcm.url`, each with a queued push, then
+    // a push for a registered application that must still arrive.
+    let planted_token = format!("{evil}t");
+    let planted_url = format!("{evil}u");
+    let system = [
+        (
+            planted_token.clone(),
+            json!({"id": planted_token, "apn": apn,
+            "fcm": {"service_account": account(json!({"token_uri": token_uri}))}}),
+        ),
+        (
+            planted_url.clone(),
+            json!({"id": planted_url,
+            "fcm": {"service_account": account(json!({"token_uri": stack.fcm.token_uri()})), "url": trap.url}}),
+        ),
+    ];
+    for (key, doc) in &system {
+        stack.send("system", key, std::slice::from_ref(doc)).await;
+        let devices = [("d1".to_string(), format!("ok-{key}"))];
+        stack.send("android_transport", "o1", &[message(key, "o1", "leak", &devices)]).await;
+    }
+    let legit = &stack.apps[0];
+    let devices = [("d1".to_string(), format!("ok-{legit}-android"))];
+    stack.send("android_transport", "o2", &[message(legit, "o2", "hello", &devices)]).await;
+    let _android = stack.start("android_transport", 0, &[]);
+    eventually("the registered application's push", || !stack.fcm.delivered().is_empty()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let delivered: Vec<String> = stack.fcm.delivered().into_iter().map(|r| r.token).collect();
+    assert_eq!(delivered, vec![format!("ok-{legit}-android")], "only the registered application's push");
+    assert_eq!(trap.connections(), 0, "no connection to an address a record named");
 }

@@ -7,6 +7,10 @@
 //! batch commits once every push ended: delivered, rejected, given up after the retry budget,
 //! or its token invalid, in which case the device and its subscriptions leave the registry.
 //! Delivery is at least once: a crash mid-batch sends the batch again.
+//!
+//! An application whose record names an endpoint the operator does not allow (a record that
+//! reached `system` without `app put`'s checks) gets nothing sent: the role never connects
+//! there, counts its pushes as `refused` and logs why, at most once a second.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -24,9 +28,10 @@ use crate::model::{Application, Recipient, TransportMessage, DEFAULT_MAX_MESSAGE
 use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
 use crate::registry::Registry;
+use crate::telemetry::gate;
 use crate::transport::push::apns::{self, Apns, ApnsPush};
 use crate::transport::push::fcm::{self, Fcm};
-use crate::transport::push::{backoff, Outcome, Pacer};
+use crate::transport::push::{backoff, EndpointError, Outcome, Pacer};
 
 /// Attempts per push before it is given up (counted in `nexxus_push_failed_total`).
 const MAX_ATTEMPTS: u32 = 8;
@@ -53,6 +58,23 @@ impl Provider {
         match self {
             Provider::Apns(_) => topic::IOS_TRANSPORT,
             Provider::Fcm(_) => topic::ANDROID_TRANSPORT,
+        }
+    }
+
+    /// The operator's allow list of OAuth token endpoints (APNs has no such endpoint).
+    pub fn with_token_urls(self, token_urls: &[String]) -> Provider {
+        match self {
+            Provider::Fcm(f) => Provider::Fcm(f.with_token_urls(token_urls.to_vec())),
+            apns => apns,
+        }
+    }
+
+    /// Why `app` must not be sent with by this provider, if so. APNs records cannot name an
+    /// endpoint at all (the schema refuses `apn.url`).
+    fn refuses(&self, app: &Application) -> Option<EndpointError> {
+        match self {
+            Provider::Apns(_) => None,
+            Provider::Fcm(f) => f.refuses(app),
         }
     }
 }
@@ -86,6 +108,7 @@ pub async fn run(
 ) -> Result<(), WorkerError> {
     let (apps, pipeline) = super::start(ctx, provider.topic(), &shutdown).await?;
     let push = &ctx.config.push;
+    let provider = provider.with_token_urls(&push.token_urls);
     let mut handler = PushHandler::new(provider, registry, apps, push.rate, push.concurrency);
     pipeline.run(&mut handler, shutdown).await
 }
@@ -165,6 +188,21 @@ impl Handler for PushHandler {
             Provider::Apns(_) => apns::payloads(&msg, &app).into_iter().map(|p| Arc::new(Push::Apns(p))).collect(),
             Provider::Fcm(_) => fcm::payloads(&msg).into_iter().map(|p| Arc::new(Push::Fcm(p))).collect(),
         };
+        if let Some(refused) = self.provider.refuses(&app) {
+            let count = (pushes.len() * msg.devices.len()) as u64;
+            metrics::counter!("nexxus_push_sent_total", "provider" => self.provider.name(), "outcome" => "refused")
+                .increment(count);
+            if let Some(suppressed) = gate::allow("push_endpoint_refused") {
+                tracing::error!(
+                    message = "pushes refused: the application names an endpoint the operator does not allow",
+                    app = %app.id,
+                    reason = %refused,
+                    pushes = count,
+                    suppressed
+                );
+            }
+            return Ok(());
+        }
         for device in &msg.devices {
             for push in &pushes {
                 self.jobs.push(Job { app: app.clone(), device: device.clone(), push: push.clone() });
@@ -198,11 +236,27 @@ impl Handler for PushHandler {
             metrics::counter!("nexxus_push_sent_total", "provider" => name, "outcome" => label).increment(1);
             match outcome {
                 Outcome::InvalidToken(reason) => {
-                    tracing::info!(message = "invalid push token", app, device = device.device_id, reason);
+                    if let Some(suppressed) = gate::allow("push_invalid_token") {
+                        tracing::info!(
+                            message = "invalid push token",
+                            app,
+                            device = device.device_id,
+                            reason,
+                            suppressed
+                        );
+                    }
                     invalid.insert((app, device.device_id, device.token));
                 }
                 Outcome::Rejected(reason) | Outcome::Retry { reason, .. } => {
-                    tracing::warn!(message = "push not delivered", app, device = device.device_id, reason)
+                    if let Some(suppressed) = gate::allow("push_not_delivered") {
+                        tracing::warn!(
+                            message = "push not delivered",
+                            app,
+                            device = device.device_id,
+                            reason,
+                            suppressed
+                        );
+                    }
                 }
                 Outcome::Delivered => {}
             }

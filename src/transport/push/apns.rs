@@ -30,6 +30,18 @@ const SANDBOX: &str = "https://api.sandbox.push.apple.com";
 const JWT_RENEW_AFTER: Duration = Duration::from_secs(50 * 60);
 /// `{"aps":{"content-available":1},` wrapped around a data payload.
 const APS_ENVELOPE: usize = 31;
+/// Longest device token sent (Apple's are 64 hex digits today; it reserves the right to grow
+/// them, so this is generous).
+const MAX_DEVICE_TOKEN: usize = 400;
+
+/// Whether `token` can be an APNs device token. It becomes a path segment of the request, so
+/// a client-registered `../`, `?` or `#` would otherwise send the push somewhere else on the
+/// host; such a token can never be delivered, and counts as invalid.
+fn device_token_ok(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= MAX_DEVICE_TOKEN
+        && token.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+}
 
 /// One notification for every recipient of a transport message.
 #[derive(Debug, Clone, PartialEq)]
@@ -154,6 +166,9 @@ impl Apns {
 
     /// Sends one push to one device token.
     pub async fn send(&self, app: &Application, token: &str, push: &ApnsPush) -> Outcome {
+        if !device_token_ok(token) {
+            return Outcome::InvalidToken("not an APNs device token (letters, digits, - and _ only)".into());
+        }
         let client = match self.client(app) {
             Ok(c) => c,
             Err(e) => return Outcome::Rejected(e),
@@ -240,6 +255,27 @@ mod tests {
         assert_eq!(client.bearer(false).expect("cached"), Some(first.clone()), "cached, not re-signed");
         // ES256 signatures are randomized: a renewal is a new token even within the same second.
         assert_ne!(client.bearer(true).expect("renewed"), Some(first));
+    }
+
+    #[tokio::test]
+    async fn a_token_that_would_rewrite_the_path_is_invalid_and_never_sent() {
+        let trap = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        trap.set_nonblocking(true).expect("non-blocking");
+        let apns = Apns::new(Some(format!("http://{}", trap.local_addr().expect("address"))));
+        let dir = tempfile::tempdir().expect("tempdir");
+        crate::transport::tls::test_keys::ec_key_and_cert(dir.path(), "com.example.app");
+        let key = std::fs::read_to_string(dir.path().join("key.pem")).expect("read");
+        let app: Application = serde_json::from_value(json!({"id": "a",
+            "apn": {"key": key, "key_id": "K1", "team_id": "T1", "topic": "com.example.app"}}))
+        .expect("application");
+        let push = ApnsPush { body: "{}".into(), alert: false, id_seed: "s".into(), collapse_id: None };
+        let long = "a".repeat(MAX_DEVICE_TOKEN + 1);
+        for bad in ["ok/../../x", "a?b", "a#b", "a%2F", "a b", "", long.as_str()] {
+            let outcome = apns.send(&app, bad, &push).await;
+            assert!(matches!(outcome, Outcome::InvalidToken(_)), "{bad:?}: {outcome:?}");
+        }
+        let accepted = trap.accept();
+        assert!(accepted.is_err(), "nothing connected to the provider: {accepted:?}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! FCM HTTP v1 (`POST {base}/v1/projects/{project}/messages:send`) with the application's
-//! service account: an RS256 assertion exchanged at the account's `token_uri` for an access
-//! token (OAuth2 JWT-bearer grant), cached until five minutes before it expires and fetched by
-//! one request at a time per application.
+//! service account: an RS256 assertion exchanged at the account's `token_uri` (only if the
+//! operator allows that endpoint, see [`super::endpoints`]) for an access token (OAuth2
+//! JWT-bearer grant), cached until five minutes before it expires and fetched by one request at
+//! a time per application.
 //!
 //! Data messages only: FCM data values are strings, so the contract's `{"data":{new,updated,
 //! deleted}}` travels as `{"data": "<that JSON>"}` (and `{"sync": "[channels]"}`), within FCM's
@@ -13,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
+use super::endpoints::{self, EndpointError, GOOGLE_TOKEN_URI};
 use super::sign::SigningKey;
 use super::{http_client, retry_after, Outcome, PerApp};
 use crate::model::delivery::{split_push, PushPayload, DEFAULT_PUSH_LIMIT};
@@ -21,7 +23,6 @@ use crate::model::{Application, TransportMessage};
 
 pub const DEFAULT_URL: &str = "https://fcm.googleapis.com";
 const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
-const GOOGLE_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
 const RENEW_BEFORE: Duration = Duration::from_secs(300);
 
 /// The `data` maps of one transport message, each within FCM's 4 KB.
@@ -59,10 +60,10 @@ fn field<'a>(sa: &'a Map<String, Value>, name: &str) -> Result<&'a str, String> 
 }
 
 impl AppClient {
-    fn new(creds: &FcmCredentials, global: &str) -> Result<AppClient, String> {
+    fn new(creds: &FcmCredentials, global: &str, token_urls: &[String]) -> Result<AppClient, String> {
         let sa = &creds.service_account;
-        let project = field(sa, "project_id")?.to_string();
-        let token_uri = sa.get("token_uri").and_then(Value::as_str).unwrap_or(GOOGLE_TOKEN_URI).to_string();
+        let project = endpoints::project_id(sa).map_err(|e| e.to_string())?.to_string();
+        let token_uri = endpoints::token_uri(sa, token_urls).map_err(|e| e.to_string())?.to_string();
         let key = SigningKey::rs256(field(sa, "private_key")?)
             .map_err(|e| format!("fcm.service_account.private_key: {e}"))?;
         let base = global.trim_end_matches('/').to_string();
@@ -118,17 +119,36 @@ impl AppClient {
 /// credentials change.
 pub struct Fcm {
     global_url: String,
+    token_urls: Vec<String>,
     apps: PerApp<FcmCredentials, AppClient>,
 }
 
 impl Fcm {
+    /// Allows only Google's token endpoint until [`Fcm::with_token_urls`] says otherwise.
     pub fn new(global_url: Option<String>) -> Fcm {
-        Fcm { global_url: global_url.unwrap_or_else(|| DEFAULT_URL.to_string()), apps: PerApp::default() }
+        Fcm {
+            global_url: global_url.unwrap_or_else(|| DEFAULT_URL.to_string()),
+            token_urls: vec![GOOGLE_TOKEN_URI.to_string()],
+            apps: PerApp::default(),
+        }
+    }
+
+    /// The OAuth token endpoints a service account may name (`TP_PUSH_TOKEN_URLS`).
+    pub fn with_token_urls(mut self, token_urls: Vec<String>) -> Fcm {
+        self.token_urls = token_urls;
+        self
+    }
+
+    /// Why nothing may be sent with `app`'s account, if so: its record names a token endpoint
+    /// the operator does not allow (or a project id that would rewrite the send URL).
+    pub fn refuses(&self, app: &Application) -> Option<EndpointError> {
+        let sa = &app.fcm.as_ref()?.service_account;
+        endpoints::token_uri(sa, &self.token_urls).and(endpoints::project_id(sa)).err()
     }
 
     fn client(&self, app: &Application) -> Result<Arc<AppClient>, String> {
         let creds = app.fcm.as_ref().ok_or_else(|| format!("application `{}` has no fcm credentials", app.id))?;
-        self.apps.get(&app.id, creds, || AppClient::new(creds, &self.global_url))
+        self.apps.get(&app.id, creds, || AppClient::new(creds, &self.global_url, &self.token_urls))
     }
 
     /// Sends one data message to one registration token.

@@ -8,8 +8,11 @@
 //! does not hold back another's sends.
 
 pub mod apns;
+pub mod endpoints;
 pub mod fcm;
 pub mod sign;
+
+pub use endpoints::{check_endpoints, EndpointError};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
