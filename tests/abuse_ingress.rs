@@ -284,3 +284,25 @@ fn raw_response(port: u16, request: &str) -> String {
 fn raw_status(port: u16, request: &str) -> String {
     raw_response(port, request).split_whitespace().nth(1).unwrap_or("").to_string()
 }
+
+#[tokio::test]
+async fn applications_cannot_name_where_the_workers_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = unique_app("endpoints");
+    let p = start(dir.path(), None, &[]).await;
+    let path = format!("/apps/{app}");
+    let mut doc = app_doc(&app);
+    doc["fcm"] = json!({"service_account": {"project_id": "p1", "client_email": "a@b", "private_key": "k",
+        "token_uri": "http://127.0.0.1:9/token"}});
+    let (code, body) = p.request("PUT", &path, &[], &doc);
+    assert_eq!(code, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("TP_PUSH_TOKEN_URLS"), "{body}");
+    let mut doc = app_doc(&app);
+    doc["fcm"] = json!({"service_account": {"project_id": "p1", "client_email": "a@b", "private_key": "k"},
+        "url": "http://127.0.0.1:9"});
+    let (code, body) = p.request("PUT", &path, &[], &doc);
+    assert_eq!(code, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("url"), "{body}");
+    assert_eq!(p.request("PUT", &path, &[], &app_doc(&app)).0, 200);
+    assert_eq!(p.stop(), Some(0));
+}

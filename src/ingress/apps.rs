@@ -42,6 +42,10 @@ pub async fn put_app(
         }
         Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
     };
+    // Where the push workers connect is the operator's choice, never an application's.
+    if let Err(e) = crate::transport::push::check_endpoints(&app, &ingress.config.push) {
+        return error(StatusCode::BAD_REQUEST, &e.to_string());
+    }
     let Some(store) = &backend.store else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "no main store in this process");
     };
