@@ -301,7 +301,7 @@ Checks of values that Kubernetes would accept but the workers would not.
 */}}
 {{- define "nexxus.validate" -}}
 {{- $v := .Values -}}
-{{- $secretKeys := list "TP_JWT_SECRET" "TP_KAFKA_OPTS" "TP_SCKT_KEY_PASSPHRASE" "TP_INGRESS_TOKEN" -}}
+{{- $secretKeys := list "TP_JWT_SECRET" "TP_KAFKA_OPTS" "TP_SCKT_KEY_PASSPHRASE" "TP_INGRESS_TOKEN" "TP_ADMIN_TOKEN" -}}
 {{- $derived := list "TP_HTTP_PORT" "TP_SCKT_PORT" "TP_SCKT_SSL" "TP_SCKT_KEY_SSL" "TP_SCKT_CERT_FILE" "TP_SCKT_CERT_SSL" "TP_SCKT_CA_CERT" -}}
 {{- range $k, $_ := $v.config -}}
 {{- if not (hasPrefix "TP_" $k) -}}
