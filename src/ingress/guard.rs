@@ -83,6 +83,31 @@ fn check(ingress: &Ingress, method: &Method, headers: &HeaderMap) -> Result<(), 
     Ok(())
 }
 
+/// An operator route outside the ingress (the supervisor's `/drain`, `/resume`, `/recycle`):
+/// `Bearer $TP_ADMIN_TOKEN` when one is set; without one, only on a loopback listener; never
+/// from a browser page of another site (a bodiless cross-site POST needs no preflight).
+pub fn check_operator(
+    headers: &HeaderMap,
+    admin_token: Option<&str>,
+    listener_host: &str,
+) -> Result<(), (StatusCode, &'static str)> {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        if !["http://", "https://"].iter().any(|s| origin.strip_prefix(s) == Some(host)) {
+            return Err((StatusCode::FORBIDDEN, "cross-origin request to an operator route"));
+        }
+    }
+    match admin_token {
+        Some(expected) => match super::bearer(headers) {
+            Some(given) if super::same_secret(given, expected) => Ok(()),
+            _ => Err((StatusCode::UNAUTHORIZED, "Authorization: Bearer <TP_ADMIN_TOKEN> required")),
+        },
+        None if is_loopback_host(listener_host) && is_loopback_host(host_name(host)) => Ok(()),
+        None => Err((StatusCode::FORBIDDEN, "set TP_ADMIN_TOKEN to use operator routes on a non-loopback listener")),
+    }
+}
+
 /// `application/json`, with parameters (`; charset=utf-8`) allowed.
 fn is_json(headers: &HeaderMap) -> bool {
     headers
@@ -119,5 +144,22 @@ mod tests {
         assert_eq!(host_name("127.0.0.1"), "127.0.0.1");
         assert!(is_loopback_host(host_name("[::1]:8080")));
         assert!(!is_loopback_host(host_name("evil.example:8080")));
+    }
+
+    #[test]
+    fn operator_routes_need_the_admin_token_or_loopback() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:9000"));
+        assert!(check_operator(&h, None, "127.0.0.1").is_ok());
+        assert_eq!(check_operator(&h, None, "0.0.0.0").unwrap_err().0, StatusCode::FORBIDDEN);
+        assert_eq!(check_operator(&h, Some("t"), "0.0.0.0").unwrap_err().0, StatusCode::UNAUTHORIZED);
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
+        assert!(check_operator(&h, Some("t"), "0.0.0.0").is_ok());
+        h.insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
+        assert_eq!(check_operator(&h, Some("t"), "0.0.0.0").unwrap_err().0, StatusCode::FORBIDDEN);
+        // A rebound name on a loopback listener is not loopback.
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("rebound.example:9000"));
+        assert_eq!(check_operator(&h, None, "127.0.0.1").unwrap_err().0, StatusCode::FORBIDDEN);
     }
 }

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::error::WorkerError;
+use crate::ingress::guard::check_operator;
 use crate::telemetry::{self, http, Health};
 use crate::workers::Role;
 use slot::{Desired, RunState, Slot, SlotStatus};
@@ -77,9 +78,9 @@ impl Control {
     }
 }
 
-fn admin(control: Control) -> Router {
-    Router::new()
-        .route("/status", get(|State(c): State<Control>| async move { Json(c.status()) }))
+fn admin(control: Control, config: &Config) -> Router {
+    let (token, host) = (config.ingress.admin_token.clone(), config.http_host.clone());
+    let operator = Router::new()
         .route(
             "/drain",
             post(|State(c): State<Control>| async move {
@@ -101,6 +102,18 @@ fn admin(control: Control) -> Router {
                 Json(c.status())
             }),
         )
+        .layer(axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let checked = check_operator(request.headers(), token.as_deref(), &host);
+            async move {
+                match checked {
+                    Ok(()) => next.run(request).await,
+                    Err((status, reason)) => crate::ingress::error(status, reason),
+                }
+            }
+        }));
+    Router::new()
+        .route("/status", get(|State(c): State<Control>| async move { Json(c.status()) }))
+        .merge(operator)
         .with_state(control)
 }
 
@@ -142,7 +155,8 @@ pub async fn run(config: Arc<Config>, plan: &str, child_args: Vec<String>) -> Re
     let control = Control { desired, slots: Arc::new(statuses) };
     let stop_http = CancellationToken::new();
     if let Some(port) = config.http_port {
-        let router = http::router(Arc::new(Health::new()), telemetry::metrics::install()).merge(admin(control.clone()));
+        let router =
+            http::router(Arc::new(Health::new()), telemetry::metrics::install()).merge(admin(control.clone(), &config));
         let (addr, _task) = http::serve(&config.http_host, port, router, &config.http_limits, stop_http.clone())
             .await
             .map_err(WorkerError::io(format!("binding the HTTP endpoint {}:{port}", config.http_host)))?;
