@@ -73,3 +73,36 @@ impl Client {
         self.event().await
     }
 }
+
+impl Client {
+    /// Connects with `?token=` over a socket whose receive buffer is `recv_buffer` bytes: a
+    /// client that then stops reading fills it quickly and pushes back on the server.
+    pub async fn with_small_buffer(port: u16, token: &str, recv_buffer: u32) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(recv_buffer).unwrap();
+        let tcp = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+        let url = format!("ws://127.0.0.1:{port}/?token={token}");
+        let (ws, _) =
+            tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp)).await.expect("websocket upgrade");
+        Client(ws)
+    }
+
+    /// Reads until a frame whose `data.code` is `code` arrives or the connection ends; the
+    /// frames of each kind seen on the way, by `event` (or error code), and the close code.
+    pub async fn until_closed(&mut self) -> (std::collections::BTreeMap<String, usize>, Option<u16>) {
+        let mut seen = std::collections::BTreeMap::new();
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(30), self.0.next()).await.expect("closed within 30 s");
+            match next {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    let kind = v["data"]["code"].as_str().or(v["event"].as_str()).unwrap_or("?").to_string();
+                    *seen.entry(kind).or_default() += 1;
+                }
+                Some(Ok(Message::Close(f))) => return (seen, f.map(|f| u16::from(f.code))),
+                Some(Ok(_)) => {}
+                None | Some(Err(_)) => return (seen, None),
+            }
+        }
+    }
+}

@@ -132,9 +132,23 @@ async fn next_text<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S
     None
 }
 
-/// Sends a close frame with `code`, giving up after [`CLOSE_WRITE`].
+/// Sends a close frame with `code` and waits for the peer's, all within [`CLOSE_WRITE`].
+///
+/// Waiting (and discarding what the peer still sends) matters: a socket dropped with unread
+/// input is reset, and a reset makes the peer's kernel discard what it had not read yet, our
+/// last error frame and the close frame included. A client that stopped reading cannot take a
+/// close frame either: the bound keeps it from holding the connection.
 pub async fn close_with<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, code: u16) {
     let frame = CloseFrame { code: p::close_code(code), reason: Utf8Bytes::from_static("") };
-    // A client that stopped reading cannot take a close frame either: do not wait for it.
-    let _ = tokio::time::timeout(CLOSE_WRITE, ws.close(Some(frame))).await;
+    let handshake = async {
+        if ws.close(Some(frame)).await.is_err() {
+            return;
+        }
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_WRITE, handshake).await;
 }
