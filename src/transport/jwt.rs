@@ -355,12 +355,12 @@ mod tests {
         }
         // Swapped and transplanted parts.
         for a in 0..3 {
-            for b in 0..3 {
+            for (b, their) in theirs.iter().enumerate() {
                 let mut p: Vec<&str> = parts.clone();
                 p.swap(a, b);
                 check(p.join("."));
                 let mut p = parts.clone();
-                p[a] = theirs[b];
+                p[a] = their;
                 check(p.join("."));
             }
         }
