@@ -6,12 +6,9 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::ws::Client;
-use common::{http_get, http_request, Reaper};
+use common::ws::{url_encode, AllProcess as Process, Client};
 use futures::SinkExt;
 use nexxus_worker::transport::jwt::{self, Claims};
 use serde_json::{json, Value};
@@ -20,88 +17,6 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "abuse-sockets-test-secret";
-
-struct Process {
-    reaper: Reaper,
-    http: u16,
-    ws: u16,
-}
-
-/// Starts `-t all` in `dir` with `extra`; `fd_limit` caps its open files (`ulimit -n`).
-async fn start(dir: &Path, extra: &[(&str, &str)], fd_limit: Option<u32>) -> Process {
-    let (http, ws) = (common::free_port(), common::free_port());
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("worker.log")).unwrap();
-    let mut cmd = match fd_limit {
-        Some(n) => {
-            let mut c = Command::new("sh");
-            c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" -t all"), common::BIN]);
-            c
-        }
-        None => {
-            let mut c = Command::new(common::BIN);
-            c.args(["-t", "all"]);
-            c
-        }
-    };
-    let child = cmd
-        .env_clear()
-        .env("TP_SQLITE_PATH", dir.join("nexxus.db"))
-        .env("TP_HTTP_HOST", "127.0.0.1")
-        .env("TP_HTTP_PORT", http.to_string())
-        .env("TP_SCKT_HOST", "127.0.0.1")
-        .env("TP_SCKT_PORT", ws.to_string())
-        .envs(extra.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("starting -t all");
-    let p = Process { reaper: Reaper(child), http, ws };
-    let started = Instant::now();
-    while http_get(http, "/objects?channel=%7B%7D").map(|(code, _)| code) != Some(401) {
-        assert!(started.elapsed() < Duration::from_secs(30), "-t all not ready: {}", log_of(dir));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    p
-}
-
-impl Process {
-    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &Value) -> (u16, Value) {
-        let body = if body.is_null() { String::new() } else { body.to_string() };
-        let mut all = vec![("Content-Type", "application/json")];
-        all.extend_from_slice(headers);
-        let (code, text) = http_request(self.http, method, path, &all, &body)
-            .unwrap_or_else(|| panic!("no HTTP answer to {method} {path} on {}", self.http));
-        (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
-    fn put_app(&self, app: &str) {
-        let (code, body) = self.request("PUT", &format!("/apps/{app}"), &[], &app_doc(app));
-        assert_eq!(code, 200, "{body}");
-    }
-
-    fn post(&self, path: &str, body: &Value) {
-        let (code, answer) = self.request("POST", path, &[], body);
-        assert_eq!(code, 202, "{path}: {answer}");
-    }
-
-    fn alive(&mut self) {
-        assert!(self.reaper.0.try_wait().unwrap().is_none(), "the process exited");
-        assert_eq!(http_get(self.http, "/healthz").map(|(c, _)| c), Some(200));
-    }
-
-    /// A counter of `/metrics` (0 when absent).
-    fn metric(&self, name: &str) -> f64 {
-        let (_, body) = http_get(self.http, "/metrics").unwrap_or_default();
-        body.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-}
-
-fn log_of(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("worker.log")).unwrap_or_default()
-}
 
 fn unique_app(name: &str) -> String {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
@@ -149,7 +64,7 @@ fn create(app: &str, model: &str, id: &str, extra: Value) -> Value {
 /// A legitimate client of its own application, subscribed to the open `item` list channel.
 async fn victim(p: &Process) -> (String, Client) {
     let app = unique_app("victim");
-    p.put_app(&app);
+    p.put_app(&app_doc(&app));
     let mut c = Client::ready(p.ws, &token(&app, "v1", None)).await;
     assert_eq!(c.subscribe(list("item"), None).await["event"], "subscribed");
     (app, c)
@@ -168,10 +83,10 @@ async fn still_served(p: &Process, app: &str, c: &mut Client, within: Duration) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_flood_gets_limit_exceeded_then_1008_and_others_are_unaffected() {
     let dir = tempfile::tempdir().unwrap();
-    let mut p = start(dir.path(), &[("TP_SCKT_FRAMES_PER_SEC", "20")], None).await;
+    let mut p = Process::start(dir.path(), &[("TP_SCKT_FRAMES_PER_SEC", "20")], None).await;
     let (victim_app, mut v) = victim(&p).await;
     let app = unique_app("flood");
-    p.put_app(&app);
+    p.put_app(&app_doc(&app));
     let mut c = Client::ready(p.ws, &token(&app, "f1", None)).await;
     // 2,000 distinct filtered subscriptions as fast as the socket takes them.
     for i in 0..2_000 {
@@ -210,7 +125,7 @@ async fn half_sent_handshakes_do_not_keep_a_legitimate_client_out() {
     let dir = tempfile::tempdir().unwrap();
     let extra = [("TP_SCKT_MAX_HANDSHAKES", "32"), ("TP_SCKT_HANDSHAKE_TIMEOUT_MS", "400")];
     // Few enough files that 300 half-open connections accepted at once would exhaust them.
-    let mut p = start(dir.path(), &extra, Some(200)).await;
+    let mut p = Process::start(dir.path(), &extra, Some(200)).await;
     let (victim_app, mut v) = victim(&p).await;
 
     let mut attackers = Vec::new();
@@ -238,10 +153,10 @@ async fn a_client_that_never_reads_is_closed_and_sigterm_still_exits_at_once() {
     let dir = tempfile::tempdir().unwrap();
     // Frame rate unbounded here: only the write bound may close the reader that stopped.
     let extra = [("TP_SCKT_PING_MS", "1000"), ("TP_SCKT_FRAMES_PER_SEC", "1000000")];
-    let mut p = start(dir.path(), &extra, None).await;
+    let mut p = Process::start(dir.path(), &extra, None).await;
     let (victim_app, mut v) = victim(&p).await;
     let app = unique_app("deaf");
-    p.put_app(&app);
+    p.put_app(&app_doc(&app));
 
     // Each frame is answered with an error that quotes it: about 1 KiB back per frame.
     let junk = json!({"event": "x".repeat(1_000)}).to_string();
@@ -285,7 +200,7 @@ async fn a_client_that_never_reads_is_closed_and_sigterm_still_exits_at_once() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let took = signalled.elapsed();
-    assert_eq!(code, Some(0), "exit after SIGTERM: {}", log_of(dir.path()));
+    assert_eq!(code, Some(0), "exit after SIGTERM: {}", common::ws::log_of(dir.path()));
     assert!(took < Duration::from_millis(3_000), "SIGTERM took {took:?}");
     // The victim was told the server is going away.
     assert_eq!(v.close_code().await, Some(1001));
@@ -302,9 +217,9 @@ async fn refused(c: &mut Client, channel: Value) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_acl_is_enforced_on_subscribe_snapshot_and_delivery() {
     let dir = tempfile::tempdir().unwrap();
-    let mut p = start(dir.path(), &[], None).await;
+    let mut p = Process::start(dir.path(), &[], None).await;
     let app = unique_app("acl");
-    p.put_app(&app);
+    p.put_app(&app_doc(&app));
     let mut u1 = Client::ready(p.ws, &token(&app, "d1", Some("u1"))).await;
     let by_user =
         |model: &str, user: &str| json!({"model": model, "parent": {"model": "list", "id": "l1"}, "user": user});
@@ -357,15 +272,6 @@ async fn read_acl_is_enforced_on_subscribe_snapshot_and_delivery() {
     p.alive();
 }
 
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// A token with arbitrary claims, signed with the application's key.
 fn signed(claims: &Value) -> String {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -381,10 +287,10 @@ fn signed(claims: &Value) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_mutated_tokens_all_get_the_same_refusal() {
     let dir = tempfile::tempdir().unwrap();
-    let mut p = start(dir.path(), &[("TP_JWT_MAX_LIFETIME_SECS", "3600")], None).await;
+    let mut p = Process::start(dir.path(), &[("TP_JWT_MAX_LIFETIME_SECS", "3600")], None).await;
     let (victim_app, mut v) = victim(&p).await;
     let app = unique_app("jwt");
-    p.put_app(&app);
+    p.put_app(&app_doc(&app));
     let claims = |device: &str, extra: Value| {
         let mut c = json!({"application_id": app, "device_id": device, "exp": now() + 600});
         if let (Value::Object(o), Value::Object(e)) = (&mut c, extra) {

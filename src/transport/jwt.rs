@@ -366,8 +366,7 @@ mod tests {
         }
         check(format!("{}.{}", parts[0], parts[1]));
         check(format!("{good}.{}", parts[2]));
-        // Correctly signed, with ids no registry key may carry, unicode spaces and controls
-        // included.
+        // Correctly signed, with ids no registry key may carry (unicode spaces, controls).
         let odd = [":", "|", "/", " ", "\\n", "\\t", "\\u00a0", "\\u2028", "\\u3000", "\\u0085", "\\u007f", "\\u0000"];
         for c in odd {
             for field in ["device_id", "user_id", "application_id"] {
