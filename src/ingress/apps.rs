@@ -85,7 +85,12 @@ pub async fn get_objects(
     let Some(token) = bearer(&headers) else {
         return error(StatusCode::UNAUTHORIZED, "Authorization: Bearer <device token> required");
     };
-    let claims = match auth::verify_device(token, &backend.apps, ingress.config.jwt_secret.as_deref()) {
+    let claims = match auth::verify_device(
+        token,
+        &backend.apps,
+        ingress.config.jwt_secret.as_deref(),
+        ingress.config.jwt_max_lifetime,
+    ) {
         Ok(c) => c,
         Err(e) => return error(StatusCode::UNAUTHORIZED, &e.to_string()),
     };

@@ -26,7 +26,7 @@ use crate::queue::{topic, Record};
 use crate::registry::Registry;
 use crate::transport::ws::conn::Shared;
 use crate::transport::ws::hub::Hub;
-use crate::transport::ws::server::Server;
+use crate::transport::ws::server::{Handshakes, Server};
 
 /// Connects and runs the role until `shutdown`.
 pub async fn run(
@@ -61,10 +61,13 @@ pub async fn run(
         apps,
         index: ctx.index,
         fallback_secret: cfg.jwt_secret.clone(),
+        jwt_max_lifetime: cfg.jwt_max_lifetime,
         ws_config: ws_config(s.max_message_bytes),
         ping_interval: s.ping_interval,
+        frames_per_sec: s.frames_per_sec,
     });
-    let server = Server::bind(&s.host, s.port, tls, shared).await?;
+    let handshakes = Handshakes { max: s.max_handshakes, timeout: s.handshake_timeout };
+    let server = Server::bind(&s.host, s.port, tls, shared, handshakes).await?;
     let tracker = server.tracker();
     tracing::info!(message = "sockets transport listening", server = name, addr = ?server.local_addr(), tls = s.ssl);
     let connections = shutdown.child_token();

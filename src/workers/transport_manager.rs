@@ -7,11 +7,17 @@
 //! `updated`, leave → `deleted`); each device gets the deltas narrowed to the channels it holds;
 //! devices with byte-identical deliveries share one message per destination. Messages are keyed
 //! by object id, so one object's changes stay in order to every destination.
+//!
+//! Read ACLs: before routing, an event of a model not every device may read (`read_acl`
+//! without bits 1/2/0, or the built-in `user`) keeps only the channels that can hold only
+//! readers of its object ([`channel_carries_readable`]): checked per channel of the event,
+//! not per device, so it costs a few key parses per such event and nothing per recipient.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::error::{ProcessError, WorkerError};
+use crate::model::acl::{channel_carries_readable, read_access, ReadAccess};
 use crate::model::{
     plan_deliveries, transition_for, ChangeEvent, ChannelKey, DeliveryBatch, DeviceAddress, Filter, Recipient,
     Transition, TransportMessage,
@@ -69,7 +75,8 @@ impl Router {
                 &fetched
             }
         };
-        let messages = plan(event, routes, &mut self.filters)?;
+        let narrowed = readable_only(&self.apps, event);
+        let messages = plan(narrowed.as_ref().unwrap_or(event), routes, &mut self.filters)?;
         for (destination, message) in &messages {
             send(out, &self.prefix, destination, message).await?;
         }
@@ -80,6 +87,16 @@ impl Router {
     /// A broadcast reaches every device of its application, and no other: push devices through
     /// their provider topics, connected sockets through the `sockets_transport` broadcast topic.
     async fn broadcast(&mut self, event: &ChangeEvent, out: &mut Outbox) -> Result<(), ProcessError> {
+        let readable = self
+            .apps
+            .get(&event.application_id)
+            .is_some_and(|app| read_access(&app.schema, &event.model, Some("")) == ReadAccess::All);
+        if !readable {
+            return Err(ProcessError::Poison(format!(
+                "broadcast of model `{}`, which not every device may read (read_acl)",
+                event.model
+            )));
+        }
         let entries: Vec<(ChannelKey, Option<Transition>)> = event.channels.iter().map(|c| (c.clone(), None)).collect();
         let batch: DeliveryBatch = plan_deliveries(event, &entries).into_iter().collect();
         let devices = self.registry.app_devices(&event.application_id).await?;
@@ -98,6 +115,28 @@ impl Router {
         }
         send(out, &self.prefix, topic::SOCKETS_BROADCAST, &message(event, Vec::new(), true, batch)).await
     }
+}
+
+/// `event` with only the channels its readers may hold, or `None` when every channel may carry
+/// it (the usual case: no copy).
+fn readable_only(apps: &Apps, event: &ChangeEvent) -> Option<ChangeEvent> {
+    let app = apps.get(&event.application_id)?;
+    if read_access(&app.schema, &event.model, Some("")) == ReadAccess::All {
+        return None;
+    }
+    let object = event.after.as_ref().or(event.before.as_ref());
+    let channels: Vec<ChannelKey> = event
+        .channels
+        .iter()
+        .filter(|key| {
+            ChannelKey::parse(key.as_str())
+                .is_ok_and(|parsed| channel_carries_readable(&app.schema, &event.model, &parsed.channel, object))
+        })
+        .cloned()
+        .collect();
+    let dropped = event.channels.len() - channels.len();
+    metrics::counter!("nexxus_acl_channels_withheld_total").increment(dropped as u64);
+    Some(ChangeEvent { channels, ..event.clone() })
 }
 
 /// The transport messages for one (non-broadcast) event given its routes: pure, no I/O, so the

@@ -1,29 +1,35 @@
-//! One client connection: handshake, authentication, then a single loop that reads frames,
-//! writes queued deliveries, pings, and closes when asked.
+//! One client connection: the opening ([`super::handshake`]), then a single loop that reads
+//! frames, writes queued deliveries, pings, and closes when asked.
+//!
+//! Every write of the loop is bounded: raced against the connection's close signal and the
+//! process's shutdown, and given at most one ping interval. A client that stops reading is
+//! therefore closed (4008) within its queue bound (the hub's signal) or a ping interval (the
+//! write timeout), whichever comes first, and shutdown reaches every connection at once.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::StatusCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use super::handshake::{close_with, open, CLOSE_WRITE};
 use super::hub::{Hub, Inbox, Slot};
+use super::limit::{FrameBudget, Verdict};
 use super::protocol::{self as p, ClientFrame, ErrorCode, Subscription};
 use crate::model::{DeviceAddress, Transport};
-use crate::registry::Registry;
+use crate::registry::{Registry, RegistryError};
 use crate::transport::auth;
-use crate::transport::jwt::{Claims, JwtError};
+use crate::transport::jwt::Claims;
 use crate::workers::apps::Apps;
 
-/// How long a client has to complete the TLS and WebSocket handshakes, and then to bind.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deliveries written per flush when a queue has several waiting.
 const WRITE_BATCH: usize = 64;
 
@@ -34,133 +40,83 @@ pub struct Shared {
     pub apps: Apps,
     pub index: u32,
     pub fallback_secret: Option<String>,
+    pub jwt_max_lifetime: Duration,
     pub ws_config: WebSocketConfig,
     pub ping_interval: Duration,
+    /// Client frames per second per connection (bursts of twice as many).
+    pub frames_per_sec: u32,
 }
 
 type Ws<S> = WebSocketStream<S>;
 
 /// Serves one accepted stream until it closes. `slot` is `None` when the connection limit is
-/// reached: the upgrade is then refused with 503.
-pub async fn serve<S>(stream: S, shared: Arc<Shared>, slot: Option<Slot>, shutdown: CancellationToken)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    // The handshake's state is freed before the connection's life starts: an idle connection
-    // holds only its loop (memory per connection is what bounds a transport's capacity).
-    if let Some(life) = Box::pin(open(stream, shared, slot, shutdown)).await {
-        life.await;
-    }
-}
-
-/// Handshake and authentication; returns the connection's life, boxed, or `None` if refused.
-async fn open<S>(
+/// reached: the upgrade is then refused with 503. The opening must end by `deadline`; the
+/// handshake `permit` is released as soon as it does.
+pub async fn serve<S>(
     stream: S,
     shared: Arc<Shared>,
     slot: Option<Slot>,
     shutdown: CancellationToken,
-) -> Option<std::pin::Pin<Box<impl std::future::Future<Output = ()>>>>
-where
+    deadline: Instant,
+    permit: OwnedSemaphorePermit,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut query_token = None;
-    let full = slot.is_none();
-    // The error type is tungstenite's handshake callback contract, not ours to shrink.
-    #[allow(clippy::result_large_err)]
-    let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-        if full {
-            let mut refusal = ErrorResponse::new(Some("connection limit reached, try another server".into()));
-            *refusal.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-            return Err(refusal);
-        }
-        query_token = req.uri().query().and_then(token_param);
-        Ok(resp)
-    };
-    let accepted = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(shared.ws_config)),
-    )
-    .await;
-    let Ok(Ok(mut ws)) = accepted else {
-        if full {
-            metrics::counter!("nexxus_sockets_refused_total").increment(1);
-        }
-        return None;
-    };
-    let claims = match authenticate(&mut ws, &shared, query_token, &shutdown).await {
-        Ok(c) => c,
-        Err((code, close, why)) => {
-            metrics::counter!("nexxus_sockets_auth_failures_total", "reason" => code.as_str()).increment(1);
-            tracing::debug!(message = "socket refused", reason = %why);
-            let _ = ws.send(Message::Text(p::error(code, &why))).await;
-            close_with(&mut ws, close).await;
-            return None;
-        }
-    };
-    let session = Session { shared: shared.clone(), claims };
-    Some(Box::pin(session.run(ws, shutdown, slot)))
-}
-
-/// The `token` parameter of a query string (percent-decoding is not needed: a JWT is base64url
-/// and dots).
-fn token_param(query: &str) -> Option<String> {
-    query.split('&').find_map(|kv| kv.strip_prefix("token=")).map(str::to_owned)
-}
-
-type Refusal = (ErrorCode, u16, String);
-
-async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
-    ws: &mut Ws<S>,
-    shared: &Shared,
-    query_token: Option<String>,
-    shutdown: &CancellationToken,
-) -> Result<Claims, Refusal> {
-    let unauthorized = |why: String| (ErrorCode::Unauthorized, p::CLOSE_UNAUTHORIZED, why);
-    let token = match query_token {
-        Some(t) => t,
-        None => {
-            let first = tokio::select! {
-                () = shutdown.cancelled() => return Err(unauthorized("server shutting down".into())),
-                r = tokio::time::timeout(HANDSHAKE_TIMEOUT, next_text(ws)) => r,
-            };
-            match first {
-                Err(_) => return Err(unauthorized("no bind_device within 10 s".into())),
-                Ok(None) => return Err(unauthorized("closed before bind_device".into())),
-                Ok(Some(text)) => match p::parse(&text) {
-                    Ok(ClientFrame::BindDevice { token }) => token,
-                    Ok(_) => return Err(unauthorized("bind_device (or ?token=) must come first".into())),
-                    Err(e) => return Err(unauthorized(format!("bind_device expected: {e}"))),
-                },
-            }
-        }
-    };
-    auth::verify_device(&token, &shared.apps, shared.fallback_secret.as_deref()).map_err(|e| match e {
-        JwtError::Expired { .. } => (ErrorCode::TokenExpired, p::CLOSE_TOKEN_EXPIRED, e.to_string()),
-        other => unauthorized(other.to_string()),
-    })
-}
-
-/// The next text frame, answering nothing else; `None` when the stream ends.
-async fn next_text<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut Ws<S>) -> Option<String> {
-    while let Some(msg) = ws.next().await {
-        match msg {
-            Ok(Message::Text(t)) => return Some(t.to_string()),
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => {}
-        }
+    // The opening's state is freed before the connection's life starts: an idle connection
+    // holds only its loop (memory per connection is what bounds a transport's capacity).
+    let opened = Box::pin(open(stream, &shared, slot.is_none(), deadline, &shutdown)).await;
+    drop(permit);
+    if let Some((ws, claims)) = opened {
+        let session = Session { shared, claims };
+        Box::pin(session.run(ws, shutdown, slot)).await;
     }
-    None
-}
-
-async fn close_with<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut Ws<S>, code: u16) {
-    let frame = CloseFrame { code: p::close_code(code), reason: Utf8Bytes::from_static("") };
-    // A client that stopped reading cannot take a close frame either: do not wait for it.
-    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
 }
 
 struct Session {
     shared: Arc<Shared>,
     claims: Claims,
+}
+
+/// Why the loop stopped a write or a registry step.
+enum Stop {
+    /// The hub asked (4008).
+    Closed,
+    /// Process shutdown (1001).
+    Stopping,
+    /// The write did not finish within a ping interval: the peer is not reading (4008).
+    Stuck,
+    /// The peer is gone.
+    Gone,
+}
+
+type Cancelled<'a> = Pin<&'a mut WaitForCancellationFutureOwned>;
+
+/// Runs `step`, unless the connection is asked to close or the process stops first.
+async fn race<T>(
+    step: impl Future<Output = T>,
+    closed: &mut Cancelled<'_>,
+    stopping: &mut Cancelled<'_>,
+) -> Result<T, Stop> {
+    tokio::select! {
+        biased;
+        () = closed.as_mut() => Err(Stop::Closed),
+        () = stopping.as_mut() => Err(Stop::Stopping),
+        r = step => Ok(r),
+    }
+}
+
+/// Runs a write, raced as [`race`] does and bounded by `limit`.
+async fn bounded(
+    write: impl Future<Output = Result<(), WsError>>,
+    limit: Duration,
+    closed: &mut Cancelled<'_>,
+    stopping: &mut Cancelled<'_>,
+) -> Result<(), Stop> {
+    match race(tokio::time::timeout(limit, write), closed, stopping).await? {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Stop::Gone),
+        Err(_) => Err(Stop::Stuck),
+    }
 }
 
 impl Session {
@@ -189,7 +145,8 @@ impl Session {
                 if let Err(e) = Box::pin(self.shared.registry.attach_socket(&address)).await {
                     hub.leave(&app, &dev, inbox.id);
                     tracing::warn!(message = "socket not attached: registry unavailable", error = %e);
-                    let _ = ws.send(Message::Text(p::error(ErrorCode::Unavailable, &e.to_string()))).await;
+                    let frame = Message::Text(p::error(ErrorCode::Unavailable, &e.to_string()));
+                    let _ = tokio::time::timeout(CLOSE_WRITE, ws.send(frame)).await;
                     close_with(&mut ws, p::CLOSE_UNAVAILABLE).await;
                     return;
                 }
@@ -201,6 +158,9 @@ impl Session {
         if let Some(code) = code {
             Box::pin(close_with(&mut ws, code)).await;
         }
+        // The socket goes now, not after the registry steps: a peer that stopped reading
+        // should not keep its buffers.
+        drop(ws);
         metrics::gauge!("nexxus_sockets_connections").decrement(1.0);
         let _device = hub.stripe(&app, &dev).lock().await;
         if hub.leave(&app, &dev, inbox.id) {
@@ -220,54 +180,68 @@ impl Session {
         inbox: &mut Inbox,
         shutdown: &CancellationToken,
     ) -> Option<u16> {
-        let ready = p::ready(&self.claims.device_id, &self.shared.hub.server);
-        if ws.send(Message::Text(ready)).await.is_err() {
-            return None;
-        }
         let interval = self.shared.ping_interval;
-        let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
-        let mut last_heard = Instant::now();
         // Registered once, not per loop turn: a `cancelled()` made anew on every wake-up takes
         // the token's lock each time, and the shutdown token is shared by every connection.
         let closed = inbox.close.token.clone().cancelled_owned();
         let stopping = shutdown.clone().cancelled_owned();
         tokio::pin!(closed, stopping);
+        let close_code = |stop: Stop| match stop {
+            Stop::Closed => Some(inbox.close.code()),
+            Stop::Stopping => Some(p::CLOSE_GOING_AWAY),
+            Stop::Stuck => {
+                metrics::counter!("nexxus_sockets_write_timeouts_total").increment(1);
+                Some(p::CLOSE_TOO_SLOW)
+            }
+            Stop::Gone => None,
+        };
+        let ready = p::ready(&self.claims.device_id, &self.shared.hub.server);
+        if let Err(stop) = bounded(ws.send(Message::Text(ready)), interval, &mut closed, &mut stopping).await {
+            return close_code(stop);
+        }
+        let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
+        let mut last_heard = Instant::now();
+        let mut budget = FrameBudget::new(self.shared.frames_per_sec);
         loop {
-            tokio::select! {
-                () = &mut closed => return Some(inbox.close.code()),
-                () = &mut stopping => return Some(p::CLOSE_GOING_AWAY),
-                frame = inbox.rx.recv() => {
-                    let Some(frame) = frame else { return Some(p::CLOSE_GOING_AWAY) };
-                    let written = tokio::select! {
-                        r = write_batch(ws, frame, &mut inbox.rx) => r,
-                        () = &mut closed => return Some(inbox.close.code()),
-                    };
-                    if written.is_err() {
-                        return None;
+            let step = tokio::select! {
+                () = &mut closed => Err(Stop::Closed),
+                () = &mut stopping => Err(Stop::Stopping),
+                frame = inbox.rx.recv() => match frame {
+                    Some(frame) => {
+                        bounded(write_batch(ws, frame, &mut inbox.rx), interval, &mut closed, &mut stopping).await
                     }
-                }
+                    None => return Some(p::CLOSE_GOING_AWAY),
+                },
                 incoming = ws.next() => {
                     last_heard = Instant::now();
-                    match incoming {
-                        Some(Ok(Message::Text(text))) => {
-                            let reply = Box::pin(self.on_text(&text)).await;
-                            if ws.send(Message::Text(reply)).await.is_err() {
-                                return None;
-                            }
-                        }
-                        Some(Ok(Message::Binary(_))) => {
-                            let reply = p::error(ErrorCode::BadRequest, "text frames only");
-                            if ws.send(Message::Text(reply)).await.is_err() {
-                                return None;
-                            }
-                        }
+                    let reply = match incoming {
+                        Some(Ok(Message::Text(text))) => match budget.frame() {
+                            Verdict::Allow => match race(Box::pin(self.on_text(&text)), &mut closed, &mut stopping).await {
+                                Ok((reply, false)) => Ok(Some(reply)),
+                                Ok((reply, true)) => match budget.refused() {
+                                    Verdict::Close => return self.policy_close(ws).await,
+                                    _ => Ok(Some(reply)),
+                                },
+                                Err(stop) => Err(stop),
+                            },
+                            Verdict::Refuse => Ok(Some(over_rate(self.shared.frames_per_sec))),
+                            Verdict::Close => return self.policy_close(ws).await,
+                        },
+                        Some(Ok(Message::Binary(_))) => Ok(Some(p::error(ErrorCode::BadRequest, "text frames only"))),
                         Some(Ok(Message::Close(_))) | None => return None,
-                        Some(Ok(_)) => {}
+                        Some(Ok(_)) => Ok(None),
                         Some(Err(WsError::Capacity(e))) => {
                             tracing::debug!(message = "oversize frame", error = %e);
                             return Some(1009);
                         }
                         Some(Err(_)) => return None,
+                    };
+                    match reply {
+                        Ok(Some(reply)) => {
+                            bounded(ws.send(Message::Text(reply)), interval, &mut closed, &mut stopping).await
+                        }
+                        Ok(None) => Ok(()),
+                        Err(stop) => Err(stop),
                     }
                 }
                 _ = ping.tick() => {
@@ -275,18 +249,29 @@ impl Session {
                         metrics::counter!("nexxus_sockets_dead_peers_total").increment(1);
                         return Some(p::CLOSE_DEAD_PEER);
                     }
-                    if ws.send(Message::Ping(Default::default())).await.is_err() {
-                        return None;
-                    }
+                    bounded(ws.send(Message::Ping(Default::default())), interval, &mut closed, &mut stopping).await
                 }
+            };
+            if let Err(stop) = step {
+                return close_code(stop);
             }
         }
     }
 
-    async fn on_text(&self, text: &str) -> Utf8Bytes {
+    /// The last `LIMIT_EXCEEDED` (best effort), then close 1008.
+    async fn policy_close<S: AsyncRead + AsyncWrite + Unpin>(&self, ws: &mut Ws<S>) -> Option<u16> {
+        metrics::counter!("nexxus_sockets_policy_closes_total").increment(1);
+        tracing::debug!(message = "socket closed for exceeding its limits", device = self.claims.device_id);
+        let last = p::error(ErrorCode::LimitExceeded, "limits exceeded repeatedly: closing (1008)");
+        let _ = tokio::time::timeout(CLOSE_WRITE, ws.send(Message::Text(last))).await;
+        Some(p::CLOSE_POLICY)
+    }
+
+    /// The reply to a text frame, and whether it was a limit refusal.
+    async fn on_text(&self, text: &str) -> (Utf8Bytes, bool) {
         match p::parse(text) {
-            Err(e) => p::error(ErrorCode::BadRequest, &e),
-            Ok(ClientFrame::BindDevice { .. }) => p::error(ErrorCode::BadRequest, "already bound"),
+            Err(e) => (p::error(ErrorCode::BadRequest, &e), false),
+            Ok(ClientFrame::BindDevice { .. }) => (p::error(ErrorCode::BadRequest, "already bound"), false),
             Ok(ClientFrame::Subscribe(s)) => self.change(s, true).await,
             Ok(ClientFrame::Unsubscribe(s)) => self.change(s, false).await,
         }
@@ -294,16 +279,16 @@ impl Session {
 
     /// A subscribe or unsubscribe: authorized, then applied with every address of the device
     /// (its push token too, as the track role would).
-    async fn change(&self, s: Subscription, subscribe: bool) -> Utf8Bytes {
+    async fn change(&self, s: Subscription, subscribe: bool) -> (Utf8Bytes, bool) {
         let app = &self.claims.application_id;
         match auth::authorize_channel(&self.claims, &self.shared.apps, &s.channel, s.application_id.as_deref()) {
             Ok(()) => {}
-            Err(e @ auth::Refusal::Forbidden(_)) => return p::error(ErrorCode::Forbidden, &e.to_string()),
-            Err(e @ auth::Refusal::UnknownModel(_)) => return p::error(ErrorCode::BadRequest, &e.to_string()),
+            Err(e @ auth::Refusal::Forbidden(_)) => return (p::error(ErrorCode::Forbidden, &e.to_string()), false),
+            Err(e @ auth::Refusal::UnknownModel(_)) => return (p::error(ErrorCode::BadRequest, &e.to_string()), false),
         }
         let key = match s.channel.key(app, s.filter.as_ref()) {
             Ok(k) => k,
-            Err(e) => return p::error(ErrorCode::BadRequest, &e.to_string()),
+            Err(e) => return (p::error(ErrorCode::BadRequest, &e.to_string()), false),
         };
         let registry = &self.shared.registry;
         let dev = &self.claims.device_id;
@@ -321,10 +306,19 @@ impl Session {
         }
         .await;
         match result {
-            Ok(()) => p::subscribed(if subscribe { "subscribed" } else { "unsubscribed" }, key.as_str()),
-            Err(e) => p::error(ErrorCode::Unavailable, &e.to_string()),
+            Ok(()) => (p::subscribed(if subscribe { "subscribed" } else { "unsubscribed" }, key.as_str()), false),
+            Err(RegistryError::LimitExceeded(why)) => (p::error(ErrorCode::LimitExceeded, &why), true),
+            Err(e) => (p::error(ErrorCode::Unavailable, &e.to_string()), false),
         }
     }
+}
+
+fn over_rate(frames_per_sec: u32) -> Utf8Bytes {
+    let why = format!(
+        "over {frames_per_sec} frames a second (bursts of {}): frame ignored",
+        frames_per_sec.saturating_mul(2)
+    );
+    p::error(ErrorCode::LimitExceeded, &why)
 }
 
 /// Writes `first` and whatever else is already queued (up to a batch), then flushes once.

@@ -2,10 +2,15 @@
 //!
 //! - [`protocol`]: frames and close codes.
 //! - [`hub`]: connections by application and device; fan-out of one serialized frame.
-//! - [`conn`]: one connection's handshake, authentication and loop.
-//! - [`server`]: the accept loop (plain TCP or TLS) and the connection limit.
+//! - [`handshake`]: a connection's opening: upgrade, token, within a deadline.
+//! - [`conn`]: one connection's loop, every write bounded; subscribe and unsubscribe.
+//! - [`limit`]: the per-connection frame budget (`LIMIT_EXCEEDED`, then close 1008).
+//! - [`server`]: the accept loop (plain TCP or TLS), the handshake bound and the connection
+//!   limit.
 
 pub mod conn;
+pub mod handshake;
 pub mod hub;
+pub mod limit;
 pub mod protocol;
 pub mod server;

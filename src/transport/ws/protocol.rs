@@ -14,6 +14,8 @@ pub const CLOSE_UNAUTHORIZED: u16 = 4001;
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4002;
 /// The client did not read fast enough.
 pub const CLOSE_TOO_SLOW: u16 = 4008;
+/// Policy violation: a client that kept sending after `LIMIT_EXCEEDED`.
+pub const CLOSE_POLICY: u16 = 1008;
 /// Server going away (shutdown).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// No pong or frame for two ping intervals.
@@ -33,6 +35,9 @@ pub enum ErrorCode {
     Forbidden,
     BadRequest,
     Unavailable,
+    /// A frame over the connection's rate, or a subscription over the device's or channel's
+    /// limit.
+    LimitExceeded,
 }
 
 impl ErrorCode {
@@ -43,6 +48,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "FORBIDDEN",
             ErrorCode::BadRequest => "BAD_REQUEST",
             ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::LimitExceeded => "LIMIT_EXCEEDED",
         }
     }
 }
