@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use crate::error::{ProcessError, WorkerError};
 use crate::model::schema::is_builtin;
-use crate::model::{decode_aggregation, SourcePosition, WriteRecord, DEFAULT_MAX_MESSAGE_BYTES};
+use crate::model::{decode_aggregation, Change, SourcePosition, WriteRecord, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
 
@@ -23,8 +23,7 @@ pub struct Aggregator {
     apps: Apps,
     write_topic: String,
     coalesce: bool,
-    /// The batch's records in input order with the size of their message, forwarded by
-    /// `end_batch`.
+    /// The batch's records in input order with their [`weight`], forwarded by `end_batch`.
     pending: Vec<(WriteRecord, usize)>,
 }
 
@@ -70,8 +69,17 @@ impl Handler for Aggregator {
         if let Some(bad) = records.iter().find(|r| app.model(&r.model).is_none() && !is_builtin(&r.model)) {
             return Err(ProcessError::Poison(format!("unknown model `{}` in application `{app_id}`", bad.model)));
         }
-        let size = record.payload.len();
-        self.pending.extend(records.into_iter().map(|r| (r, size)));
+        let mut weighed = Vec::with_capacity(records.len());
+        for r in records {
+            let weight = weight(&r, record.payload.len());
+            if weight > MAX_WRITE_RECORD_BYTES {
+                return Err(ProcessError::Poison(format!(
+                    "message too large to forward: up to {weight} bytes as a write record, over {MAX_WRITE_RECORD_BYTES}"
+                )));
+            }
+            weighed.push((r, weight));
+        }
+        self.pending.extend(weighed);
         Ok(())
     }
 
@@ -94,12 +102,28 @@ impl Handler for Aggregator {
     }
 }
 
+/// A `write` record must fit the producer's default record limit (1,000,000 bytes), or the
+/// batch could never be forwarded and would be retried forever: a message that could make a
+/// bigger one is rejected instead.
+pub const MAX_WRITE_RECORD_BYTES: usize = 900_000;
+
+/// An upper bound of `r`'s encoded size, from the size of the message it came from: the record
+/// re-encodes the message's parts, adds its envelope fields and copies the message's `user_id`
+/// onto each patch.
+fn weight(r: &WriteRecord, message_bytes: usize) -> usize {
+    let per_patch: usize = match &r.change {
+        Change::Update { patches, .. } => patches.iter().map(|p| p.user_id.as_ref().map_or(0, |u| u.len() + 16)).sum(),
+        _ => 0,
+    };
+    message_bytes + per_patch + 512
+}
+
 /// Coalesced records stop growing at about this many bytes of input messages, well under the
 /// broker's default 1 MiB record limit, so a merged record can always be produced.
 pub const MAX_MERGED_BYTES: usize = 256 * 1024;
 
 /// Merges later updates of an object into its latest record, keeping every object's changes in
-/// order; `records` carry the size of the message they came from. Creates and deletes are never
+/// order; `records` carry their [`weight`]. Creates and deletes are never
 /// merged: they change the object's existence. Each merged message stays its own unit
 /// ([`WriteRecord::merge`]): the writer applies or rejects each alone.
 pub fn coalesce(records: Vec<(WriteRecord, usize)>) -> Vec<WriteRecord> {
