@@ -286,3 +286,43 @@ async fn a_cascade_reaches_each_child_through_its_own_writer() {
     }
     common::drop_keyspace(&stack.cfg).await;
 }
+
+/// Item 12, replays: a replayed parent delete re-sends its cascades. A cascade arriving twice
+/// deletes its child once; one for a child that no longer names the parent changes nothing;
+/// neither is a dead letter.
+#[tokio::test(flavor = "multi_thread")]
+async fn replayed_cascades_are_harmless() {
+    let stack = Stack::new("replay", 2).await;
+    let _agg = stack.start("aggregation", 0, 0);
+    let _w = stack.start("write", 0, 0);
+    stack
+        .publish(&[
+            create("task", "c9", json!({"project_id": "p9"}), 0),
+            create("task", "c8", json!({"project_id": "p8"}), 1),
+        ])
+        .await;
+    let ids = ["c9".to_string(), "c8".to_string()];
+    stack.wait_rows("task", &ids, "the creates", |r| r.iter().all(Option::is_some)).await;
+    let cascade = |id: &str| {
+        json!({"application_id": APP, "model": "task", "id": id, "op": "delete",
+               "cascade": {"model": "project", "id": "p9", "depth": 1}, "timestamp": T0 + 9,
+               "source": {"topic": stack.cfg.topic("aggregation"), "partition": 0, "offset": 99}})
+        .to_string()
+    };
+    let producer = common::producer(&stack.cfg);
+    let topic = stack.cfg.topic("write");
+    for id in ["c9", "c8", "c9"] {
+        producer.send(&topic, Some(id.as_bytes()), cascade(id).as_bytes(), &[]).await.unwrap();
+    }
+    stack.wait_rows("task", &ids[..1], "the cascade", |r| r[0].as_ref().is_some_and(|r| r.deleted)).await;
+    // A marker behind the duplicate on c9's partition: once it is handled, so is the duplicate.
+    stack.publish(&[create("task", "c9", json!({"project_id": "p7"}), 10)]).await;
+    stack.wait_rows("task", &ids[..1], "the re-create", |r| r[0].as_ref().is_some_and(|r| !r.deleted)).await;
+
+    let events: Vec<(String, ChangeOp, u64)> = stack.events().into_iter().map(|e| (e.id, e.op, e.version)).collect();
+    let of = |id: &str| events.iter().filter(|e| e.0 == id).map(|e| (e.1, e.2)).collect::<Vec<_>>();
+    assert_eq!(of("c9"), vec![(ChangeOp::Create, 1), (ChangeOp::Delete, 2), (ChangeOp::Create, 3)]);
+    assert_eq!(of("c8"), vec![(ChangeOp::Create, 1)], "c8 names another parent");
+    assert!(stack.dead_letters().is_empty(), "a cascade that finds nothing to do is no rejection");
+    common::drop_keyspace(&stack.cfg).await;
+}
