@@ -187,17 +187,17 @@ impl WriteRecord {
             .collect()
     }
 
-    /// Appends `later`, an update of the same object, as a separate unit; gives it back if
-    /// either is not an update.
-    pub fn merge(&mut self, later: WriteRecord) -> Result<(), WriteRecord> {
-        let Change::Update { merged, .. } = &mut self.change else { return Err(later) };
+    /// Appends `later`, an update of the same object, as a separate unit. Gives `later` back,
+    /// unmerged, if either record is not an update.
+    pub fn merge(&mut self, later: WriteRecord) -> Option<WriteRecord> {
+        let Change::Update { merged, .. } = &mut self.change else { return Some(later) };
         match later {
             WriteRecord { change: Change::Update { patches, instant, merged: more }, timestamp, source, .. } => {
                 merged.push(MergedUpdate { patches, instant, timestamp, source });
                 merged.extend(more);
-                Ok(())
+                None
             }
-            other => Err(other),
+            other => Some(other),
         }
     }
 

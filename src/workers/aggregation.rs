@@ -135,11 +135,11 @@ pub fn coalesce(records: Vec<(WriteRecord, usize)>) -> Vec<WriteRecord> {
         let into = last.get(&key).and_then(|&i| out.get_mut(i)).filter(|(_, bytes)| bytes + size <= MAX_MERGED_BYTES);
         let r = match into {
             Some((into, bytes)) => match into.merge(r) {
-                Ok(()) => {
+                None => {
                     *bytes += size;
                     continue;
                 }
-                Err(r) => r,
+                Some(r) => r,
             },
             None => r,
         };
