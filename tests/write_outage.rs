@@ -103,7 +103,7 @@ async fn outage_keeps_the_place_and_readiness_false_until_the_store_returns() {
         Pipeline::connect(&cfg, &health, "write-0", "write", &["write"], Sink::Kafka(producer.clone()), &shutdown)
             .await
             .unwrap();
-    let mut writer = Writer::new(store.clone(), apps, cfg.topic("transport_manager"));
+    let mut writer = Writer::new(store.clone(), apps, &cfg, "write-0");
     let run = tokio::spawn({
         let s = shutdown.clone();
         async move { pipeline.run(&mut writer, s).await }

@@ -15,6 +15,17 @@ use super::json::{opt_str, req_obj, req_str};
 /// Default bound on the size of one input message (1 MiB).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 20;
 
+/// Most patches one `update` message may carry; beyond, the message is rejected whole (one dead
+/// letter), before any part of it reaches a writer.
+pub const MAX_PATCHES_PER_MESSAGE: usize = 1_000;
+const TOO_MANY_PATCHES: &str = "an array of at most 1000 patches";
+
+/// Most distinct objects one `update` message may patch. Each object's part is applied (or
+/// rejected) on its own by the object's writer, so this bounds the dead letters one message can
+/// cause.
+pub const MAX_OBJECTS_PER_MESSAGE: usize = 100;
+const TOO_MANY_OBJECTS: &str = "patches of at most 100 distinct objects";
+
 /// Object fields no patch may touch (Telepat's `Delta.processObject` list).
 pub const IMMUTABLE_FIELDS: [&str; 6] = ["id", "type", "created", "modified", "application_id", "context_id"];
 
@@ -180,11 +191,13 @@ impl UpdateMessage {
     /// Groups patches by target object, in order of first appearance, keeping patch order.
     pub fn by_object(&self) -> Vec<(ObjectRef, Vec<Patch>)> {
         let mut groups: Vec<(ObjectRef, Vec<Patch>)> = Vec::new();
+        let mut index: std::collections::HashMap<ObjectRef, usize> = std::collections::HashMap::new();
         for p in &self.patches {
-            match groups.iter_mut().find(|(o, _)| o.id == p.path.id && o.model == p.path.model) {
-                Some((_, list)) => list.push(p.clone()),
-                None => groups.push((p.path.object(), vec![p.clone()])),
-            }
+            let i = *index.entry(p.path.object()).or_insert_with(|| {
+                groups.push((p.path.object(), Vec::new()));
+                groups.len() - 1
+            });
+            groups[i].1.push(p.clone());
         }
         groups
     }
@@ -320,11 +333,20 @@ pub fn decode_aggregation(bytes: &[u8], max_bytes: usize) -> Result<AggregatorMe
             if patches.is_empty() {
                 return Err(ModelError::EmptyPatches);
             }
+            // Checked before decoding any patch: a huge list costs no more than a bad one.
+            if patches.len() > MAX_PATCHES_PER_MESSAGE {
+                return Err(ModelError::wrong_type("patches", TOO_MANY_PATCHES));
+            }
             let patches = patches
                 .iter()
                 .enumerate()
                 .map(|(i, p)| Patch::decode(p, &format!("patches[{i}]"), user_id))
                 .collect::<Result<Vec<_>, _>>()?;
+            let objects: std::collections::HashSet<(&str, &str)> =
+                patches.iter().map(|p| (p.path.model.as_str(), p.path.id.as_str())).collect();
+            if objects.len() > MAX_OBJECTS_PER_MESSAGE {
+                return Err(ModelError::wrong_type("patches", TOO_MANY_OBJECTS));
+            }
             let instant = match map.get("instant") {
                 None | Some(Value::Null) => false,
                 Some(Value::Bool(b)) => *b,
@@ -346,5 +368,32 @@ pub fn decode_aggregation(bytes: &[u8], max_bytes: usize) -> Result<AggregatorMe
             }))
         }
         other => Err(ModelError::UnknownOp { op: other.to_owned(), topic: "aggregation" }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(patches: impl Iterator<Item = String>) -> Vec<u8> {
+        let patches: Vec<String> = patches.collect();
+        format!(r#"{{"op":"update","patches":[{}],"application_id":"a","timestamp":1}}"#, patches.join(","))
+            .into_bytes()
+    }
+
+    fn inc(id: usize) -> String {
+        format!(r#"{{"op":"increment","path":"task/t{id}/votes","value":1}}"#)
+    }
+
+    #[test]
+    fn patch_and_object_counts_are_bounded_with_a_reason() {
+        let at_limit = update((0..MAX_PATCHES_PER_MESSAGE).map(|i| inc(i % MAX_OBJECTS_PER_MESSAGE)));
+        assert!(decode_aggregation(&at_limit, DEFAULT_MAX_MESSAGE_BYTES).is_ok());
+        let over = update((0..=MAX_PATCHES_PER_MESSAGE).map(|_| inc(0)));
+        let err = decode_aggregation(&over, DEFAULT_MAX_MESSAGE_BYTES).unwrap_err();
+        assert!(err.to_string().contains(&format!("at most {MAX_PATCHES_PER_MESSAGE} patches")), "{err}");
+        let spread = update((0..=MAX_OBJECTS_PER_MESSAGE).map(inc));
+        let err = decode_aggregation(&spread, DEFAULT_MAX_MESSAGE_BYTES).unwrap_err();
+        assert!(err.to_string().contains(&format!("at most {MAX_OBJECTS_PER_MESSAGE} distinct objects")), "{err}");
     }
 }

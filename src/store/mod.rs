@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! writer:  get_objects(app, ids) ─▶ skip already applied ─▶ apply patches ─▶ put_objects(app, writes)
-//! delete:  children(app, model, id) ─▶ tombstones for each child, recursively ─▶ put_objects
+//! delete:  children(app, model, id) ─▶ a cascading delete on `write` per child (its own writer tombstones it)
 //! system:  put_application / get_application / list_applications
 //! readyz:  ping
 //! ```

@@ -23,8 +23,8 @@ pub struct Aggregator {
     apps: Apps,
     write_topic: String,
     coalesce: bool,
-    /// The batch's records in input order, forwarded by `end_batch`.
-    pending: Vec<WriteRecord>,
+    /// The batch's records in input order with their [`weight`], forwarded by `end_batch`.
+    pending: Vec<(WriteRecord, usize)>,
 }
 
 impl Aggregator {
@@ -69,13 +69,23 @@ impl Handler for Aggregator {
         if let Some(bad) = records.iter().find(|r| app.model(&r.model).is_none() && !is_builtin(&r.model)) {
             return Err(ProcessError::Poison(format!("unknown model `{}` in application `{app_id}`", bad.model)));
         }
-        self.pending.extend(records);
+        let mut weighed = Vec::with_capacity(records.len());
+        for r in records {
+            let weight = weight(&r, record.payload.len());
+            if weight > MAX_WRITE_RECORD_BYTES {
+                return Err(ProcessError::Poison(format!(
+                    "message too large to forward: up to {weight} bytes as a write record, over {MAX_WRITE_RECORD_BYTES}"
+                )));
+            }
+            weighed.push((r, weight));
+        }
+        self.pending.extend(weighed);
         Ok(())
     }
 
     async fn end_batch(&mut self, out: &mut Outbox) -> Result<(), ProcessError> {
         let records = std::mem::take(&mut self.pending);
-        let records = if self.coalesce { coalesce(records) } else { records };
+        let records = if self.coalesce { coalesce(records) } else { records.into_iter().map(|(r, _)| r).collect() };
         for r in &records {
             let bytes =
                 serde_json::to_vec(r).map_err(|e| ProcessError::Fatal(format!("encoding a write record: {e}")))?;
@@ -92,33 +102,51 @@ impl Handler for Aggregator {
     }
 }
 
-/// Merges consecutive updates of the same object into one record, keeping every object's
-/// changes in order. Creates and deletes are never merged: they change the object's existence.
-pub fn coalesce(records: Vec<WriteRecord>) -> Vec<WriteRecord> {
-    let mut out: Vec<WriteRecord> = Vec::with_capacity(records.len());
+/// A `write` record must fit the producer's default record limit (1,000,000 bytes), or the
+/// batch could never be forwarded and would be retried forever: a message that could make a
+/// bigger one is rejected instead.
+pub const MAX_WRITE_RECORD_BYTES: usize = 900_000;
+
+/// An upper bound of `r`'s encoded size, from the size of the message it came from: the record
+/// re-encodes the message's parts, adds its envelope fields and copies the message's `user_id`
+/// onto each patch.
+fn weight(r: &WriteRecord, message_bytes: usize) -> usize {
+    let per_patch: usize = match &r.change {
+        Change::Update { patches, .. } => patches.iter().map(|p| p.user_id.as_ref().map_or(0, |u| u.len() + 16)).sum(),
+        _ => 0,
+    };
+    message_bytes + per_patch + 512
+}
+
+/// Coalesced records stop growing at about this many bytes of input messages, well under the
+/// broker's default 1 MiB record limit, so a merged record can always be produced.
+pub const MAX_MERGED_BYTES: usize = 256 * 1024;
+
+/// Merges later updates of an object into its latest record, keeping every object's changes in
+/// order; `records` carry their [`weight`]. Creates and deletes are never
+/// merged: they change the object's existence. Each merged message stays its own unit
+/// ([`WriteRecord::merge`]): the writer applies or rejects each alone.
+pub fn coalesce(records: Vec<(WriteRecord, usize)>) -> Vec<WriteRecord> {
+    let mut out: Vec<(WriteRecord, usize)> = Vec::with_capacity(records.len());
     // Index in `out` of the latest record of each object.
     let mut last: HashMap<(String, String, String), usize> = HashMap::new();
-    for r in records {
+    for (r, size) in records {
         let key = (r.application_id.clone(), r.model.clone(), r.id.clone());
-        if let (Change::Update { patches, instant }, Some(&i)) = (&r.change, last.get(&key)) {
-            if let Some(WriteRecord {
-                change: Change::Update { patches: into, instant: into_instant },
-                timestamp,
-                source,
-                ..
-            }) = out.get_mut(i)
-            {
-                into.extend(patches.iter().cloned());
-                *into_instant |= *instant;
-                *timestamp = r.timestamp;
-                *source = r.source.clone();
-                continue;
-            }
-        }
+        let into = last.get(&key).and_then(|&i| out.get_mut(i)).filter(|(_, bytes)| bytes + size <= MAX_MERGED_BYTES);
+        let r = match into {
+            Some((into, bytes)) => match into.merge(r) {
+                None => {
+                    *bytes += size;
+                    continue;
+                }
+                Some(r) => r,
+            },
+            None => r,
+        };
         last.insert(key, out.len());
-        out.push(r);
+        out.push((r, size));
     }
-    out
+    out.into_iter().map(|(r, _)| r).collect()
 }
 
 #[cfg(test)]
@@ -126,16 +154,14 @@ mod tests {
     use super::*;
     use crate::model::AggregatorMessage;
 
-    fn records(lines: &[&str]) -> Vec<WriteRecord> {
+    fn records(lines: &[&str]) -> Vec<(WriteRecord, usize)> {
         lines
             .iter()
             .enumerate()
             .flat_map(|(i, l)| {
                 let m = AggregatorMessage::decode(l.as_bytes()).unwrap();
-                WriteRecord::from_message(
-                    m,
-                    &SourcePosition { topic: "aggregation".into(), partition: 0, offset: i as i64 },
-                )
+                let pos = SourcePosition { topic: "aggregation".into(), partition: 0, offset: i as i64 };
+                WriteRecord::from_message(m, &pos).into_iter().map(|r| (r, l.len()))
             })
             .collect()
     }
@@ -146,32 +172,49 @@ mod tests {
         )
     }
 
+    /// (id:op, the values of each unit's patches, each unit's source offset)
+    fn summary(out: &[WriteRecord]) -> Vec<(String, Vec<Vec<i64>>, Vec<i64>)> {
+        out.iter()
+            .map(|r| {
+                let units = r.update_units();
+                (
+                    format!("{}:{:?}", r.id, r.op()),
+                    units.iter().map(|u| u.patches.iter().filter_map(|p| p.value.as_i64()).collect()).collect(),
+                    units.iter().map(|u| u.source.offset).collect(),
+                )
+            })
+            .collect()
+    }
+
     #[test]
-    fn merges_updates_per_object_in_order_and_never_across_a_delete() {
+    fn merges_updates_per_object_in_order_as_separate_units_and_never_across_a_delete() {
         let del = r#"{"op":"delete","object":{"model":"task","id":"x"},"application_id":"a","timestamp":9}"#;
         let lines = [inc("x", 1), inc("y", 2), inc("x", 3), del.to_string(), inc("x", 4), inc("y", 5)];
         let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
         let out = coalesce(records(&refs));
-        let summary: Vec<(String, Vec<i64>)> = out
-            .iter()
-            .map(|r| {
-                let values = match &r.change {
-                    Change::Update { patches, .. } => patches.iter().filter_map(|p| p.value.as_i64()).collect(),
-                    _ => vec![],
-                };
-                (format!("{}:{:?}", r.id, r.op()), values)
-            })
-            .collect();
         assert_eq!(
-            summary,
+            summary(&out),
             vec![
-                ("x:Update".to_string(), vec![1, 3]),
-                ("y:Update".to_string(), vec![2, 5]),
-                ("x:Delete".to_string(), vec![]),
-                ("x:Update".to_string(), vec![4]),
+                ("x:Update".to_string(), vec![vec![1], vec![3]], vec![0, 2]),
+                ("y:Update".to_string(), vec![vec![2], vec![5]], vec![1, 5]),
+                ("x:Delete".to_string(), vec![], vec![]),
+                ("x:Update".to_string(), vec![vec![4]], vec![4]),
             ]
         );
-        assert_eq!(out[1].source.offset, 5, "a merged record carries its last source");
-        assert_eq!(out[1].timestamp, 5);
+        let units = out[1].update_units();
+        assert_eq!((units[0].timestamp, units[1].timestamp), (2, 5), "each unit keeps its own timestamp");
+        // A merged record survives the topic: the writer sees the same units.
+        let back: WriteRecord = serde_json::from_slice(&serde_json::to_vec(&out[1]).unwrap()).unwrap();
+        assert_eq!(back, out[1]);
+    }
+
+    #[test]
+    fn merging_stops_at_the_byte_bound() {
+        let lines: Vec<String> = (0..4).map(|n| inc("x", n)).collect();
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let big: Vec<(WriteRecord, usize)> =
+            records(&refs).into_iter().map(|(r, _)| (r, MAX_MERGED_BYTES / 2)).collect();
+        let out = coalesce(big);
+        assert_eq!(out.iter().map(|r| r.update_units().len()).collect::<Vec<_>>(), vec![2, 2]);
     }
 }

@@ -13,12 +13,21 @@
 //! the messages, ids from log positions): the duplicates carry the same `version`, which clients
 //! drop. A crash after 3 finds each object's stored position at or past the replayed record and
 //! skips it. Nothing is applied twice, no event is lost, and no outbox table is needed.
+//!
+//! One writer per object: this role only ever changes objects of the `write` partitions it owns.
+//! An update record may carry several coalesced messages; each is applied or rejected on its own
+//! ([`crate::model::UpdateUnit`], dead-lettered alone in `units.rs`). A delete reaches the
+//! children of its object through their own partitions (`cascade.rs`), never directly.
+
+mod cascade;
+mod units;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use crate::config::Config;
 use crate::error::{ProcessError, WorkerError};
 use crate::model::schema::is_builtin;
 use crate::model::{
@@ -33,15 +42,17 @@ use super::apps::Apps;
 use super::pipeline::Handler;
 use super::WorkerContext;
 
-/// Deeper parent chains than this are cut (and logged): a guard against cycles in bad data.
-const MAX_CASCADE_DEPTH: usize = 16;
-
 type Key = (String, String, String); // (application, model, id)
 
 pub struct Writer<S> {
     store: Arc<S>,
     apps: Apps,
+    /// `<type>-<index>`, named in the dead letters this role writes itself.
+    worker: String,
     events_topic: String,
+    /// Cascading deletes go back to `write`, keyed by the child.
+    write_topic: String,
+    dead_letter_topic: String,
     /// Objects read or changed in this batch; `None` = known not to exist.
     cache: BTreeMap<Key, Option<ObjectRow>>,
     /// Keys whose cached state must be persisted at the end of the batch.
@@ -55,7 +66,7 @@ pub async fn run<S: Store>(
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<(), WorkerError> {
     let (apps, pipeline) = super::start(ctx, topic::WRITE, &shutdown).await?;
-    let mut writer = Writer::new(store, apps, ctx.config.topic(topic::TRANSPORT_MANAGER));
+    let mut writer = Writer::new(store, apps, &ctx.config, &ctx.name());
     pipeline.run(&mut writer, shutdown).await
 }
 
@@ -64,8 +75,19 @@ fn poison(e: impl std::fmt::Display) -> ProcessError {
 }
 
 impl<S: Store> Writer<S> {
-    pub fn new(store: Arc<S>, apps: Apps, events_topic: String) -> Self {
-        Writer { store, apps, events_topic, cache: BTreeMap::new(), dirty: HashSet::new() }
+    /// A writer of `cfg`'s topics (`transport_manager` for events, `write` for cascades,
+    /// `dead_letter`), naming itself `worker` in dead letters.
+    pub fn new(store: Arc<S>, apps: Apps, cfg: &Config, worker: &str) -> Self {
+        Writer {
+            store,
+            apps,
+            worker: worker.to_string(),
+            events_topic: cfg.topic(topic::TRANSPORT_MANAGER),
+            write_topic: cfg.topic(topic::WRITE),
+            dead_letter_topic: cfg.topic(topic::DEAD_LETTER),
+            cache: BTreeMap::new(),
+            dirty: HashSet::new(),
+        }
     }
 
     async fn load(&mut self, key: &Key) -> Result<Option<ObjectRow>, ProcessError> {
@@ -91,69 +113,6 @@ impl<S: Store> Writer<S> {
             .map_err(|e| ProcessError::Transient(format!("producing to transport_manager: {e}")))
     }
 
-    /// Deletes every live descendant of `parent`, depth first, emitting a delete for each.
-    async fn cascade(
-        &mut self,
-        app: &Application,
-        parent: (&str, &str),
-        rec: &WriteRecord,
-        position: &SourcePosition,
-        out: &mut Outbox,
-    ) -> Result<usize, ProcessError> {
-        let mut stack = vec![(parent.0.to_string(), parent.1.to_string(), 0usize)];
-        let mut seen = HashSet::new();
-        let mut deleted = 0;
-        while let Some((model, id, depth)) = stack.pop() {
-            if depth >= MAX_CASCADE_DEPTH {
-                tracing::error!(message = "cascade depth limit reached, stopping", app = %app.id, model, id);
-                continue;
-            }
-            let mut children = self.store.children(&app.id, &model, &id).await.map_err(ProcessError::from)?;
-            // Children created earlier in this batch are not in the store's index yet.
-            let link = (model.clone(), id.clone());
-            for ((a, m, i), row) in &self.cache {
-                if let Some(row) = row.as_ref().filter(|r| *a == app.id && !r.deleted) {
-                    if self.parents(a, m, row).contains(&link) && !children.contains(&(m.clone(), i.clone())) {
-                        children.push((m.clone(), i.clone()));
-                    }
-                }
-            }
-            for (child_model, child_id) in children {
-                if !seen.insert((child_model.clone(), child_id.clone())) {
-                    continue;
-                }
-                let key = (app.id.clone(), child_model.clone(), child_id.clone());
-                let Some(row) = self.load(&key).await?.filter(|r| !r.deleted) else { continue };
-                self.delete_one(app, key, row, rec, position, out).await?;
-                deleted += 1;
-                stack.push((child_model, child_id, depth + 1));
-            }
-        }
-        Ok(deleted)
-    }
-
-    /// Tombstones one live object and emits its delete event.
-    async fn delete_one(
-        &mut self,
-        app: &Application,
-        key: Key,
-        row: ObjectRow,
-        rec: &WriteRecord,
-        position: &SourcePosition,
-        out: &mut Outbox,
-    ) -> Result<(), ProcessError> {
-        let before = row.object.object.clone();
-        let tomb = StoredObject {
-            object: row.object.object,
-            version: row.object.version.saturating_add(1),
-            last_applied: Some(position.clone()),
-        };
-        let event = self.event(app, &key, ChangeOp::Delete, Some(before), None, Vec::new(), tomb.version, rec)?;
-        self.emit(out, &event).await?;
-        self.stage(key, ObjectRow { object: tomb, deleted: true });
-        Ok(())
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn event(
         &self,
@@ -164,7 +123,7 @@ impl<S: Store> Writer<S> {
         after: Option<Map<String, Value>>,
         patches: Vec<crate::model::Patch>,
         version: u64,
-        rec: &WriteRecord,
+        timestamp: u64,
     ) -> Result<ChangeEvent, ProcessError> {
         let channels =
             affected_channels_for_change(&app.id, before.as_ref(), after.as_ref(), &app.schema).map_err(poison)?;
@@ -177,7 +136,7 @@ impl<S: Store> Writer<S> {
             after,
             patches,
             version,
-            timestamp: rec.timestamp,
+            timestamp,
             channels,
             broadcast: false,
         })
@@ -203,12 +162,12 @@ impl<S: Store> Writer<S> {
             return Ok(());
         }
         let live = current.as_ref().filter(|r| !r.deleted);
-        let secs = micros_to_secs(rec.timestamp);
         match &rec.change {
             Change::Create { object } => {
                 if live.is_some() {
                     return Err(poison(format!("{} `{}` already exists", rec.model, rec.id)));
                 }
+                let secs = micros_to_secs(rec.timestamp);
                 let mut object = object.clone();
                 object.insert("id".into(), Value::String(rec.id.clone()));
                 object.insert("type".into(), Value::String(rec.model.clone()));
@@ -218,49 +177,38 @@ impl<S: Store> Writer<S> {
                 // a version go backwards.
                 let version = current.as_ref().map_or(0, |r| r.object.version).saturating_add(1);
                 let stored = StoredObject { object, version, last_applied: Some(position) };
-                let event = self.event(
-                    &app,
-                    &key,
-                    ChangeOp::Create,
-                    None,
-                    Some(stored.object.clone()),
-                    Vec::new(),
-                    version,
-                    &rec,
-                )?;
+                let after = Some(stored.object.clone());
+                let event =
+                    self.event(&app, &key, ChangeOp::Create, None, after, Vec::new(), version, rec.timestamp)?;
                 self.emit(out, &event).await?;
                 self.stage(key, ObjectRow { object: stored, deleted: false });
             }
-            Change::Update { patches, .. } => {
-                let row = live.ok_or_else(|| poison(format!("update of missing {} `{}`", rec.model, rec.id)))?;
-                for p in patches {
-                    validate_author(&app.schema, &rec.model, &row.object.object, AclKind::Write, p.user_id.as_deref())
-                        .map_err(poison)?;
-                }
-                let next = row.object.apply(patches, secs, Some(position)).map_err(poison)?;
-                let client_patches = patches.iter().map(|p| p.for_clients()).collect();
-                let event = self.event(
-                    &app,
-                    &key,
-                    ChangeOp::Update,
-                    Some(row.object.object.clone()),
-                    Some(next.object.clone()),
-                    client_patches,
-                    next.version,
-                    &rec,
-                )?;
-                self.emit(out, &event).await?;
-                self.stage(key, ObjectRow { object: next, deleted: false });
+            Change::Update { .. } => {
+                let row = live.ok_or_else(|| poison(format!("update of missing {} `{}`", rec.model, rec.id)))?.clone();
+                self.apply_units(&app, key, row, &rec, position, out).await?;
             }
-            Change::Delete { user_id } => {
-                let row = live.ok_or_else(|| poison(format!("delete of missing {} `{}`", rec.model, rec.id)))?.clone();
-                validate_author(&app.schema, &rec.model, &row.object.object, AclKind::Write, user_id.as_deref())
-                    .map_err(poison)?;
-                // Descendants first: if this is interrupted and retried, the parent is still live
-                // (so the record is not mistaken for applied) and finished children are skipped.
-                let children = self.cascade(&app, (&rec.model, &rec.id), &rec, &position, out).await?;
-                metrics::counter!("nexxus_write_cascade_deletes_total").increment(children as u64);
-                self.delete_one(&app, key, row, &rec, &position, out).await?;
+            Change::Delete { user_id, cascade } => {
+                let Some(row) = live.cloned() else {
+                    // A cascade finding its child already gone is a replay or a race it lost to
+                    // the child's own delete: nothing to do, nothing to reject.
+                    if cascade.is_some() {
+                        return Ok(());
+                    }
+                    return Err(poison(format!("delete of missing {} `{}`", rec.model, rec.id)));
+                };
+                match cascade {
+                    // The parent's delete passed its author check; Telepat cascaded regardless.
+                    Some(c) => {
+                        if !self.parents(&app.id, &rec.model, &row).contains(&(c.model.clone(), c.id.clone())) {
+                            return Ok(());
+                        }
+                    }
+                    None => {
+                        validate_author(&app.schema, &rec.model, &row.object.object, AclKind::Write, user_id.as_deref())
+                            .map_err(poison)?
+                    }
+                }
+                self.delete(&app, key, row, &rec, position, out).await?;
             }
         }
         Ok(())
