@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::error::{ProcessError, WorkerError};
-use crate::queue::dead_letter::Envelope;
+use crate::queue::dead_letter::{self, Envelope};
 use crate::queue::kafka;
 use crate::queue::outbox::{Outbox, Sink};
 use crate::queue::source::{Offsets, Received, Source};
@@ -384,7 +384,12 @@ impl Pipeline {
             );
         }
         self.outbox
-            .send(&self.dead_letter_topic, record.key, &envelope.to_json(), &[("nexxus-reason", reason.as_bytes())])
+            .send(
+                &self.dead_letter_topic,
+                dead_letter::bounded_key(record.key),
+                &envelope.to_json(),
+                &[("nexxus-reason", envelope.reason.as_bytes())],
+            )
             .await
             .map_err(|e| ProcessError::Transient(format!("dead_letter produce failed: {e}")))?;
         metrics::counter!(names::DEAD_LETTERED, "topic" => record.topic.to_string()).increment(1);

@@ -10,7 +10,7 @@ use crate::error::ProcessError;
 use crate::model::event::UpdateUnit;
 use crate::model::{micros_to_secs, validate_author, AclKind, Application, ChangeOp, Patch, SourcePosition};
 use crate::model::{StoredObject, WriteRecord};
-use crate::queue::dead_letter::Envelope;
+use crate::queue::dead_letter::{self, Envelope};
 use crate::queue::outbox::Outbox;
 use crate::queue::Record;
 use crate::store::{ObjectRow, Store};
@@ -116,9 +116,14 @@ impl<S: Store> Writer<S> {
                 suppressed
             );
         }
-        out.send(&self.dead_letter_topic, record.key, &envelope.to_json(), &[("nexxus-reason", reason.as_bytes())])
-            .await
-            .map_err(|e| ProcessError::Transient(format!("dead_letter produce failed: {e}")))?;
+        out.send(
+            &self.dead_letter_topic,
+            dead_letter::bounded_key(record.key),
+            &envelope.to_json(),
+            &[("nexxus-reason", envelope.reason.as_bytes())],
+        )
+        .await
+        .map_err(|e| ProcessError::Transient(format!("dead_letter produce failed: {e}")))?;
         telemetry::failed(&position.topic, "poison");
         metrics::counter!(names::DEAD_LETTERED, "topic" => position.topic.clone()).increment(1);
         Ok(())
