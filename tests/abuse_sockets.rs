@@ -8,7 +8,8 @@ mod common;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::ws::{url_encode, AllProcess as Process, Client};
+use common::all::{log_of, start_with, url_encode, Process};
+use common::ws::Client;
 use futures::SinkExt;
 use nexxus_worker::transport::jwt::{self, Claims};
 use serde_json::{json, Value};
@@ -74,7 +75,7 @@ async fn victim(p: &Process) -> (String, Client) {
 async fn still_served(p: &Process, app: &str, c: &mut Client, within: Duration) -> Duration {
     let id = format!("i{}", SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos());
     let sent = Instant::now();
-    p.post("/events", &create(app, "item", &id, json!({})));
+    p.post_ok("/events", &create(app, "item", &id, json!({})));
     let frame = tokio::time::timeout(within, c.event()).await.expect("the victim's delivery in time");
     assert_eq!(frame["data"]["new"][0]["object"]["id"], id, "{frame}");
     sent.elapsed()
@@ -83,7 +84,7 @@ async fn still_served(p: &Process, app: &str, c: &mut Client, within: Duration) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_flood_gets_limit_exceeded_then_1008_and_others_are_unaffected() {
     let dir = tempfile::tempdir().unwrap();
-    let mut p = Process::start(dir.path(), &[("TP_SCKT_FRAMES_PER_SEC", "20")], None).await;
+    let mut p = start_with(dir.path(), None, &[("TP_SCKT_FRAMES_PER_SEC", "20")], None).await;
     let (victim_app, mut v) = victim(&p).await;
     let app = unique_app("flood");
     p.put_app(&app_doc(&app));
@@ -125,7 +126,7 @@ async fn half_sent_handshakes_do_not_keep_a_legitimate_client_out() {
     let dir = tempfile::tempdir().unwrap();
     let extra = [("TP_SCKT_MAX_HANDSHAKES", "32"), ("TP_SCKT_HANDSHAKE_TIMEOUT_MS", "400")];
     // Few enough files that 300 half-open connections accepted at once would exhaust them.
-    let mut p = Process::start(dir.path(), &extra, Some(200)).await;
+    let mut p = start_with(dir.path(), None, &extra, Some(200)).await;
     let (victim_app, mut v) = victim(&p).await;
 
     let mut attackers = Vec::new();
@@ -153,7 +154,7 @@ async fn a_client_that_never_reads_is_closed_and_sigterm_still_exits_at_once() {
     let dir = tempfile::tempdir().unwrap();
     // Frame rate unbounded here: only the write bound may close the reader that stopped.
     let extra = [("TP_SCKT_PING_MS", "1000"), ("TP_SCKT_FRAMES_PER_SEC", "1000000")];
-    let mut p = Process::start(dir.path(), &extra, None).await;
+    let mut p = start_with(dir.path(), None, &extra, None).await;
     let (victim_app, mut v) = victim(&p).await;
     let app = unique_app("deaf");
     p.put_app(&app_doc(&app));
@@ -200,7 +201,7 @@ async fn a_client_that_never_reads_is_closed_and_sigterm_still_exits_at_once() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let took = signalled.elapsed();
-    assert_eq!(code, Some(0), "exit after SIGTERM: {}", common::ws::log_of(dir.path()));
+    assert_eq!(code, Some(0), "exit after SIGTERM: {}", log_of(dir.path()));
     assert!(took < Duration::from_millis(3_000), "SIGTERM took {took:?}");
     // The victim was told the server is going away.
     assert_eq!(v.close_code().await, Some(1001));
@@ -217,7 +218,7 @@ async fn refused(c: &mut Client, channel: Value) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_acl_is_enforced_on_subscribe_snapshot_and_delivery() {
     let dir = tempfile::tempdir().unwrap();
-    let mut p = Process::start(dir.path(), &[], None).await;
+    let mut p = start_with(dir.path(), None, &[], None).await;
     let app = unique_app("acl");
     p.put_app(&app_doc(&app));
     let mut u1 = Client::ready(p.ws, &token(&app, "d1", Some("u1"))).await;
@@ -259,10 +260,10 @@ async fn read_acl_is_enforced_on_subscribe_snapshot_and_delivery() {
     // A subscription made behind the socket's back (track) to the whole author-only list
     // still carries nothing: deliveries are checked per channel.
     let track = json!({"op": "subscribe", "application_id": app, "device_id": "d0", "channel": list("task")});
-    p.post("/track", &track);
-    p.post("/events", &create(&app, "task", "t-mine", json!({"user_id": "u1"})));
-    p.post("/events", &create(&app, "task", "t-theirs", json!({"user_id": "u2"})));
-    p.post("/events", &create(&app, "item", "i-open", json!({"user_id": "u2"})));
+    p.post_ok("/track", &track);
+    p.post_ok("/events", &create(&app, "task", "t-mine", json!({"user_id": "u1"})));
+    p.post_ok("/events", &create(&app, "task", "t-theirs", json!({"user_id": "u2"})));
+    p.post_ok("/events", &create(&app, "item", "i-open", json!({"user_id": "u2"})));
     let got = u1.event().await;
     assert_eq!(got["data"]["new"][0]["object"]["id"], "t-mine", "{got}");
     let got = anon.event().await;
@@ -287,7 +288,7 @@ fn signed(claims: &Value) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_mutated_tokens_all_get_the_same_refusal() {
     let dir = tempfile::tempdir().unwrap();
-    let mut p = Process::start(dir.path(), &[("TP_JWT_MAX_LIFETIME_SECS", "3600")], None).await;
+    let mut p = start_with(dir.path(), None, &[("TP_JWT_MAX_LIFETIME_SECS", "3600")], None).await;
     let (victim_app, mut v) = victim(&p).await;
     let app = unique_app("jwt");
     p.put_app(&app_doc(&app));

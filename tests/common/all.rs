@@ -22,10 +22,31 @@ pub struct Process {
 /// Starts `-t all` on `dir/nexxus.db` with nothing but `extra` configured, and waits until its
 /// ingress answers.
 pub async fn start(dir: &Path, ports: Option<(u16, u16)>, extra: &[(&str, &str)]) -> Process {
+    start_with(dir, ports, extra, None).await
+}
+
+/// [`start`], with the process's open files capped at `fd_limit` (`ulimit -n`) when given.
+pub async fn start_with(
+    dir: &Path,
+    ports: Option<(u16, u16)>,
+    extra: &[(&str, &str)],
+    fd_limit: Option<u32>,
+) -> Process {
     let (http, ws) = ports.unwrap_or_else(|| (super::free_port(), super::free_port()));
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("worker.log")).unwrap();
-    let child = Command::new(super::BIN)
-        .args(["-t", "all"])
+    let mut cmd = match fd_limit {
+        Some(n) => {
+            let mut c = Command::new("sh");
+            c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" -t all"), super::BIN]);
+            c
+        }
+        None => {
+            let mut c = Command::new(super::BIN);
+            c.args(["-t", "all"]);
+            c
+        }
+    };
+    let child = cmd
         .env_clear()
         .env("TP_SQLITE_PATH", dir.join("nexxus.db"))
         .env("TP_HTTP_HOST", "127.0.0.1")
@@ -66,6 +87,32 @@ impl Process {
 
     pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         self.request("POST", path, &[], body)
+    }
+
+    /// POST, expecting 202.
+    pub fn post_ok(&self, path: &str, body: &Value) {
+        let (code, answer) = self.post(path, body);
+        assert_eq!(code, 202, "{path}: {answer}");
+    }
+
+    pub fn put_app(&self, doc: &Value) {
+        let (code, body) = self.request("PUT", &format!("/apps/{}", doc["id"].as_str().unwrap()), &[], doc);
+        assert_eq!(code, 200, "{body}");
+    }
+
+    /// Still running, and `/healthz` answers.
+    pub fn alive(&mut self) {
+        assert!(self.reaper.0.try_wait().unwrap().is_none(), "the process exited");
+        assert_eq!(http_get(self.http, "/healthz").map(|(c, _)| c), Some(200));
+    }
+
+    /// The sum of a metric's series in `/metrics` (0 when absent).
+    pub fn metric(&self, name: &str) -> f64 {
+        let (_, body) = http_get(self.http, "/metrics").unwrap_or_default();
+        body.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 }
 
