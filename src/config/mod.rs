@@ -514,7 +514,10 @@ fn check_ingress_policy(
 ) -> Result<(), ConfigError> {
     if let (Some(event), Some(admin)) = (&ingress.token, &ingress.admin_token) {
         if event == admin {
-            return Err(invalid(admin_origin, "must differ from TP_INGRESS_TOKEN (the event token must not open operator routes)"));
+            return Err(invalid(
+                admin_origin,
+                "must differ from TP_INGRESS_TOKEN (the event token must not open operator routes)",
+            ));
         }
     }
     if !ingress.enabled || http_port == 0 || ingress.allow_open || is_loopback_host(http_host) {
