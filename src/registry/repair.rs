@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 
 use redis::Value;
 
-use super::conn::Op;
+use super::conn::{Op, WRONGTYPE};
 use super::keys::{self, Kind};
 use super::{values, Registry, RegistryError};
 use crate::model::Device;
@@ -45,7 +45,8 @@ impl Registry {
         let mut broken: BTreeSet<&str> = BTreeSet::new();
         for (op, reply) in ops.iter().zip(&replies) {
             let Err(e) = reply else { continue };
-            let repairable = matches!(e, RegistryError::Corrupt(_))
+            // Only a refusal for the type: any other error is not the value's doing.
+            let repairable = matches!(e, RegistryError::Corrupt(m) if m.contains(WRONGTYPE))
                 && keys::kind_of(op.key()).is_some_and(|k: Kind| k.is_set() == wants_set(op.name()));
             if !repairable {
                 return Err(e.clone());
