@@ -59,16 +59,23 @@ async fn filters_per_channel(topology: Topology) {
 }
 
 every_topology!(limits_under_concurrency: concurrent_limits_single, concurrent_limits_cluster, concurrent_limits_memory);
-/// Forty subscribes at once, one device over distinct channels and forty devices over distinct
-/// filters of one channel: at rest neither set is over its bound (act-then-check with undo),
-/// and every subscribe that succeeded is in place.
+/// Forty subscribes at once over four connections (so that their commands interleave), one
+/// device over distinct channels and forty devices over distinct filters of one channel: at
+/// rest neither set is over its bound (act-then-check with undo), and every subscribe that
+/// succeeded is in place.
 async fn limits_under_concurrency(topology: Topology) {
     let (reg, raw, app) = setup(topology).await;
-    let reg = limited(reg, 5, 5);
+    let mut regs = vec![limited(reg.clone(), 5, 5)];
+    if topology != Topology::Memory {
+        for _ in 0..3 {
+            let more = Registry::connect(&url(topology == Topology::Cluster)).await.unwrap();
+            regs.push(limited(more, 5, 5));
+        }
+    }
     let channel = context_channel("c1");
     let tasks: Vec<_> = (0..40)
         .map(|i| {
-            let (reg, app, channel) = (reg.clone(), app.clone(), channel.clone());
+            let (reg, app, channel) = (regs[i as usize % regs.len()].clone(), app.clone(), channel.clone());
             tokio::spawn(async move {
                 let own = context_channel(&format!("own{i}")).key(&app, None).unwrap();
                 let one = reg.subscribe(&app, "d1", &own, &[]).await;
@@ -89,11 +96,12 @@ async fn limits_under_concurrency(topology: Topology) {
         variants.extend(two);
     }
     let subs = reg.device_subscriptions(&app, "d1").await.unwrap();
-    assert!(!subs.is_empty() && subs.len() <= 5, "{} subscriptions held", subs.len());
+    // Two racing for the last place may both be refused, so fewer than 5 is possible; more never.
+    assert!(subs.len() <= 5, "{} subscriptions held", subs.len());
     assert_eq!(subs.len(), held, "every accepted subscribe is held, every refused one undone");
     let base = channel.key(&app, None).unwrap();
     let index = raw.smembers(&format!("blg:{app}:filters|{base}")).await;
-    assert!(!index.is_empty() && index.len() <= 5, "{} filters listed", index.len());
+    assert!(index.len() <= 5, "{} filters listed", index.len());
     for (device, variant) in &variants {
         assert!(index.contains(variant.as_str()), "{device}'s accepted {variant} is routed");
     }
