@@ -125,3 +125,28 @@ async fn our_keys_of_another_type(topology: Topology) {
     assert!(raw.smembers(&index).await.is_empty());
     raw.cleanup(&app).await;
 }
+
+every_topology!(corrupt_data_is_never_fatal: corrupt_single, corrupt_cluster, corrupt_memory);
+/// A channel key holding a string is routed as empty (the others still are), the error class
+/// of whatever corruption reaches a role is never `Fatal`, and a corrupt record is replaced by
+/// the next write. More in `registry/repair.rs`.
+async fn corrupt_data_is_never_fatal(topology: Topology) {
+    let (reg, raw, app) = setup(topology).await;
+    let ch = context_channel("c1").key(&app, None).unwrap();
+    let ok = context_channel("c2").key(&app, None).unwrap();
+    let a = addr(&app, Transport::Ios, "d1", "t1");
+    reg.subscribe(&app, "d1", &ok, std::slice::from_ref(&a)).await.unwrap();
+    let _: () = raw.q(redis::cmd("SET").arg(ch.as_str()).arg("a string, not a set")).await;
+    let routes = reg.route(&[ch.clone(), ok.clone()]).await.unwrap();
+    assert_eq!(routes.members[ch.as_str()], Vec::<String>::new());
+    assert_eq!(routes.members[ok.as_str()], vec![a.to_string()]);
+    for e in [RegistryError::Corrupt("x".into()), RegistryError::LimitExceeded("x".into())] {
+        let process: nexxus_worker::error::ProcessError = e.into();
+        assert_eq!(process.class(), nexxus_worker::error::ErrorClass::Poison);
+    }
+    // Overwriting a corrupt device record repairs it.
+    let _: () = raw.q(redis::cmd("SET").arg(format!("blg:{app}:devices:d1")).arg("[1,2]")).await;
+    assert_eq!(reg.put_device(&device(&app, "d1", "t")).await.unwrap(), None);
+    assert!(reg.get_device(&app, "d1").await.unwrap().is_some());
+    raw.cleanup(&app).await;
+}
