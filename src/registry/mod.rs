@@ -28,6 +28,13 @@
 //! another process can observe it half done. Routing tolerates that: a filter-index entry
 //! whose channel set is empty costs one empty SMEMBERS, nothing more, and an unsubscribe
 //! re-checks the channel after removing an index entry so a concurrent subscribe cannot lose it.
+//!
+//! # Bad values and bounds
+//!
+//! Nothing found in Redis stops a worker or locks a device out ([`repair`]): a key of the
+//! wrong Redis type is replaced on write and skipped on read, a device record that is not this
+//! device's reads as absent, a subscription-set member that is not a channel key of the
+//! device's application is removed. [`Registry::subscribe`] enforces [`Limits`] ([`limits`]).
 
 pub mod conn;
 pub mod keys;
