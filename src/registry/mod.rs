@@ -31,10 +31,10 @@
 //!
 //! # Bad values and bounds
 //!
-//! Nothing found in Redis stops a worker or locks a device out ([`repair`]): a key of the
+//! Nothing found in Redis stops a worker or locks a device out (see `repair.rs`): a key of the
 //! wrong Redis type is replaced on write and skipped on read, a device record that is not this
 //! device's reads as absent, a subscription-set member that is not a channel key of the
-//! device's application is removed. [`Registry::subscribe`] enforces [`Limits`] ([`limits`]).
+//! device's application is removed. [`Registry::subscribe`] enforces [`Limits`] (see `limits.rs`).
 
 pub mod conn;
 pub mod keys;
