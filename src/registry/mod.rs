@@ -136,7 +136,7 @@ impl Registry {
 
     /// The record at `blg:<app>:devices:<id>`. A value there that is not a record of this
     /// device (does not parse, another type, names another device) is logged and read as
-    /// `None`: the next write of the record replaces it ([`repair`]).
+    /// `None`: the next write of the record replaces it (see `repair.rs`).
     pub async fn get_device(&self, app: &str, device_id: &str) -> Result<Option<Device>, RegistryError> {
         let key = keys::device(app, device_id);
         let v = self.run_skipping("get device", &[Op::new("GET", &key)]).await?;
