@@ -13,8 +13,10 @@
 //! | model + id             | 20           | `<model>:<id>`                            |
 //!
 //! A filtered channel appends `:filter:<base64>` (see [`Filter::key_suffix`]). So that every key
-//! parses back to exactly one channel, a few names are reserved: no part may be `filter`, no
-//! model may be `users`, and a parent model may not be `context`.
+//! parses back to exactly one channel, and no channel key can spell a registry key of another
+//! kind (a device record, a subscription set), a few names are reserved: no part may be
+//! `filter`, no model or parent model may be one of [`super::schema::RESERVED_MODELS`], and a
+//! parent model may not be `context`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -79,8 +81,10 @@ impl Channel {
     /// Checks that the parts form one of Telepat's masks and can be put in a key.
     pub fn validate(&self) -> Result<(), ModelError> {
         check_part("channel.model", &self.model)?;
-        if self.model == "users" {
-            return Err(bad("`users` is reserved and cannot be a model"));
+        // A reserved name as model or parent model would spell a registry key of another kind
+        // (`devices:<id>` is a device record, `device:<id>:subscriptions` a subscription set).
+        if is_reserved(&self.model) {
+            return Err(bad("the model is a reserved name (`devices`, `device`, `users`, `filter`, `index`)"));
         }
         for (field, v) in [("channel.context", &self.context), ("channel.user", &self.user), ("channel.id", &self.id)] {
             if let Some(v) = v {
@@ -90,8 +94,8 @@ impl Channel {
         if let Some(p) = &self.parent {
             check_part("channel.parent.model", &p.model)?;
             check_part("channel.parent.id", &p.id)?;
-            if matches!(p.model.as_str(), "context" | "users") {
-                return Err(bad("a parent model cannot be `context` or `users`"));
+            if p.model == "context" || is_reserved(&p.model) {
+                return Err(bad("a parent model cannot be `context` or a reserved name"));
             }
         }
         let builtin = is_builtin(&self.model);

@@ -60,4 +60,6 @@ pub use message::{
 };
 pub use object::{micros_to_secs, SourcePosition, StoredObject};
 pub use schema::{AppSchema, Application, ModelSchema};
-pub use track::{channel_and_filter, decode_track, Device, DeviceAddress, TrackCommand, Transport, Volatile};
+pub use track::{
+    channel_and_filter, check_track_command, decode_track, Device, DeviceAddress, TrackCommand, Transport, Volatile,
+};

@@ -13,6 +13,7 @@ use super::filter::Filter;
 use super::id::validate_ident;
 use super::json::{opt_str, req_obj, req_str};
 use super::message::{application_id, parse_json_object, DEFAULT_MAX_MESSAGE_BYTES};
+use super::schema::Application;
 
 /// Where a device's deliveries go: a push provider or one sockets transport instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -189,6 +190,22 @@ impl TrackCommand {
     }
 }
 
+/// Checks a decoded command against its application (the one rule for the `track` role and the
+/// ingress's `POST /track`, so both give the same reason): a subscribe's channel must be of a
+/// model the schema declares or a built-in one, and name a parent the model `belongsTo`
+/// ([`Channel::check_models`]). An unsubscribe is not checked against the schema, so a device
+/// can still leave a channel of a model the schema has since dropped; its key is a channel key
+/// all the same (reserved names are refused when it is decoded, [`Channel::validate`]). The
+/// caller has checked that `app` is the command's application.
+pub fn check_track_command(command: &TrackCommand, app: &Application) -> Result<(), ModelError> {
+    match command {
+        TrackCommand::Subscribe { channel, .. } => channel.check_models(app),
+        TrackCommand::DeviceRegister { .. } | TrackCommand::DeviceRemove { .. } | TrackCommand::Unsubscribe { .. } => {
+            Ok(())
+        }
+    }
+}
+
 fn device_id(map: &Map<String, Value>) -> Result<String, ModelError> {
     let id = req_str(map, "device_id", "device_id")?;
     validate_ident("device_id", id)?;
@@ -278,5 +295,54 @@ pub fn decode_track(bytes: &[u8], max_bytes: usize) -> Result<TrackCommand, Mode
             })
         }
         other => Err(ModelError::UnknownOp { op: other.to_owned(), topic: "track" }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app() -> Application {
+        Application::from_json(
+            br#"{"id":"a1","schema":{"task":{"belongsTo":[{"parentModel":"project"}]},"project":{}}}"#,
+        )
+        .unwrap()
+    }
+
+    fn subscribe(channel: &str) -> Result<TrackCommand, ModelError> {
+        let msg = format!(r#"{{"op":"subscribe","application_id":"a1","device_id":"d1","channel":{channel}}}"#);
+        decode_track(msg.as_bytes(), DEFAULT_MAX_MESSAGE_BYTES)
+    }
+
+    #[test]
+    fn subscribes_name_models_and_parents_of_the_schema() {
+        let app = app();
+        for ok in [
+            r#"{"model":"task","context":"c1"}"#,
+            r#"{"model":"task","parent":{"model":"project","id":"p1"}}"#,
+            r#"{"model":"user"}"#,
+            r#"{"model":"context","id":"c1"}"#,
+        ] {
+            check_track_command(&subscribe(ok).unwrap(), &app).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for refused in [
+            r#"{"model":"nope","id":"x"}"#,
+            r#"{"model":"task","parent":{"model":"user","id":"u1"}}"#,
+            r#"{"model":"project","parent":{"model":"task","id":"t1"}}"#,
+        ] {
+            assert!(check_track_command(&subscribe(refused).unwrap(), &app).is_err(), "{refused}");
+        }
+        // The poison subscribe of issue 14 and its relatives do not even decode.
+        for reserved in [
+            r#"{"model":"devices","id":"d2"}"#,
+            r#"{"model":"subscriptions","parent":{"model":"device","id":"d2"}}"#,
+            r#"{"model":"index","id":"x"}"#,
+        ] {
+            assert!(subscribe(reserved).is_err(), "{reserved}");
+        }
+        let leave =
+            br#"{"op":"unsubscribe","application_id":"a1","device_id":"d1","channel":{"model":"gone","id":"x"}}"#;
+        let leave = decode_track(leave, DEFAULT_MAX_MESSAGE_BYTES).unwrap();
+        check_track_command(&leave, &app).expect("a device may leave a channel of a dropped model");
     }
 }

@@ -171,25 +171,40 @@ impl Conn {
     /// reply per command, in order. Not atomic. On a connection error (I/O, timeout, cluster
     /// down/redirect, lost node) the whole batch runs once more; a second failure is
     /// `Unavailable`. A `WRONGTYPE` reply means a key holds something else than the registry
-    /// stored there: `Corrupt`.
+    /// stored there: `Corrupt` (see [`Conn::run_each`] to have the other replies as well).
     pub async fn run(&self, what: &str, ops: &[Op]) -> Result<Vec<Value>, RegistryError> {
+        self.run_each(what, ops).await?.into_iter().collect()
+    }
+
+    /// [`Conn::run`], except that a command Redis refused because its key holds another type
+    /// (`WRONGTYPE`) is a `Corrupt` in its place while the others' replies stand (Redis runs
+    /// every command of a pipeline whatever the others answer), so a caller can repair or skip
+    /// that one key. Any other error reply fails the batch as [`Conn::run`] does.
+    pub async fn run_each(&self, what: &str, ops: &[Op]) -> Result<Vec<Result<Value, RegistryError>>, RegistryError> {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
         let prepared = match &self.inner {
             Inner::Single(manager) => prepare_single(manager, ops),
             Inner::Cluster(cluster) => prepare_cluster(cluster, ops),
-            Inner::Memory(db) => return db.run(what, ops),
+            Inner::Memory(db) => return Ok(db.run_each(what, ops)),
         };
-        match self.attempt(&prepared, ops.len()).await {
-            Ok(v) => Ok(v),
+        let replies = match self.attempt(&prepared, ops.len()).await {
+            Ok(v) => v,
             Err(Failure::Redis(e)) if retryable(&e) => {
                 self.retries.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(message = "redis batch failed, retrying once", what, error = %e);
-                self.attempt(&prepared, ops.len()).await.map_err(|f| f.into_error(what))
+                self.attempt(&prepared, ops.len()).await.map_err(|f| f.into_error(what))?
             }
-            Err(f) => Err(f.into_error(what)),
-        }
+            Err(f) => return Err(f.into_error(what)),
+        };
+        Ok(replies
+            .into_iter()
+            .map(|v| match v {
+                Value::ServerError(e) => Err(wrong_type(what, &RedisError::from(e))),
+                v => Ok(v),
+            })
+            .collect())
     }
 
     async fn attempt(&self, prepared: &Prepared, n: usize) -> Result<Vec<Value>, Failure> {
@@ -221,12 +236,21 @@ impl Conn {
         if out.len() != n {
             return Err(Failure::Shape(out.len(), n));
         }
+        // Pipelines run with `ignore_errors`, so error replies arrive in place. Only WRONGTYPE is
+        // a per-key matter; any other (LOADING, CLUSTERDOWN, READONLY, ...) is the server's.
+        if let Some(e) = out.iter().find_map(|v| match v {
+            Value::ServerError(e) if e.code() != WRONGTYPE => Some(e.clone()),
+            _ => None,
+        }) {
+            return Err(Failure::Redis(e.into()));
+        }
         Ok(out)
     }
 }
 
 fn prepare_single(manager: &ConnectionManager, ops: &[Op]) -> Prepared {
     let mut pipe = redis::pipe();
+    pipe.ignore_errors();
     for op in ops {
         pipe.add_command(op.cmd.clone());
     }
@@ -239,7 +263,9 @@ fn prepare_cluster(cluster: &ClusterConnection, ops: &[Op]) -> Prepared {
     let mut by_slot: HashMap<Slot, usize> = HashMap::new();
     for (i, op) in ops.iter().enumerate() {
         let g = *by_slot.entry(Slot::for_key(&op.key)).or_insert_with(|| {
-            groups.push((Vec::new(), redis::pipe()));
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            groups.push((Vec::new(), pipe));
             groups.len() - 1
         });
         groups[g].0.push(i);
@@ -266,9 +292,7 @@ enum Failure {
 impl Failure {
     fn into_error(self, what: &str) -> RegistryError {
         match self {
-            Failure::Redis(e) if e.to_string().contains("WRONGTYPE") => {
-                RegistryError::Corrupt(format!("{what}: a key holds another type than the registry's: {e}"))
-            }
+            Failure::Redis(e) if e.code() == Some(WRONGTYPE) => wrong_type(what, &e),
             Failure::Redis(e) => RegistryError::Unavailable(format!("{what}: {e}")),
             Failure::TimedOut => RegistryError::Unavailable(format!("{what}: no reply within {ATTEMPT_TIMEOUT:?}")),
             Failure::Shape(got, want) => {
@@ -276,6 +300,13 @@ impl Failure {
             }
         }
     }
+}
+
+/// The error code of a command on a key that holds another Redis type.
+pub const WRONGTYPE: &str = "WRONGTYPE";
+
+fn wrong_type(what: &str, e: &RedisError) -> RegistryError {
+    RegistryError::Corrupt(format!("{what}: a key holds another type than the registry's: {e}"))
 }
 
 /// Errors a fresh attempt can cure: the connection broke or the cluster was moving.

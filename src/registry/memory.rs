@@ -24,9 +24,17 @@ enum Entry {
 }
 
 impl MemoryDb {
-    /// Runs a batch atomically (one lock), one reply per command as Redis would give.
+    /// Runs a batch atomically (one lock), one reply per command as Redis would give; the
+    /// first command refused fails the batch (the others still ran, as in a Redis pipeline).
     pub fn run(&self, what: &str, ops: &[Op]) -> Result<Vec<Value>, RegistryError> {
-        let mut keys = self.keys.lock().map_err(|_| RegistryError::Unavailable(format!("{what}: poisoned")))?;
+        self.run_each(what, ops).into_iter().collect()
+    }
+
+    /// [`MemoryDb::run`] with each command's own outcome (see `Conn::run_each`).
+    pub fn run_each(&self, what: &str, ops: &[Op]) -> Vec<Result<Value, RegistryError>> {
+        let Ok(mut keys) = self.keys.lock() else {
+            return ops.iter().map(|_| Err(RegistryError::Unavailable(format!("{what}: poisoned")))).collect();
+        };
         ops.iter()
             .map(|op| {
                 // The command's name, then (but for PING) the `Op`'s key, then its values.

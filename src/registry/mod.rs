@@ -28,10 +28,19 @@
 //! another process can observe it half done. Routing tolerates that: a filter-index entry
 //! whose channel set is empty costs one empty SMEMBERS, nothing more, and an unsubscribe
 //! re-checks the channel after removing an index entry so a concurrent subscribe cannot lose it.
+//!
+//! # Bad values and bounds
+//!
+//! Nothing found in Redis stops a worker or locks a device out (see `repair.rs`): a key of the
+//! wrong Redis type is replaced on write and skipped on read, a device record that is not this
+//! device's reads as absent, a subscription-set member that is not a channel key of the
+//! device's application is removed. [`Registry::subscribe`] enforces [`Limits`] (see `limits.rs`).
 
 pub mod conn;
 pub mod keys;
+mod limits;
 pub mod memory;
+mod repair;
 mod route;
 mod sockets;
 mod values;
@@ -125,16 +134,19 @@ impl Registry {
         self.conn.ping().await
     }
 
-    /// The record at `blg:<app>:devices:<id>`; `Corrupt` if it does not parse.
+    /// The record at `blg:<app>:devices:<id>`. A value there that is not a record of this
+    /// device (does not parse, another type, names another device) is logged and read as
+    /// `None`: the next write of the record replaces it (see `repair.rs`).
     pub async fn get_device(&self, app: &str, device_id: &str) -> Result<Option<Device>, RegistryError> {
         let key = keys::device(app, device_id);
-        let v = self.conn.run_one("get device", Op::new("GET", &key)).await?;
-        values::device(&key, v)
+        let v = self.run_skipping("get device", &[Op::new("GET", &key)]).await?;
+        Ok(Self::device_or_skip(&key, app, device_id, v.into_iter().next().unwrap_or(redis::Value::Nil)))
     }
 
     /// Stores the record under its own `application_id`/`id` (SET ... GET) and adds the id to
-    /// the device index; returns the record it replaced. A replaced record that did not parse is
-    /// logged and reported as `None`: the write has repaired it, and the caller cannot do better.
+    /// the device index; returns the record it replaced. A replaced value that was not a record
+    /// of this device (see [`Registry::get_device`]) is logged and reported as `None`: the
+    /// write has repaired it, and the caller cannot do better.
     pub async fn put_device(&self, device: &Device) -> Result<Option<Device>, RegistryError> {
         let app = &device.application_id;
         let key = keys::device(app, &device.id);
@@ -142,14 +154,8 @@ impl Registry {
             .map_err(|e| RegistryError::Corrupt(format!("device {} does not serialize: {e}", device.id)))?;
         let ops =
             [Op::new("SET", &key).arg(json).arg("GET"), Op::new("SADD", &keys::device_index(app)).arg(&device.id)];
-        let mut replies = self.conn.run("put device", &ops).await?.into_iter();
-        match values::device(&key, replies.next().unwrap_or(redis::Value::Nil)) {
-            Ok(previous) => Ok(previous),
-            Err(e) => {
-                tracing::warn!(message = "replaced a device record that did not parse", key, error = %e);
-                Ok(None)
-            }
-        }
+        let mut replies = self.run_repairing("put device", &ops).await?.into_iter();
+        Ok(Self::device_or_skip(&key, app, &device.id, replies.next().unwrap_or(redis::Value::Nil)))
     }
 
     /// Read-modify-write of a device record that loses no concurrent update: every write
@@ -213,17 +219,14 @@ impl Registry {
     /// a repeat needs. Idempotent.
     pub async fn delete_device(&self, app: &str, device_id: &str) -> Result<(), RegistryError> {
         let subs_key = keys::device_subscriptions(app, device_id);
-        let subs = values::members(
-            &subs_key,
-            self.conn.run_one("device subscriptions", Op::new("SMEMBERS", &subs_key)).await?,
-        )?;
+        let subs = self.valid_subscriptions(app, device_id).await?;
 
         let reads: Vec<Op> = subs.iter().map(|k| Op::new("SMEMBERS", k)).collect();
-        let replies = self.conn.run("delete device: read channels", &reads).await?;
+        let replies = self.run_skipping("delete device: read channels", &reads).await?;
         let mut removes = Vec::new();
         let mut filtered = Vec::new();
         for (key, v) in subs.iter().zip(replies) {
-            let mine: Vec<String> = values::members(key, v)?
+            let mine: Vec<String> = Self::members_or_skip(key, v)
                 .into_iter()
                 .filter(|m| DeviceAddress::parse(m).is_ok_and(|a| a.device_id == device_id && a.application_id == app))
                 .collect();
@@ -235,7 +238,7 @@ impl Registry {
                 filtered.push(key.as_str());
             }
         }
-        let replies = self.conn.run("delete device: leave channels", &removes).await?;
+        let replies = self.run_repairing("delete device: leave channels", &removes).await?;
         let empty = empty_after(&removes, replies)?;
         self.prune_filter_index(filtered.into_iter().filter(|k| empty.contains(*k)).collect()).await?;
 
@@ -244,35 +247,16 @@ impl Registry {
             Op::new("DEL", &keys::device(app, device_id)),
             Op::new("SREM", &keys::device_index(app)).arg(device_id),
         ];
-        self.conn.run("delete device", &ops).await.map(drop)
+        self.run_repairing("delete device", &ops).await.map(drop)
     }
 
-    /// The channel keys in `blg:<app>:device:<id>:subscriptions`, sorted.
+    /// The channel keys of `app` in `blg:<app>:device:<id>:subscriptions`, sorted (anything
+    /// else found there is left out; [`Registry::move_addresses`] removes it).
     pub async fn device_subscriptions(&self, app: &str, device_id: &str) -> Result<Vec<String>, RegistryError> {
         let key = keys::device_subscriptions(app, device_id);
-        values::members(&key, self.conn.run_one("device subscriptions", Op::new("SMEMBERS", &key)).await?)
-    }
-
-    /// Adds every address to the channel set `key`, `key` to the device's subscription set, and
-    /// a filtered `key` to the filter index of its base channel. Idempotent.
-    pub async fn subscribe(
-        &self,
-        app: &str,
-        device_id: &str,
-        key: &ChannelKey,
-        addresses: &[DeviceAddress],
-    ) -> Result<(), RegistryError> {
-        let mut ops = Vec::with_capacity(3);
-        if !addresses.is_empty() {
-            ops.push(Op::new("SADD", key.as_str()).arg(strings(addresses)));
-        }
-        ops.push(Op::new("SADD", &keys::device_subscriptions(app, device_id)).arg(key.as_str()));
-        if key.filter_suffix().is_some() {
-            if let Some(index) = keys::filter_index(key.base()) {
-                ops.push(Op::new("SADD", &index).arg(key.as_str()));
-            }
-        }
-        self.conn.run("subscribe", &ops).await.map(drop)
+        let read = self.run_skipping("device subscriptions", &[Op::new("SMEMBERS", &key)]).await?;
+        let members = Self::members_or_skip(&key, read.into_iter().next().unwrap_or(redis::Value::Nil));
+        Ok(members.into_iter().filter(|k| keys::is_channel_of(k, app)).collect())
     }
 
     /// Removes the addresses from the channel set and `key` from the device's subscription set;
@@ -293,7 +277,7 @@ impl Registry {
         if filtered {
             ops.push(Op::new("SCARD", key.as_str()));
         }
-        let replies = self.conn.run("unsubscribe", &ops).await?;
+        let replies = self.run_repairing("unsubscribe", &ops).await?;
         if filtered && !empty_after(&ops, replies)?.is_empty() {
             self.prune_filter_index(vec![key.as_str()]).await?;
         }
@@ -317,7 +301,7 @@ impl Registry {
         if added.is_empty() && removed.is_empty() {
             return Ok(0);
         }
-        let subs = self.device_subscriptions(app, device_id).await?;
+        let subs = self.valid_subscriptions(app, device_id).await?;
         let mut ops = Vec::with_capacity(subs.len() * 2);
         let mut filtered = Vec::new();
         for key in &subs {
@@ -338,7 +322,7 @@ impl Registry {
                 }
             }
         }
-        let replies = self.conn.run("move addresses", &ops).await?;
+        let replies = self.run_repairing("move addresses", &ops).await?;
         let empty = empty_after(&ops, replies)?;
         self.prune_filter_index(filtered.into_iter().filter(|k| empty.contains(*k)).collect()).await?;
         Ok(subs.len())
@@ -348,23 +332,23 @@ impl Registry {
     /// puts back any that a concurrent subscribe filled meanwhile (each step is a separate
     /// round trip because the keys live in different slots, and order across slots is only
     /// guaranteed between round trips).
-    async fn prune_filter_index(&self, empty: Vec<&str>) -> Result<(), RegistryError> {
+    pub(super) async fn prune_filter_index(&self, empty: Vec<&str>) -> Result<(), RegistryError> {
         let entries: Vec<(&str, String)> =
             empty.into_iter().filter_map(|k| keys::filter_index(keys::base_of(k)).map(|i| (k, i))).collect();
         if entries.is_empty() {
             return Ok(());
         }
         let srem: Vec<Op> = entries.iter().map(|(k, i)| Op::new("SREM", i).arg(*k)).collect();
-        self.conn.run("prune filter index", &srem).await?;
+        self.run_repairing("prune filter index", &srem).await?;
         let check: Vec<Op> = entries.iter().map(|(k, _)| Op::new("SCARD", k)).collect();
-        let counts = self.conn.run("prune filter index: re-check", &check).await?;
+        let counts = self.run_repairing("prune filter index: re-check", &check).await?;
         let mut readd = Vec::new();
         for ((k, i), v) in entries.iter().zip(counts) {
             if values::int(k, v)? > 0 {
                 readd.push(Op::new("SADD", i).arg(*k));
             }
         }
-        self.conn.run("prune filter index: restore", &readd).await.map(drop)
+        self.run_repairing("prune filter index: restore", &readd).await.map(drop)
     }
 }
 

@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use super::conn::Op;
-use super::{keys, values, Registry, RegistryError, DEVICE_CHUNK};
+use super::{keys, Registry, RegistryError, DEVICE_CHUNK};
 use crate::model::{ChannelKey, Device};
 
 /// The result of [`Registry::route`].
@@ -50,17 +50,17 @@ impl Registry {
         }
         let ops: Vec<Op> =
             asked.iter().map(|(key, index)| Op::new("SMEMBERS", index.as_deref().unwrap_or(key))).collect();
-        let replies = self.conn.run("route", &ops).await?;
+        let replies = self.run_skipping("route", &ops).await?;
         routes.round_trips = 1;
 
         let mut second: Vec<String> = Vec::new();
         for ((key, index), v) in asked.into_iter().zip(replies) {
             let Some(index) = index else {
-                routes.members.insert(key.to_owned(), values::members(key, v)?);
+                routes.members.insert(key.to_owned(), Self::members_or_skip(key, v));
                 continue;
             };
             let prefix = format!("{key}:filter:");
-            let variants: Vec<String> = values::members(&index, v)?
+            let variants: Vec<String> = Self::members_or_skip(&index, v)
                 .into_iter()
                 .filter(|variant| {
                     let ok = variant.len() > prefix.len() && variant.starts_with(&prefix);
@@ -82,10 +82,10 @@ impl Registry {
 
         if !second.is_empty() {
             let ops: Vec<Op> = second.iter().map(|k| Op::new("SMEMBERS", k)).collect();
-            let replies = self.conn.run("route: filtered channels", &ops).await?;
+            let replies = self.run_skipping("route: filtered channels", &ops).await?;
             routes.round_trips = 2;
             for (key, v) in second.into_iter().zip(replies) {
-                let members = values::members(&key, v)?;
+                let members = Self::members_or_skip(&key, v);
                 routes.members.insert(key, members);
             }
         }
@@ -94,22 +94,19 @@ impl Registry {
 
     /// Every device record of `app` listed in the device index (so every device stored through
     /// [`Registry::put_device`]), in pipelined GET batches of [`DEVICE_CHUNK`], sorted by id.
-    /// Ids whose record is gone are skipped; a record that does not parse is logged and skipped,
-    /// so one bad record cannot stop a broadcast.
+    /// Ids whose record is gone are skipped; a record that does not parse (or names another
+    /// device) is logged and skipped, so one bad record cannot stop a broadcast.
     pub async fn app_devices(&self, app: &str) -> Result<Vec<Device>, RegistryError> {
         let index = keys::device_index(app);
-        let ids = values::members(&index, self.conn.run_one("app devices", Op::new("SMEMBERS", &index)).await?)?;
+        let read = self.run_skipping("app devices", &[Op::new("SMEMBERS", &index)]).await?;
+        let ids = Self::members_or_skip(&index, read.into_iter().next().unwrap_or(redis::Value::Nil));
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(DEVICE_CHUNK) {
             let record_keys: Vec<String> = chunk.iter().map(|id| keys::device(app, id)).collect();
             let ops: Vec<Op> = record_keys.iter().map(|k| Op::new("GET", k)).collect();
-            let replies = self.conn.run("app devices: records", &ops).await?;
-            for (key, v) in record_keys.iter().zip(replies) {
-                match values::device(key, v) {
-                    Ok(Some(device)) => out.push(device),
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(message = "skipping a device record that does not parse", key, error = %e),
-                }
+            let replies = self.run_skipping("app devices: records", &ops).await?;
+            for ((key, id), v) in record_keys.iter().zip(chunk).zip(replies) {
+                out.extend(Self::device_or_skip(key, app, id, v));
             }
         }
         Ok(out)

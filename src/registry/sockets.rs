@@ -11,7 +11,8 @@
 //! it from the index last, so whatever a crash interrupts is still found by the purge.
 
 use super::conn::Op;
-use super::{keys, values, Registry, RegistryError};
+use super::{keys, Registry, RegistryError};
+use crate::model::id::validate_ident;
 use crate::model::{Device, DeviceAddress, Transport, Volatile};
 
 impl Registry {
@@ -22,7 +23,7 @@ impl Registry {
     pub async fn attach_socket(&self, addr: &DeviceAddress) -> Result<usize, RegistryError> {
         let (app, dev, server) = parts(addr);
         let index = keys::socket_index(app, &server);
-        self.conn.run_one("attach socket: index", Op::new("SADD", &index).arg(member(addr))).await?;
+        self.run_repairing("attach socket: index", &[Op::new("SADD", &index).arg(member(addr))]).await?;
         let ours = Volatile {
             kind: Some("sockets".into()),
             token: Some(addr.token.clone()),
@@ -68,7 +69,7 @@ impl Registry {
         })
         .await?;
         let index = keys::socket_index(app, &server);
-        self.conn.run_one("detach socket: index", Op::new("SREM", &index).arg(member(addr))).await.map(drop)
+        self.run_repairing("detach socket: index", &[Op::new("SREM", &index).arg(member(addr))]).await.map(drop)
     }
 
     /// Detaches every address of socket transport `index` listed for `app` whose token is not
@@ -76,13 +77,17 @@ impl Registry {
     pub async fn purge_sockets(&self, app: &str, index: u32, keep: &str) -> Result<usize, RegistryError> {
         let server = Transport::Sockets(index).name();
         let key = keys::socket_index(app, &server);
-        let entries =
-            values::members(&key, self.conn.run_one("purge sockets: list", Op::new("SMEMBERS", &key)).await?)?;
+        let read = self.run_skipping("purge sockets: list", &[Op::new("SMEMBERS", &key)]).await?;
+        let entries = Self::members_or_skip(&key, read.into_iter().next().unwrap_or(redis::Value::Nil));
         let mut purged = 0;
         for entry in entries {
-            let Some((device_id, token)) = entry.split_once('|') else {
+            // Only an entry as attach writes it: a device id that is an identifier (so its keys
+            // are that device's) and a token without `|`.
+            let parsed =
+                entry.split_once('|').filter(|(d, t)| validate_ident("device_id", d).is_ok() && !t.contains('|'));
+            let Some((device_id, token)) = parsed else {
                 // Not ours to interpret; drop it so it is not looked at again.
-                self.conn.run_one("purge sockets: bad entry", Op::new("SREM", &key).arg(&entry)).await?;
+                self.run_repairing("purge sockets: bad entry", &[Op::new("SREM", &key).arg(&entry)]).await?;
                 continue;
             };
             if token == keep {
@@ -103,7 +108,8 @@ impl Registry {
     /// The `<deviceId>|<token>` entries of socket transport `index` for `app` (tests, operators).
     pub async fn socket_entries(&self, app: &str, index: u32) -> Result<Vec<String>, RegistryError> {
         let key = keys::socket_index(app, &Transport::Sockets(index).name());
-        values::members(&key, self.conn.run_one("socket entries", Op::new("SMEMBERS", &key)).await?)
+        let read = self.run_skipping("socket entries", &[Op::new("SMEMBERS", &key)]).await?;
+        Ok(Self::members_or_skip(&key, read.into_iter().next().unwrap_or(redis::Value::Nil)))
     }
 }
 

@@ -87,6 +87,8 @@ impl Handler for Aggregator {
         let records = std::mem::take(&mut self.pending);
         let records = if self.coalesce { coalesce(records) } else { records.into_iter().map(|(r, _)| r).collect() };
         for r in &records {
+            // Cannot fail on any input: string-keyed maps of JSON values, strings and integers. An
+            // error would be a bug in our types, which no retry or dead letter cures: stop.
             let bytes =
                 serde_json::to_vec(r).map_err(|e| ProcessError::Fatal(format!("encoding a write record: {e}")))?;
             out.send(&self.write_topic, Some(r.id.as_bytes()), &bytes, &[])

@@ -37,7 +37,11 @@ pub async fn run(
 ) -> Result<(), WorkerError> {
     let cfg = &ctx.config;
     let store = connect_store(ctx, &shutdown).await?;
-    let registry = if cfg.registry_in_memory { Registry::memory() } else { connect_registry(ctx, &shutdown).await? };
+    let registry = if cfg.registry_in_memory {
+        Registry::memory().with_limits(cfg.limits)
+    } else {
+        connect_registry(ctx, &shutdown).await?
+    };
     // One set of applications for every role and the ingress: loaded from the store and kept by
     // `PUT /apps` with the in-process queue; over Kafka, one follower of `system` for all.
     let roles_token = CancellationToken::new();

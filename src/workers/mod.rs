@@ -271,17 +271,20 @@ pub async fn connect_store(ctx: &WorkerContext, shutdown: &CancellationToken) ->
 
 /// The registry: the shared one of `-t all`, else Redis (retried until reachable).
 pub async fn connect_registry(ctx: &WorkerContext, shutdown: &CancellationToken) -> Result<Registry, WorkerError> {
+    // Every registry a role gets enforces the configured bounds on subscriptions.
+    let limits = ctx.config.limits;
     if let Some(registry) = &ctx.shared.registry {
-        return Ok(registry.clone());
+        return Ok(registry.clone().with_limits(limits));
     }
-    connect(
+    let registry = connect(
         ctx,
         shutdown,
         "registry:redis",
         || Registry::connect(&ctx.config.redis_url),
         |e| matches!(e, RegistryError::Unavailable(_)),
     )
-    .await
+    .await?;
+    Ok(registry.with_limits(limits))
 }
 
 /// Connects to a dependency, retrying with backoff (readiness condition `condition` false)

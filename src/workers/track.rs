@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::error::{ProcessError, WorkerError};
-use crate::model::{decode_track, Device, TrackCommand, Volatile, DEFAULT_MAX_MESSAGE_BYTES};
+use crate::model::{check_track_command, decode_track, Device, TrackCommand, Volatile, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
 use crate::registry::Registry;
@@ -40,9 +40,10 @@ impl Handler for Tracker {
         let command =
             decode_track(record.payload, DEFAULT_MAX_MESSAGE_BYTES).map_err(|e| ProcessError::Poison(e.to_string()))?;
         let app = command.application_id().to_string();
-        if self.apps.get(&app).is_none() {
+        let Some(application) = self.apps.get(&app) else {
             return Err(ProcessError::Poison(format!("unknown application `{app}`")));
-        }
+        };
+        check_track_command(&command, &application).map_err(|e| ProcessError::Poison(e.to_string()))?;
         let registry = &self.registry;
         match command {
             TrackCommand::DeviceRegister { device, .. } => {

@@ -201,6 +201,8 @@ pub fn plan(
         if batch.is_empty() {
             continue;
         }
+        // Cannot fail on any input (string-keyed JSON maps, strings, integers): an error is a bug
+        // in our types, not the message's fault, and no retry cures it: stop.
         let bytes = serde_json::to_vec(&batch).map_err(|e| ProcessError::Fatal(format!("encoding a delivery: {e}")))?;
         let recipient = Recipient { device_id: address.device_id, token: address.token };
         groups
@@ -236,6 +238,7 @@ fn message(event: &ChangeEvent, devices: Vec<Recipient>, broadcast: bool, batch:
 }
 
 async fn send(out: &mut Outbox, prefix: &str, destination: &str, msg: &TransportMessage) -> Result<(), ProcessError> {
+    // As for deliveries above: only a bug in our types could fail here.
     let bytes =
         serde_json::to_vec(msg).map_err(|e| ProcessError::Fatal(format!("encoding a transport message: {e}")))?;
     out.send(&format!("{prefix}{destination}"), Some(msg.object_id.as_bytes()), &bytes, &[])

@@ -107,6 +107,8 @@ impl<S: Store> Writer<S> {
     }
 
     async fn emit(&self, out: &mut Outbox, event: &ChangeEvent) -> Result<(), ProcessError> {
+        // Cannot fail on any input (string-keyed JSON maps, strings, integers): only a bug in our
+        // types could make it, and no retry or dead letter cures that: stop.
         let bytes = serde_json::to_vec(event).map_err(|e| ProcessError::Fatal(format!("encoding an event: {e}")))?;
         out.send(&self.events_topic, Some(event.id.as_bytes()), &bytes, &[])
             .await
