@@ -49,3 +49,30 @@ async fn data_survives_a_restart() {
     assert_eq!(apps.len(), 230);
     store.ping().await.unwrap();
 }
+
+/// A row that no longer decodes costs only what depends on it: an application stored before a
+/// rule it now breaks is left out of the listing (every role loads the listing at start), and an
+/// object row that does not decode is `CorruptRow`, which rejects the one message needing it.
+#[tokio::test]
+async fn bad_rows_are_skipped_or_blamed_on_their_own_message() {
+    use nexxus_worker::error::ProcessError;
+    use nexxus_worker::store::StoreError;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.put_application(&store_suite::application("good", &["task"])).await.unwrap();
+    store.put_objects("good", &[write("task", object("task", "t1", 1, json!({}), Some(1)), false, &[])]).await.unwrap();
+    let raw = rusqlite::Connection::open(dir.path().join("store.db")).unwrap();
+    raw.execute(
+        "INSERT INTO applications (id, body, updated_at) VALUES ('old', ?1, 0)",
+        [r#"{"id":"old","schema":{"index":{}}}"#],
+    )
+    .unwrap();
+    raw.execute("UPDATE objects SET body = 'not json' WHERE app = 'good' AND id = 't1'", []).unwrap();
+    drop(raw);
+
+    let apps = store.list_applications().await.unwrap();
+    assert_eq!(apps.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["good"]);
+    let err = store.get_objects("good", &[key("task", "t1")]).await.unwrap_err();
+    assert!(matches!(err, StoreError::CorruptRow(_)), "{err:?}");
+    assert!(matches!(ProcessError::from(err), ProcessError::Poison(_)));
+}

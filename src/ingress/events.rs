@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use super::{error, Ingress};
 use crate::commands::publish;
-use crate::model::{decode_aggregation, decode_track, Application, TrackCommand, DEFAULT_MAX_MESSAGE_BYTES};
+use crate::model::{check_track_command, decode_aggregation, decode_track, Application, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::queue::outbox::Sink;
 use crate::queue::topic;
 use crate::workers::apps::Apps;
@@ -174,9 +174,7 @@ fn check(kind: Kind, item: &RawValue, apps: &Apps) -> Result<(Option<String>, St
             let command = decode_track(text.as_bytes(), DEFAULT_MAX_MESSAGE_BYTES).map_err(|e| e.to_string())?;
             let app = known_app(apps, command.application_id())?;
             // The track role's rule, here too, so the client hears it instead of a dead letter.
-            if let TrackCommand::Subscribe { channel, .. } | TrackCommand::Unsubscribe { channel, .. } = &command {
-                channel.check_models(&app).map_err(|e| e.to_string())?;
-            }
+            check_track_command(&command, &app).map_err(|e| e.to_string())?;
         }
     }
     Ok((publish::message_key(&item), text))

@@ -230,7 +230,7 @@ fn decode_device(map: &Map<String, Value>, application_id: &str) -> Result<Devic
                 _ => return Err(ModelError::wrong_type("device.persistent.type", "`ios` or `android`")),
             };
             let token = req_str(p, "token", "device.persistent.token")?;
-            validate_ident("device.persistent.token", token)?;
+            validate_push_token(token)?;
             Some(Persistent {
                 platform,
                 token: token.to_owned(),
@@ -250,6 +250,25 @@ fn decode_device(map: &Map<String, Value>, application_id: &str) -> Result<Devic
         Some(_) => return Err(ModelError::wrong_type("device.volatile", "an object")),
     };
     Ok(Device { id: id.to_owned(), application_id: application_id.to_owned(), info, persistent, volatile })
+}
+
+/// Longest push token accepted (FCM registration tokens are about 160 bytes, APNs ones 64).
+pub const MAX_PUSH_TOKEN_LEN: usize = 4096;
+
+/// A push token is opaque to us but sits inside a device string (`…|<token>|…`): it may hold
+/// `:` (FCM registration tokens do) but not `|`, whitespace or control characters. The APNs
+/// client checks its own stricter shape before a token reaches a URL path.
+fn validate_push_token(token: &str) -> Result<(), ModelError> {
+    let reason = if token.is_empty() {
+        "it is empty"
+    } else if token.len() > MAX_PUSH_TOKEN_LEN {
+        "it is longer than 4096 bytes"
+    } else if token.chars().any(|c| c == '|' || c.is_whitespace() || c.is_control()) {
+        "it contains `|`, whitespace or a control character"
+    } else {
+        return Ok(());
+    };
+    Err(ModelError::InvalidIdentifier { field: "device.persistent.token".into(), reason })
 }
 
 /// Telepat stores flags as `true/false` or `1/0`.
@@ -301,6 +320,16 @@ pub fn decode_track(bytes: &[u8], max_bytes: usize) -> Result<TrackCommand, Mode
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fcm_registration_tokens_with_colons_register() {
+        let fcm = "dGVzdA:APA91bH-xyz_0123";
+        assert!(validate_push_token(fcm).is_ok());
+        for bad in ["", "a|b", "a b", "a\nb"] {
+            assert!(validate_push_token(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_push_token(&"x".repeat(MAX_PUSH_TOKEN_LEN + 1)).is_err());
+    }
 
     fn app() -> Application {
         Application::from_json(

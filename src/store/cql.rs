@@ -170,7 +170,7 @@ impl CqlStore {
             None => Ok(None),
             Some(columns) => {
                 let row = decode_object(columns)
-                    .map_err(|e| StoreError::Corrupt(format!("object {app}/{}/{}: {e}", key.0, key.1)))?;
+                    .map_err(|e| StoreError::CorruptRow(format!("object {app}/{}/{}: {e}", key.0, key.1)))?;
                 Ok(Some((key, row)))
             }
         }
@@ -300,7 +300,7 @@ impl Store for CqlStore {
         let result = self.session.execute_unpaged(&self.prepared.get_app, (id,)).await.map_err(execution(what))?;
         let row =
             result.into_rows_result().map_err(rows(what))?.maybe_first_row::<(String, String)>().map_err(rows(what))?;
-        row.map(|(id, body)| decode_application(&id, &body)).transpose()
+        row.map(|(id, body)| super::decode_application(&id, &body)).transpose()
     }
 
     async fn list_applications(&self) -> Result<Vec<Application>, StoreError> {
@@ -309,7 +309,9 @@ impl Store for CqlStore {
         let stream = pager.rows_stream::<(String, String)>().map_err(rows(what))?;
         stream
             .map_err(next_row(what))
-            .and_then(|(id, body)| futures::future::ready(decode_application(&id, &body)))
+            .try_filter_map(|(id, body)| {
+                futures::future::ready(Ok(super::keep_valid_application(super::decode_application(&id, &body))))
+            })
             .try_collect()
             .await
     }
@@ -321,13 +323,4 @@ impl Store for CqlStore {
 
 fn decode_object((body, version, topic, partition, offset, deleted): ObjectColumns) -> Result<ObjectRow, String> {
     super::decode_row(&body, version, (topic, partition, offset), deleted)
-}
-
-fn decode_application(id: &str, body: &str) -> Result<Application, StoreError> {
-    let app =
-        Application::from_json(body.as_bytes()).map_err(|e| StoreError::Corrupt(format!("application {id}: {e}")))?;
-    if app.id != id {
-        return Err(StoreError::Corrupt(format!("application row {id} holds application {}", app.id)));
-    }
-    Ok(app)
 }

@@ -40,6 +40,10 @@ pub enum StoreError {
     /// manual tampering, none of which a retry of the same request fixes (treat as fatal).
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// One object's row does not decode: the message that needs it cannot be applied (its state
+    /// and version are unknown), but the rest of the stream can (ErrorClass::Poison).
+    #[error("stored object is corrupt: {0}")]
+    CorruptRow(String),
 }
 
 impl StoreError {
@@ -49,13 +53,39 @@ impl StoreError {
     }
 }
 
-/// A store failure never blames the message: it is retried or it stops the worker, so that no
-/// record is dead-lettered because of the store's state.
+/// A store failure blames the message only when it is about that message's own object (a row
+/// that does not decode: dead-lettered with the reason, the object left as it is). Otherwise it
+/// is retried, or, for a store that refuses every request (a dropped table), stops the worker
+/// rather than dead-letter the whole stream.
 impl From<StoreError> for ProcessError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(_) => ProcessError::Transient(e.to_string()),
+            StoreError::CorruptRow(_) => ProcessError::Poison(e.to_string()),
             StoreError::Corrupt(_) => ProcessError::Fatal(e.to_string()),
+        }
+    }
+}
+
+/// An application row: its JSON must decode, validate, and name the row's id.
+pub(crate) fn decode_application(id: &str, body: &str) -> Result<Application, StoreError> {
+    let app =
+        Application::from_json(body.as_bytes()).map_err(|e| StoreError::Corrupt(format!("application {id}: {e}")))?;
+    if app.id != id {
+        return Err(StoreError::Corrupt(format!("application row {id} holds application {}", app.id)));
+    }
+    Ok(app)
+}
+
+/// The applications of a listing that still decode and validate: one bad row (tampering, or an
+/// application stored before a rule it now breaks, such as a reserved model name) is logged and
+/// left out rather than stop every role at start.
+pub(crate) fn keep_valid_application(decoded: Result<Application, StoreError>) -> Option<Application> {
+    match decoded {
+        Ok(app) => Some(app),
+        Err(error) => {
+            tracing::error!(message = "stored application skipped: it does not decode or validate; put it again", %error);
+            None
         }
     }
 }

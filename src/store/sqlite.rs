@@ -176,7 +176,7 @@ impl Store for SqliteStore {
                         .optional()
                         .map_err(|e| sql(format!("reading object {app}/{model}/{id}"), e))?;
                     if let Some(row) = row {
-                        let row = row.map_err(|e| StoreError::Corrupt(format!("object {app}/{model}/{id}: {e}")))?;
+                        let row = row.map_err(|e| StoreError::CorruptRow(format!("object {app}/{model}/{id}: {e}")))?;
                         found.insert(key, row);
                     }
                 }
@@ -255,11 +255,12 @@ impl Store for SqliteStore {
                 let rows = stmt
                     .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))
                     .map_err(|e| sql(what, e))?;
-                rows.map(|row| {
+                let mut apps = Vec::new();
+                for row in rows {
                     let (id, body) = row.map_err(|e| sql(what, e))?;
-                    decode_application(&id, &body)
-                })
-                .collect()
+                    apps.extend(super::keep_valid_application(decode_application(&id, &body)));
+                }
+                Ok(apps)
             })
         })
         .await

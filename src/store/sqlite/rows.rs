@@ -73,11 +73,4 @@ pub(super) fn encode_application(app: &Application) -> Result<String, StoreError
         .map_err(|e| StoreError::Corrupt(format!("application {} does not serialize: {e}", app.id)))
 }
 
-pub(super) fn decode_application(id: &str, body: &str) -> Result<Application, StoreError> {
-    let app =
-        Application::from_json(body.as_bytes()).map_err(|e| StoreError::Corrupt(format!("application {id}: {e}")))?;
-    if app.id != id {
-        return Err(StoreError::Corrupt(format!("application row {id} holds application {}", app.id)));
-    }
-    Ok(app)
-}
+pub(super) use crate::store::decode_application;
