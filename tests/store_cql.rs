@@ -82,7 +82,8 @@ async fn corrupt_rows_are_errors_not_panics() {
     session.query_unpaged(insert, ()).await.unwrap();
     for id in ["bad_json", "half_pos", "no_flag"] {
         let got = store.get_objects("a", &[key("task", id)]).await;
-        assert!(matches!(got, Err(StoreError::Corrupt(_))), "{id}: {got:?}");
+        // Blamed on the one message that needs the object, not on the whole stream.
+        assert!(matches!(got, Err(StoreError::CorruptRow(_))), "{id}: {got:?}");
     }
 
     session
@@ -90,7 +91,8 @@ async fn corrupt_rows_are_errors_not_panics() {
         .await
         .unwrap();
     assert!(matches!(store.get_application("x").await, Err(StoreError::Corrupt(_))));
-    assert!(matches!(store.list_applications().await, Err(StoreError::Corrupt(_))));
+    // A listing leaves the bad row out (every role loads it at start) rather than fail whole.
+    assert!(store.list_applications().await.unwrap().iter().all(|a| a.id != "x"));
     drop_keyspace(store).await;
 }
 

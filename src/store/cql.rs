@@ -165,7 +165,8 @@ impl CqlStore {
             .into_rows_result()
             .map_err(rows("reading an object"))?
             .maybe_first_row::<ObjectColumns>()
-            .map_err(rows("reading an object"))?;
+            // The row's own columns do not fit: this object is damaged, not the store.
+            .map_err(|e| StoreError::CorruptRow(format!("object {app}/{}/{}: {e}", key.0, key.1)))?;
         match row {
             None => Ok(None),
             Some(columns) => {

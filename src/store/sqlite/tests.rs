@@ -106,14 +106,16 @@ async fn corrupt_rows_are_errors_not_panics() {
     }
     for (id, _) in rows {
         let got = store.get_objects("a", &[key(id)]).await;
-        assert!(matches!(&got, Err(StoreError::Corrupt(m)) if m.contains(id)), "{id}: {got:?}");
+        // Blamed on the one message that needs the object, not on the whole stream.
+        assert!(matches!(&got, Err(StoreError::CorruptRow(m)) if m.contains(id)), "{id}: {got:?}");
     }
     // STRICT tables refuse a value of the wrong type outright.
     assert!(insert("'typed', '{}', 'one', NULL, NULL, NULL, 0").is_err());
 
     conn.execute("INSERT INTO applications (id, body, updated_at) VALUES ('x', '{\"id\":\"y\"}', 0)", []).unwrap();
     assert!(matches!(store.get_application("x").await, Err(StoreError::Corrupt(_))));
-    assert!(matches!(store.list_applications().await, Err(StoreError::Corrupt(_))));
+    // A listing leaves the bad row out (every role loads it at start) rather than fail whole.
+    assert!(store.list_applications().await.unwrap().iter().all(|a| a.id != "x"));
     conn.execute("UPDATE applications SET body = 'nope' WHERE id = 'x'", []).unwrap();
     assert!(matches!(store.get_application("x").await, Err(StoreError::Corrupt(_))));
 }
