@@ -340,3 +340,35 @@ async fn forged_and_mutated_tokens_all_get_the_same_refusal() {
     p.alive();
     still_served(&p, &victim_app, &mut v, Duration::from_secs(5)).await;
 }
+
+/// The registry's bounds reach a socket client as `LIMIT_EXCEEDED` (not `UNAVAILABLE`), leave
+/// nothing of the refused subscribe behind, and do not cost the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_limits_answer_limit_exceeded_on_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = [("TP_MAX_DEVICE_SUBSCRIPTIONS", "3"), ("TP_MAX_CHANNEL_FILTERS", "2")];
+    let mut p = start_with(dir.path(), None, &extra, None).await;
+    let (victim_app, mut v) = victim(&p).await;
+    let app = unique_app("limits");
+    p.put_app(&app_doc(&app));
+    let mut c = Client::ready(p.ws, &token(&app, "d1", Some("u1"))).await;
+    let filtered = |n: u32| json!({"and": [{"is": {"n": n}}]});
+    assert_eq!(c.subscribe(list("item"), Some(filtered(1))).await["event"], "subscribed");
+    assert_eq!(c.subscribe(list("item"), Some(filtered(2))).await["event"], "subscribed");
+    // A third distinct filter on the same channel: over TP_MAX_CHANNEL_FILTERS.
+    let refused = c.subscribe(list("item"), Some(filtered(3))).await;
+    assert_eq!(refused["data"]["code"], "LIMIT_EXCEEDED", "{refused}");
+    // Another device may reuse a filter already on the channel.
+    let mut other = Client::ready(p.ws, &token(&app, "d2", None)).await;
+    assert_eq!(other.subscribe(list("item"), Some(filtered(1))).await["event"], "subscribed");
+    // Three subscriptions per device, then the fourth is refused; a held one is always fine.
+    assert_eq!(c.subscribe(list("note"), None).await["event"], "subscribed");
+    let refused = c.subscribe(list("item"), None).await;
+    assert_eq!(refused["data"]["code"], "LIMIT_EXCEEDED", "{refused}");
+    assert_eq!(c.subscribe(list("note"), None).await["event"], "subscribed");
+    // The refused subscription was not kept: nothing arrives on it.
+    p.post_ok("/events", &create(&app, "item", "i1", json!({"n": 7})));
+    assert!(c.silent(Duration::from_millis(500)).await.is_ok());
+    p.alive();
+    still_served(&p, &victim_app, &mut v, Duration::from_secs(5)).await;
+}

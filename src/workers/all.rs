@@ -27,6 +27,9 @@ use crate::queue::{memory::Broker, topic, Queue};
 use crate::registry::Registry;
 use crate::store::Store;
 
+/// Readiness condition of the ingress: unmet until its routes are live.
+pub(super) const INGRESS_CONDITION: &str = "ingress";
+
 /// The roles `-t all` runs, in start order (consumers before the ingress opens).
 const ROLES: [Role; 7] = Role::WORKERS;
 
@@ -36,6 +39,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     let cfg = &ctx.config;
+    if ingress.is_some() {
+        ctx.health.require(INGRESS_CONDITION, "connecting");
+    }
     let store = connect_store(ctx, &shutdown).await?;
     let registry = if cfg.registry_in_memory {
         Registry::memory().with_limits(cfg.limits)
@@ -87,6 +93,7 @@ pub async fn run(
     if let Some(ingress) = ingress {
         let sink = queue.sink(cfg, &ctx.health, &format!("ingress-{}", ctx.index))?;
         ingress.set_backend(Backend { sink, apps, store: Some(store) });
+        ctx.health.ok(INGRESS_CONDITION);
     }
     tracing::info!(message = "all roles started", queue = ?cfg.msg_que, store = ?cfg.main_db, registry = if cfg.registry_in_memory { "memory" } else { "redis" });
 

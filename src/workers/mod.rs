@@ -186,11 +186,13 @@ async fn connect_ingress(
     ingress: &Ingress,
     shutdown: &CancellationToken,
 ) -> Result<(), WorkerError> {
+    ctx.health.require(all::INGRESS_CONDITION, "connecting");
     let name = format!("ingress-{}", ctx.name());
     let sink = ctx.queue.sink(&ctx.config, &ctx.health, &name)?;
     let apps = apps::Apps::load_and_follow(&ctx.config, &name, shutdown.clone()).await?;
     let store = connect_store(ctx, shutdown).await?;
     ingress.set_backend(crate::ingress::Backend { sink, apps, store: Some(store) });
+    ctx.health.ok(all::INGRESS_CONDITION);
     Ok(())
 }
 

@@ -60,8 +60,9 @@ pub async fn start_with(
         .expect("starting -t all");
     let p = Process { reaper: Reaper(child), http, ws };
     let started = std::time::Instant::now();
-    // `/objects` without a token answers 401 once the ingress is connected, 503 before.
-    while http_get(http, "/objects?channel=%7B%7D").map(|(code, _)| code) != Some(401) {
+    // Ready: every role's loop runs and the WebSocket listener is bound (before, a client could
+    // find the ingress answering and the socket port still closed).
+    while http_get(http, "/readyz").map(|(code, _)| code) != Some(200) {
         assert!(started.elapsed() < Duration::from_secs(30), "-t all not ready: {}", log_of(dir));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
