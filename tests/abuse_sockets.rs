@@ -270,6 +270,24 @@ async fn read_acl_is_enforced_on_subscribe_snapshot_and_delivery() {
     assert_eq!(got["data"]["new"][0]["object"]["id"], "i-open", "{got}");
     assert_eq!(u1.silent(Duration::from_secs(1)).await, Ok(()), "u1 got what it may not read");
     assert_eq!(anon.silent(Duration::from_millis(500)).await, Ok(()), "d0 got what it may not read");
+
+    // The author's own snapshot of an author-only list: its user-scoped channel, its objects only.
+    let mine = json!({"model": "task", "user": "u1", "parent": {"model": "list", "id": "l1"}});
+    let path = format!("/objects?channel={}", url_encode(&mine.to_string()));
+    let started = Instant::now();
+    loop {
+        let (code, body) = p.request("GET", &path, &[("Authorization", &auth)], &Value::Null);
+        assert_eq!(code, 200, "{body}");
+        let ids: Vec<&str> =
+            body["objects"].as_array().unwrap().iter().filter_map(|o| o["object"]["id"].as_str()).collect();
+        if !ids.is_empty() {
+            assert_eq!(ids, ["t-mine"], "{body}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "t-mine never stored: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get(list("task")), 403, "the whole author-only list is not the author's to read");
     p.alive();
 }
 

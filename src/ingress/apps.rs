@@ -134,7 +134,7 @@ async fn snapshot(
     let unavailable = |e: crate::store::StoreError| (StatusCode::SERVICE_UNAVAILABLE, e.to_string());
     let mut ids: Vec<ObjectId> = match (&channel.id, &channel.parent, &channel.context, &channel.user) {
         (Some(id), None, None, None) => vec![(channel.model.clone(), id.clone())],
-        (None, Some(parent), None, None) => store
+        (None, Some(parent), None, _) => store
             .children(app, &parent.model, &parent.id)
             .await
             .map_err(unavailable)?
@@ -142,7 +142,8 @@ async fn snapshot(
             .filter(|(model, _)| *model == channel.model)
             .collect(),
         _ => {
-            let reason = "snapshots cover one object (model + id) or a parent's children (parent + model)";
+            let reason =
+                "snapshots cover one object (model + id) or a parent's children (parent + model, user optional)";
             return Err((StatusCode::BAD_REQUEST, reason.to_string()));
         }
     };
@@ -154,6 +155,13 @@ async fn snapshot(
         .iter()
         .filter_map(|id| rows.get(id))
         .filter(|row| !row.deleted && filter.is_none_or(|f| f.matches(&row.object.object)))
+        // A user-scoped channel holds that user's objects (as `affected_channels` routes them).
+        .filter(|row| {
+            channel
+                .user
+                .as_ref()
+                .is_none_or(|u| row.object.object.get("user_id").and_then(Value::as_str) == Some(u.as_str()))
+        })
         .map(|row| json!({ "object": row.object.object, "version": row.object.version }))
         .collect();
     Ok((objects, truncated))
