@@ -14,7 +14,10 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::outbox::Outbox;
 use super::Record;
+use crate::error::ProcessError;
+use crate::telemetry::{self, names};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -99,6 +102,35 @@ impl Envelope {
         let key = self.key_base64.as_deref().map(|k| B64.decode(k)).transpose().map_err(|e| e.to_string())?;
         Ok((key, B64.decode(&self.payload_base64).map_err(|e| e.to_string())?))
     }
+}
+
+/// Sets `record` aside on `topic` (the full `dead_letter` name) with `reason`, through the
+/// batch's outbox. A failed enqueue is transient: the record is retried rather than skipped, so
+/// nothing is lost. Hostile input can be dead-lettered thousands of times a second, so the log
+/// line is written once a second with the count of the others (every one is counted).
+pub async fn send(
+    out: &mut Outbox,
+    topic: &str,
+    record: &Record<'_>,
+    worker: &str,
+    reason: &str,
+) -> Result<(), ProcessError> {
+    let envelope = Envelope::new(record, worker, reason);
+    if let Some(suppressed) = telemetry::gate::allow("dead_letter") {
+        tracing::warn!(
+            message = "message dead-lettered",
+            topic = record.topic,
+            partition = record.partition,
+            offset = record.offset,
+            reason = %envelope.reason,
+            suppressed
+        );
+    }
+    out.send(topic, bounded_key(record.key), &envelope.to_json(), &[("nexxus-reason", envelope.reason.as_bytes())])
+        .await
+        .map_err(|e| ProcessError::Transient(format!("dead_letter produce failed: {e}")))?;
+    metrics::counter!(names::DEAD_LETTERED, "topic" => record.topic.to_string()).increment(1);
+    Ok(())
 }
 
 /// The key a dead letter is produced with: the original's, cut at [`REASON_MAX`] bytes (a key

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::error::{ProcessError, WorkerError};
-use crate::queue::dead_letter::{self, Envelope};
+use crate::queue::dead_letter;
 use crate::queue::kafka;
 use crate::queue::outbox::{Outbox, Sink};
 use crate::queue::source::{Offsets, Received, Source};
@@ -367,33 +367,8 @@ impl Pipeline {
         }
     }
 
-    /// Enqueues the dead-letter envelope. A failed enqueue is transient: the record is retried
-    /// rather than skipped, so nothing is lost.
     async fn dead_letter(&mut self, record: &Record<'_>, reason: &str) -> Result<(), ProcessError> {
-        let envelope = Envelope::new(record, &self.worker, reason);
-        // Hostile input can be dead-lettered thousands of times a second: one line per second,
-        // with the count of the others (every one is counted in the metric and the envelope).
-        if let Some(suppressed) = telemetry::gate::allow("dead_letter") {
-            tracing::warn!(
-                message = "message dead-lettered",
-                topic = record.topic,
-                partition = record.partition,
-                offset = record.offset,
-                reason,
-                suppressed
-            );
-        }
-        self.outbox
-            .send(
-                &self.dead_letter_topic,
-                dead_letter::bounded_key(record.key),
-                &envelope.to_json(),
-                &[("nexxus-reason", envelope.reason.as_bytes())],
-            )
-            .await
-            .map_err(|e| ProcessError::Transient(format!("dead_letter produce failed: {e}")))?;
-        metrics::counter!(names::DEAD_LETTERED, "topic" => record.topic.to_string()).increment(1);
-        Ok(())
+        dead_letter::send(&mut self.outbox, &self.dead_letter_topic, record, &self.worker, reason).await
     }
 
     async fn commit(&self, offsets: &Offsets) {

@@ -10,11 +10,11 @@ use crate::error::ProcessError;
 use crate::model::event::UpdateUnit;
 use crate::model::{micros_to_secs, validate_author, AclKind, Application, ChangeOp, Patch, SourcePosition};
 use crate::model::{StoredObject, WriteRecord};
-use crate::queue::dead_letter::{self, Envelope};
+use crate::queue::dead_letter;
 use crate::queue::outbox::Outbox;
 use crate::queue::Record;
 use crate::store::{ObjectRow, Store};
-use crate::telemetry::{self, names};
+use crate::telemetry;
 
 use super::{poison, Key, Writer};
 
@@ -103,29 +103,8 @@ impl<S: Store> Writer<S> {
             payload: &bytes,
             timestamp_ms: None,
         };
-        let envelope = Envelope::new(&record, &self.worker, reason);
-        // Shares the pipeline's cause: one dead-letter line per second in all, with a count.
-        if let Some(suppressed) = telemetry::gate::allow("dead_letter") {
-            tracing::warn!(
-                message = "message dead-lettered (one of a coalesced record)",
-                topic = position.topic,
-                partition = position.partition,
-                offset = position.offset,
-                source_offset = unit.source.offset,
-                reason,
-                suppressed
-            );
-        }
-        out.send(
-            &self.dead_letter_topic,
-            dead_letter::bounded_key(record.key),
-            &envelope.to_json(),
-            &[("nexxus-reason", envelope.reason.as_bytes())],
-        )
-        .await
-        .map_err(|e| ProcessError::Transient(format!("dead_letter produce failed: {e}")))?;
+        dead_letter::send(out, &self.dead_letter_topic, &record, &self.worker, reason).await?;
         telemetry::failed(&position.topic, "poison");
-        metrics::counter!(names::DEAD_LETTERED, "topic" => position.topic.clone()).increment(1);
         Ok(())
     }
 }
