@@ -103,8 +103,23 @@ async fn a_frame_flood_gets_limit_exceeded_then_1008_and_others_are_unaffected()
     // A burst of 40, plus what refilled at 20 a second while the flood lasted.
     assert!((40..=80).contains(&accepted), "{seen:?}");
     assert!(seen.get("LIMIT_EXCEEDED").copied().unwrap_or(0) >= 1, "{seen:?}");
+    let closed_at = Instant::now();
     p.alive();
     still_served(&p, &victim_app, &mut v, Duration::from_secs(5)).await;
+
+    // Reconnecting buys no fresh burst: the bucket is the device's, and only refills.
+    let mut again = Client::ready(p.ws, &token(&app, "f1", None)).await;
+    let refilled = (closed_at.elapsed().as_secs_f64() * 20.0).ceil() as usize;
+    for i in 0..30 {
+        let filters = json!({"and": [{"is": {"again": i}}]});
+        again.send(json!({"event": "subscribe", "data": {"channel": list("item"), "filters": filters}})).await;
+    }
+    let mut accepted_again = 0;
+    for _ in 0..30 {
+        let e = again.event().await;
+        accepted_again += usize::from(e["event"] == "subscribed");
+    }
+    assert!(accepted_again < 30 && accepted_again <= refilled + 2, "{accepted_again} accepted, {refilled} refilled");
 
     // A client that backs off after LIMIT_EXCEEDED keeps its connection.
     let mut polite = Client::ready(p.ws, &token(&app, "f2", None)).await;

@@ -183,7 +183,7 @@ pub const KEYS: &[Key] = &[
         "TP_SCKT_FRAMES_PER_SEC",
         Kind::Count,
         Some("20"),
-        "client frames per second per connection (bursts of twice that); beyond: LIMIT_EXCEEDED, then close 1008",
+        "client frames per second per device, all its connections and reconnections together (bursts of twice that); beyond: LIMIT_EXCEEDED, then close 1008",
     ),
     key(
         "max_device_subscriptions",

@@ -26,7 +26,11 @@ use crate::queue::{topic, Record};
 use crate::registry::Registry;
 use crate::transport::ws::conn::Shared;
 use crate::transport::ws::hub::Hub;
+use crate::transport::ws::limit::DeviceBudgets;
 use crate::transport::ws::server::{Handshakes, Server};
+
+/// How often devices whose frame bucket refilled are forgotten.
+const BUDGET_SWEEP: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Connects and runs the role until `shutdown`.
 pub async fn run(
@@ -55,6 +59,7 @@ pub async fn run(
 
     let s = &cfg.sockets;
     let hub = Arc::new(Hub::new(Transport::Sockets(ctx.index).name(), token, s.queue_frames, s.max_connections));
+    let budgets = Arc::new(DeviceBudgets::new(s.frames_per_sec));
     let shared = Arc::new(Shared {
         hub: hub.clone(),
         registry,
@@ -65,6 +70,7 @@ pub async fn run(
         ws_config: ws_config(s.max_message_bytes),
         ping_interval: s.ping_interval,
         frames_per_sec: s.frames_per_sec,
+        budgets: budgets.clone(),
     });
     let handshakes = Handshakes { max: s.max_handshakes, timeout: s.handshake_timeout };
     let server = Server::bind(&s.host, s.port, tls, shared, handshakes).await?;
@@ -72,6 +78,17 @@ pub async fn run(
     tracing::info!(message = "sockets transport listening", server = name, addr = ?server.local_addr(), tls = s.ssl);
     let connections = shutdown.child_token();
     tokio::spawn(server.run(connections.clone()));
+    // Full buckets are forgotten, so the map holds only devices that spent frames lately.
+    let sweep = connections.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(BUDGET_SWEEP);
+        loop {
+            tokio::select! {
+                () = sweep.cancelled() => break,
+                _ = tick.tick() => budgets.forget_refilled(),
+            }
+        }
+    });
 
     let result = pipeline.run(&mut Dispatcher { hub: hub.clone() }, shutdown).await;
     // Every connection sees the token and closes with 1001.

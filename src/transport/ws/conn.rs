@@ -45,6 +45,8 @@ pub struct Shared {
     pub ping_interval: Duration,
     /// Client frames per second per connection (bursts of twice as many).
     pub frames_per_sec: u32,
+    /// The devices' frame buckets, shared by every connection of this transport.
+    pub budgets: Arc<super::limit::DeviceBudgets>,
 }
 
 type Ws<S> = WebSocketStream<S>;
@@ -201,7 +203,8 @@ impl Session {
         }
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         let mut last_heard = Instant::now();
-        let mut budget = FrameBudget::new(self.shared.frames_per_sec);
+        let mut budget =
+            FrameBudget::new(self.shared.budgets.clone(), &self.claims.application_id, &self.claims.device_id);
         loop {
             let step = tokio::select! {
                 () = &mut closed => Err(Stop::Closed),

@@ -1,6 +1,11 @@
-//! A connection's frame budget (`TP_SCKT_FRAMES_PER_SEC`): a token bucket (`governor`'s GCRA)
+//! A device's frame budget (`TP_SCKT_FRAMES_PER_SEC`): a token bucket (`governor`'s GCRA)
 //! refilling `frames_per_sec` a second and holding twice that, so a client may send a burst of
 //! `2 × frames_per_sec` frames and then `frames_per_sec` a second.
+//!
+//! The bucket belongs to the device, not to one connection ([`DeviceBudgets`], shared by a
+//! transport's connections): the noisy-neighbour benchmark found that a client closed for
+//! flooding reconnected at once and got a fresh burst each time. A device's connections now
+//! draw from one bucket, which outlives them until it has refilled.
 //!
 //! A frame over the budget is not processed: the client gets `LIMIT_EXCEEDED`. So do
 //! subscriptions the registry refuses for a device or channel limit. A client that *keeps
@@ -11,8 +16,39 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use std::sync::Arc;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
+
+/// The frame buckets of a transport's devices, keyed `<app>|<device>`.
+pub struct DeviceBudgets {
+    buckets: DefaultKeyedRateLimiter<String>,
+    frames_per_sec: u32,
+}
+
+impl DeviceBudgets {
+    pub fn new(frames_per_sec: u32) -> DeviceBudgets {
+        let rate = NonZeroU32::new(frames_per_sec).unwrap_or(NonZeroU32::MIN);
+        let burst = rate.saturating_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN));
+        DeviceBudgets { buckets: RateLimiter::hashmap(Quota::per_second(rate).allow_burst(burst)), frames_per_sec }
+    }
+
+    /// Forgets the buckets that are full again (a device that has been quiet for a burst's
+    /// refill time), so the map holds only devices that spent frames recently.
+    pub fn forget_refilled(&self) {
+        self.buckets.retain_recent();
+    }
+
+    /// Devices with a bucket (tests, metrics).
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+}
 
 /// The period over which refusals are counted towards a close.
 pub const STRIKE_WINDOW: Duration = Duration::from_secs(10);
@@ -27,8 +63,10 @@ pub enum Verdict {
     Close,
 }
 
+/// One connection's view of its device's bucket, and its own count of refusals.
 pub struct FrameBudget {
-    bucket: DefaultDirectRateLimiter,
+    devices: Arc<DeviceBudgets>,
+    key: String,
     /// Refusals that close the connection when reached within one window.
     strikes_allowed: u32,
     strikes: u32,
@@ -36,12 +74,12 @@ pub struct FrameBudget {
 }
 
 impl FrameBudget {
-    pub fn new(frames_per_sec: u32) -> FrameBudget {
-        let rate = NonZeroU32::new(frames_per_sec).unwrap_or(NonZeroU32::MIN);
-        let burst = rate.saturating_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN));
+    pub fn new(devices: Arc<DeviceBudgets>, app: &str, device: &str) -> FrameBudget {
+        let burst = devices.frames_per_sec.max(1).saturating_mul(2);
         FrameBudget {
-            bucket: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
-            strikes_allowed: burst.get(),
+            devices,
+            key: format!("{app}|{device}"),
+            strikes_allowed: burst,
             strikes: 0,
             window_start: Instant::now(),
         }
@@ -49,7 +87,7 @@ impl FrameBudget {
 
     /// A client frame arrived.
     pub fn frame(&mut self) -> Verdict {
-        match self.bucket.check() {
+        match self.devices.buckets.check_key(&self.key) {
             Ok(()) => Verdict::Allow,
             Err(_) => self.refused(),
         }
@@ -81,7 +119,7 @@ mod tests {
 
     #[test]
     fn a_burst_of_twice_the_rate_passes_then_refusals_then_a_close() {
-        let mut b = FrameBudget::new(5);
+        let mut b = FrameBudget::new(Arc::new(DeviceBudgets::new(5)), "a", "d");
         let verdicts: Vec<Verdict> = (0..30).map(|_| b.frame()).collect();
         let allowed = verdicts.iter().filter(|v| **v == Verdict::Allow).count();
         // Ten at once, plus whatever refilled while the loop ran (nothing measurable).
@@ -92,7 +130,7 @@ mod tests {
 
     #[test]
     fn a_client_that_backs_off_is_never_closed() {
-        let mut b = FrameBudget::new(2);
+        let mut b = FrameBudget::new(Arc::new(DeviceBudgets::new(2)), "a", "d");
         for _ in 0..4 {
             assert_eq!(b.frame(), Verdict::Allow);
         }
@@ -103,5 +141,22 @@ mod tests {
             at += STRIKE_WINDOW + Duration::from_millis(1);
             assert_eq!(b.refused_at(at), Verdict::Refuse);
         }
+    }
+
+    #[test]
+    fn a_reconnecting_device_gets_no_fresh_burst() {
+        let devices = Arc::new(DeviceBudgets::new(5));
+        let mut first = FrameBudget::new(devices.clone(), "a", "d");
+        let allowed = (0..20).filter(|_| first.frame() == Verdict::Allow).count();
+        assert!((10..=11).contains(&allowed));
+        drop(first);
+        // The same device on a new connection: the bucket is still empty.
+        let mut again = FrameBudget::new(devices.clone(), "a", "d");
+        assert_eq!(again.frame(), Verdict::Refuse);
+        // Another device, and the same device id of another application, have their own.
+        assert_eq!(FrameBudget::new(devices.clone(), "a", "e").frame(), Verdict::Allow);
+        assert_eq!(FrameBudget::new(devices.clone(), "b", "d").frame(), Verdict::Allow);
+        devices.forget_refilled();
+        assert!(devices.len() >= 1, "a spent bucket is kept");
     }
 }
