@@ -92,6 +92,8 @@ struct Run {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // reqwest is built without a default TLS provider; plain HTTP still needs one installed.
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     if std::env::args().any(|a| a == "--attacker") {
         return attacker().await;
     }
