@@ -188,7 +188,11 @@ async fn run(attacked: bool, i: u64) -> anyhow::Result<Run> {
     let (victim, bully) = (format!("victim{i}"), format!("attacker{i}"));
     for app in [&victim, &bully] {
         let doc = json!({"id": app, "jwt_secret": SECRET, "schema": {"item": {"read_acl": 0, "write_acl": 0}}});
-        post(&http, hp, reqwest::Method::PUT, &format!("/apps/{app}"), &doc).await?;
+        // `/healthz` answers before the ingress has its queue (503 until then).
+        while let Err(e) = post(&http, hp, reqwest::Method::PUT, &format!("/apps/{app}"), &doc).await {
+            anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "{e}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     // Victim clients: subscription j of client k is channel (k*subs + j) mod channels, filtered when odd.
