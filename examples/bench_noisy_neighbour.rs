@@ -67,7 +67,13 @@ fn create(app: &str, id: &str, c: u64, score: u64) -> Value {
                    "score": score, "n": score, "title": "noisy neighbour benchmark object"}})
 }
 
-async fn post(http: &reqwest::Client, port: u16, method: reqwest::Method, path: &str, body: &Value) -> anyhow::Result<()> {
+async fn post(
+    http: &reqwest::Client,
+    port: u16,
+    method: reqwest::Method,
+    path: &str,
+    body: &Value,
+) -> anyhow::Result<()> {
     let r = http.request(method, format!("http://127.0.0.1:{port}{path}")).json(body).send().await?;
     anyhow::ensure!(r.status().is_success(), "{path}: {} {}", r.status(), r.text().await.unwrap_or_default());
     Ok(())
@@ -238,8 +244,14 @@ async fn run(attacked: bool, i: u64) -> anyhow::Result<Run> {
         }));
     }
     for c in 0..channels * 2 {
-        post(&http, hp, reqwest::Method::POST, "/events", &json!([create(&victim, &format!("w{c}"), c % channels, 60)]))
-            .await?;
+        post(
+            &http,
+            hp,
+            reqwest::Method::POST,
+            "/events",
+            &json!([create(&victim, &format!("w{c}"), c % channels, 60)]),
+        )
+        .await?;
     }
     let mut child = None;
     if attacked {
@@ -294,7 +306,9 @@ async fn run(attacked: bool, i: u64) -> anyhow::Result<Run> {
     }
     let expected: u64 = (0..clients).flat_map(plan).map(|key| owed.get(&key).copied().unwrap_or(0)).sum();
     lat.sort_unstable();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).map_or(0.0, |&v| v as f64 / 1000.0);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).map_or(0.0, |&v| v as f64 / 1000.0)
+    };
     let metrics = http_get(hp, "/metrics").unwrap_or_default();
     let mut attack = Value::Null;
     if let Some((mut c, mut lines)) = child {
@@ -354,7 +368,11 @@ fn busy_ticks() -> u64 {
 
 fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// `phase=sum/count` for each `_sum` series of a histogram.
@@ -397,11 +415,15 @@ async fn attacker() -> anyhow::Result<()> {
     for d in 0..devices {
         let counter = Arc::new(AtomicU64::new(0));
         for _ in 0..conns {
-            let (url, tally, counter) =
-                (format!("ws://127.0.0.1:{wp}/?token={}", token(&app, &format!("a{d}"))), tally.clone(), counter.clone());
+            let (url, tally, counter) = (
+                format!("ws://127.0.0.1:{wp}/?token={}", token(&app, &format!("a{d}"))),
+                tally.clone(),
+                counter.clone(),
+            );
             tasks.push(tokio::spawn(async move {
                 while tokio::time::Instant::now() < deadline {
-                    let Ok(Ok((ws, _))) = tokio::time::timeout_at(deadline, tokio_tungstenite::connect_async(&url)).await
+                    let Ok(Ok((ws, _))) =
+                        tokio::time::timeout_at(deadline, tokio_tungstenite::connect_async(&url)).await
                     else {
                         tally.connect_failures.fetch_add(1, Relaxed);
                         tokio::time::sleep(Duration::from_millis(10)).await;
