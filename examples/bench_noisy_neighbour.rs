@@ -472,7 +472,7 @@ async fn flood(ws: Ws, fps: u64, counter: &AtomicU64, tally: &Tally, deadline: t
             () = tokio::time::sleep_until(deadline) => return,
             _ = tick.tick() => {
                 let n = counter.fetch_add(1, Relaxed);
-                let data = if n % 2 == 0 {
+                let data = if n.is_multiple_of(2) {
                     json!({"channel": channel((n / 2) % ATTACK_CHANNELS), "filters": {"and": [{"is": {"n": n}}]}})
                 } else {
                     json!({"channel": {"model": "item", "context": format!("x{n}")}})
