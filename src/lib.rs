@@ -1,25 +1,28 @@
 //! nexxus-worker: the back-end workers of a real-time data platform, Kafka-native.
 //!
-//! # Layout
-//! - [`cli`]: the command line of CONTRACT section 1.
-//! - [`config`]: layered configuration (defaults < config.json < TP_* < flags), strict parsing.
-//! - [`error`]: errors at module edges, each with the class the run loop acts on.
-//! - [`shutdown`]: one cancellation token per process, signals, the grace period.
-//! - [`workers`]: the roles (`Role`), one file each, and the shared consume [`workers::pipeline`].
-//! - [`queue`]: Kafka adapters (consumer/producer builders, topic files, dead-letter envelope).
-//! - [`model`]: pure types and decisions about changes (messages, patches, channels, filters).
-//! - [`commands`]: `topics apply`, `publish`, `dead-letter replay`.
-//! - [`telemetry`]: logs, Prometheus metrics, `/healthz` `/readyz` `/metrics`.
-//! - `store`, `registry`, `transport`: the CQL/SQLite store, the Redis registry and the client
-//!   transports, arriving with the issues that need them.
+//! # Layout (each layer imports only from the layers listed after it)
+//! - [`cli`], [`supervisor`]: the command line of CONTRACT section 1, and `supervise`.
+//! - [`workers`]: the roles (`Role`), one file each, and `-t all`.
+//! - [`ingress`]: the HTTP ingress of `-t all` (and `TP_INGRESS`).
+//! - [`commands`]: `topics apply`, `app put`, `publish`, `dead-letter replay`, `token`.
+//! - [`pipeline`]: the consume loop every role and `dead-letter replay` run.
+//! - [`apps`]: the applications every worker sees, loaded from and following `system`.
+//! - [`transport`]: WebSocket, APNs and FCM delivery, device tokens.
+//! - [`queue`], [`store`], [`registry`]: Kafka and the in-process queue, the CQL and SQLite
+//!   stores, the Redis (or in-memory) registry.
+//! - [`telemetry`], [`error`], [`shutdown`]: logs, metrics, health; errors at module edges; the
+//!   process's cancellation token and grace period.
+//! - [`model`], [`config`]: pure types and decisions about changes; layered, strict configuration.
 #![forbid(unsafe_code)]
 
+pub mod apps;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod error;
 pub mod ingress;
 pub mod model;
+pub mod pipeline;
 pub mod queue;
 pub mod registry;
 pub mod shutdown;

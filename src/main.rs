@@ -15,13 +15,13 @@ use nexxus_worker::commands::{app, dead_letter, publish, token};
 use nexxus_worker::config::{is_loopback_host, Config, Overrides, ProcessEnv};
 use nexxus_worker::error::WorkerError;
 use nexxus_worker::ingress::Ingress;
+use nexxus_worker::pipeline::Pipeline;
 use nexxus_worker::queue::kafka::Producer;
 use nexxus_worker::queue::outbox::Sink;
 use nexxus_worker::queue::{topic, topics};
 use nexxus_worker::shutdown;
 use nexxus_worker::telemetry::{self, http, Health};
-use nexxus_worker::workers::pipeline::Pipeline;
-use nexxus_worker::workers::{self, WorkerContext};
+use nexxus_worker::workers::{self, Role, WorkerContext};
 
 /// mimalloc instead of glibc's malloc: under `-t all` at 12,000 changes/s glibc's allocator was a
 /// quarter of the process's CPU (perf: `_int_malloc`, `_int_free`, `malloc_consolidate`) and p99
@@ -59,7 +59,11 @@ fn run(cli: Cli) -> Result<(), WorkerError> {
     if cli.command.is_none() && cli.role.is_none() {
         return Err(WorkerError::Usage("missing -t <type> (or a subcommand); see --help".into()));
     }
-    let overrides = Overrides { config_file: cli.config.clone(), sets: cli.set.clone(), role: cli.role };
+    let overrides = Overrides {
+        config_file: cli.config.clone(),
+        sets: cli.set.clone(),
+        single_process: cli.role == Some(Role::All),
+    };
     let config = Arc::new(Config::load(&overrides, &ProcessEnv)?);
     telemetry::init_logging(config.log_level);
     raise_open_files();

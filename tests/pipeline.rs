@@ -9,13 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nexxus_worker::error::ProcessError;
+use nexxus_worker::pipeline::{Handler, Pipeline};
 use nexxus_worker::queue::dead_letter::Envelope;
 use nexxus_worker::queue::kafka;
 use nexxus_worker::queue::outbox::Outbox;
 use nexxus_worker::queue::outbox::Sink;
 use nexxus_worker::queue::Record;
 use nexxus_worker::telemetry::Health;
-use nexxus_worker::workers::pipeline::{Handler, Pipeline};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Default)]

@@ -8,14 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use nexxus_worker::apps::Apps;
 use nexxus_worker::config::Config;
 use nexxus_worker::model::{Application, StoredObject};
+use nexxus_worker::pipeline::Pipeline;
 use nexxus_worker::queue::outbox::Sink;
 use nexxus_worker::store::cql::CqlStore;
 use nexxus_worker::store::{ObjectId, ObjectRow, ObjectWrite, Store, StoreError};
 use nexxus_worker::telemetry::Health;
-use nexxus_worker::workers::apps::Apps;
-use nexxus_worker::workers::pipeline::Pipeline;
 use nexxus_worker::workers::write::Writer;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;

@@ -3,10 +3,10 @@
 //! ordinary pipeline: the group `dead_letter-replay` commits only what was re-produced.
 
 use crate::error::ProcessError;
+use crate::pipeline::Handler;
 use crate::queue::dead_letter::Envelope;
 use crate::queue::outbox::Outbox;
 use crate::queue::Record;
-use crate::workers::pipeline::Handler;
 
 pub const GROUP: &str = "dead_letter-replay";
 

@@ -16,8 +16,6 @@ use std::time::Duration;
 pub use keys::{env_help, Key, Kind, KEYS};
 pub use parse::{KafkaOpts, LogLevel, QueueKind, Replication, StoreKind};
 
-use crate::workers::Role;
-
 /// Where a value came from; every error names it so an operator knows what to fix.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Origin {
@@ -86,8 +84,10 @@ pub struct Overrides {
     pub config_file: Option<PathBuf>,
     /// `--set key=value`, in order; later wins.
     pub sets: Vec<String>,
-    /// The role being run, for the defaults that differ under `-t all`.
-    pub role: Option<Role>,
+    /// `-t all`: the defaults that differ for the single process (embedded queue, store and
+    /// registry when none is configured, its own ports, a loopback HTTP listener). A flag rather
+    /// than the role, so configuration sits below the roles it configures.
+    pub single_process: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -254,7 +254,7 @@ impl Config {
             let key = keys::find(name.trim()).ok_or_else(|| ConfigError::BadSet(set.clone()))?;
             layers.insert(key.name, (Raw::Text(value.to_string()), Origin::Flag(format!("--set {}", key.name))));
         }
-        let mut cfg = Self::resolve(&layers, overrides.role)?;
+        let mut cfg = Self::resolve(&layers, overrides.single_process)?;
         cfg.loaded_file = loaded_file;
         Ok(cfg)
     }
@@ -303,8 +303,7 @@ impl Config {
         Ok(Some(path))
     }
 
-    fn resolve(layers: &Layers, role: Option<Role>) -> Result<Config, ConfigError> {
-        let all = role == Some(Role::All);
+    fn resolve(layers: &Layers, all: bool) -> Result<Config, ConfigError> {
         let get = |name: &'static str| Field { name, layer: layers.get(name) };
         // Check every given value's type, used or not: a bad TP_KFK_PORT is an error even when
         // TP_KFK_BROKERS makes it irrelevant, so a typo never hides until the day it matters.

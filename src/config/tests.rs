@@ -40,7 +40,7 @@ fn defaults_follow_the_contract() {
 
 #[test]
 fn all_defaults_to_embedded_parts_and_its_own_ports() {
-    let o = Overrides { role: Some(Role::All), ..Default::default() };
+    let o = Overrides { single_process: true, ..Default::default() };
     let c = Config::load(&o, &env(&[])).unwrap();
     assert_eq!((c.msg_que, c.main_db), (QueueKind::Memory, StoreKind::Sqlite));
     assert_eq!((c.sockets.port, c.http_port), (3000, Some(8080)));

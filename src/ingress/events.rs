@@ -19,11 +19,11 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::{error, Ingress};
+use crate::apps::Apps;
 use crate::commands::publish;
 use crate::model::{check_track_command, decode_aggregation, decode_track, Application, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::queue::outbox::Sink;
 use crate::queue::topic;
-use crate::workers::apps::Apps;
 
 /// How long a request waits for room in a full in-process queue before answering 503.
 const QUEUE_WAIT: Duration = Duration::from_secs(10);

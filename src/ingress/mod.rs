@@ -36,10 +36,10 @@ use sha2::{Digest, Sha256};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
 
+use crate::apps::Apps;
 use crate::config::Config;
 use crate::queue::outbox::Sink;
 use crate::store::MainStore;
-use crate::workers::apps::Apps;
 
 /// What the routes need once the process is connected.
 pub struct Backend {

@@ -3,11 +3,11 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::apps::Apps;
 use crate::model::acl::{authored_channel, read_access, ReadAccess};
 use crate::model::id::validate_ident;
 use crate::model::{Application, Channel, ModelError};
 use crate::transport::jwt::{self, Claims, Clock, Invalid, JwtError};
-use crate::workers::apps::Apps;
 
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)

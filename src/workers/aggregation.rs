@@ -15,9 +15,9 @@ use crate::model::{decode_aggregation, Change, SourcePosition, WriteRecord, DEFA
 use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
 
-use super::apps::Apps;
-use super::pipeline::{Handler, Pipeline};
 use super::WorkerContext;
+use crate::apps::Apps;
+use crate::pipeline::{Handler, Pipeline};
 
 pub struct Aggregator {
     apps: Apps,
@@ -36,7 +36,7 @@ impl Aggregator {
 /// Connects and runs the role until `shutdown`.
 pub async fn run(ctx: &WorkerContext, shutdown: tokio_util::sync::CancellationToken) -> Result<(), WorkerError> {
     let cfg = &ctx.config;
-    let apps = Apps::for_worker(ctx, shutdown.clone()).await?;
+    let apps = super::apps_for(ctx, shutdown.clone()).await?;
     // One transactional id per instance: a restarted `aggregation-<i>` fences its previous life.
     let producer = ctx.queue.transactional_sink(cfg, &ctx.health, &cfg.topic(&ctx.name())).await?;
     let pipeline = Pipeline::connect(

@@ -18,8 +18,8 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::apps::Apps;
 use super::{connect_registry, connect_store, Role, Shared, WorkerContext};
+use crate::apps::Apps;
 use crate::config::QueueKind;
 use crate::error::WorkerError;
 use crate::ingress::{Backend, Ingress};

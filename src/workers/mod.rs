@@ -7,8 +7,6 @@
 
 pub mod aggregation;
 pub mod all;
-pub mod apps;
-pub mod pipeline;
 pub mod push_transport;
 pub mod sockets_transport;
 pub mod track;
@@ -19,9 +17,11 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::apps::Apps;
 use crate::config::{Config, StoreKind};
 use crate::error::WorkerError;
 use crate::ingress::Ingress;
+use crate::pipeline::Pipeline;
 use crate::queue::{topic, Queue};
 use crate::registry::{Registry, RegistryError};
 use crate::store::{MainStore, StoreError};
@@ -131,7 +131,7 @@ pub struct WorkerContext {
 #[derive(Clone, Default)]
 pub struct Shared {
     /// The process's applications (one `system` follower, or the store with the in-process queue).
-    pub apps: Option<apps::Apps>,
+    pub apps: Option<Apps>,
     pub store: Option<MainStore>,
     pub registry: Option<Registry>,
 }
@@ -189,7 +189,7 @@ async fn connect_ingress(
     ctx.health.require(all::INGRESS_CONDITION, "connecting");
     let name = format!("ingress-{}", ctx.name());
     let sink = ctx.queue.sink(&ctx.config, &ctx.health, &name)?;
-    let apps = apps::Apps::load_and_follow(&ctx.config, &name, shutdown.clone()).await?;
+    let apps = Apps::load_and_follow(&ctx.config, &name, shutdown.clone()).await?;
     let store = connect_store(ctx, shutdown).await?;
     ingress.set_backend(crate::ingress::Backend { sink, apps, store: Some(store) });
     ctx.health.ok(all::INGRESS_CONDITION);
@@ -241,13 +241,21 @@ async fn start(
     ctx: &WorkerContext,
     input: &str,
     shutdown: &CancellationToken,
-) -> Result<(apps::Apps, pipeline::Pipeline), WorkerError> {
+) -> Result<(Apps, Pipeline), WorkerError> {
     let cfg = &ctx.config;
-    let apps = apps::Apps::for_worker(ctx, shutdown.clone()).await?;
+    let apps = apps_for(ctx, shutdown.clone()).await?;
     let producer = ctx.queue.sink(cfg, &ctx.health, &ctx.name())?;
-    let pipeline =
-        pipeline::Pipeline::connect(cfg, &ctx.health, &ctx.name(), input, &[input], producer, shutdown).await?;
+    let pipeline = Pipeline::connect(cfg, &ctx.health, &ctx.name(), input, &[input], producer, shutdown).await?;
     Ok((apps, pipeline))
+}
+
+/// The applications a role works with: the process's shared set under `-t all`, else `system`
+/// loaded and followed for this worker.
+pub async fn apps_for(ctx: &WorkerContext, shutdown: CancellationToken) -> Result<Apps, WorkerError> {
+    match &ctx.shared.apps {
+        Some(apps) => Ok(apps.clone()),
+        None => Apps::load_and_follow(&ctx.config, &ctx.name(), shutdown).await,
+    }
 }
 
 /// The main store `TP_MAIN_DB` names: the CQL cluster (retried until reachable) or the SQLite file.

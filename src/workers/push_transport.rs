@@ -20,11 +20,11 @@ use futures::StreamExt;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use super::apps::Apps;
-use super::pipeline::Handler;
 use super::WorkerContext;
+use crate::apps::Apps;
 use crate::error::{ProcessError, WorkerError};
 use crate::model::{Application, Recipient, TransportMessage, DEFAULT_MAX_MESSAGE_BYTES};
+use crate::pipeline::Handler;
 use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
 use crate::registry::Registry;

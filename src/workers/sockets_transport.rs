@@ -16,11 +16,10 @@ use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
-use super::apps::Apps;
-use super::pipeline::{Handler, Pipeline};
 use super::WorkerContext;
 use crate::error::{ProcessError, WorkerError};
 use crate::model::{Transport, TransportMessage};
+use crate::pipeline::{Handler, Pipeline};
 use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
 use crate::registry::Registry;
@@ -41,7 +40,7 @@ pub async fn run(
 ) -> Result<(), WorkerError> {
     let cfg = &ctx.config;
     let name = ctx.name();
-    let apps = Apps::for_worker(ctx, shutdown.clone()).await?;
+    let apps = super::apps_for(ctx, shutdown.clone()).await?;
     let producer = ctx.queue.sink(cfg, &ctx.health, &name)?;
     let own = topic::sockets(ctx.index);
     let topics = [own.as_str(), topic::SOCKETS_BROADCAST];

@@ -10,9 +10,9 @@ use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
 use crate::registry::Registry;
 
-use super::apps::Apps;
-use super::pipeline::Handler;
 use super::WorkerContext;
+use crate::apps::Apps;
+use crate::pipeline::Handler;
 
 pub struct Tracker {
     registry: Arc<Registry>,

@@ -26,9 +26,9 @@ use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
 use crate::registry::{Registry, Routes};
 
-use super::apps::Apps;
-use super::pipeline::Handler;
 use super::WorkerContext;
+use crate::apps::Apps;
+use crate::pipeline::Handler;
 
 /// Devices per transport message: bounds message size while sharing one payload widely.
 const DEVICES_PER_MESSAGE: usize = 500;

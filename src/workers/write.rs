@@ -38,9 +38,9 @@ use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
 use crate::store::{ObjectRow, ObjectWrite, Store};
 
-use super::apps::Apps;
-use super::pipeline::Handler;
 use super::WorkerContext;
+use crate::apps::Apps;
+use crate::pipeline::Handler;
 
 type Key = (String, String, String); // (application, model, id)
 

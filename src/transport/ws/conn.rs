@@ -24,11 +24,11 @@ use super::handshake::{close_with, open, CLOSE_WRITE};
 use super::hub::{Hub, Inbox, Slot};
 use super::limit::{FrameBudget, Verdict};
 use super::protocol::{self as p, ClientFrame, ErrorCode, Subscription};
+use crate::apps::Apps;
 use crate::model::{DeviceAddress, Transport};
 use crate::registry::{Registry, RegistryError};
 use crate::transport::auth;
 use crate::transport::jwt::Claims;
-use crate::workers::apps::Apps;
 
 /// Deliveries written per flush when a queue has several waiting.
 const WRITE_BATCH: usize = 64;

@@ -72,15 +72,6 @@ impl Apps {
         }
     }
 
-    /// The applications a role works with: the process's shared set under `-t all`, else
-    /// `system` loaded and followed for this worker.
-    pub async fn for_worker(ctx: &super::WorkerContext, shutdown: CancellationToken) -> Result<Apps, WorkerError> {
-        match &ctx.shared.apps {
-            Some(apps) => Ok(apps.clone()),
-            None => Apps::load_and_follow(&ctx.config, &ctx.name(), shutdown).await,
-        }
-    }
-
     /// Reads `system` to its current end, then follows it in a background task until
     /// `shutdown`. Returns once the initial load is complete.
     pub async fn load_and_follow(cfg: &Config, worker: &str, shutdown: CancellationToken) -> Result<Apps, WorkerError> {
