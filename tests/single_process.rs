@@ -278,7 +278,16 @@ async fn with_kafka_cql_and_redis_configured_every_role_uses_them() {
         }
     }
     assert!(!got.is_empty(), "no delivery through Kafka: {}", log_of(dir.path()));
-    let objects = snapshot(&p, &app, "d1");
+    // The writer emits before it persists (ARCHITECTURE: effectively once), so the delivery can
+    // come a moment before the row is readable.
+    let started = std::time::Instant::now();
+    let objects = loop {
+        let objects = snapshot(&p, &app, "d1");
+        if objects.contains_key("k1") || started.elapsed() > Duration::from_secs(10) {
+            break objects;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(objects["k1"].1["title"], "via kafka", "read back from Cassandra");
     assert_eq!(p.stop(), Some(0));
     let cfg = nexxus_worker::config::Config::load(&Default::default(), &env).unwrap();
