@@ -59,6 +59,10 @@ pub enum WorkerError {
     },
     #[error("worker stopped: {0}")]
     Fatal(String),
+    /// The process was told to stop (SIGTERM, SIGINT) before this step finished, e.g. while a
+    /// dependency was still unreachable at start: not a failure, so the exit status is 0.
+    #[error("stopped before {0}")]
+    Cancelled(String),
 }
 
 impl WorkerError {
@@ -80,6 +84,7 @@ impl WorkerError {
             WorkerError::Data(_) => 65,
             WorkerError::Kafka { .. } | WorkerError::Io { .. } => 69,
             WorkerError::Fatal(_) => 70,
+            WorkerError::Cancelled(_) => 0,
         }
     }
 }

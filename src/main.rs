@@ -44,6 +44,10 @@ fn main() {
     };
     let code = match run(cli) {
         Ok(()) => 0,
+        Err(e @ WorkerError::Cancelled(_)) => {
+            tracing::info!(message = "stopped on a signal during start", detail = %e);
+            0
+        }
         Err(e) => {
             eprintln!("nexxus-worker: {e}");
             e.exit_code()

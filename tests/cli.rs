@@ -143,3 +143,28 @@ async fn publish_produces_keyed_lines_and_rejects_bad_input() {
     let got = common::read_all(&cfg, &cfg.topic("aggregation"), 1);
     assert_eq!(got.len(), 2, "nothing of a bad input is produced");
 }
+
+/// A signal while a dependency is still unreachable at start is a stop, not a failure: exit 0
+/// within the grace period (it exited 70 "worker stopped").
+#[test]
+fn sigterm_while_waiting_for_a_dependency_exits_0() {
+    let closed = common::free_port();
+    let url = format!("redis://127.0.0.1:{closed}");
+    let child = Command::new(common::BIN)
+        .args(["-t", "track", "-i", "0"])
+        .env_clear()
+        .env("TP_REDIS_URL", &url)
+        .env("TP_KFK_BROKERS", format!("127.0.0.1:{}", common::free_port()))
+        .env("TP_HTTP_PORT", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+}

@@ -179,7 +179,7 @@ pub async fn wait_for_topics(
         health.fail(&condition, problem.clone());
         tracing::warn!(message = "kafka not ready, retrying", problem, retry_in_ms = delay.as_millis() as u64);
         tokio::select! {
-            () = shutdown.cancelled() => return Err(WorkerError::Fatal("shutdown before Kafka was ready".into())),
+            () = shutdown.cancelled() => return Err(WorkerError::Cancelled("Kafka was ready".into())),
             () = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(Duration::from_secs(10));

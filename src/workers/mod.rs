@@ -327,7 +327,7 @@ where
             }
         }
         tokio::select! {
-            () = shutdown.cancelled() => return Err(WorkerError::Fatal(format!("shutdown before {condition} was reachable"))),
+            () = shutdown.cancelled() => return Err(WorkerError::Cancelled(format!("{condition} was reachable"))),
             () = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(std::time::Duration::from_secs(10));
