@@ -80,7 +80,7 @@ pub struct Pipeline {
     transactional: bool,
     /// Readiness condition held false while a dependency is failing.
     processing_condition: String,
-    /// `running:<client id>`: unmet until the loop runs, and again once it stopped.
+    /// `running:<worker>`: unmet until the loop runs, and again once it stopped.
     running_condition: String,
 }
 
@@ -123,7 +123,7 @@ impl Pipeline {
         };
         // Not ready until the loop runs: a process whose roles have not started (or, for the
         // sockets transport, whose listener is not bound yet) must not receive traffic.
-        let running_condition = format!("running:{client_id}");
+        let running_condition = running_condition(worker);
         health.require(&running_condition, "starting");
         Ok(Pipeline {
             processing_condition: format!("processing:{client_id}"),
@@ -384,6 +384,13 @@ impl Pipeline {
     async fn rewind(&self, first: &Offsets) -> Result<(), WorkerError> {
         self.consumer.rewind(first).await
     }
+}
+
+/// The readiness condition of a worker's loop, `running:<worker>`. A process registers it for
+/// every role it starts before any of them runs (a role still connecting has no pipeline yet,
+/// and readiness must not hold while one is missing); the pipeline meets it once its loop runs.
+pub fn running_condition(worker: &str) -> String {
+    format!("running:{worker}")
 }
 
 /// Times the phases of one batch into `nexxus_batch_phase_seconds{phase}`: where a role's batch

@@ -77,6 +77,10 @@ pub async fn run(
     let shared = Shared { apps: Some(apps.clone()), store: Some(store.clone()), registry: Some(registry) };
 
     let mut roles = JoinSet::new();
+    // Every role counts for readiness from now, before its task has had a chance to run.
+    for role in ROLES {
+        ctx.health.require(&crate::pipeline::running_condition(&format!("{role}-{}", ctx.index)), "starting");
+    }
     for role in ROLES {
         let role_ctx = WorkerContext {
             config: ctx.config.clone(),

@@ -198,6 +198,7 @@ async fn connect_ingress(
 
 /// Runs one role (not `all`) until `shutdown` is cancelled.
 pub async fn run_role(ctx: WorkerContext, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    ctx.health.require(&crate::pipeline::running_condition(&ctx.name()), "starting");
     match ctx.role {
         Role::Aggregation => aggregation::run(&ctx, shutdown).await,
         Role::Write => {
