@@ -44,13 +44,7 @@ pub fn validate_author(
     if acl & ACL_AUTHOR == 0 {
         return Ok(());
     }
-    let is_author =
-        m.author_fields.iter().map(String::as_str).chain(std::iter::once("user_id")).any(|f| match object.get(f) {
-            Some(Value::String(s)) => s == user,
-            Some(Value::Number(n)) => n.to_string() == user,
-            _ => false,
-        });
-    if is_author {
+    if is_author(&m.author_fields, object, user) {
         Ok(())
     } else {
         Err(ModelError::NotAuthor {
@@ -59,6 +53,16 @@ pub fn validate_author(
             user_id: user.to_owned(),
         })
     }
+}
+
+/// Whether `user` is an author of `object`: `object[f] == user` for some `f` in `author_fields`
+/// or `user_id` (a number matches its digits, as Telepat's JavaScript `==` did).
+fn is_author(author_fields: &[String], object: &Map<String, Value>, user: &str) -> bool {
+    author_fields.iter().map(String::as_str).chain(std::iter::once("user_id")).any(|f| match object.get(f) {
+        Some(Value::String(s)) => s == user,
+        Some(Value::Number(n)) => n.to_string() == user,
+        _ => false,
+    })
 }
 
 /// What a device may read of one model: the model's `read_acl` (Telepat's bits: 1
@@ -82,14 +86,13 @@ pub enum ReadAccess {
     Nothing,
 }
 
-/// The access of a reader with `user_id` (if any) to `model`.
-pub fn read_access(schema: &AppSchema, model: &str, user_id: Option<&str>) -> ReadAccess {
+/// The access to `model` of a reader whose token names a user (`authenticated`) or not.
+pub fn read_access(schema: &AppSchema, model: &str, authenticated: bool) -> ReadAccess {
     let acl = match schema.get(model) {
         Some(m) => m.read_acl,
         None if model == "user" => ACL_AUTHOR,
         None => 0,
     };
-    let authenticated = user_id.is_some();
     if acl == 0 || acl & ACL_UNAUTHENTICATED != 0 || (authenticated && acl & ACL_AUTHENTICATED != 0) {
         ReadAccess::All
     } else if authenticated && acl & ACL_AUTHOR != 0 {
@@ -126,7 +129,7 @@ pub fn channel_carries_readable(
     object: Option<&Map<String, Value>>,
 ) -> bool {
     // A reader with a user is the most a device can be.
-    match read_access(schema, model, Some("")) {
+    match read_access(schema, model, true) {
         ReadAccess::All => true,
         ReadAccess::Nothing => false,
         ReadAccess::Authored if model == "user" => {
@@ -135,11 +138,7 @@ pub fn channel_carries_readable(
         ReadAccess::Authored => {
             let (Some(user), Some(object)) = (channel.user.as_deref(), object) else { return false };
             let fields = schema.get(model).map(|m| m.author_fields.as_slice()).unwrap_or_default();
-            fields.iter().map(String::as_str).chain(std::iter::once("user_id")).any(|f| match object.get(f) {
-                Some(Value::String(s)) => s == user,
-                Some(Value::Number(n)) => n.to_string() == user,
-                _ => false,
-            })
+            is_author(fields, object, user)
         }
     }
 }
@@ -194,19 +193,19 @@ mod tests {
         use ReadAccess::*;
         let cases = [(0, All, All), (1, All, All), (2, Nothing, All), (3, All, All), (4, Nothing, Nothing)];
         for (acl, anonymous, user) in cases {
-            assert_eq!(read_access(&reads(acl), "task", None), anonymous, "acl {acl} without user");
-            assert_eq!(read_access(&reads(acl), "task", Some("u1")), user, "acl {acl} with user");
+            assert_eq!(read_access(&reads(acl), "task", false), anonymous, "acl {acl} without user");
+            assert_eq!(read_access(&reads(acl), "task", true), user, "acl {acl} with user");
         }
-        assert_eq!(read_access(&reads(8), "task", Some("u1")), Authored);
-        assert_eq!(read_access(&reads(8), "task", None), Nothing);
-        assert_eq!(read_access(&reads(8 | 2), "task", Some("u1")), All, "authenticated wins over author");
+        assert_eq!(read_access(&reads(8), "task", true), Authored);
+        assert_eq!(read_access(&reads(8), "task", false), Nothing);
+        assert_eq!(read_access(&reads(8 | 2), "task", true), All, "authenticated wins over author");
         // The built-in user model: its own user only, unless the schema says otherwise.
-        assert_eq!(read_access(&reads(0), "user", Some("u1")), Authored);
-        assert_eq!(read_access(&reads(0), "user", None), Nothing);
+        assert_eq!(read_access(&reads(0), "user", true), Authored);
+        assert_eq!(read_access(&reads(0), "user", false), Nothing);
         let mut open = reads(0);
         open.insert("user".into(), ModelSchema { read_acl: 2, ..Default::default() });
-        assert_eq!(read_access(&open, "user", Some("u1")), All);
-        assert_eq!(read_access(&reads(0), "context", None), All);
+        assert_eq!(read_access(&open, "user", true), All);
+        assert_eq!(read_access(&reads(0), "context", false), All);
     }
 
     #[test]

@@ -110,7 +110,7 @@ pub fn authorize_channel(
         ModelError::UnknownModel { model } => Refusal::UnknownModel(format!("unknown model `{model}`")),
         other => Refusal::UnknownModel(other.to_string()),
     })?;
-    match read_access(&app.schema, &channel.model, user) {
+    match read_access(&app.schema, &channel.model, user.is_some()) {
         ReadAccess::All => Ok(()),
         ReadAccess::Authored if user.is_some_and(|u| authored_channel(channel, u)) => Ok(()),
         ReadAccess::Authored if channel.model == "user" => Err(Refusal::Forbidden(
@@ -119,7 +119,7 @@ pub fn authorize_channel(
         ReadAccess::Authored => Err(Refusal::Forbidden(
             "this model is readable by its authors only: subscribe with your own `user` and a `context` or `parent`",
         )),
-        ReadAccess::Nothing if read_access(&app.schema, &channel.model, Some("")) != ReadAccess::Nothing => {
+        ReadAccess::Nothing if read_access(&app.schema, &channel.model, true) != ReadAccess::Nothing => {
             Err(Refusal::Forbidden("this model is readable by authenticated users only (a token with a user_id)"))
         }
         ReadAccess::Nothing => Err(Refusal::Forbidden("this model is not readable by devices")),

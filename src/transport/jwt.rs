@@ -116,9 +116,11 @@ struct Unverified {
     application_id: String,
 }
 
-/// The registered time claims besides `exp`.
+/// The verified payload: the claims, and the registered time claims besides `exp`.
 #[derive(Deserialize)]
-struct Times {
+struct Signed {
+    #[serde(flatten)]
+    claims: Claims,
     #[serde(default)]
     iat: Option<u64>,
     #[serde(default)]
@@ -168,8 +170,7 @@ pub fn verify(
         return Err(invalid(why));
     }
     verified.map_err(|_| invalid(Invalid::Signature))?;
-    let claims: Claims = serde_json::from_slice(&payload).map_err(|_| invalid(Invalid::Claims))?;
-    let times: Times = serde_json::from_slice(&payload).map_err(|_| invalid(Invalid::Claims))?;
+    let Signed { claims, iat, nbf } = serde_json::from_slice(&payload).map_err(|_| invalid(Invalid::Claims))?;
     let ids_ok = validate_ident("application_id", &claims.application_id).is_ok()
         && validate_ident("device_id", &claims.device_id).is_ok()
         && claims.user_id.as_deref().is_none_or(|u| validate_ident("user_id", u).is_ok());
@@ -177,14 +178,14 @@ pub fn verify(
         return Err(invalid(Invalid::Ids));
     }
     let now = clock.now;
-    if times.nbf.is_some_and(|nbf| nbf > now) {
+    if nbf.is_some_and(|nbf| nbf > now) {
         return Err(invalid(Invalid::NotYetValid));
     }
     if claims.exp <= now {
         return Err(JwtError::Expired { exp: claims.exp, now });
     }
     let too_long = |from: u64| claims.exp.saturating_sub(from) > clock.max_lifetime;
-    if too_long(now) || times.iat.is_some_and(too_long) {
+    if too_long(now) || iat.is_some_and(too_long) {
         return Err(invalid(Invalid::Lifetime));
     }
     Ok(claims)

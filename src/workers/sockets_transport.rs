@@ -68,7 +68,6 @@ pub async fn run(
         jwt_max_lifetime: cfg.jwt_max_lifetime,
         ws_config: ws_config(s.max_message_bytes),
         ping_interval: s.ping_interval,
-        frames_per_sec: s.frames_per_sec,
         budgets: budgets.clone(),
     });
     let handshakes = Handshakes { max: s.max_handshakes, timeout: s.handshake_timeout };

@@ -90,7 +90,7 @@ impl Router {
         let readable = self
             .apps
             .get(&event.application_id)
-            .is_some_and(|app| read_access(&app.schema, &event.model, Some("")) == ReadAccess::All);
+            .is_some_and(|app| read_access(&app.schema, &event.model, true) == ReadAccess::All);
         if !readable {
             return Err(ProcessError::Poison(format!(
                 "broadcast of model `{}`, which not every device may read (read_acl)",
@@ -121,7 +121,7 @@ impl Router {
 /// it (the usual case: no copy).
 fn readable_only(apps: &Apps, event: &ChangeEvent) -> Option<ChangeEvent> {
     let app = apps.get(&event.application_id)?;
-    if read_access(&app.schema, &event.model, Some("")) == ReadAccess::All {
+    if read_access(&app.schema, &event.model, true) == ReadAccess::All {
         return None;
     }
     let object = event.after.as_ref().or(event.before.as_ref());

@@ -43,9 +43,8 @@ pub struct Shared {
     pub jwt_max_lifetime: Duration,
     pub ws_config: WebSocketConfig,
     pub ping_interval: Duration,
-    /// Client frames per second per connection (bursts of twice as many).
-    pub frames_per_sec: u32,
-    /// The devices' frame buckets, shared by every connection of this transport.
+    /// The devices' frame buckets (`TP_SCKT_FRAMES_PER_SEC`), shared by every connection of
+    /// this transport.
     pub budgets: Arc<super::limit::DeviceBudgets>,
 }
 
@@ -227,7 +226,7 @@ impl Session {
                                 },
                                 Err(stop) => Err(stop),
                             },
-                            Verdict::Refuse => Ok(Some(over_rate(self.shared.frames_per_sec))),
+                            Verdict::Refuse => Ok(Some(over_rate(self.shared.budgets.frames_per_sec()))),
                             Verdict::Close => return self.policy_close(ws).await,
                         },
                         Some(Ok(Message::Binary(_))) => Ok(Some(p::error(ErrorCode::BadRequest, "text frames only"))),

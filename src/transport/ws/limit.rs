@@ -14,9 +14,8 @@
 //! of `LIMIT_EXCEEDED` answers. A client that backs off after a refusal is never closed.
 
 use std::num::NonZeroU32;
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
@@ -38,6 +37,11 @@ impl DeviceBudgets {
     /// refill time), so the map holds only devices that spent frames recently.
     pub fn forget_refilled(&self) {
         self.buckets.retain_recent();
+    }
+
+    /// The frames per second each device may send.
+    pub fn frames_per_sec(&self) -> u32 {
+        self.frames_per_sec
     }
 
     /// Devices with a bucket (tests, metrics).
