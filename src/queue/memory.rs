@@ -60,6 +60,8 @@ struct Log {
     /// Consumers to wake when a record arrives.
     waiting: Vec<Arc<Notify>>,
     dropped: u64,
+    /// Key and payload bytes of `records`.
+    bytes: usize,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -77,12 +79,34 @@ impl Log {
     fn trim(&mut self) -> bool {
         let Some(low) = self.groups.values().map(|c| c.committed).min() else { return false };
         let mut trimmed = false;
-        while self.base < low && self.records.pop_front().is_some() {
-            self.base += 1;
+        while self.base < low && self.pop() {
             trimmed = true;
         }
         trimmed
     }
+
+    /// Drops the oldest record.
+    fn pop(&mut self) -> bool {
+        let Some(m) = self.records.pop_front() else { return false };
+        self.base += 1;
+        self.bytes -= size_of(&m.key, &m.payload);
+        true
+    }
+
+    /// No room for `size` more bytes: the record count is at `capacity`, or the bytes would pass
+    /// [`MAX_LOG_BYTES`] (an empty log always takes one record, whatever its size).
+    fn full(&self, capacity: usize, size: usize) -> bool {
+        self.records.len() >= capacity || (!self.records.is_empty() && self.bytes + size > MAX_LOG_BYTES)
+    }
+}
+
+/// Most key and payload bytes one in-process topic holds: a count bound alone let 10,000
+/// messages of 1 MiB (the largest accepted) hold 10 GB, and a topic nobody reads (`dead_letter`)
+/// keep as much.
+pub const MAX_LOG_BYTES: usize = 64 << 20;
+
+fn size_of(key: &Option<Vec<u8>>, payload: &[u8]) -> usize {
+    key.as_ref().map_or(0, Vec::len) + payload.len()
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -121,6 +145,7 @@ impl Broker {
                 groups: HashMap::new(),
                 waiting: Vec::new(),
                 dropped: 0,
+                bytes: 0,
             }),
             room: Notify::new(),
         });
@@ -174,17 +199,17 @@ impl Broker {
     /// Takes the record out of `record` if there is room (or nobody reads the topic).
     fn try_append(&self, t: &Topic, record: &mut Option<(Option<Vec<u8>>, Vec<u8>)>) -> Option<i64> {
         let mut log = lock(&t.log);
-        if log.records.len() >= self.inner.capacity {
-            if !log.groups.is_empty() {
-                return None;
-            }
-            // Nobody reads this topic: keep the newest records.
-            log.records.pop_front();
-            log.base += 1;
+        let size = record.as_ref().map_or(0, |(k, p)| size_of(k, p));
+        if log.full(self.inner.capacity, size) && !log.groups.is_empty() {
+            return None;
+        }
+        // Nobody reads this topic: keep the newest records.
+        while log.full(self.inner.capacity, size) && log.pop() {
             log.dropped += 1;
             metrics::counter!(telemetry::names::MEMORY_QUEUE_DROPPED, "topic" => t.name.to_string()).increment(1);
         }
         let (key, payload) = record.take()?;
+        log.bytes += size;
         let offset = log.end();
         let timestamp_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

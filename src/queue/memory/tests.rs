@@ -94,3 +94,33 @@ async fn offsets_do_not_repeat_across_brokers_of_later_lives() {
     let second = Broker::new(10);
     assert!(second.append("t", None, b"x".to_vec()).await > last);
 }
+
+#[tokio::test]
+async fn topics_are_bounded_in_bytes_too() {
+    let big = vec![b'x'; 1 << 20];
+    // Nobody reads it: the newest records stay, within the byte bound.
+    let broker = Broker::new(10_000);
+    for _ in 0..100 {
+        broker.append("dead", None, big.clone()).await;
+    }
+    let kept = broker.tail("dead", 10_000);
+    assert_eq!(kept.len(), MAX_LOG_BYTES / (1 << 20));
+    assert_eq!(broker.dropped("dead"), 100 - kept.len() as u64);
+    // A consumed topic makes producers wait at the byte bound, and takes more once committed.
+    let c = broker.consumer("g", &topics(&["t"]));
+    for _ in 0..MAX_LOG_BYTES / (1 << 20) {
+        broker.append("t", None, big.clone()).await;
+    }
+    let blocked = tokio::time::timeout(Duration::from_millis(100), broker.append("t", None, big.clone())).await;
+    assert!(blocked.is_err(), "the 65th MiB waits for room");
+    let last = c.recv().await.offset;
+    c.commit("t", last + 1);
+    tokio::time::timeout(Duration::from_secs(1), broker.append("t", None, big.clone()))
+        .await
+        .expect("room after a commit");
+    // One record larger than the bound still goes into an empty log.
+    let huge = vec![b'x'; MAX_LOG_BYTES + 1];
+    let fresh = Broker::new(10);
+    let _c = fresh.consumer("g", &topics(&["u"]));
+    tokio::time::timeout(Duration::from_secs(1), fresh.append("u", None, huge)).await.expect("an empty log takes it");
+}
