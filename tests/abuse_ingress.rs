@@ -72,7 +72,8 @@ async fn ready_without_traffic_and_loopback_by_default() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let log = log_of(dir.path());
-    assert!(log.contains("127.0.0.1:"), "the HTTP port listens on loopback by default: {log}");
+    let listening = format!("addr=127.0.0.1:{http}");
+    assert!(log.contains(&listening), "the HTTP port listens on loopback by default: {log}");
     let pid = nix::unistd::Pid::from_raw(reaper.0.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     assert_eq!(reaper.0.wait().unwrap().code(), Some(0));
