@@ -10,10 +10,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::error::WorkerError;
@@ -72,9 +73,14 @@ impl Apps {
         }
     }
 
-    /// Reads `system` to its current end, then follows it in a background task until
+    /// Reads `system` to its current end, then follows it in a task on `tasks` until
     /// `shutdown`. Returns once the initial load is complete.
-    pub async fn load_and_follow(cfg: &Config, worker: &str, shutdown: CancellationToken) -> Result<Apps, WorkerError> {
+    pub async fn load_and_follow(
+        cfg: &Config,
+        worker: &str,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Result<Apps, WorkerError> {
         let apps = Apps::default();
         let topic = cfg.topic(topic::SYSTEM);
         let mut c = kafka::base_config(cfg, &format!("{worker}-system"));
@@ -82,52 +88,52 @@ impl Apps {
         c.set("group.id", format!("{topic}-{worker}"))
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed");
-        let consumer: BaseConsumer = c.create().map_err(WorkerError::kafka("creating the system consumer"))?;
+        let consumer: StreamConsumer = c.create().map_err(WorkerError::kafka("creating the system consumer"))?;
         let consumer = Arc::new(consumer);
-        let (apps2, c2, t2) = (apps.clone(), consumer.clone(), topic.clone());
-        let ends = tokio::task::spawn_blocking(move || catch_up(&c2, &t2, &apps2))
-            .await
-            .map_err(|e| WorkerError::Fatal(format!("system loader: {e}")))??;
+        let ends = catch_up(&consumer, &topic, &apps).await?;
         tracing::info!(message = "applications loaded from system", count = apps.len(), partitions = ends);
         let follower = apps.clone();
-        std::thread::Builder::new()
-            .name("system-follower".into())
-            .spawn(move || {
-                while !shutdown.is_cancelled() {
-                    if let Some(Ok(m)) = consumer.poll(Duration::from_millis(250)) {
-                        follower.apply(m.key(), m.payload());
-                    }
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    m = consumer.recv() => match m {
+                        Ok(m) => follower.apply(m.key(), m.payload()),
+                        Err(error) => tracing::warn!(message = "reading system", %error),
+                    },
                 }
-            })
-            .map_err(WorkerError::io("starting the system follower"))?;
+            }
+        });
         Ok(apps)
     }
 }
 
 /// Assigns every partition of `topic` from the beginning and applies records up to the high
 /// watermarks seen at the start.
-fn catch_up(consumer: &BaseConsumer, topic: &str, apps: &Apps) -> Result<usize, WorkerError> {
+async fn catch_up(consumer: &Arc<StreamConsumer>, topic: &str, apps: &Apps) -> Result<usize, WorkerError> {
     let timeout = Duration::from_secs(10);
-    let md = consumer.fetch_metadata(Some(topic), timeout).map_err(WorkerError::kafka("system metadata"))?;
-    let partitions: Vec<i32> = md
-        .topics()
-        .iter()
-        .filter(|t| t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
+    // Metadata and watermarks are blocking librdkafka calls: off the async threads.
+    let (c, t) = (consumer.clone(), topic.to_string());
+    let ends = tokio::task::spawn_blocking(move || -> Result<HashMap<i32, i64>, WorkerError> {
+        let md = c.fetch_metadata(Some(&t), timeout).map_err(WorkerError::kafka("system metadata"))?;
+        let mut ends = HashMap::new();
+        for p in md.topics().iter().filter(|t| t.error().is_none()).flat_map(|t| t.partitions()) {
+            let (_, high) = c.fetch_watermarks(&t, p.id(), timeout).map_err(WorkerError::kafka("system watermarks"))?;
+            ends.insert(p.id(), high);
+        }
+        Ok(ends)
+    })
+    .await
+    .map_err(|e| WorkerError::Fatal(format!("system loader: {e}")))??;
+    if ends.is_empty() {
         return Err(WorkerError::Fatal(format!("topic {topic} does not exist: run `nexxus-worker topics apply`")));
     }
     let mut tpl = TopicPartitionList::new();
-    let mut ends = HashMap::new();
-    for &p in &partitions {
-        let (_, high) =
-            consumer.fetch_watermarks(topic, p, timeout).map_err(WorkerError::kafka("system watermarks"))?;
-        ends.insert(p, high);
+    for &p in ends.keys() {
         tpl.add_partition_offset(topic, p, Offset::Beginning).map_err(WorkerError::kafka("system assignment"))?;
     }
     consumer.assign(&tpl).map_err(WorkerError::kafka("assigning system"))?;
-    let started = std::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         let position = consumer.position().map_err(WorkerError::kafka("system position"))?;
         // Positions, not offsets: transaction markers take offsets but carry no record.
@@ -136,12 +142,12 @@ fn catch_up(consumer: &BaseConsumer, topic: &str, apps: &Apps) -> Result<usize, 
                 || matches!(position.find_partition(topic, p).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= end)
         });
         if done {
-            return Ok(partitions.len());
+            return Ok(ends.len());
         }
-        if started.elapsed() > Duration::from_secs(120) {
+        if tokio::time::Instant::now() > deadline {
             return Err(WorkerError::Fatal(format!("could not read {topic} to its end within 120 s")));
         }
-        if let Some(result) = consumer.poll(Duration::from_millis(200)) {
+        if let Ok(result) = tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await {
             let m = result.map_err(WorkerError::kafka("reading system"))?;
             apps.apply(m.key(), m.payload());
         }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::workers::Role;
+use crate::runtime::Role;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -16,12 +16,13 @@ use nexxus_worker::config::{is_loopback_host, Config, Overrides, ProcessEnv};
 use nexxus_worker::error::WorkerError;
 use nexxus_worker::ingress::Ingress;
 use nexxus_worker::pipeline::Pipeline;
+use nexxus_worker::process;
 use nexxus_worker::queue::kafka::Producer;
 use nexxus_worker::queue::outbox::Sink;
 use nexxus_worker::queue::{topic, topics};
+use nexxus_worker::runtime::{Role, WorkerContext};
 use nexxus_worker::shutdown;
 use nexxus_worker::telemetry::{self, http, Health};
-use nexxus_worker::workers::{self, Role, WorkerContext};
 
 /// mimalloc instead of glibc's malloc: under `-t all` at 12,000 changes/s glibc's allocator was a
 /// quarter of the process's CPU (perf: `_int_malloc`, `_int_free`, `malloc_consolidate`) and p99
@@ -108,7 +109,7 @@ async fn dispatch(cli: Cli, config: Arc<Config>) -> Result<(), WorkerError> {
                 announce_ingress_policy(&config, ingress);
             }
             let routes = ingress.clone().map(nexxus_worker::ingress::router);
-            long_running(config, health, routes, move |shutdown| workers::run(ctx, ingress, shutdown)).await
+            long_running(config, health, routes, move |shutdown| process::run(ctx, ingress, shutdown)).await
         }
         Some(Command::Topics { action: TopicsAction::Apply { dir, fix } }) => {
             let dir = dir.or_else(|| std::path::Path::new("topics").is_dir().then(|| "topics".into()));

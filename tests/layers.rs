@@ -9,11 +9,12 @@ const FLOORS: &[&[&str]] = &[
     &["model", "config"],
     &["telemetry", "error", "shutdown"],
     &["queue", "store", "registry"],
-    &["pipeline", "apps"],
+    &["pipeline", "apps", "runtime"],
     &["transport"],
     &["commands"],
     &["ingress"],
     &["workers"],
+    &["process"],
     &["cli", "supervisor"],
     &["main"],
 ];

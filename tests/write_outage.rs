@@ -16,7 +16,7 @@ use nexxus_worker::queue::outbox::Sink;
 use nexxus_worker::store::cql::CqlStore;
 use nexxus_worker::store::{ObjectId, ObjectRow, ObjectWrite, Store, StoreError};
 use nexxus_worker::telemetry::Health;
-use nexxus_worker::workers::write::Writer;
+use nexxus_worker::workers::write::Write;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -103,7 +103,7 @@ async fn outage_keeps_the_place_and_readiness_false_until_the_store_returns() {
         Pipeline::connect(&cfg, &health, "write-0", "write", &["write"], Sink::Kafka(producer.clone()), &shutdown)
             .await
             .unwrap();
-    let mut writer = Writer::new(store.clone(), apps, &cfg, "write-0");
+    let mut writer = Write::new(store.clone(), apps, &cfg, "write-0");
     let run = tokio::spawn({
         let s = shutdown.clone();
         async move { pipeline.run(&mut writer, s).await }

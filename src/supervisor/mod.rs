@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::error::WorkerError;
 use crate::ingress::guard::check_operator;
+use crate::runtime::Role;
 use crate::telemetry::{self, http, Health};
-use crate::workers::Role;
 use slot::{Desired, RunState, Slot, SlotStatus};
 
 /// Crashes are counted within this window for the crash-loop limit.

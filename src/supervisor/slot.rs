@@ -13,7 +13,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::workers::Role;
+use crate::runtime::Role;
 
 /// What the supervisor wants of its children; `generation` grows on every recycle of all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,11 +15,11 @@ use crate::model::{decode_aggregation, Change, SourcePosition, WriteRecord, DEFA
 use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
 
-use super::WorkerContext;
 use crate::apps::Apps;
 use crate::pipeline::{Handler, Pipeline};
+use crate::runtime::{Worker, WorkerContext};
 
-pub struct Aggregator {
+pub struct Aggregation {
     apps: Apps,
     write_topic: String,
     coalesce: bool,
@@ -27,35 +27,39 @@ pub struct Aggregator {
     pending: Vec<(WriteRecord, usize)>,
 }
 
-impl Aggregator {
+impl Aggregation {
     pub fn new(apps: Apps, write_topic: String, coalesce: bool) -> Self {
-        Aggregator { apps, write_topic, coalesce, pending: Vec::new() }
+        Aggregation { apps, write_topic, coalesce, pending: Vec::new() }
     }
 }
 
-/// Connects and runs the role until `shutdown`.
-pub async fn run(ctx: &WorkerContext, shutdown: tokio_util::sync::CancellationToken) -> Result<(), WorkerError> {
-    let cfg = &ctx.config;
-    let apps = super::apps_for(ctx, shutdown.clone()).await?;
-    // One transactional id per instance: a restarted `aggregation-<i>` fences its previous life.
-    let producer = ctx.queue.transactional_sink(cfg, &ctx.health, &cfg.topic(&ctx.name())).await?;
-    let pipeline = Pipeline::connect(
-        cfg,
-        &ctx.health,
-        &ctx.name(),
-        topic::AGGREGATION,
-        &[topic::AGGREGATION],
-        producer,
-        &shutdown,
-    )
-    .await?
-    .transactional()
-    .with_linger(cfg.aggregation_linger);
-    let mut handler = Aggregator::new(apps, cfg.topic(topic::WRITE), !cfg.aggregation_linger.is_zero());
-    pipeline.run(&mut handler, shutdown).await
+impl Worker for Aggregation {
+    async fn connect(
+        ctx: &WorkerContext,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Result<(Self, Pipeline), WorkerError> {
+        let cfg = &ctx.config;
+        let apps = ctx.apps(shutdown).await?;
+        // One transactional id per instance: a restarted `aggregation-<i>` fences its previous life.
+        let producer = ctx.queue.transactional_sink(cfg, &ctx.health, &cfg.topic(&ctx.name())).await?;
+        let pipeline = Pipeline::connect(
+            cfg,
+            &ctx.health,
+            &ctx.name(),
+            topic::AGGREGATION,
+            &[topic::AGGREGATION],
+            producer,
+            shutdown,
+        )
+        .await?
+        .transactional()
+        .with_linger(cfg.aggregation_linger);
+        let handler = Aggregation::new(apps, cfg.topic(topic::WRITE), !cfg.aggregation_linger.is_zero());
+        Ok((handler, pipeline))
+    }
 }
 
-impl Handler for Aggregator {
+impl Handler for Aggregation {
     async fn handle(&mut self, record: &Record<'_>, _out: &mut Outbox) -> Result<(), ProcessError> {
         let message = decode_aggregation(record.payload, DEFAULT_MAX_MESSAGE_BYTES)
             .map_err(|e| ProcessError::Poison(e.to_string()))?;

@@ -20,14 +20,14 @@ use futures::StreamExt;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use super::WorkerContext;
 use crate::apps::Apps;
 use crate::error::{ProcessError, WorkerError};
 use crate::model::{Application, Recipient, TransportMessage, DEFAULT_MAX_MESSAGE_BYTES};
-use crate::pipeline::Handler;
+use crate::pipeline::{Handler, Pipeline};
 use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
 use crate::registry::Registry;
+use crate::runtime::{Role, Worker, WorkerContext};
 use crate::telemetry::gate;
 use crate::transport::push::apns::{self, Apns, ApnsPush};
 use crate::transport::push::fcm::{self, Fcm};
@@ -90,7 +90,7 @@ struct Job {
     push: Arc<Push>,
 }
 
-pub struct PushHandler {
+pub struct PushTransport {
     provider: Arc<Provider>,
     registry: Registry,
     apps: Apps,
@@ -99,23 +99,27 @@ pub struct PushHandler {
     jobs: Vec<Job>,
 }
 
-/// Connects and runs the role until `shutdown`.
-pub async fn run(
-    ctx: &WorkerContext,
-    provider: Provider,
-    registry: Registry,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> Result<(), WorkerError> {
-    let (apps, pipeline) = super::start(ctx, provider.topic(), &shutdown).await?;
-    let push = &ctx.config.push;
-    let provider = provider.with_token_urls(&push.token_urls);
-    let mut handler = PushHandler::new(provider, registry, apps, push.rate, push.concurrency);
-    pipeline.run(&mut handler, shutdown).await
+impl Worker for PushTransport {
+    /// `ios_transport` speaks to APNs, `android_transport` to FCM.
+    async fn connect(
+        ctx: &WorkerContext,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Result<(Self, Pipeline), WorkerError> {
+        let push = &ctx.config.push;
+        let provider = match ctx.role {
+            Role::IosTransport => Provider::Apns(Apns::new(push.apns_url.clone())),
+            _ => Provider::Fcm(Fcm::new(Some(push.fcm_url.clone()))),
+        };
+        let registry = ctx.registry(shutdown).await?;
+        let (apps, pipeline) = ctx.pipeline(provider.topic(), shutdown).await?;
+        let provider = provider.with_token_urls(&push.token_urls);
+        Ok((PushTransport::new(provider, registry, apps, push.rate, push.concurrency), pipeline))
+    }
 }
 
-impl PushHandler {
-    pub fn new(provider: Provider, registry: Registry, apps: Apps, rate: u64, concurrency: usize) -> PushHandler {
-        PushHandler {
+impl PushTransport {
+    pub fn new(provider: Provider, registry: Registry, apps: Apps, rate: u64, concurrency: usize) -> PushTransport {
+        PushTransport {
             provider: Arc::new(provider),
             registry,
             apps,
@@ -126,7 +130,7 @@ impl PushHandler {
     }
 }
 
-impl PushHandler {
+impl PushTransport {
     /// Removes the device only if its push token is still the one refused: a device that
     /// registered a new token since the message was routed keeps it.
     async fn remove_if_still(
@@ -173,7 +177,7 @@ async fn deliver(provider: &Provider, pacer: &Pacer, job: &Job) -> Outcome {
     }
 }
 
-impl Handler for PushHandler {
+impl Handler for PushTransport {
     async fn handle(&mut self, record: &Record<'_>, _out: &mut Outbox) -> Result<(), ProcessError> {
         if record.payload.len() > DEFAULT_MAX_MESSAGE_BYTES {
             return Err(ProcessError::Poison(format!("transport message of {} bytes", record.payload.len())));

@@ -12,17 +12,16 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::WorkerContext;
 use crate::error::{ProcessError, WorkerError};
 use crate::model::{Transport, TransportMessage};
 use crate::pipeline::{Handler, Pipeline};
 use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
-use crate::registry::Registry;
+use crate::runtime::{Worker, WorkerContext};
 use crate::transport::ws::conn::Shared;
 use crate::transport::ws::hub::Hub;
 use crate::transport::ws::limit::DeviceBudgets;
@@ -31,70 +30,78 @@ use crate::transport::ws::server::{Handshakes, Server};
 /// How often devices whose frame bucket refilled are forgotten.
 const BUDGET_SWEEP: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Connects and runs the role until `shutdown`.
-pub async fn run(
-    ctx: &WorkerContext,
-    tls: Option<TlsAcceptor>,
-    registry: Registry,
-    shutdown: CancellationToken,
-) -> Result<(), WorkerError> {
-    let cfg = &ctx.config;
-    let name = ctx.name();
-    let apps = super::apps_for(ctx, shutdown.clone()).await?;
-    let producer = ctx.queue.sink(cfg, &ctx.health, &name)?;
-    let own = topic::sockets(ctx.index);
-    let topics = [own.as_str(), topic::SOCKETS_BROADCAST];
-    let pipeline = Pipeline::connect(cfg, &ctx.health, &name, &own, &topics, producer, &shutdown).await?;
+/// The role's handler: each transport message to the hub. It owns the listener's connections,
+/// which it closes when it drains.
+pub struct SocketsTransport {
+    hub: Arc<Hub>,
+    /// Cancelled at drain: every connection sees it and closes with 1001.
+    connections: CancellationToken,
+    tracker: TaskTracker,
+}
 
-    let token = life_token();
-    let mut purged = 0;
-    for app in apps.ids() {
-        purged += registry
-            .purge_sockets(&app, ctx.index, &token)
-            .await
-            .map_err(|e| WorkerError::Fatal(format!("purging stale socket entries of {name}: {e}")))?;
-    }
-    tracing::info!(message = "stale socket entries purged", server = name, purged);
+impl Worker for SocketsTransport {
+    async fn connect(ctx: &WorkerContext, shutdown: &CancellationToken) -> Result<(Self, Pipeline), WorkerError> {
+        let cfg = &ctx.config;
+        let name = ctx.name();
+        // Bad TLS files are a configuration error: exit 64 before connecting to anything.
+        let tls = crate::transport::tls::acceptor(&cfg.sockets)?;
+        let registry = ctx.registry(shutdown).await?;
+        let apps = ctx.apps(shutdown).await?;
+        let producer = ctx.queue.sink(cfg, &ctx.health, &name)?;
+        let own = topic::sockets(ctx.index);
+        let topics = [own.as_str(), topic::SOCKETS_BROADCAST];
+        let pipeline = Pipeline::connect(cfg, &ctx.health, &name, &own, &topics, producer, shutdown).await?;
 
-    let s = &cfg.sockets;
-    let hub = Arc::new(Hub::new(Transport::Sockets(ctx.index).name(), token, s.queue_frames, s.max_connections));
-    let budgets = Arc::new(DeviceBudgets::new(s.frames_per_sec));
-    let shared = Arc::new(Shared {
-        hub: hub.clone(),
-        registry,
-        apps,
-        index: ctx.index,
-        fallback_secret: cfg.jwt_secret.clone(),
-        jwt_max_lifetime: cfg.jwt_max_lifetime,
-        ws_config: ws_config(s.max_message_bytes),
-        ping_interval: s.ping_interval,
-        budgets: budgets.clone(),
-    });
-    let handshakes = Handshakes { max: s.max_handshakes, timeout: s.handshake_timeout };
-    let server = Server::bind(&s.host, s.port, tls, shared, handshakes).await?;
-    let tracker = server.tracker();
-    tracing::info!(message = "sockets transport listening", server = name, addr = ?server.local_addr(), tls = s.ssl);
-    let connections = shutdown.child_token();
-    tokio::spawn(server.run(connections.clone()));
-    // Full buckets are forgotten, so the map holds only devices that spent frames lately.
-    let sweep = connections.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(BUDGET_SWEEP);
-        loop {
-            tokio::select! {
-                () = sweep.cancelled() => break,
-                _ = tick.tick() => budgets.forget_refilled(),
-            }
+        let token = life_token();
+        let mut purged = 0;
+        for app in apps.ids() {
+            purged += registry
+                .purge_sockets(&app, ctx.index, &token)
+                .await
+                .map_err(|e| WorkerError::Fatal(format!("purging stale socket entries of {name}: {e}")))?;
         }
-    });
+        tracing::info!(message = "stale socket entries purged", server = name, purged);
 
-    let result = pipeline.run(&mut Dispatcher { hub: hub.clone() }, shutdown).await;
-    // Every connection sees the token and closes with 1001.
-    connections.cancel();
-    if tokio::time::timeout(cfg.shutdown_grace, tracker.wait()).await.is_err() {
-        tracing::warn!(message = "connections still open at the end of the grace period", open = hub.open());
+        let s = &cfg.sockets;
+        let hub = Arc::new(Hub::new(Transport::Sockets(ctx.index).name(), token, s.queue_frames, s.max_connections));
+        let budgets = Arc::new(DeviceBudgets::new(s.frames_per_sec));
+        let shared = Arc::new(Shared {
+            hub: hub.clone(),
+            registry,
+            apps,
+            index: ctx.index,
+            fallback_secret: cfg.jwt_secret.clone(),
+            jwt_max_lifetime: cfg.jwt_max_lifetime,
+            ws_config: ws_config(s.max_message_bytes),
+            ping_interval: s.ping_interval,
+            budgets: budgets.clone(),
+        });
+        let handshakes = Handshakes { max: s.max_handshakes, timeout: s.handshake_timeout };
+        let server = Server::bind(&s.host, s.port, tls, shared, handshakes).await?;
+        let tracker = server.tracker();
+        tracing::info!(message = "sockets transport listening", server = name, addr = ?server.local_addr(), tls = s.ssl);
+        let connections = shutdown.child_token();
+        tokio::spawn(server.run(connections.clone()));
+        // Full buckets are forgotten, so the map holds only devices that spent frames lately.
+        let sweep = connections.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(BUDGET_SWEEP);
+            loop {
+                tokio::select! {
+                    () = sweep.cancelled() => break,
+                    _ = tick.tick() => budgets.forget_refilled(),
+                }
+            }
+        });
+        Ok((SocketsTransport { hub, connections, tracker }, pipeline))
     }
-    result
+
+    async fn drain(self, ctx: &WorkerContext) {
+        self.connections.cancel();
+        if tokio::time::timeout(ctx.config.shutdown_grace, self.tracker.wait()).await.is_err() {
+            tracing::warn!(message = "connections still open at the end of the grace period", open = self.hub.open());
+        }
+    }
 }
 
 /// Small buffers: most connections are idle most of the time, and memory per idle
@@ -116,11 +123,7 @@ fn life_token() -> String {
     format!("{:x}{:05x}", nanos, std::process::id())
 }
 
-struct Dispatcher {
-    hub: Arc<Hub>,
-}
-
-impl Handler for Dispatcher {
+impl Handler for SocketsTransport {
     async fn handle(&mut self, record: &Record<'_>, _out: &mut Outbox) -> Result<(), ProcessError> {
         let msg: TransportMessage = serde_json::from_slice(record.payload)
             .map_err(|e| ProcessError::Poison(format!("not a transport message: {e}")))?;

@@ -10,32 +10,33 @@ use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
 use crate::registry::Registry;
 
-use super::WorkerContext;
 use crate::apps::Apps;
-use crate::pipeline::Handler;
+use crate::pipeline::{Handler, Pipeline};
+use crate::runtime::{Worker, WorkerContext};
 
-pub struct Tracker {
+pub struct Track {
     registry: Arc<Registry>,
     apps: Apps,
 }
 
-impl Tracker {
+impl Track {
     pub fn new(registry: Arc<Registry>, apps: Apps) -> Self {
-        Tracker { registry, apps }
+        Track { registry, apps }
     }
 }
 
-/// Connects and runs the role until `shutdown`.
-pub async fn run(
-    ctx: &WorkerContext,
-    registry: Arc<Registry>,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> Result<(), WorkerError> {
-    let (apps, pipeline) = super::start(ctx, topic::TRACK, &shutdown).await?;
-    pipeline.run(&mut Tracker::new(registry, apps), shutdown).await
+impl Worker for Track {
+    async fn connect(
+        ctx: &WorkerContext,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Result<(Self, Pipeline), WorkerError> {
+        let registry = ctx.registry(shutdown).await?;
+        let (apps, pipeline) = ctx.pipeline(topic::TRACK, shutdown).await?;
+        Ok((Track::new(Arc::new(registry), apps), pipeline))
+    }
 }
 
-impl Handler for Tracker {
+impl Handler for Track {
     async fn handle(&mut self, record: &Record<'_>, _out: &mut Outbox) -> Result<(), ProcessError> {
         let command =
             decode_track(record.payload, DEFAULT_MAX_MESSAGE_BYTES).map_err(|e| ProcessError::Poison(e.to_string()))?;

@@ -26,9 +26,9 @@ use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
 use crate::registry::{Registry, Routes};
 
-use super::WorkerContext;
 use crate::apps::Apps;
-use crate::pipeline::Handler;
+use crate::pipeline::{Handler, Pipeline};
+use crate::runtime::{Worker, WorkerContext};
 
 /// Devices per transport message: bounds message size while sharing one payload widely.
 const DEVICES_PER_MESSAGE: usize = 500;
@@ -38,7 +38,7 @@ const FILTER_CACHE: usize = 50_000;
 /// Serialized delivery → (the delivery, every device that receives exactly it).
 type Groups = HashMap<Vec<u8>, (DeliveryBatch, Vec<Recipient>)>;
 
-pub struct Router {
+pub struct TransportManager {
     registry: Arc<Registry>,
     apps: Apps,
     prefix: String,
@@ -47,20 +47,20 @@ pub struct Router {
     filters: FilterCache,
 }
 
-/// Connects and runs the role until `shutdown`.
-pub async fn run(
-    ctx: &WorkerContext,
-    registry: Arc<Registry>,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> Result<(), WorkerError> {
-    let (apps, pipeline) = super::start(ctx, topic::TRANSPORT_MANAGER, &shutdown).await?;
-    let mut router = Router::new(registry, apps, ctx.config.kafka.topic_prefix.clone());
-    pipeline.run(&mut router, shutdown).await
+impl Worker for TransportManager {
+    async fn connect(
+        ctx: &WorkerContext,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Result<(Self, Pipeline), WorkerError> {
+        let registry = ctx.registry(shutdown).await?;
+        let (apps, pipeline) = ctx.pipeline(topic::TRANSPORT_MANAGER, shutdown).await?;
+        Ok((TransportManager::new(Arc::new(registry), apps, ctx.config.kafka.topic_prefix.clone()), pipeline))
+    }
 }
 
-impl Router {
+impl TransportManager {
     pub fn new(registry: Arc<Registry>, apps: Apps, prefix: String) -> Self {
-        Router { registry, apps, prefix, routes: None, filters: FilterCache::default() }
+        TransportManager { registry, apps, prefix, routes: None, filters: FilterCache::default() }
     }
 
     /// Deliveries for the subscribers of the event's channels.
@@ -268,7 +268,7 @@ impl FilterCache {
     }
 }
 
-impl Handler for Router {
+impl Handler for TransportManager {
     /// One pipelined lookup for every channel of the batch.
     async fn prepare(&mut self, batch: &[Record<'_>]) {
         let mut channels: Vec<ChannelKey> = Vec::new();

@@ -36,15 +36,15 @@ use crate::model::{
 };
 use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
-use crate::store::{ObjectRow, ObjectWrite, Store};
+use crate::store::{MainStore, ObjectRow, ObjectWrite, Store};
 
-use super::WorkerContext;
 use crate::apps::Apps;
-use crate::pipeline::Handler;
+use crate::pipeline::{Handler, Pipeline};
+use crate::runtime::{Worker, WorkerContext};
 
 type Key = (String, String, String); // (application, model, id)
 
-pub struct Writer<S> {
+pub struct Write<S = MainStore> {
     store: Arc<S>,
     apps: Apps,
     /// `<type>-<index>`, named in the dead letters this role writes itself.
@@ -59,26 +59,26 @@ pub struct Writer<S> {
     dirty: HashSet<Key>,
 }
 
-/// Connects and runs the role until `shutdown`.
-pub async fn run<S: Store>(
-    ctx: &WorkerContext,
-    store: Arc<S>,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> Result<(), WorkerError> {
-    let (apps, pipeline) = super::start(ctx, topic::WRITE, &shutdown).await?;
-    let mut writer = Writer::new(store, apps, &ctx.config, &ctx.name());
-    pipeline.run(&mut writer, shutdown).await
+impl Worker for Write {
+    async fn connect(
+        ctx: &WorkerContext,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Result<(Self, Pipeline), WorkerError> {
+        let store = ctx.store(shutdown).await?;
+        let (apps, pipeline) = ctx.pipeline(topic::WRITE, shutdown).await?;
+        Ok((Write::new(Arc::new(store), apps, &ctx.config, &ctx.name()), pipeline))
+    }
 }
 
 fn poison(e: impl std::fmt::Display) -> ProcessError {
     ProcessError::Poison(e.to_string())
 }
 
-impl<S: Store> Writer<S> {
+impl<S: Store> Write<S> {
     /// A writer of `cfg`'s topics (`transport_manager` for events, `write` for cascades,
     /// `dead_letter`), naming itself `worker` in dead letters.
     pub fn new(store: Arc<S>, apps: Apps, cfg: &Config, worker: &str) -> Self {
-        Writer {
+        Write {
             store,
             apps,
             worker: worker.to_string(),
@@ -233,7 +233,7 @@ impl<S: Store> Writer<S> {
     }
 }
 
-impl<S: Store> Handler for Writer<S> {
+impl<S: Store> Handler for Write<S> {
     /// Reads every object the batch touches in one concurrent round instead of one round trip
     /// per record (the writer's main cost). Failures are left to `handle`, which classifies them.
     async fn prepare(&mut self, batch: &[Record<'_>]) {

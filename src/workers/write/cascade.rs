@@ -16,12 +16,12 @@ use crate::queue::outbox::Outbox;
 use crate::store::{ObjectId, ObjectRow, Store};
 use crate::telemetry;
 
-use super::{poison, Key, Writer};
+use super::{poison, Key, Write};
 
 /// Levels of descendants one delete reaches.
 pub const MAX_CASCADE_DEPTH: u32 = 16;
 
-impl<S: Store> Writer<S> {
+impl<S: Store> Write<S> {
     /// Tombstones the live `row`, emits its delete event, and sends a cascading delete to each
     /// of its children's partitions.
     pub(super) async fn delete(

@@ -16,9 +16,9 @@ use crate::queue::Record;
 use crate::store::{ObjectRow, Store};
 use crate::telemetry;
 
-use super::{poison, Key, Writer};
+use super::{poison, Key, Write};
 
-impl<S: Store> Writer<S> {
+impl<S: Store> Write<S> {
     /// Applies each unit of `rec` to the live `row` in order. A record of one message that fails
     /// is returned as poison (the pipeline dead-letters it); in a record of several, each failing
     /// unit is dead-lettered here and the record still succeeds.

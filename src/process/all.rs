@@ -18,17 +18,17 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{connect_registry, connect_store, Role, Shared, WorkerContext};
 use crate::apps::Apps;
 use crate::config::QueueKind;
 use crate::error::WorkerError;
 use crate::ingress::{Backend, Ingress};
 use crate::queue::{memory::Broker, topic, Queue};
 use crate::registry::Registry;
+use crate::runtime::{Role, Shared, WorkerContext};
 use crate::store::Store;
 
 /// Readiness condition of the ingress: unmet until its routes are live.
-pub(super) const INGRESS_CONDITION: &str = "ingress";
+pub const INGRESS_CONDITION: &str = "ingress";
 
 /// The roles `-t all` runs, in start order (consumers before the ingress opens).
 const ROLES: [Role; 7] = Role::WORKERS;
@@ -42,11 +42,11 @@ pub async fn run(
     if ingress.is_some() {
         ctx.health.require(INGRESS_CONDITION, "connecting");
     }
-    let store = connect_store(ctx, &shutdown).await?;
+    let store = ctx.store(&shutdown).await?;
     let registry = if cfg.registry_in_memory {
         Registry::memory().with_limits(cfg.limits)
     } else {
-        connect_registry(ctx, &shutdown).await?
+        ctx.registry(&shutdown).await?
     };
     // One set of applications for every role and the ingress: loaded from the store and kept by
     // `PUT /apps` with the in-process queue; over Kafka, one follower of `system` for all.
@@ -72,7 +72,9 @@ pub async fn run(
             }
             (Queue::Memory(broker), apps)
         }
-        QueueKind::Kafka => (Queue::Kafka, Apps::load_and_follow(cfg, &ctx.name(), roles_token.clone()).await?),
+        QueueKind::Kafka => {
+            (Queue::Kafka, Apps::load_and_follow(cfg, &ctx.name(), &ctx.tasks, roles_token.clone()).await?)
+        }
     };
     let shared = Shared { apps: Some(apps.clone()), store: Some(store.clone()), registry: Some(registry) };
 
@@ -82,16 +84,9 @@ pub async fn run(
         ctx.health.require(&crate::pipeline::running_condition(&format!("{role}-{}", ctx.index)), "starting");
     }
     for role in ROLES {
-        let role_ctx = WorkerContext {
-            config: ctx.config.clone(),
-            role,
-            index: ctx.index,
-            health: ctx.health.clone(),
-            queue: queue.clone(),
-            shared: shared.clone(),
-        };
-        let token = roles_token.clone();
-        roles.spawn(async move { (role, super::run_role(role_ctx, token).await) });
+        let role_ctx = ctx.for_role(role, queue.clone(), shared.clone());
+        let run = super::boxed(role_ctx, roles_token.clone());
+        roles.spawn(async move { (role, run.await) });
     }
 
     if let Some(ingress) = ingress {
