@@ -189,7 +189,7 @@ async fn run(args: Run) -> anyhow::Result<()> {
         tell(child, "report").await?;
         reports.push(serde_json::from_str::<Report>(&child.lines.next_line().await?.unwrap_or_default())?);
     }
-    let outcome = summarize(&args, &shape, &sent, &reports, measured_changes, elapsed, processes, idle_kib);
+    let outcome = summarize(&args, &shape, &sent, &reports, measured_changes, elapsed, processes, idle_kib)?;
     let md = outcome.markdown();
     println!("{md}");
     if let Some(path) = &args.out {
@@ -288,13 +288,13 @@ fn summarize(
     elapsed: Duration,
     processes: Vec<report::ProcessUse>,
     idle_kib: Option<f64>,
-) -> Outcome {
+) -> anyhow::Result<Outcome> {
     let expected = clients::expected(shape, &sent.owed);
     let (mut received, mut lost, mut dups, mut unexpected, mut with_loss, mut with_dups) = (0, 0, 0, 0, 0, 0);
-    let mut latency = Histogram::default();
+    let mut latency = Histogram::new()?;
     let (mut first, mut last) = (u64::MAX, 0);
     for r in reports {
-        latency.merge(&r.latency);
+        latency.merge(&r.latency)?;
         first = first.min(r.first_us);
         last = last.max(r.last_us);
         for (k, (got, unique)) in r.received.iter().zip(&r.unique).enumerate() {
@@ -308,7 +308,7 @@ fn summarize(
         }
     }
     let span = last.saturating_sub(first).max(1) as f64 / 1e6;
-    Outcome {
+    Ok(Outcome {
         scenario: args.scenario.clone(),
         target: if args.target == "http" { format!("HTTP ingress {}", args.http) } else { "Kafka".into() },
         machine: machine(),
@@ -331,7 +331,7 @@ fn summarize(
         latency: Latency::of(&latency),
         processes,
         idle_kib_per_connection: idle_kib,
-    }
+    })
 }
 
 /// CPU model, cores and memory, for the report.
