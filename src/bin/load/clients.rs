@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -22,6 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::plan::Shape;
 use crate::report::Histogram;
+use nexxus_worker::model::clock;
 use nexxus_worker::transport::jwt::{self, Claims};
 
 pub const PER_PROCESS: usize = 9_000;
@@ -50,10 +50,6 @@ pub struct Report {
     pub latency: Histogram,
     pub first_us: u64,
     pub last_us: u64,
-}
-
-pub fn micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
 #[derive(Deserialize)]
@@ -107,7 +103,7 @@ pub async fn run(spec: Spec) -> anyhow::Result<()> {
         filtered: spec.filtered,
     };
     let ip: std::net::Ipv4Addr = spec.source_ip.parse()?;
-    let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 6 * 3600;
+    let exp = clock::now_secs() + 6 * 3600;
     let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
     let start_us = Arc::new(AtomicU64::new(u64::MAX));
     let total = Arc::new(AtomicU64::new(0));
@@ -169,7 +165,7 @@ pub async fn run(spec: Spec) -> anyhow::Result<()> {
                         _ => break,
                     },
                 };
-                let now = micros();
+                let now = clock::now_micros();
                 let Ok(frame) = serde_json::from_str::<Frame<'_>>(&text) else { continue };
                 let Some(data) = frame.data.filter(|_| frame.event == "message") else { continue };
                 let start = start_us.load(Ordering::Relaxed);

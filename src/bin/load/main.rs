@@ -21,7 +21,8 @@ use clap::{Parser, Subcommand};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
-use clients::{micros, Report, Spec};
+use clients::{Report, Spec};
+use nexxus_worker::model::clock;
 use plan::{Generator, Shape};
 use report::{Histogram, Latency, Outcome};
 
@@ -114,7 +115,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Run) -> anyhow::Result<()> {
-    let app = format!("load{}", micros());
+    let app = format!("load{}", clock::now_micros());
     let target = register(&args, &app).await?;
     let shape = Shape {
         clients: args.clients,
@@ -171,7 +172,7 @@ async fn run(args: Run) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
         let seeded = sent.changes;
-        let t0 = micros();
+        let t0 = clock::now_micros();
         for child in &mut children {
             tell(child, &format!("start {t0}")).await?;
         }
