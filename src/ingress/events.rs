@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use super::{error, Ingress};
 use crate::apps::Apps;
 use crate::commands::publish;
+use crate::model::clock;
 use crate::model::{check_track_command, decode_aggregation, decode_track, Application, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::queue::outbox::Sink;
 use crate::queue::topic;
@@ -162,7 +163,7 @@ fn check(kind: Kind, item: &RawValue, apps: &Apps) -> Result<(Option<String>, St
     };
     if let Kind::Events = kind {
         // The API stamps writes; so does its stand-in when the client did not.
-        map.entry("timestamp").or_insert_with(|| json!(now_micros()));
+        map.entry("timestamp").or_insert_with(|| json!(clock::now_micros()));
     }
     let text = item.to_string();
     match kind {
@@ -239,8 +240,4 @@ pub async fn get_dead_letters(
         .collect();
     let body = json!({ "dead_letters": envelopes, "dropped": broker.dropped(&topic) });
     (StatusCode::OK, Json(body)).into_response()
-}
-
-fn now_micros() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }

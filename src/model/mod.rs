@@ -33,6 +33,7 @@
 
 pub mod acl;
 pub mod channel;
+pub mod clock;
 pub mod delivery;
 pub mod error;
 pub mod event;

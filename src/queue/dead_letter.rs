@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use super::outbox::Outbox;
 use super::Record;
 use crate::error::ProcessError;
+use crate::model::clock;
 use crate::telemetry::{self, names};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,7 +84,7 @@ impl Envelope {
                 .then(|| std::str::from_utf8(payload).ok())
                 .flatten()
                 .map(str::to_string),
-            rejected_at_ms: now_ms(),
+            rejected_at_ms: clock::now_millis(),
             truncated,
         }
     }
@@ -149,10 +150,6 @@ fn cut(text: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}… ({} bytes)", &text[..end], text.len())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
+use crate::model::clock;
 use crate::telemetry;
 
 /// One record in a log.
@@ -118,10 +119,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Broker {
     /// A broker whose logs hold up to `capacity` unconsumed records each.
     pub fn new(capacity: usize) -> Broker {
-        let micros = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as i64)
-            .unwrap_or(0);
+        let micros = i64::try_from(clock::now_micros()).unwrap_or(i64::MAX);
         Broker {
             inner: Arc::new(Inner {
                 topics: Mutex::new(HashMap::new()),
@@ -211,10 +209,7 @@ impl Broker {
         let (key, payload) = record.take()?;
         log.bytes += size;
         let offset = log.end();
-        let timestamp_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let timestamp_ms = clock::now_millis();
         log.records.push_back(Arc::new(Message { topic: t.name.clone(), offset, key, payload, timestamp_ms }));
         for w in &log.waiting {
             w.notify_one();

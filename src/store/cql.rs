@@ -19,7 +19,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use scylla::client::execution_profile::ExecutionProfile;
@@ -33,7 +33,7 @@ use scylla::value::CqlTimestamp;
 
 use super::{last_write_per_object, ObjectId, ObjectRow, ObjectWrite, Store, StoreError};
 use crate::config::Config;
-use crate::model::Application;
+use crate::model::{clock, Application};
 
 mod errors;
 mod schema;
@@ -291,8 +291,7 @@ impl Store for CqlStore {
         app.validate().map_err(|e| StoreError::Corrupt(format!("refusing to store application {}: {e}", app.id)))?;
         let body = serde_json::to_string(app)
             .map_err(|e| StoreError::Corrupt(format!("application {} does not serialize: {e}", app.id)))?;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
-        let updated_at = CqlTimestamp(i64::try_from(now).unwrap_or(i64::MAX));
+        let updated_at = CqlTimestamp(clock::now_millis());
         self.write("writing an application", &self.prepared.put_app, (&app.id, body, updated_at)).await
     }
 

@@ -35,12 +35,12 @@ mod tests;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{last_write_per_object, ObjectId, ObjectRow, ObjectWrite, Store, StoreError};
-use crate::model::Application;
+use crate::model::{clock, Application};
 use errors::sql;
 use rows::{decode_application, decode_object, encode_application, encode_object, EncodedObject};
 
@@ -218,8 +218,7 @@ impl Store for SqliteStore {
     async fn put_application(&self, app: &Application) -> Result<(), StoreError> {
         let body = encode_application(app)?;
         let id = app.id.clone();
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
-        let updated_at = i64::try_from(now).unwrap_or(i64::MAX);
+        let updated_at = clock::now_millis();
         self.blocking("writing an application", move |inner| {
             let what = format!("writing application {id}");
             inner.write(&what, |tx| {

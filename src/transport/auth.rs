@@ -1,17 +1,13 @@
 //! Who a device is and what it may read: the checks the socket handshake and the HTTP snapshot
 //! (`GET /objects`) share, so the two doors cannot drift apart.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::apps::Apps;
 use crate::model::acl::{authored_channel, read_access, ReadAccess};
 use crate::model::id::validate_ident;
-use crate::model::{Application, Channel, ModelError};
+use crate::model::{clock, Application, Channel, ModelError};
 use crate::transport::jwt::{self, Claims, Clock, Invalid, JwtError};
-
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
 
 /// The key of an application's device tokens: its `jwt_secret`, else `fallback` (`TP_JWT_SECRET`).
 pub fn secret_of(app: &Application, fallback: Option<&str>) -> Option<String> {
@@ -27,7 +23,7 @@ pub fn verify_device(
     fallback: Option<&str>,
     max_lifetime: Duration,
 ) -> Result<Claims, JwtError> {
-    let clock = Clock { now: now_secs(), max_lifetime: max_lifetime.as_secs() };
+    let clock = Clock { now: clock::now_secs(), max_lifetime: max_lifetime.as_secs() };
     jwt::verify(token, clock, |app| {
         let application = apps.get(app).ok_or(Invalid::UnknownApplication)?;
         secret_of(&application, fallback).ok_or(Invalid::NoSecret)
@@ -62,7 +58,7 @@ pub fn mint(
     let claims = Claims {
         application_id: app.id.clone(),
         device_id: device.to_owned(),
-        exp: now_secs().saturating_add(ttl_secs),
+        exp: clock::now_secs().saturating_add(ttl_secs),
         user_id: user.map(str::to_owned),
     };
     Ok(jwt::sign(&claims, &secret))

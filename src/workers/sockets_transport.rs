@@ -10,14 +10,13 @@
 //! detaches from the registry, bounded by the process's shutdown grace.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::{ProcessError, WorkerError};
-use crate::model::{Transport, TransportMessage};
+use crate::model::{clock, Transport, TransportMessage};
 use crate::pipeline::{Handler, Pipeline};
 use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
@@ -119,7 +118,7 @@ fn ws_config(max_message: usize) -> WebSocketConfig {
 /// A token naming this life of the process (see the registry's sockets module): distinct per
 /// start, so deliveries addressed to an earlier life are recognised.
 fn life_token() -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = clock::now_nanos();
     format!("{:x}{:05x}", nanos, std::process::id())
 }
 
@@ -133,7 +132,7 @@ impl Handler for SocketsTransport {
         metrics::counter!("nexxus_sockets_queue_drops_total").increment(d.dropped as u64);
         metrics::counter!("nexxus_sockets_absent_recipients_total").increment(d.absent as u64);
         if d.frames > 0 {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+            let now = clock::now_micros();
             let latency = now.saturating_sub(msg.timestamp) as f64 / 1e6;
             metrics::histogram!("nexxus_sockets_delivery_latency_seconds").record(latency);
         }

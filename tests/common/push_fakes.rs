@@ -589,32 +589,8 @@ fn invalid_grant(description: &str) -> Resp {
     json_response(400, &json!({ "error": "invalid_grant", "error_description": description }))
 }
 
-fn url_decode(s: &[u8]) -> String {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        let hex = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
-        match (s[i], hex) {
-            (b'+', _) => out.push(b' '),
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 2;
-            }
-            (c, _) => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn parse_form(body: &[u8]) -> HashMap<String, String> {
-    body.split(|&b| b == b'&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let mut kv = pair.splitn(2, |&b| b == b'=');
-            (url_decode(kv.next().unwrap_or_default()), url_decode(kv.next().unwrap_or_default()))
-        })
-        .collect()
+    form_urlencoded::parse(body).into_owned().collect()
 }
 
 /// `<digits>[.<up to 9 digits>]s`, protobuf's JSON Duration.

@@ -9,8 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -22,6 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::plan::Shape;
 use crate::report::Histogram;
+use nexxus_worker::model::clock;
 use nexxus_worker::transport::jwt::{self, Claims};
 
 pub const PER_PROCESS: usize = 9_000;
@@ -42,7 +42,7 @@ pub struct Spec {
 }
 
 /// Per client: deltas received, distinct (object, version) among them.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Report {
     pub first: usize,
     pub received: Vec<u64>,
@@ -50,10 +50,6 @@ pub struct Report {
     pub latency: Histogram,
     pub first_us: u64,
     pub last_us: u64,
-}
-
-pub fn micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
 #[derive(Deserialize)]
@@ -107,11 +103,14 @@ pub async fn run(spec: Spec) -> anyhow::Result<()> {
         filtered: spec.filtered,
     };
     let ip: std::net::Ipv4Addr = spec.source_ip.parse()?;
-    let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 6 * 3600;
+    let exp = clock::now_secs() + 6 * 3600;
     let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
     let start_us = Arc::new(AtomicU64::new(u64::MAX));
     let total = Arc::new(AtomicU64::new(0));
     let stop = tokio_util::sync::CancellationToken::new();
+    // One histogram per process, not per connection: it holds ~21,500 counters (170 KB), and a
+    // process holds thousands of connections.
+    let latency = Arc::new(Mutex::new(Histogram::new()?));
     let connect = |k: usize| {
         let i = spec.first + k;
         let claims = Claims { application_id: spec.app.clone(), device_id: format!("d{i}"), exp, user_id: None };
@@ -153,10 +152,9 @@ pub async fn run(spec: Spec) -> anyhow::Result<()> {
     let mut tasks = Vec::with_capacity(spec.count);
     for ws in sockets {
         let mut ws = ws?;
-        let (stop, start_us, total) = (stop.clone(), start_us.clone(), total.clone());
+        let (stop, start_us, total, latency) = (stop.clone(), start_us.clone(), total.clone(), latency.clone());
         tasks.push(tokio::spawn(async move {
             let mut seen: Vec<u64> = Vec::new();
-            let mut latency = Histogram::default();
             let (mut first, mut last) = (u64::MAX, 0u64);
             loop {
                 let text = tokio::select! {
@@ -167,7 +165,7 @@ pub async fn run(spec: Spec) -> anyhow::Result<()> {
                         _ => break,
                     },
                 };
-                let now = micros();
+                let now = clock::now_micros();
                 let Ok(frame) = serde_json::from_str::<Frame<'_>>(&text) else { continue };
                 let Some(data) = frame.data.filter(|_| frame.event == "message") else { continue };
                 let start = start_us.load(Ordering::Relaxed);
@@ -180,7 +178,7 @@ pub async fn run(spec: Spec) -> anyhow::Result<()> {
                     seen.push(id << 24 | (d.version & 0xff_ffff));
                     total.fetch_add(1, Ordering::Relaxed);
                     if d.timestamp >= start {
-                        latency.record(now.saturating_sub(d.timestamp));
+                        latency.lock().unwrap_or_else(PoisonError::into_inner).record(now.saturating_sub(d.timestamp));
                         first = first.min(now);
                         last = last.max(now);
                     }
@@ -189,7 +187,7 @@ pub async fn run(spec: Spec) -> anyhow::Result<()> {
             let received = seen.len() as u64;
             seen.sort_unstable();
             seen.dedup();
-            (received, seen.len() as u64, latency, first, last)
+            (received, seen.len() as u64, first, last)
         }));
     }
     println!("ready {}", spec.count);
@@ -204,15 +202,18 @@ pub async fn run(spec: Spec) -> anyhow::Result<()> {
         }
     }
     stop.cancel();
-    let mut report = Report { first: spec.first, first_us: u64::MAX, ..Report::default() };
+    let (mut received, mut unique) = (Vec::with_capacity(tasks.len()), Vec::with_capacity(tasks.len()));
+    let (mut first_us, mut last_us) = (u64::MAX, 0);
     for t in tasks {
-        let (received, unique, latency, first, last) = t.await?;
-        report.received.push(received);
-        report.unique.push(unique);
-        report.latency.merge(&latency);
-        report.first_us = report.first_us.min(first);
-        report.last_us = report.last_us.max(last);
+        let (got, distinct, first, last) = t.await?;
+        received.push(got);
+        unique.push(distinct);
+        first_us = first_us.min(first);
+        last_us = last_us.max(last);
     }
+    // Every task has ended, so the histogram is complete.
+    let latency = latency.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let report = Report { first: spec.first, received, unique, latency, first_us, last_us };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }

@@ -21,7 +21,8 @@ use clap::{Parser, Subcommand};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
-use clients::{micros, Report, Spec};
+use clients::{Report, Spec};
+use nexxus_worker::model::clock;
 use plan::{Generator, Shape};
 use report::{Histogram, Latency, Outcome};
 
@@ -114,7 +115,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Run) -> anyhow::Result<()> {
-    let app = format!("load{}", micros());
+    let app = format!("load{}", clock::now_micros());
     let target = register(&args, &app).await?;
     let shape = Shape {
         clients: args.clients,
@@ -171,7 +172,7 @@ async fn run(args: Run) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
         let seeded = sent.changes;
-        let t0 = micros();
+        let t0 = clock::now_micros();
         for child in &mut children {
             tell(child, &format!("start {t0}")).await?;
         }
@@ -189,7 +190,7 @@ async fn run(args: Run) -> anyhow::Result<()> {
         tell(child, "report").await?;
         reports.push(serde_json::from_str::<Report>(&child.lines.next_line().await?.unwrap_or_default())?);
     }
-    let outcome = summarize(&args, &shape, &sent, &reports, measured_changes, elapsed, processes, idle_kib);
+    let outcome = summarize(&args, &shape, &sent, &reports, measured_changes, elapsed, processes, idle_kib)?;
     let md = outcome.markdown();
     println!("{md}");
     if let Some(path) = &args.out {
@@ -288,13 +289,13 @@ fn summarize(
     elapsed: Duration,
     processes: Vec<report::ProcessUse>,
     idle_kib: Option<f64>,
-) -> Outcome {
+) -> anyhow::Result<Outcome> {
     let expected = clients::expected(shape, &sent.owed);
     let (mut received, mut lost, mut dups, mut unexpected, mut with_loss, mut with_dups) = (0, 0, 0, 0, 0, 0);
-    let mut latency = Histogram::default();
+    let mut latency = Histogram::new()?;
     let (mut first, mut last) = (u64::MAX, 0);
     for r in reports {
-        latency.merge(&r.latency);
+        latency.merge(&r.latency)?;
         first = first.min(r.first_us);
         last = last.max(r.last_us);
         for (k, (got, unique)) in r.received.iter().zip(&r.unique).enumerate() {
@@ -308,7 +309,7 @@ fn summarize(
         }
     }
     let span = last.saturating_sub(first).max(1) as f64 / 1e6;
-    Outcome {
+    Ok(Outcome {
         scenario: args.scenario.clone(),
         target: if args.target == "http" { format!("HTTP ingress {}", args.http) } else { "Kafka".into() },
         machine: machine(),
@@ -331,7 +332,7 @@ fn summarize(
         latency: Latency::of(&latency),
         processes,
         idle_kib_per_connection: idle_kib,
-    }
+    })
 }
 
 /// CPU model, cores and memory, for the report.

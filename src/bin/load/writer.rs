@@ -9,9 +9,9 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
-use crate::clients::micros;
 use crate::plan::{message, owed, Change, Generator};
 use nexxus_worker::config::Config;
+use nexxus_worker::model::clock;
 
 pub enum Target {
     Kafka { producer: FutureProducer, topic: String },
@@ -95,7 +95,7 @@ impl Target {
             Target::Kafka { producer, topic } => {
                 let mut pending = FuturesUnordered::<DeliveryFuture>::new();
                 for change in batch {
-                    let payload = message(app, change, micros()).to_string();
+                    let payload = message(app, change, clock::now_micros()).to_string();
                     let mut record = FutureRecord::to(topic).key(change.id.as_bytes()).payload(payload.as_bytes());
                     loop {
                         match producer.send_result(record) {
@@ -122,7 +122,7 @@ impl Target {
             Target::Http { client, url, token } => {
                 // Requests stay well under the ingress's 1 MiB default body limit.
                 for chunk in batch.chunks(1000) {
-                    let now = micros();
+                    let now = clock::now_micros();
                     let body: Vec<serde_json::Value> = chunk.iter().map(|c| message(app, c, now)).collect();
                     let mut request = client.post(url).json(&body);
                     if let Some(t) = token {

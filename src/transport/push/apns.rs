@@ -10,7 +10,7 @@
 //! older one, never on deltas, each of which carries different changes.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
@@ -21,7 +21,7 @@ use super::sign::SigningKey;
 use super::{http_client, retry_after, stable_uuid, Outcome, PerApp};
 use crate::model::delivery::{push_alert, split_push, PushPayload, DEFAULT_PUSH_LIMIT};
 use crate::model::schema::ApnCredentials;
-use crate::model::{Application, TransportMessage};
+use crate::model::{clock, Application, TransportMessage};
 
 const PRODUCTION: &str = "https://api.push.apple.com";
 const SANDBOX: &str = "https://api.sandbox.push.apple.com";
@@ -140,7 +140,7 @@ impl AppClient {
                 return Ok(Some(jwt.clone()));
             }
         }
-        let iat = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let iat = clock::now_secs();
         let jwt = key.sign(Some(key_id), &json!({"iss": team_id, "iat": iat}))?;
         *cached = Some((jwt.clone(), Instant::now()));
         Ok(Some(jwt))
@@ -179,7 +179,7 @@ impl Apns {
                 Ok(b) => b,
                 Err(e) => return Outcome::Rejected(e),
             };
-            let expiration = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() + 86_400).unwrap_or(0);
+            let expiration = clock::now_secs() + 86_400;
             let mut req = client
                 .http
                 .post(format!("{}/3/device/{token}", client.base))

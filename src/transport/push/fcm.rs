@@ -9,7 +9,7 @@
 //! 4 KB; `android.priority` high (the app must update now), `ttl` one day.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
@@ -19,7 +19,7 @@ use super::sign::SigningKey;
 use super::{http_client, retry_after, Outcome, PerApp};
 use crate::model::delivery::{split_push, PushPayload, DEFAULT_PUSH_LIMIT};
 use crate::model::schema::FcmCredentials;
-use crate::model::{Application, TransportMessage};
+use crate::model::{clock, Application, TransportMessage};
 
 pub const DEFAULT_URL: &str = "https://fcm.googleapis.com";
 const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
@@ -87,7 +87,7 @@ impl AppClient {
                 return Ok(t.clone());
             }
         }
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now = clock::now_secs();
         let claims =
             json!({"iss": self.client_email, "scope": SCOPE, "aud": self.token_uri, "iat": now, "exp": now + 3600});
         let assertion = self.key.sign(None, &claims).map_err(Outcome::Rejected)?;
