@@ -28,7 +28,7 @@
 //! | `acl`      | the author check (`validateAuthor`) |
 //! | `event`    | our topics' records: [`WriteRecord`] (`write`), [`ChangeEvent`] (`transport_manager`) |
 //! | `delivery` | [`Delta`], `{new,updated,deleted}` grouping, push payload splitting |
-| `clock`    | the wall clock (seconds, ms, µs, ns since the epoch), read in one place |
+//! | `clock`    | the wall clock (seconds, ms, µs, ns since the epoch), read in one place |
 //!
 //! Nothing here panics on input: decoders return [`ModelError`], evaluation returns `false`.
 
