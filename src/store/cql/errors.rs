@@ -8,13 +8,12 @@
 //! see the cause. Unknown (non-exhaustive) variants count as unavailable, which errs on the side of
 //! retrying rather than stopping.
 
-use std::fmt::Display;
-
 use scylla::errors::{
     DbError, ExecutionError, NewSessionError, NextPageError, NextRowError, PagerExecutionError, PrepareError,
     RequestAttemptError, RequestError, SchemaAgreementError,
 };
 
+use crate::error::{BoxError, Cause};
 use crate::store::StoreError;
 
 #[derive(Clone, Copy)]
@@ -23,10 +22,11 @@ enum Class {
     Corrupt,
 }
 
-fn make(class: Class, what: &str, e: &dyn Display) -> StoreError {
+fn make(class: Class, what: &str, e: impl Into<BoxError>) -> StoreError {
+    let cause = Cause::with(what, e);
     match class {
-        Class::Unavailable => StoreError::Unavailable(format!("{what}: {e}")),
-        Class::Corrupt => StoreError::Corrupt(format!("{what}: {e}")),
+        Class::Unavailable => StoreError::Unavailable(cause),
+        Class::Corrupt => StoreError::Corrupt(cause),
     }
 }
 
@@ -85,7 +85,7 @@ fn next_page_class(e: &NextPageError) -> Class {
 }
 
 pub(super) fn execution(what: &'static str) -> impl Fn(ExecutionError) -> StoreError {
-    move |e| make(execution_class(&e), what, &e)
+    move |e| make(execution_class(&e), what, e)
 }
 
 pub(super) fn pager(what: &'static str) -> impl Fn(PagerExecutionError) -> StoreError {
@@ -96,7 +96,7 @@ pub(super) fn pager(what: &'static str) -> impl Fn(PagerExecutionError) -> Store
             PagerExecutionError::NextPageError(e) => next_page_class(e),
             _ => Class::Unavailable,
         };
-        make(class, what, &e)
+        make(class, what, e)
     }
 }
 
@@ -106,23 +106,23 @@ pub(super) fn next_row(what: &'static str) -> impl Fn(NextRowError) -> StoreErro
             NextRowError::NextPageError(e) => next_page_class(e),
             _ => Class::Corrupt,
         };
-        make(class, what, &e)
+        make(class, what, e)
     }
 }
 
 /// Results that are not the rows the statement promises, or rows of unexpected types.
-pub(super) fn rows<E: Display>(what: &'static str) -> impl Fn(E) -> StoreError {
-    move |e| make(Class::Corrupt, what, &e)
+pub(super) fn rows<E: Into<BoxError>>(what: &'static str) -> impl Fn(E) -> StoreError {
+    move |e| make(Class::Corrupt, what, e)
 }
 
 pub(super) fn prepare(e: PrepareError) -> StoreError {
-    make(prepare_class(&e), "preparing statements", &e)
+    make(prepare_class(&e), "preparing statements", e)
 }
 
 /// Session set-up fails on unreachable or unresolvable nodes; the configuration itself was
 /// validated when loaded.
 pub(super) fn new_session(e: NewSessionError) -> StoreError {
-    make(Class::Unavailable, "connecting", &e)
+    make(Class::Unavailable, "connecting", e)
 }
 
 pub(super) fn schema_agreement(e: SchemaAgreementError) -> StoreError {
@@ -130,5 +130,5 @@ pub(super) fn schema_agreement(e: SchemaAgreementError) -> StoreError {
         SchemaAgreementError::RequestError(e) => attempt(e),
         _ => Class::Unavailable,
     };
-    make(class, "waiting for schema agreement", &e)
+    make(class, "waiting for schema agreement", e)
 }
