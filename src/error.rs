@@ -141,3 +141,41 @@ impl WorkerError {
         }
     }
 }
+
+/// The first error of type `T` in `e`'s source chain, `e` included (tests check that a layer
+/// kept the error underneath it).
+#[cfg(test)]
+pub(crate) fn in_chain<'a, T: std::error::Error + 'static>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a T> {
+    std::iter::successors(Some(e), |e| e.source()).find_map(|e| e.downcast_ref::<T>())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn a_cause_reads_as_context_then_source_and_keeps_the_source() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let cause = Cause::with("opening x", io);
+        assert_eq!(cause.to_string(), "opening x: no such file");
+        let kept = in_chain::<std::io::Error>(&cause).expect("the io error is kept");
+        assert_eq!(kept.kind(), std::io::ErrorKind::NotFound);
+        let plain = Cause::from("unknown application `a`");
+        assert_eq!(plain.to_string(), "unknown application `a`");
+        assert!(plain.source().is_none());
+    }
+
+    #[test]
+    fn a_process_error_reads_as_its_cause_and_exposes_the_cause_source() {
+        let json = serde_json::from_str::<serde_json::Value>("{").unwrap_err();
+        let text = format!("not a change event: {json}");
+        let e = ProcessError::poison(Cause::with("not a change event", json));
+        assert_eq!(e.to_string(), text);
+        // Transparent: the source is the JSON error itself, not the cause wrapping it.
+        assert!(e.source().is_some_and(|s| s.is::<serde_json::Error>()));
+        assert!(matches!(ProcessError::transient("x"), ProcessError::Transient(c) if c.to_string() == "x"));
+        assert!(matches!(ProcessError::fatal(String::from("y")), ProcessError::Fatal(c) if c.to_string() == "y"));
+    }
+}

@@ -330,3 +330,22 @@ fn retryable(e: &RedisError) -> bool {
         || e.is_cluster_error()
         || e.kind() == ErrorKind::ClusterConnectionNotFound
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{in_chain, ProcessError};
+
+    #[test]
+    fn a_redis_failure_is_transient_and_keeps_the_redis_error() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = Failure::Redis(RedisError::from(refused)).into_error("GET k");
+        assert!(matches!(e, RegistryError::Unavailable(_)), "{e:?}");
+        assert!(e.to_string().starts_with("redis unavailable: GET k: "), "{e}");
+        let process = ProcessError::from(e.clone());
+        assert!(matches!(process, ProcessError::Transient(_)), "{process:?}");
+        assert!(in_chain::<RedisError>(&process).is_some_and(RedisError::is_connection_refusal));
+        // A clone shares the source rather than dropping it.
+        assert!(in_chain::<RedisError>(&e).is_some());
+    }
+}

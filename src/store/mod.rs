@@ -256,3 +256,21 @@ impl Store for MainStore {
         each_store!(self, s => s.ping())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::in_chain;
+
+    #[test]
+    fn a_row_that_does_not_decode_is_poison_and_keeps_the_json_error() {
+        let Err(cause) = decode_row("[1]", 1, (None, None, None), false) else { panic!("an array is not an object") };
+        let store = StoreError::CorruptRow(Cause::with("object a/m/1", cause));
+        assert!(store.to_string().starts_with("stored object is corrupt: object a/m/1: body is not a JSON object: "));
+        let process = ProcessError::from(store);
+        assert!(matches!(process, ProcessError::Poison(_)), "{process:?}");
+        assert!(in_chain::<serde_json::Error>(&process).is_some(), "the JSON error is in the chain");
+        let Err(cause) = decode_row("{}", -1, (None, None, None), false) else { panic!("a negative version") };
+        assert_eq!(cause.to_string(), "negative version -1");
+    }
+}

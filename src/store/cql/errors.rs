@@ -132,3 +132,41 @@ pub(super) fn schema_agreement(e: SchemaAgreementError) -> StoreError {
     };
     make(class, "waiting for schema agreement", e)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
+
+    use super::*;
+    use crate::error::{in_chain, ProcessError};
+
+    fn db_error(e: DbError) -> ExecutionError {
+        ExecutionError::LastAttemptError(RequestAttemptError::DbError(e, "the server's message".into()))
+    }
+
+    #[test]
+    fn an_unavailable_cluster_is_transient_and_keeps_the_driver_error() {
+        for e in [ExecutionError::RequestTimeout(Duration::from_secs(5)), db_error(DbError::Overloaded)] {
+            let store = execution("reading an object")(e);
+            assert!(matches!(store, StoreError::Unavailable(_)), "{store:?}");
+            assert!(store.to_string().starts_with("store unavailable: reading an object: "), "{store}");
+            let text = store.to_string();
+            let process = ProcessError::from(store);
+            assert!(matches!(process, ProcessError::Transient(_)), "{process:?}");
+            assert_eq!(process.to_string(), text, "the reason reads as before");
+            assert!(in_chain::<StoreError>(&process).is_some());
+            assert!(in_chain::<ExecutionError>(&process).is_some(), "the driver error is in the chain");
+        }
+    }
+
+    #[test]
+    fn a_request_the_server_refuses_is_fatal() {
+        let store = execution("writing an object")(db_error(DbError::Invalid));
+        assert!(matches!(store, StoreError::Corrupt(_)), "{store:?}");
+        let process = ProcessError::from(store);
+        assert!(matches!(process, ProcessError::Fatal(_)), "{process:?}");
+        assert!(matches!(in_chain::<ExecutionError>(&process), Some(ExecutionError::LastAttemptError(_))));
+    }
+}

@@ -75,6 +75,7 @@ mod tests {
     use rusqlite::ffi;
 
     use super::*;
+    use crate::error::{in_chain, ProcessError};
 
     fn failure(code: i32) -> rusqlite::Error {
         rusqlite::Error::SqliteFailure(ffi::Error::new(code), None)
@@ -95,5 +96,15 @@ mod tests {
         // Extended codes keep their primary class: SQLITE_IOERR_FSYNC is still an I/O error.
         assert!(matches!(sql("x", failure(ffi::SQLITE_IOERR_FSYNC)), StoreError::Unavailable(_)));
         assert!(matches!(sql("x", failure(ffi::SQLITE_BUSY_SNAPSHOT)), StoreError::Unavailable(_)));
+    }
+
+    #[test]
+    fn the_sqlite_error_is_kept_under_the_store_error() {
+        let e = sql("reading objects", failure(ffi::SQLITE_BUSY));
+        assert!(e.to_string().starts_with("store unavailable: sqlite: reading objects: "), "{e}");
+        let process = ProcessError::from(e);
+        assert!(matches!(process, ProcessError::Transient(_)), "{process:?}");
+        let kept = in_chain::<rusqlite::Error>(&process).expect("the rusqlite error is in the chain");
+        assert_eq!(kept.sqlite_error_code(), Some(ErrorCode::DatabaseBusy));
     }
 }

@@ -221,7 +221,11 @@ fn unknown_schema_versions_and_foreign_files_are_refused() {
     raw(&store).pragma_update(None, "user_version", schema::SCHEMA_VERSION + 1).unwrap();
     drop(store);
     let result = SqliteStore::open(&path);
-    assert!(matches!(&result, Err(StoreError::Corrupt(m)) if m.to_string().contains("schema version")), "{:?}", result.err());
+    assert!(
+        matches!(&result, Err(StoreError::Corrupt(m)) if m.to_string().contains("schema version")),
+        "{:?}",
+        result.err()
+    );
 
     let (_dir, path) = temp();
     std::fs::write(&path, vec![b'x'; 8192]).unwrap();
