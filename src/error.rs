@@ -14,7 +14,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// Why something failed: the reason as people read it (what was being done, then the underlying
 /// error's own text), and the underlying error, kept so a caller or a test can inspect the chain
 /// rather than parse text. The reason already quotes the source, so a log line prints only this.
-/// Shared rather than owned so that errors a batch reports per command can be cloned.
+/// The source is shared (`Arc`) so a `Cause` clones: the registry hands one error to every
+/// command of a failed batch.
 #[derive(Clone, Debug)]
 pub struct Cause {
     reason: String,
