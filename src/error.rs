@@ -14,8 +14,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// Why something failed: the reason as people read it (what was being done, then the underlying
 /// error's own text), and the underlying error, kept so a caller or a test can inspect the chain
 /// rather than parse text. The reason already quotes the source, so a log line prints only this.
-/// The source is shared (`Arc`) so a `Cause` clones: the registry hands one error to every
-/// command of a failed batch.
+/// The source is shared (`Arc`) so a `Cause` clones: the registry returns a copy of one
+/// command's error out of a batch's replies.
 #[derive(Clone, Debug)]
 pub struct Cause {
     reason: String,
