@@ -1,38 +1,92 @@
-//! Errors at the edges of the crate, each with the class that decides what the run loop does
-//! with it: send the message to `dead_letter` and move on, retry with backoff without losing the
-//! Kafka position, or stop the process.
+//! Errors at the edges of the crate. [`ProcessError`]'s variant is what the run loop does with a
+//! failed message: send it to `dead_letter` and move on, retry with backoff without losing the
+//! Kafka position, or stop the process. [`Cause`] is what every layer's error carries: a readable
+//! reason and, when another error caused it, that error as its `source`.
+
+use std::fmt;
+use std::sync::Arc;
 
 use crate::config::ConfigError;
 
-/// What a worker does about a failure.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// The message itself is bad: `dead_letter` it, commit, go on. Retrying cannot help.
-    Poison,
-    /// A dependency is unavailable: back off and retry the same message; readiness turns false.
-    Transient,
-    /// A bug or an unrecoverable state: stop the worker (and, through the token, the process).
-    Fatal,
+/// Any error, boxed to be kept as a source.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why something failed: the reason as people read it (what was being done, then the underlying
+/// error's own text), and the underlying error, kept so a caller or a test can inspect the chain
+/// rather than parse text. The reason already quotes the source, so a log line prints only this.
+/// The source is shared (`Arc`) so a `Cause` clones: the registry returns a copy of one
+/// command's error out of a batch's replies.
+#[derive(Clone, Debug)]
+pub struct Cause {
+    reason: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
-/// The outcome of processing one message, as a role's handler reports it.
+impl Cause {
+    /// `context: source`, keeping `source`.
+    pub fn with(context: impl fmt::Display, source: impl Into<BoxError>) -> Cause {
+        let source = source.into();
+        Cause { reason: format!("{context}: {source}"), source: Some(Arc::from(source)) }
+    }
+
+    /// The error's own text as the reason, keeping the error.
+    pub fn of(source: impl Into<BoxError>) -> Cause {
+        let source = source.into();
+        Cause { reason: source.to_string(), source: Some(Arc::from(source)) }
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// A reason with no error underneath (a rule the input breaks).
+impl From<String> for Cause {
+    fn from(reason: String) -> Cause {
+        Cause { reason, source: None }
+    }
+}
+
+impl From<&str> for Cause {
+    fn from(reason: &str) -> Cause {
+        Cause::from(reason.to_string())
+    }
+}
+
+/// The outcome of processing one message, as a role's handler reports it. Store, registry and
+/// queue errors convert with `?`, classified by their own `From` impls.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
-    #[error("{0}")]
-    Poison(String),
-    #[error("{0}")]
-    Transient(String),
-    #[error("{0}")]
-    Fatal(String),
+    /// The message itself is bad: `dead_letter` it, commit, go on. Retrying cannot help.
+    #[error(transparent)]
+    Poison(Cause),
+    /// A dependency is unavailable: back off and retry the same message; readiness turns false.
+    #[error(transparent)]
+    Transient(Cause),
+    /// A bug or an unrecoverable state: stop the worker (and, through the token, the process).
+    #[error(transparent)]
+    Fatal(Cause),
 }
 
 impl ProcessError {
-    pub fn class(&self) -> ErrorClass {
-        match self {
-            ProcessError::Poison(_) => ErrorClass::Poison,
-            ProcessError::Transient(_) => ErrorClass::Transient,
-            ProcessError::Fatal(_) => ErrorClass::Fatal,
-        }
+    pub fn poison(reason: impl Into<Cause>) -> ProcessError {
+        ProcessError::Poison(reason.into())
+    }
+
+    pub fn transient(reason: impl Into<Cause>) -> ProcessError {
+        ProcessError::Transient(reason.into())
+    }
+
+    pub fn fatal(reason: impl Into<Cause>) -> ProcessError {
+        ProcessError::Fatal(reason.into())
     }
 }
 
@@ -86,5 +140,43 @@ impl WorkerError {
             WorkerError::Fatal(_) => 70,
             WorkerError::Cancelled(_) => 0,
         }
+    }
+}
+
+/// The first error of type `T` in `e`'s source chain, `e` included (tests check that a layer
+/// kept the error underneath it).
+#[cfg(test)]
+pub(crate) fn in_chain<'a, T: std::error::Error + 'static>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a T> {
+    std::iter::successors(Some(e), |e| e.source()).find_map(|e| e.downcast_ref::<T>())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn a_cause_reads_as_context_then_source_and_keeps_the_source() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let cause = Cause::with("opening x", io);
+        assert_eq!(cause.to_string(), "opening x: no such file");
+        let kept = in_chain::<std::io::Error>(&cause).expect("the io error is kept");
+        assert_eq!(kept.kind(), std::io::ErrorKind::NotFound);
+        let plain = Cause::from("unknown application `a`");
+        assert_eq!(plain.to_string(), "unknown application `a`");
+        assert!(plain.source().is_none());
+    }
+
+    #[test]
+    fn a_process_error_reads_as_its_cause_and_exposes_the_cause_source() {
+        let json = serde_json::from_str::<serde_json::Value>("{").unwrap_err();
+        let text = format!("not a change event: {json}");
+        let e = ProcessError::poison(Cause::with("not a change event", json));
+        assert_eq!(e.to_string(), text);
+        // Transparent: the source is the JSON error itself, not the cause wrapping it.
+        assert!(e.source().is_some_and(|s| s.is::<serde_json::Error>()));
+        assert!(matches!(ProcessError::transient("x"), ProcessError::Transient(c) if c.to_string() == "x"));
+        assert!(matches!(ProcessError::fatal(String::from("y")), ProcessError::Fatal(c) if c.to_string() == "y"));
     }
 }

@@ -205,8 +205,10 @@ impl Pipeline {
             let phase = phase.next("settle");
             let delivered = match (ended, settled) {
                 (Some(e), _) => Err(format!("ending the batch: {e}")),
-                (None, Err(reason)) => Err(reason),
-                (None, Ok(_)) if self.transactional => self.outbox.commit_transaction(&consumer, &positions.next).await,
+                (None, Err(e)) => Err(e.to_string()),
+                (None, Ok(_)) if self.transactional => {
+                    self.outbox.commit_transaction(&consumer, &positions.next).await.map_err(|e| e.to_string())
+                }
                 (None, Ok(_)) => Ok(()),
             };
             if let Err(reason) = delivered {
@@ -303,7 +305,7 @@ impl Pipeline {
             let result = match handler.handle(record, &mut self.outbox).await {
                 Err(ProcessError::Poison(reason)) => {
                     telemetry::failed(record.topic, "poison");
-                    self.dead_letter(record, &reason).await
+                    self.dead_letter(record, &reason.to_string()).await
                 }
                 other => other,
             };
@@ -325,13 +327,13 @@ impl Pipeline {
                     telemetry::failed(record.topic, "transient");
                     metrics::counter!(names::RETRIES, "topic" => record.topic.to_string()).increment(1);
                     failing = true;
-                    self.health.fail(&self.processing_condition, reason.clone());
+                    self.health.fail(&self.processing_condition, reason.to_string());
                     tracing::warn!(
                         message = "processing failed, retrying",
                         topic = record.topic,
                         partition = record.partition,
                         offset = record.offset,
-                        reason,
+                        reason = %reason,
                         retry_in_ms = delay.as_millis() as u64
                     );
                     tokio::select! {

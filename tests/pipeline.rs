@@ -36,7 +36,7 @@ impl Handler for TestHandler {
             *a
         };
         if text.starts_with("poison") {
-            return Err(ProcessError::Poison(format!("cannot use {text}")));
+            return Err(ProcessError::poison(format!("cannot use {text}")));
         }
         if text.starts_with("flaky") && n < 3 {
             return Err(ProcessError::Transient("store unavailable".into()));

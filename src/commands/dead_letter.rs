@@ -46,6 +46,6 @@ impl Handler for Replay {
             &[("nexxus-replayed-from", format!("{}/{}", record.partition, record.offset).as_bytes())],
         )
         .await
-        .map_err(|e| ProcessError::Transient(format!("re-producing to {topic}: {e}")))
+        .map_err(ProcessError::from)
     }
 }

@@ -14,6 +14,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::error::QueueError;
 use super::outbox::Outbox;
 use super::Record;
 use crate::error::ProcessError;
@@ -96,12 +97,20 @@ impl Envelope {
 
     /// The original (key, payload) bytes; an error for a truncated envelope, whose original is
     /// not here to replay.
-    pub fn original(&self) -> Result<(Option<Vec<u8>>, Vec<u8>), String> {
+    pub fn original(&self) -> Result<(Option<Vec<u8>>, Vec<u8>), QueueError> {
         if let Some(t) = &self.truncated {
-            return Err(format!("payload of {} bytes was truncated (sha256 {})", t.size, t.sha256));
+            return Err(QueueError::Truncated { size: t.size, sha256: t.sha256.clone() });
         }
-        let key = self.key_base64.as_deref().map(|k| B64.decode(k)).transpose().map_err(|e| e.to_string())?;
-        Ok((key, B64.decode(&self.payload_base64).map_err(|e| e.to_string())?))
+        let key = self
+            .key_base64
+            .as_deref()
+            .map(|k| B64.decode(k))
+            .transpose()
+            .map_err(|source| QueueError::NotBase64 { field: "key_base64", source })?;
+        let payload = B64
+            .decode(&self.payload_base64)
+            .map_err(|source| QueueError::NotBase64 { field: "payload_base64", source })?;
+        Ok((key, payload))
     }
 }
 
@@ -128,8 +137,7 @@ pub async fn send(
         );
     }
     out.send(topic, bounded_key(record.key), &envelope.to_json(), &[("nexxus-reason", envelope.reason.as_bytes())])
-        .await
-        .map_err(|e| ProcessError::Transient(format!("dead_letter produce failed: {e}")))?;
+        .await?;
     metrics::counter!(names::DEAD_LETTERED, "topic" => record.topic.to_string()).increment(1);
     Ok(())
 }

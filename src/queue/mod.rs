@@ -6,13 +6,17 @@
 //! - [`dead_letter`]: the envelope every rejected message is wrapped in.
 //! - [`outbox`]: a batch's produces, sent at once and settled before the commit.
 //! - [`memory`]: the in-process queue of `-t all`; [`source`]: what a pipeline consumes from.
+//! - [`error`]: [`QueueError`], what every queue call fails with.
 
 pub mod dead_letter;
+pub mod error;
 pub mod kafka;
 pub mod memory;
 pub mod outbox;
 pub mod source;
 pub mod topics;
+
+pub use error::QueueError;
 
 /// The topics of CONTRACT section 3, before `TP_TOPIC_PREFIX`.
 pub mod topic {

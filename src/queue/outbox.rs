@@ -13,6 +13,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryFuture, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
 
+use super::error::QueueError;
 use super::kafka::Producer;
 use super::memory::Broker;
 use super::source::{to_list, Offsets, Source};
@@ -60,7 +61,7 @@ impl Outbox {
         key: Option<&[u8]>,
         payload: &[u8],
         headers: &[(&str, &[u8])],
-    ) -> Result<(), KafkaError> {
+    ) -> Result<(), QueueError> {
         let producer = match &self.sink {
             Sink::Kafka(p) => p,
             Sink::Memory(_) => {
@@ -80,7 +81,7 @@ impl Outbox {
                     record = back;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                Err((e, _)) => return Err(e),
+                Err((source, _)) => return Err(QueueError::Produce { topic: topic.to_string(), source }),
             }
         }
     }
@@ -91,7 +92,7 @@ impl Outbox {
 
     /// Awaits every enqueued delivery. On failure the whole batch must be redone: some of its
     /// outputs may be missing, and the input offsets must not be committed.
-    pub async fn settle(&mut self) -> Result<usize, String> {
+    pub async fn settle(&mut self) -> Result<usize, QueueError> {
         if self.in_transaction && matches!(self.sink, Sink::Memory(_)) {
             // Appended by `commit_transaction`.
             return Ok(self.pending.len());
@@ -103,11 +104,11 @@ impl Outbox {
             match p {
                 Pending::Kafka(topic, delivery) => match delivery.await {
                     Ok(Ok(_)) => telemetry::produced(&topic),
-                    Ok(Err((e, _))) => {
-                        first_error.get_or_insert_with(|| format!("delivery to {topic} failed: {e}"));
+                    Ok(Err((source, _))) => {
+                        first_error.get_or_insert(QueueError::Produce { topic, source });
                     }
                     Err(_) => {
-                        first_error.get_or_insert_with(|| format!("delivery to {topic} was cancelled"));
+                        first_error.get_or_insert(QueueError::DeliveryCancelled { topic });
                     }
                 },
                 Pending::Memory { topic, key, payload } => self.append(&topic, key, payload).await,
@@ -140,7 +141,7 @@ impl Outbox {
 
     /// Adds the input offsets to the transaction and commits it. An error means the batch must
     /// be aborted and redone.
-    pub async fn commit_transaction(&mut self, source: &Source, offsets: &Offsets) -> Result<(), String> {
+    pub async fn commit_transaction(&mut self, source: &Source, offsets: &Offsets) -> Result<(), QueueError> {
         self.in_transaction = false;
         let (producer, consumer) = match (&self.sink, source) {
             (Sink::Kafka(p), Source::Kafka(c)) => (p.inner().clone(), c.clone()),
@@ -152,20 +153,22 @@ impl Outbox {
                 }
                 return source.commit(offsets).await;
             }
-            _ => return Err("a transaction needs its source and sink on the same queue".into()),
+            _ => return Err(QueueError::MixedQueues),
         };
         let offsets = to_list(offsets);
         tokio::task::spawn_blocking(move || {
             if offsets.count() > 0 {
-                let group = consumer.group_metadata().ok_or("no consumer group metadata")?;
+                let group = consumer.group_metadata().ok_or(QueueError::NoGroupMetadata)?;
                 producer
                     .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)
-                    .map_err(|e| format!("adding offsets to the transaction: {e}"))?;
+                    .map_err(|source| QueueError::Transaction { what: "adding offsets to the transaction", source })?;
             }
-            producer.commit_transaction(TXN_TIMEOUT).map_err(|e| format!("committing the transaction: {e}"))
+            producer
+                .commit_transaction(TXN_TIMEOUT)
+                .map_err(|source| QueueError::Transaction { what: "committing the transaction", source })
         })
         .await
-        .unwrap_or_else(|e| Err(format!("transaction task: {e}")))
+        .unwrap_or_else(|source| Err(QueueError::Task { what: "transaction", source }))
     }
 
     /// Aborts the open transaction; failing to abort (a fenced or fatal producer) stops the worker.

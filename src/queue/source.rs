@@ -11,6 +11,7 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::error::QueueError;
 use super::kafka::KafkaConsumer;
 use super::{memory, Record};
 use crate::error::WorkerError;
@@ -54,24 +55,24 @@ impl Received<'_> {
 
 impl Source {
     /// The next record. Cancel-safe.
-    pub async fn recv(&self) -> Result<Received<'_>, String> {
+    pub async fn recv(&self) -> Result<Received<'_>, QueueError> {
         match self {
-            Source::Kafka(c) => c.recv().await.map(Received::Kafka).map_err(|e| e.to_string()),
+            Source::Kafka(c) => c.recv().await.map(Received::Kafka).map_err(QueueError::Receive),
             Source::Memory(c) => Ok(Received::Memory(c.recv().await)),
         }
     }
 
     /// A record that is already buffered, without waiting.
-    pub fn try_recv(&self) -> Option<Result<Received<'_>, String>> {
+    pub fn try_recv(&self) -> Option<Result<Received<'_>, QueueError>> {
         match self {
-            Source::Kafka(c) => c.recv().now_or_never().map(|r| r.map(Received::Kafka).map_err(|e| e.to_string())),
+            Source::Kafka(c) => c.recv().now_or_never().map(|r| r.map(Received::Kafka).map_err(QueueError::Receive)),
             Source::Memory(c) => c.poll().map(|m| Ok(Received::Memory(m))),
         }
     }
 
     /// Commits `next` offsets synchronously. A failure is logged and counted by the caller's
     /// metric: the next owner re-processes from the previous commit, which roles make idempotent.
-    pub async fn commit(&self, next: &Offsets) -> Result<(), String> {
+    pub async fn commit(&self, next: &Offsets) -> Result<(), QueueError> {
         if next.is_empty() {
             return Ok(());
         }
@@ -83,7 +84,7 @@ impl Source {
                 tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
                     .await
                     .unwrap_or(Err(rdkafka::error::KafkaError::Canceled))
-                    .map_err(|e| e.to_string())
+                    .map_err(QueueError::Commit)
             }
             Source::Memory(c) => {
                 for ((topic, _), offset) in next {

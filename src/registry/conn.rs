@@ -28,6 +28,7 @@ use redis::{Cmd, ErrorKind, Pipeline, RedisError, ToRedisArgs, Value};
 
 use super::memory::MemoryDb;
 use super::RegistryError;
+use crate::error::Cause;
 
 /// Bound on establishing a connection (each node for a cluster).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -101,8 +102,9 @@ impl Conn {
         let inner = match urls.as_slice() {
             [] => return Err(RegistryError::Unavailable("empty Redis URL".into())),
             [one] => {
-                let client = redis::Client::open(*one)
-                    .map_err(|e| RegistryError::Unavailable(format!("invalid Redis URL `{one}`: {e}")))?;
+                let client = redis::Client::open(*one).map_err(|e| {
+                    RegistryError::Unavailable(Cause::with(format_args!("invalid Redis URL `{one}`"), e))
+                })?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(CONNECT_TIMEOUT))
                     .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -111,8 +113,10 @@ impl Conn {
                 let connecting = ConnectionManager::new_with_config(client, config);
                 let manager = tokio::time::timeout(CONNECT_TIMEOUT * 2, connecting)
                     .await
-                    .map_err(|_| RegistryError::Unavailable(format!("connecting to Redis at {one}: timed out")))?
-                    .map_err(|e| RegistryError::Unavailable(format!("connecting to Redis at {one}: {e}")))?;
+                    .map_err(|_| RegistryError::Unavailable(format!("connecting to Redis at {one}: timed out").into()))?
+                    .map_err(|e| {
+                        RegistryError::Unavailable(Cause::with(format_args!("connecting to Redis at {one}"), e))
+                    })?;
                 Inner::Single(manager)
             }
             many => {
@@ -122,12 +126,18 @@ impl Conn {
                     .overall_response_timeout(Some(RESPONSE_TIMEOUT * 2))
                     .retries(3)
                     .build()
-                    .map_err(|e| RegistryError::Unavailable(format!("invalid Redis Cluster URLs `{url}`: {e}")))?;
+                    .map_err(|e| {
+                        RegistryError::Unavailable(Cause::with(format_args!("invalid Redis Cluster URLs `{url}`"), e))
+                    })?;
                 // redis-rs#1953: the initial connection can hang; bound it.
                 let conn = tokio::time::timeout(CONNECT_TIMEOUT * 2, client.get_async_connection())
                     .await
-                    .map_err(|_| RegistryError::Unavailable(format!("connecting to Redis Cluster {url}: timed out")))?
-                    .map_err(|e| RegistryError::Unavailable(format!("connecting to Redis Cluster {url}: {e}")))?;
+                    .map_err(|_| {
+                        RegistryError::Unavailable(format!("connecting to Redis Cluster {url}: timed out").into())
+                    })?
+                    .map_err(|e| {
+                        RegistryError::Unavailable(Cause::with(format_args!("connecting to Redis Cluster {url}"), e))
+                    })?;
                 Inner::Cluster(conn)
             }
         };
@@ -164,7 +174,7 @@ impl Conn {
     /// Runs one command; see [`Conn::run`].
     pub async fn run_one(&self, what: &str, op: Op) -> Result<Value, RegistryError> {
         let mut out = self.run(what, std::slice::from_ref(&op)).await?;
-        out.pop().ok_or_else(|| RegistryError::Unavailable(format!("{what}: empty reply")))
+        out.pop().ok_or_else(|| RegistryError::Unavailable(format!("{what}: empty reply").into()))
     }
 
     /// Runs a batch as one round trip (per slot on a cluster, concurrently) and returns one
@@ -201,7 +211,7 @@ impl Conn {
         Ok(replies
             .into_iter()
             .map(|v| match v {
-                Value::ServerError(e) => Err(wrong_type(what, &RedisError::from(e))),
+                Value::ServerError(e) => Err(wrong_type(what, RedisError::from(e))),
                 v => Ok(v),
             })
             .collect())
@@ -292,11 +302,13 @@ enum Failure {
 impl Failure {
     fn into_error(self, what: &str) -> RegistryError {
         match self {
-            Failure::Redis(e) if e.code() == Some(WRONGTYPE) => wrong_type(what, &e),
-            Failure::Redis(e) => RegistryError::Unavailable(format!("{what}: {e}")),
-            Failure::TimedOut => RegistryError::Unavailable(format!("{what}: no reply within {ATTEMPT_TIMEOUT:?}")),
+            Failure::Redis(e) if e.code() == Some(WRONGTYPE) => wrong_type(what, e),
+            Failure::Redis(e) => RegistryError::Unavailable(Cause::with(what, e)),
+            Failure::TimedOut => {
+                RegistryError::Unavailable(format!("{what}: no reply within {ATTEMPT_TIMEOUT:?}").into())
+            }
             Failure::Shape(got, want) => {
-                RegistryError::Unavailable(format!("{what}: {got} replies to {want} commands"))
+                RegistryError::Unavailable(format!("{what}: {got} replies to {want} commands").into())
             }
         }
     }
@@ -305,8 +317,8 @@ impl Failure {
 /// The error code of a command on a key that holds another Redis type.
 pub const WRONGTYPE: &str = "WRONGTYPE";
 
-fn wrong_type(what: &str, e: &RedisError) -> RegistryError {
-    RegistryError::Corrupt(format!("{what}: a key holds another type than the registry's: {e}"))
+fn wrong_type(what: &str, e: RedisError) -> RegistryError {
+    RegistryError::Corrupt(Cause::with(format_args!("{what}: a key holds another type than the registry's"), e))
 }
 
 /// Errors a fresh attempt can cure: the connection broke or the cluster was moving.
@@ -317,4 +329,23 @@ fn retryable(e: &RedisError) -> bool {
         || e.is_timeout()
         || e.is_cluster_error()
         || e.kind() == ErrorKind::ClusterConnectionNotFound
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{in_chain, ProcessError};
+
+    #[test]
+    fn a_redis_failure_is_transient_and_keeps_the_redis_error() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = Failure::Redis(RedisError::from(refused)).into_error("GET k");
+        assert!(matches!(e, RegistryError::Unavailable(_)), "{e:?}");
+        assert!(e.to_string().starts_with("redis unavailable: GET k: "), "{e}");
+        let process = ProcessError::from(e.clone());
+        assert!(matches!(process, ProcessError::Transient(_)), "{process:?}");
+        assert!(in_chain::<RedisError>(&process).is_some_and(RedisError::is_connection_refusal));
+        // A clone shares the source rather than dropping it.
+        assert!(in_chain::<RedisError>(&e).is_some());
+    }
 }

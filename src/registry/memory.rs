@@ -33,7 +33,7 @@ impl MemoryDb {
     /// [`MemoryDb::run`] with each command's own outcome (see `Conn::run_each`).
     pub fn run_each(&self, what: &str, ops: &[Op]) -> Vec<Result<Value, RegistryError>> {
         let Ok(mut keys) = self.keys.lock() else {
-            return ops.iter().map(|_| Err(RegistryError::Unavailable(format!("{what}: poisoned")))).collect();
+            return ops.iter().map(|_| Err(RegistryError::Unavailable(format!("{what}: poisoned").into()))).collect();
         };
         ops.iter()
             .map(|op| {
@@ -41,7 +41,7 @@ impl MemoryDb {
                 let skip = if op.name() == "PING" { 1 } else { 2 };
                 let values = args(op.cmd()).skip(skip).collect();
                 apply(&mut keys, op.name(), op.key(), values)
-                    .map_err(|e| RegistryError::Corrupt(format!("{what}: {e}")))
+                    .map_err(|e| RegistryError::Corrupt(format!("{what}: {e}").into()))
             })
             .collect()
     }
@@ -55,7 +55,7 @@ impl MemoryDb {
         let key = args.next().map(|k| String::from_utf8_lossy(&k).into_owned()).unwrap_or_default();
         let args = args.collect();
         let mut keys = self.keys.lock().map_err(|_| RegistryError::Unavailable("poisoned".into()))?;
-        apply(&mut keys, &name, &key, args).map_err(RegistryError::Corrupt)
+        apply(&mut keys, &name, &key, args).map_err(|e| RegistryError::Corrupt(e.into()))
     }
 
     /// Every key (tests).
@@ -205,6 +205,6 @@ mod tests {
         assert!(db.is_empty());
         db.run("t", &[Op::new("SET", "k").arg("v")]).unwrap();
         let err = db.run("t", &[Op::new("SADD", "k").arg("x")]).unwrap_err();
-        assert!(matches!(err, RegistryError::Corrupt(ref m) if m.contains("WRONGTYPE")), "{err}");
+        assert!(matches!(err, RegistryError::Corrupt(ref m) if m.to_string().contains("WRONGTYPE")), "{err}");
     }
 }

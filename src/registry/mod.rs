@@ -51,19 +51,19 @@ use conn::{Conn, Op};
 pub use route::Routes;
 
 use crate::config::Limits;
-use crate::error::ProcessError;
+use crate::error::{Cause, ProcessError};
 use crate::model::{ChannelKey, Device, DeviceAddress};
 
 /// Why a registry operation failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RegistryError {
     /// Redis cannot be reached or answered with a transient error (I/O, timeout, cluster down,
     /// lost node), after the one retry. Also a URL that cannot be used at connect time.
     #[error("redis unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
     /// A stored value does not parse or a key holds another type than the registry stores.
     #[error("redis registry data is corrupt: {0}")]
-    Corrupt(String),
+    Corrupt(#[source] Cause),
     /// A device or channel bound ([`crate::config::Limits`]) would be exceeded.
     #[error("limit exceeded: {0}")]
     LimitExceeded(String),
@@ -74,8 +74,8 @@ impl From<RegistryError> for ProcessError {
     /// that is not what it should be) rejects that message, and the partition moves on.
     fn from(e: RegistryError) -> Self {
         match e {
-            RegistryError::Unavailable(_) => ProcessError::Transient(e.to_string()),
-            RegistryError::Corrupt(_) | RegistryError::LimitExceeded(_) => ProcessError::Poison(e.to_string()),
+            RegistryError::Unavailable(_) => ProcessError::Transient(Cause::of(e)),
+            RegistryError::Corrupt(_) | RegistryError::LimitExceeded(_) => ProcessError::Poison(Cause::of(e)),
         }
     }
 }
@@ -150,8 +150,9 @@ impl Registry {
     pub async fn put_device(&self, device: &Device) -> Result<Option<Device>, RegistryError> {
         let app = &device.application_id;
         let key = keys::device(app, &device.id);
-        let json = serde_json::to_string(device)
-            .map_err(|e| RegistryError::Corrupt(format!("device {} does not serialize: {e}", device.id)))?;
+        let json = serde_json::to_string(device).map_err(|e| {
+            RegistryError::Corrupt(Cause::with(format_args!("device {} does not serialize", device.id), e))
+        })?;
         let ops =
             [Op::new("SET", &key).arg(json).arg("GET"), Op::new("SADD", &keys::device_index(app)).arg(&device.id)];
         let mut replies = self.run_repairing("put device", &ops).await?.into_iter();
@@ -207,9 +208,9 @@ impl Registry {
             basis = replaced;
             expected = Some(next);
         }
-        Err(RegistryError::Unavailable(format!(
-            "device {app}/{device_id} changed under us {UPDATE_ROUNDS} times in a row"
-        )))
+        Err(RegistryError::Unavailable(
+            format!("device {app}/{device_id} changed under us {UPDATE_ROUNDS} times in a row").into(),
+        ))
     }
 
     /// Removes the device: its address(es) from every channel it subscribed (every member of

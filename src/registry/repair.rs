@@ -46,7 +46,7 @@ impl Registry {
         for (op, reply) in ops.iter().zip(&replies) {
             let Err(e) = reply else { continue };
             // Only a refusal for the type: any other error is not the value's doing.
-            let repairable = matches!(e, RegistryError::Corrupt(m) if m.contains(WRONGTYPE))
+            let repairable = matches!(e, RegistryError::Corrupt(m) if m.to_string().contains(WRONGTYPE))
                 && keys::kind_of(op.key()).is_some_and(|k: Kind| k.is_set() == wants_set(op.name()));
             if !repairable {
                 return Err(e.clone());
@@ -99,11 +99,14 @@ impl Registry {
     /// not write: using it would write to that other device's keys).
     pub(super) fn device_or_skip(key: &str, app: &str, device_id: &str, v: Value) -> Option<Device> {
         let parsed = values::device(key, v).and_then(|d| match d {
-            Some(d) if d.id != device_id || d.application_id != app => Err(RegistryError::Corrupt(format!(
-                "{key}: the record names device {}/{}",
-                d.application_id.chars().take(64).collect::<String>(),
-                d.id.chars().take(64).collect::<String>()
-            ))),
+            Some(d) if d.id != device_id || d.application_id != app => Err(RegistryError::Corrupt(
+                format!(
+                    "{key}: the record names device {}/{}",
+                    d.application_id.chars().take(64).collect::<String>(),
+                    d.id.chars().take(64).collect::<String>()
+                )
+                .into(),
+            )),
             other => Ok(other),
         });
         parsed.unwrap_or_else(|e| {
@@ -123,7 +126,8 @@ impl Registry {
         let (valid, invalid): (Vec<String>, Vec<String>) =
             members.into_iter().partition(|k| keys::is_channel_of(k, app));
         if !invalid.is_empty() {
-            let e = RegistryError::Corrupt(format!("{} members that are not channel keys of {app}", invalid.len()));
+            let e =
+                RegistryError::Corrupt(format!("{} members that are not channel keys of {app}", invalid.len()).into());
             report("removed", &key, &e);
             self.run_repairing("device subscriptions: remove invalid", &[Op::new("SREM", &key).arg(invalid)]).await?;
         }

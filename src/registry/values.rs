@@ -4,6 +4,7 @@
 use redis::Value;
 
 use super::RegistryError;
+use crate::error::Cause;
 use crate::model::Device;
 
 /// A set (SMEMBERS) as strings, sorted. A missing key is an empty set. Members that are not
@@ -46,13 +47,13 @@ pub fn device(key: &str, v: Value) -> Result<Option<Device>, RegistryError> {
     };
     serde_json::from_slice(&bytes).map(Some).map_err(|e| {
         let shown: String = String::from_utf8_lossy(&bytes).chars().take(200).collect();
-        RegistryError::Corrupt(format!("{key}: not a device record ({e}): {shown}"))
+        RegistryError::Corrupt(Cause::with(format_args!("{key}: not a device record ({shown})"), e))
     })
 }
 
 fn unexpected(key: &str, wanted: &str, got: &Value) -> RegistryError {
     let shown: String = format!("{got:?}").chars().take(200).collect();
-    RegistryError::Corrupt(format!("{key}: expected {wanted}, got {shown}"))
+    RegistryError::Corrupt(format!("{key}: expected {wanted}, got {shown}").into())
 }
 
 #[cfg(test)]

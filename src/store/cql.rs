@@ -33,6 +33,7 @@ use scylla::value::CqlTimestamp;
 
 use super::{last_write_per_object, ObjectId, ObjectRow, ObjectWrite, Store, StoreError};
 use crate::config::Config;
+use crate::error::Cause;
 use crate::model::{clock, Application};
 
 mod errors;
@@ -117,10 +118,9 @@ impl CqlStore {
         let session = tokio::time::timeout(opts.connect_timeout, builder.build())
             .await
             .map_err(|_| {
-                StoreError::Unavailable(format!(
-                    "no CQL node of {:?} answered within {:?}",
-                    cfg.scylla_nodes, opts.connect_timeout
-                ))
+                StoreError::Unavailable(
+                    format!("no CQL node of {:?} answered within {:?}", cfg.scylla_nodes, opts.connect_timeout).into(),
+                )
             })?
             .map_err(new_session)?;
 
@@ -166,12 +166,13 @@ impl CqlStore {
             .map_err(rows("reading an object"))?
             .maybe_first_row::<ObjectColumns>()
             // The row's own columns do not fit: this object is damaged, not the store.
-            .map_err(|e| StoreError::CorruptRow(format!("object {app}/{}/{}: {e}", key.0, key.1)))?;
+            .map_err(|e| StoreError::CorruptRow(Cause::with(format_args!("object {app}/{}/{}", key.0, key.1), e)))?;
         match row {
             None => Ok(None),
             Some(columns) => {
-                let row = decode_object(columns)
-                    .map_err(|e| StoreError::CorruptRow(format!("object {app}/{}/{}: {e}", key.0, key.1)))?;
+                let row = decode_object(columns).map_err(|e| {
+                    StoreError::CorruptRow(Cause::with(format_args!("object {app}/{}/{}", key.0, key.1), e))
+                })?;
                 Ok(Some((key, row)))
             }
         }
@@ -206,10 +207,11 @@ impl CqlStore {
     async fn put_object(&self, app: &str, plan: &Planned<'_>) -> Result<(), StoreError> {
         let (w, id) = (plan.write, plan.id);
         let o = &w.row.object;
-        let body = serde_json::to_string(&o.object)
-            .map_err(|e| StoreError::Corrupt(format!("object {app}/{}/{id} does not serialize: {e}", w.model)))?;
+        let body = serde_json::to_string(&o.object).map_err(|e| {
+            StoreError::Corrupt(Cause::with(format_args!("object {app}/{}/{id} does not serialize", w.model), e))
+        })?;
         let version = i64::try_from(o.version).map_err(|_| {
-            StoreError::Corrupt(format!("object {app}/{}/{id}: version {} too large", w.model, o.version))
+            StoreError::Corrupt(format!("object {app}/{}/{id}: version {} too large", w.model, o.version).into())
         })?;
         let pos = o.last_applied.as_ref();
         let values = (
@@ -252,7 +254,7 @@ impl Store for CqlStore {
         for w in writes {
             let id = w.row.object.id();
             if id.is_empty() || w.model.is_empty() {
-                return Err(StoreError::Corrupt(format!("object of model {:?} in {app} has no id", w.model)));
+                return Err(StoreError::Corrupt(format!("object of model {:?} in {app} has no id", w.model).into()));
             }
             keyed.push((w, id));
         }
@@ -288,9 +290,12 @@ impl Store for CqlStore {
     }
 
     async fn put_application(&self, app: &Application) -> Result<(), StoreError> {
-        app.validate().map_err(|e| StoreError::Corrupt(format!("refusing to store application {}: {e}", app.id)))?;
-        let body = serde_json::to_string(app)
-            .map_err(|e| StoreError::Corrupt(format!("application {} does not serialize: {e}", app.id)))?;
+        app.validate().map_err(|e| {
+            StoreError::Corrupt(Cause::with(format_args!("refusing to store application {}", app.id), e))
+        })?;
+        let body = serde_json::to_string(app).map_err(|e| {
+            StoreError::Corrupt(Cause::with(format_args!("application {} does not serialize", app.id), e))
+        })?;
         let updated_at = CqlTimestamp(clock::now_millis());
         self.write("writing an application", &self.prepared.put_app, (&app.id, body, updated_at)).await
     }
@@ -321,6 +326,6 @@ impl Store for CqlStore {
     }
 }
 
-fn decode_object((body, version, topic, partition, offset, deleted): ObjectColumns) -> Result<ObjectRow, String> {
+fn decode_object((body, version, topic, partition, offset, deleted): ObjectColumns) -> Result<ObjectRow, Cause> {
     super::decode_row(&body, version, (topic, partition, offset), deleted)
 }

@@ -24,33 +24,27 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::error::ProcessError;
+use crate::error::{Cause, ProcessError};
 use crate::model::{Application, StoredObject};
 
 pub use cql::{CqlOptions, CqlStore};
 pub use sqlite::SqliteStore;
 
+/// Each variant's [`Cause`] names what was being done and keeps the driver's error as its source.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The store cannot be reached or timed out: retry later (ErrorClass::Transient).
+    /// The store cannot be reached or timed out: retry later ([`ProcessError::Transient`]).
     #[error("store unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
     /// A row could not be decoded, or the store rejected a request as invalid (a dropped table,
     /// missing permissions, a statement the server does not accept): a bug, an operator change or
     /// manual tampering, none of which a retry of the same request fixes (treat as fatal).
     #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
+    Corrupt(#[source] Cause),
     /// One object's row does not decode: the message that needs it cannot be applied (its state
-    /// and version are unknown), but the rest of the stream can (ErrorClass::Poison).
+    /// and version are unknown), but the rest of the stream can ([`ProcessError::Poison`]).
     #[error("stored object is corrupt: {0}")]
-    CorruptRow(String),
-}
-
-impl StoreError {
-    /// True if retrying the same request later may succeed.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
-    }
+    CorruptRow(#[source] Cause),
 }
 
 /// A store failure blames the message only when it is about that message's own object (a row
@@ -60,19 +54,19 @@ impl StoreError {
 impl From<StoreError> for ProcessError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(_) => ProcessError::Transient(e.to_string()),
-            StoreError::CorruptRow(_) => ProcessError::Poison(e.to_string()),
-            StoreError::Corrupt(_) => ProcessError::Fatal(e.to_string()),
+            StoreError::Unavailable(_) => ProcessError::Transient(Cause::of(e)),
+            StoreError::CorruptRow(_) => ProcessError::Poison(Cause::of(e)),
+            StoreError::Corrupt(_) => ProcessError::Fatal(Cause::of(e)),
         }
     }
 }
 
 /// An application row: its JSON must decode, validate, and name the row's id.
 pub(crate) fn decode_application(id: &str, body: &str) -> Result<Application, StoreError> {
-    let app =
-        Application::from_json(body.as_bytes()).map_err(|e| StoreError::Corrupt(format!("application {id}: {e}")))?;
+    let app = Application::from_json(body.as_bytes())
+        .map_err(|e| StoreError::Corrupt(Cause::with(format_args!("application {id}"), e)))?;
     if app.id != id {
-        return Err(StoreError::Corrupt(format!("application row {id} holds application {}", app.id)));
+        return Err(StoreError::Corrupt(format!("application row {id} holds application {}", app.id).into()));
     }
     Ok(app)
 }
@@ -169,9 +163,9 @@ pub(crate) fn decode_row(
     version: i64,
     (topic, partition, offset): (Option<String>, Option<i32>, Option<i64>),
     deleted: bool,
-) -> Result<ObjectRow, String> {
+) -> Result<ObjectRow, Cause> {
     let object: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(body).map_err(|e| format!("body is not a JSON object: {e}"))?;
+        serde_json::from_str(body).map_err(|e| Cause::with("body is not a JSON object", e))?;
     let version = u64::try_from(version).map_err(|_| format!("negative version {version}"))?;
     let last_applied = match (topic, partition, offset) {
         (Some(topic), Some(partition), Some(offset)) => Some(crate::model::SourcePosition { topic, partition, offset }),
@@ -219,7 +213,7 @@ impl MainStore {
         let path = path.to_path_buf();
         tokio::task::spawn_blocking(move || SqliteStore::open(&path))
             .await
-            .map_err(|e| StoreError::Unavailable(format!("opening the SQLite store: {e}")))?
+            .map_err(|e| StoreError::Unavailable(Cause::with("opening the SQLite store", e)))?
             .map(|s| MainStore::Sqlite(Arc::new(s)))
     }
 }
@@ -260,5 +254,23 @@ impl Store for MainStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         each_store!(self, s => s.ping())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::in_chain;
+
+    #[test]
+    fn a_row_that_does_not_decode_is_poison_and_keeps_the_json_error() {
+        let Err(cause) = decode_row("[1]", 1, (None, None, None), false) else { panic!("an array is not an object") };
+        let store = StoreError::CorruptRow(Cause::with("object a/m/1", cause));
+        assert!(store.to_string().starts_with("stored object is corrupt: object a/m/1: body is not a JSON object: "));
+        let process = ProcessError::from(store);
+        assert!(matches!(process, ProcessError::Poison(_)), "{process:?}");
+        assert!(in_chain::<serde_json::Error>(&process).is_some(), "the JSON error is in the chain");
+        let Err(cause) = decode_row("{}", -1, (None, None, None), false) else { panic!("a negative version") };
+        assert_eq!(cause.to_string(), "negative version -1");
     }
 }

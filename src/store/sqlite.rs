@@ -40,6 +40,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{last_write_per_object, ObjectId, ObjectRow, ObjectWrite, Store, StoreError};
+use crate::error::Cause;
 use crate::model::{clock, Application};
 use errors::sql;
 use rows::{decode_application, decode_object, encode_application, encode_object, EncodedObject};
@@ -176,7 +177,9 @@ impl Store for SqliteStore {
                         .optional()
                         .map_err(|e| sql(format!("reading object {app}/{model}/{id}"), e))?;
                     if let Some(row) = row {
-                        let row = row.map_err(|e| StoreError::CorruptRow(format!("object {app}/{model}/{id}: {e}")))?;
+                        let row = row.map_err(|e| {
+                            StoreError::CorruptRow(Cause::with(format_args!("object {app}/{model}/{id}"), e))
+                        })?;
                         found.insert(key, row);
                     }
                 }

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use crate::error::{ProcessError, WorkerError};
+use crate::error::{Cause, ProcessError, WorkerError};
 use crate::model::schema::is_builtin;
 use crate::model::{decode_aggregation, Change, SourcePosition, WriteRecord, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::queue::outbox::Outbox;
@@ -62,22 +62,22 @@ impl Worker for Aggregation {
 impl Handler for Aggregation {
     async fn handle(&mut self, record: &Record<'_>, _out: &mut Outbox) -> Result<(), ProcessError> {
         let message = decode_aggregation(record.payload, DEFAULT_MAX_MESSAGE_BYTES)
-            .map_err(|e| ProcessError::Poison(e.to_string()))?;
+            .map_err(|e| ProcessError::Poison(Cause::of(e)))?;
         let app_id = message.application_id().to_string();
         let app =
-            self.apps.get(&app_id).ok_or_else(|| ProcessError::Poison(format!("unknown application `{app_id}`")))?;
+            self.apps.get(&app_id).ok_or_else(|| ProcessError::poison(format!("unknown application `{app_id}`")))?;
         let position =
             SourcePosition { topic: record.topic.to_string(), partition: record.partition, offset: record.offset };
         let records = WriteRecord::from_message(message, &position);
         // All or nothing: a message naming one unknown model is rejected whole.
         if let Some(bad) = records.iter().find(|r| app.model(&r.model).is_none() && !is_builtin(&r.model)) {
-            return Err(ProcessError::Poison(format!("unknown model `{}` in application `{app_id}`", bad.model)));
+            return Err(ProcessError::poison(format!("unknown model `{}` in application `{app_id}`", bad.model)));
         }
         let mut weighed = Vec::with_capacity(records.len());
         for r in records {
             let weight = weight(&r, record.payload.len());
             if weight > MAX_WRITE_RECORD_BYTES {
-                return Err(ProcessError::Poison(format!(
+                return Err(ProcessError::poison(format!(
                     "message too large to forward: up to {weight} bytes as a write record, over {MAX_WRITE_RECORD_BYTES}"
                 )));
             }
@@ -94,10 +94,8 @@ impl Handler for Aggregation {
             // Cannot fail on any input: string-keyed maps of JSON values, strings and integers. An
             // error would be a bug in our types, which no retry or dead letter cures: stop.
             let bytes =
-                serde_json::to_vec(r).map_err(|e| ProcessError::Fatal(format!("encoding a write record: {e}")))?;
-            out.send(&self.write_topic, Some(r.id.as_bytes()), &bytes, &[])
-                .await
-                .map_err(|e| ProcessError::Transient(format!("producing to write: {e}")))?;
+                serde_json::to_vec(r).map_err(|e| ProcessError::Fatal(Cause::with("encoding a write record", e)))?;
+            out.send(&self.write_topic, Some(r.id.as_bytes()), &bytes, &[]).await?;
         }
         metrics::counter!("nexxus_aggregation_records_total", "stage" => "forwarded").increment(records.len() as u64);
         Ok(())

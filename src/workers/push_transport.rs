@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use crate::apps::Apps;
-use crate::error::{ProcessError, WorkerError};
+use crate::error::{Cause, ProcessError, WorkerError};
 use crate::model::{Application, Recipient, TransportMessage, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::pipeline::{Handler, Pipeline};
 use crate::queue::outbox::Outbox;
@@ -180,14 +180,14 @@ async fn deliver(provider: &Provider, pacer: &Pacer, job: &Job) -> Outcome {
 impl Handler for PushTransport {
     async fn handle(&mut self, record: &Record<'_>, _out: &mut Outbox) -> Result<(), ProcessError> {
         if record.payload.len() > DEFAULT_MAX_MESSAGE_BYTES {
-            return Err(ProcessError::Poison(format!("transport message of {} bytes", record.payload.len())));
+            return Err(ProcessError::poison(format!("transport message of {} bytes", record.payload.len())));
         }
         let msg: TransportMessage = serde_json::from_slice(record.payload)
-            .map_err(|e| ProcessError::Poison(format!("not a transport message: {e}")))?;
+            .map_err(|e| ProcessError::Poison(Cause::with("not a transport message", e)))?;
         let app = self
             .apps
             .get(&msg.application_id)
-            .ok_or_else(|| ProcessError::Poison(format!("unknown application `{}`", msg.application_id)))?;
+            .ok_or_else(|| ProcessError::poison(format!("unknown application `{}`", msg.application_id)))?;
         let pushes: Vec<Arc<Push>> = match self.provider.as_ref() {
             Provider::Apns(_) => apns::payloads(&msg, &app).into_iter().map(|p| Arc::new(Push::Apns(p))).collect(),
             Provider::Fcm(_) => fcm::payloads(&msg).into_iter().map(|p| Arc::new(Push::Fcm(p))).collect(),

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::error::{ProcessError, WorkerError};
+use crate::error::{Cause, ProcessError, WorkerError};
 use crate::model::{check_track_command, decode_track, Device, TrackCommand, Volatile, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
@@ -39,12 +39,12 @@ impl Worker for Track {
 impl Handler for Track {
     async fn handle(&mut self, record: &Record<'_>, _out: &mut Outbox) -> Result<(), ProcessError> {
         let command =
-            decode_track(record.payload, DEFAULT_MAX_MESSAGE_BYTES).map_err(|e| ProcessError::Poison(e.to_string()))?;
+            decode_track(record.payload, DEFAULT_MAX_MESSAGE_BYTES).map_err(|e| ProcessError::Poison(Cause::of(e)))?;
         let app = command.application_id().to_string();
         let Some(application) = self.apps.get(&app) else {
-            return Err(ProcessError::Poison(format!("unknown application `{app}`")));
+            return Err(ProcessError::poison(format!("unknown application `{app}`")));
         };
-        check_track_command(&command, &application).map_err(|e| ProcessError::Poison(e.to_string()))?;
+        check_track_command(&command, &application).map_err(|e| ProcessError::Poison(Cause::of(e)))?;
         let registry = &self.registry;
         match command {
             TrackCommand::DeviceRegister { device, .. } => {
@@ -84,8 +84,8 @@ impl Handler for Track {
                 let device = registry
                     .get_device(&app, &device_id)
                     .await?
-                    .ok_or_else(|| ProcessError::Poison(format!("subscribe of unknown device `{device_id}`")))?;
-                let key = channel.key(&app, filter.as_ref()).map_err(|e| ProcessError::Poison(e.to_string()))?;
+                    .ok_or_else(|| ProcessError::poison(format!("subscribe of unknown device `{device_id}`")))?;
+                let key = channel.key(&app, filter.as_ref()).map_err(|e| ProcessError::Poison(Cause::of(e)))?;
                 let addresses = device.addresses();
                 registry.subscribe(&app, &device_id, &key, &addresses).await?;
                 // A socket attaching meanwhile may have read the subscription list before this
@@ -97,7 +97,7 @@ impl Handler for Track {
                 }
             }
             TrackCommand::Unsubscribe { device_id, channel, filter, .. } => {
-                let key = channel.key(&app, filter.as_ref()).map_err(|e| ProcessError::Poison(e.to_string()))?;
+                let key = channel.key(&app, filter.as_ref()).map_err(|e| ProcessError::Poison(Cause::of(e)))?;
                 let device = registry.get_device(&app, &device_id).await?;
                 let addrs = device.as_ref().map(Device::addresses).unwrap_or_default();
                 registry.unsubscribe(&app, &device_id, &key, &addrs).await?;

@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::error::{ProcessError, WorkerError};
+use crate::error::{Cause, ProcessError, WorkerError};
 use crate::model::acl::{channel_carries_readable, read_access, ReadAccess};
 use crate::model::{
     plan_deliveries, transition_for, ChangeEvent, ChannelKey, DeliveryBatch, DeviceAddress, Filter, Recipient,
@@ -92,7 +92,7 @@ impl TransportManager {
             .get(&event.application_id)
             .is_some_and(|app| read_access(&app.schema, &event.model, true) == ReadAccess::All);
         if !readable {
-            return Err(ProcessError::Poison(format!(
+            return Err(ProcessError::poison(format!(
                 "broadcast of model `{}`, which not every device may read (read_acl)",
                 event.model
             )));
@@ -203,7 +203,8 @@ pub fn plan(
         }
         // Cannot fail on any input (string-keyed JSON maps, strings, integers): an error is a bug
         // in our types, not the message's fault, and no retry cures it: stop.
-        let bytes = serde_json::to_vec(&batch).map_err(|e| ProcessError::Fatal(format!("encoding a delivery: {e}")))?;
+        let bytes =
+            serde_json::to_vec(&batch).map_err(|e| ProcessError::Fatal(Cause::with("encoding a delivery", e)))?;
         let recipient = Recipient { device_id: address.device_id, token: address.token };
         groups
             .entry(address.transport.name())
@@ -240,10 +241,10 @@ fn message(event: &ChangeEvent, devices: Vec<Recipient>, broadcast: bool, batch:
 async fn send(out: &mut Outbox, prefix: &str, destination: &str, msg: &TransportMessage) -> Result<(), ProcessError> {
     // As for deliveries above: only a bug in our types could fail here.
     let bytes =
-        serde_json::to_vec(msg).map_err(|e| ProcessError::Fatal(format!("encoding a transport message: {e}")))?;
+        serde_json::to_vec(msg).map_err(|e| ProcessError::Fatal(Cause::with("encoding a transport message", e)))?;
     out.send(&format!("{prefix}{destination}"), Some(msg.object_id.as_bytes()), &bytes, &[])
         .await
-        .map_err(|e| ProcessError::Transient(format!("producing to {destination}: {e}")))
+        .map_err(ProcessError::from)
 }
 
 /// Parsed filters by key suffix, kept across events (`None`: undecodable, skipped).
@@ -296,9 +297,9 @@ impl Handler for TransportManager {
 
     async fn handle(&mut self, record: &Record<'_>, out: &mut Outbox) -> Result<(), ProcessError> {
         let event: ChangeEvent = serde_json::from_slice(record.payload)
-            .map_err(|e| ProcessError::Poison(format!("not a change event: {e}")))?;
+            .map_err(|e| ProcessError::Poison(Cause::with("not a change event", e)))?;
         if self.apps.get(&event.application_id).is_none() {
-            return Err(ProcessError::Poison(format!("unknown application `{}`", event.application_id)));
+            return Err(ProcessError::poison(format!("unknown application `{}`", event.application_id)));
         }
         if event.broadcast {
             self.broadcast(&event, out).await

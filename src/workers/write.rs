@@ -28,7 +28,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::config::Config;
-use crate::error::{ProcessError, WorkerError};
+use crate::error::{Cause, ProcessError, WorkerError};
 use crate::model::schema::is_builtin;
 use crate::model::{
     affected_channels_for_change, micros_to_secs, validate_author, AclKind, Application, Change, ChangeEvent, ChangeOp,
@@ -71,7 +71,7 @@ impl Worker for Write {
 }
 
 fn poison(e: impl std::fmt::Display) -> ProcessError {
-    ProcessError::Poison(e.to_string())
+    ProcessError::poison(e.to_string())
 }
 
 impl<S: Store> Write<S> {
@@ -109,10 +109,8 @@ impl<S: Store> Write<S> {
     async fn emit(&self, out: &mut Outbox, event: &ChangeEvent) -> Result<(), ProcessError> {
         // Cannot fail on any input (string-keyed JSON maps, strings, integers): only a bug in our
         // types could make it, and no retry or dead letter cures that: stop.
-        let bytes = serde_json::to_vec(event).map_err(|e| ProcessError::Fatal(format!("encoding an event: {e}")))?;
-        out.send(&self.events_topic, Some(event.id.as_bytes()), &bytes, &[])
-            .await
-            .map_err(|e| ProcessError::Transient(format!("producing to transport_manager: {e}")))
+        let bytes = serde_json::to_vec(event).map_err(|e| ProcessError::Fatal(Cause::with("encoding an event", e)))?;
+        out.send(&self.events_topic, Some(event.id.as_bytes()), &bytes, &[]).await.map_err(ProcessError::from)
     }
 
     #[allow(clippy::too_many_arguments)]

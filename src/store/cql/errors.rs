@@ -8,13 +8,12 @@
 //! see the cause. Unknown (non-exhaustive) variants count as unavailable, which errs on the side of
 //! retrying rather than stopping.
 
-use std::fmt::Display;
-
 use scylla::errors::{
     DbError, ExecutionError, NewSessionError, NextPageError, NextRowError, PagerExecutionError, PrepareError,
     RequestAttemptError, RequestError, SchemaAgreementError,
 };
 
+use crate::error::{BoxError, Cause};
 use crate::store::StoreError;
 
 #[derive(Clone, Copy)]
@@ -23,10 +22,11 @@ enum Class {
     Corrupt,
 }
 
-fn make(class: Class, what: &str, e: &dyn Display) -> StoreError {
+fn make(class: Class, what: &str, e: impl Into<BoxError>) -> StoreError {
+    let cause = Cause::with(what, e);
     match class {
-        Class::Unavailable => StoreError::Unavailable(format!("{what}: {e}")),
-        Class::Corrupt => StoreError::Corrupt(format!("{what}: {e}")),
+        Class::Unavailable => StoreError::Unavailable(cause),
+        Class::Corrupt => StoreError::Corrupt(cause),
     }
 }
 
@@ -85,7 +85,7 @@ fn next_page_class(e: &NextPageError) -> Class {
 }
 
 pub(super) fn execution(what: &'static str) -> impl Fn(ExecutionError) -> StoreError {
-    move |e| make(execution_class(&e), what, &e)
+    move |e| make(execution_class(&e), what, e)
 }
 
 pub(super) fn pager(what: &'static str) -> impl Fn(PagerExecutionError) -> StoreError {
@@ -96,7 +96,7 @@ pub(super) fn pager(what: &'static str) -> impl Fn(PagerExecutionError) -> Store
             PagerExecutionError::NextPageError(e) => next_page_class(e),
             _ => Class::Unavailable,
         };
-        make(class, what, &e)
+        make(class, what, e)
     }
 }
 
@@ -106,23 +106,23 @@ pub(super) fn next_row(what: &'static str) -> impl Fn(NextRowError) -> StoreErro
             NextRowError::NextPageError(e) => next_page_class(e),
             _ => Class::Corrupt,
         };
-        make(class, what, &e)
+        make(class, what, e)
     }
 }
 
 /// Results that are not the rows the statement promises, or rows of unexpected types.
-pub(super) fn rows<E: Display>(what: &'static str) -> impl Fn(E) -> StoreError {
-    move |e| make(Class::Corrupt, what, &e)
+pub(super) fn rows<E: Into<BoxError>>(what: &'static str) -> impl Fn(E) -> StoreError {
+    move |e| make(Class::Corrupt, what, e)
 }
 
 pub(super) fn prepare(e: PrepareError) -> StoreError {
-    make(prepare_class(&e), "preparing statements", &e)
+    make(prepare_class(&e), "preparing statements", e)
 }
 
 /// Session set-up fails on unreachable or unresolvable nodes; the configuration itself was
 /// validated when loaded.
 pub(super) fn new_session(e: NewSessionError) -> StoreError {
-    make(Class::Unavailable, "connecting", &e)
+    make(Class::Unavailable, "connecting", e)
 }
 
 pub(super) fn schema_agreement(e: SchemaAgreementError) -> StoreError {
@@ -130,5 +130,43 @@ pub(super) fn schema_agreement(e: SchemaAgreementError) -> StoreError {
         SchemaAgreementError::RequestError(e) => attempt(e),
         _ => Class::Unavailable,
     };
-    make(class, "waiting for schema agreement", &e)
+    make(class, "waiting for schema agreement", e)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
+
+    use super::*;
+    use crate::error::{in_chain, ProcessError};
+
+    fn db_error(e: DbError) -> ExecutionError {
+        ExecutionError::LastAttemptError(RequestAttemptError::DbError(e, "the server's message".into()))
+    }
+
+    #[test]
+    fn an_unavailable_cluster_is_transient_and_keeps_the_driver_error() {
+        for e in [ExecutionError::RequestTimeout(Duration::from_secs(5)), db_error(DbError::Overloaded)] {
+            let store = execution("reading an object")(e);
+            assert!(matches!(store, StoreError::Unavailable(_)), "{store:?}");
+            assert!(store.to_string().starts_with("store unavailable: reading an object: "), "{store}");
+            let text = store.to_string();
+            let process = ProcessError::from(store);
+            assert!(matches!(process, ProcessError::Transient(_)), "{process:?}");
+            assert_eq!(process.to_string(), text, "the reason reads as before");
+            assert!(in_chain::<StoreError>(&process).is_some());
+            assert!(in_chain::<ExecutionError>(&process).is_some(), "the driver error is in the chain");
+        }
+    }
+
+    #[test]
+    fn a_request_the_server_refuses_is_fatal() {
+        let store = execution("writing an object")(db_error(DbError::Invalid));
+        assert!(matches!(store, StoreError::Corrupt(_)), "{store:?}");
+        let process = ProcessError::from(store);
+        assert!(matches!(process, ProcessError::Fatal(_)), "{process:?}");
+        assert!(matches!(in_chain::<ExecutionError>(&process), Some(ExecutionError::LastAttemptError(_))));
+    }
 }

@@ -13,6 +13,7 @@ use std::fmt::Display;
 use rusqlite::ffi::ErrorCode;
 use tokio::task::JoinError;
 
+use crate::error::Cause;
 use crate::store::StoreError;
 
 /// True if the same request may succeed later.
@@ -36,33 +37,36 @@ fn transient(e: &rusqlite::Error) -> bool {
 
 /// `what` failed with `e`; `what` names the operation and, where known, the row.
 pub(super) fn sql(what: impl Display, e: rusqlite::Error) -> StoreError {
-    if transient(&e) {
-        StoreError::Unavailable(format!("sqlite: {what}: {e}"))
+    let retry = transient(&e);
+    let cause = Cause::with(format_args!("sqlite: {what}"), e);
+    if retry {
+        StoreError::Unavailable(cause)
     } else {
-        StoreError::Corrupt(format!("sqlite: {what}: {e}"))
+        StoreError::Corrupt(cause)
     }
 }
 
 /// The file system refused to create the database's directory.
 pub(super) fn io(what: impl Display, e: std::io::Error) -> StoreError {
-    StoreError::Unavailable(format!("sqlite: {what}: {e}"))
+    StoreError::Unavailable(Cause::with(format_args!("sqlite: {what}"), e))
 }
 
 /// A mutex poisoned by a panic. The connection it guards may be anywhere inside a call; stopping
 /// lets a restart open a fresh one instead of guessing.
 pub(super) fn poisoned(what: impl Display) -> StoreError {
-    StoreError::Corrupt(format!(
-        "sqlite: {what}: an earlier call panicked while holding the connection; restart to reopen the store"
-    ))
+    StoreError::Corrupt(
+        format!("sqlite: {what}: an earlier call panicked while holding the connection; restart to reopen the store")
+            .into(),
+    )
 }
 
 /// The blocking task ended without an answer: cancelled because the runtime is shutting down
 /// (retry, if anything is left to retry), or panicked, which is a bug.
 pub(super) fn joined(what: &str, e: JoinError) -> StoreError {
     if e.is_cancelled() {
-        StoreError::Unavailable(format!("sqlite: {what}: cancelled (runtime shutting down)"))
+        StoreError::Unavailable(Cause::with(format_args!("sqlite: {what} (runtime shutting down)"), e))
     } else {
-        StoreError::Corrupt(format!("sqlite: {what}: panicked: {e}"))
+        StoreError::Corrupt(Cause::with(format_args!("sqlite: {what}: panicked"), e))
     }
 }
 
@@ -71,6 +75,7 @@ mod tests {
     use rusqlite::ffi;
 
     use super::*;
+    use crate::error::{in_chain, ProcessError};
 
     fn failure(code: i32) -> rusqlite::Error {
         rusqlite::Error::SqliteFailure(ffi::Error::new(code), None)
@@ -91,5 +96,15 @@ mod tests {
         // Extended codes keep their primary class: SQLITE_IOERR_FSYNC is still an I/O error.
         assert!(matches!(sql("x", failure(ffi::SQLITE_IOERR_FSYNC)), StoreError::Unavailable(_)));
         assert!(matches!(sql("x", failure(ffi::SQLITE_BUSY_SNAPSHOT)), StoreError::Unavailable(_)));
+    }
+
+    #[test]
+    fn the_sqlite_error_is_kept_under_the_store_error() {
+        let e = sql("reading objects", failure(ffi::SQLITE_BUSY));
+        assert!(e.to_string().starts_with("store unavailable: sqlite: reading objects: "), "{e}");
+        let process = ProcessError::from(e);
+        assert!(matches!(process, ProcessError::Transient(_)), "{process:?}");
+        let kept = in_chain::<rusqlite::Error>(&process).expect("the rusqlite error is in the chain");
+        assert_eq!(kept.sqlite_error_code(), Some(ErrorCode::DatabaseBusy));
     }
 }

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 
 use rusqlite::Row;
 
+use crate::error::Cause;
 use crate::model::Application;
 use crate::store::{ObjectRow, ObjectWrite, StoreError};
 
@@ -26,12 +27,14 @@ pub(super) fn encode_object(app: &str, w: &ObjectWrite) -> Result<EncodedObject,
     let o = &w.row.object;
     let id = o.id();
     if id.is_empty() || w.model.is_empty() {
-        return Err(StoreError::Corrupt(format!("object of model {:?} in {app} has no id", w.model)));
+        return Err(StoreError::Corrupt(format!("object of model {:?} in {app} has no id", w.model).into()));
     }
-    let body = serde_json::to_string(&o.object)
-        .map_err(|e| StoreError::Corrupt(format!("object {app}/{}/{id} does not serialize: {e}", w.model)))?;
-    let version = i64::try_from(o.version)
-        .map_err(|_| StoreError::Corrupt(format!("object {app}/{}/{id}: version {} too large", w.model, o.version)))?;
+    let body = serde_json::to_string(&o.object).map_err(|e| {
+        StoreError::Corrupt(Cause::with(format_args!("object {app}/{}/{id} does not serialize", w.model), e))
+    })?;
+    let version = i64::try_from(o.version).map_err(|_| {
+        StoreError::Corrupt(format!("object {app}/{}/{id}: version {} too large", w.model, o.version).into())
+    })?;
     let pos = o.last_applied.as_ref();
     let links = if w.row.deleted { BTreeSet::new() } else { w.parents.iter().cloned().collect() };
     Ok(EncodedObject {
@@ -48,8 +51,8 @@ pub(super) fn encode_object(app: &str, w: &ObjectWrite) -> Result<EncodedObject,
 }
 
 /// Decodes the columns of [`super::schema::GET_OBJECT`]; the caller names the row in the error.
-pub(super) fn decode_object(row: &Row<'_>) -> Result<ObjectRow, String> {
-    let column = |e: rusqlite::Error| e.to_string();
+pub(super) fn decode_object(row: &Row<'_>) -> Result<ObjectRow, Cause> {
+    let column = Cause::of;
     let body: String = row.get(0).map_err(column)?;
     let version: i64 = row.get(1).map_err(column)?;
     let topic: Option<String> = row.get(2).map_err(column)?;
@@ -60,7 +63,7 @@ pub(super) fn decode_object(row: &Row<'_>) -> Result<ObjectRow, String> {
     let deleted = match deleted {
         0 => false,
         1 => true,
-        other => return Err(format!("deleted flag is {other}, not 0 or 1")),
+        other => return Err(format!("deleted flag is {other}, not 0 or 1").into()),
     };
     super::super::decode_row(&body, version, (topic, partition, offset), deleted)
 }
@@ -68,9 +71,10 @@ pub(super) fn decode_object(row: &Row<'_>) -> Result<ObjectRow, String> {
 /// Validates and serialises an application as the CQL store does, so either store reads the
 /// other's JSON.
 pub(super) fn encode_application(app: &Application) -> Result<String, StoreError> {
-    app.validate().map_err(|e| StoreError::Corrupt(format!("refusing to store application {}: {e}", app.id)))?;
+    app.validate()
+        .map_err(|e| StoreError::Corrupt(Cause::with(format_args!("refusing to store application {}", app.id), e)))?;
     serde_json::to_string(app)
-        .map_err(|e| StoreError::Corrupt(format!("application {} does not serialize: {e}", app.id)))
+        .map_err(|e| StoreError::Corrupt(Cause::with(format_args!("application {} does not serialize", app.id), e)))
 }
 
 pub(super) use crate::store::decode_application;

@@ -96,14 +96,17 @@ pub(super) fn prepare(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)).map_err(|e| sql(&what, e))?;
     if !mode.eq_ignore_ascii_case("wal") {
         // E.g. a file system without shared memory: refuse rather than run with other guarantees.
-        return Err(StoreError::Corrupt(format!("sqlite: {what}: journal_mode is {mode}, WAL could not be enabled")));
+        return Err(StoreError::Corrupt(
+            format!("sqlite: {what}: journal_mode is {mode}, WAL could not be enabled").into(),
+        ));
     }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| sql(&what, e))?;
     let version: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(|e| sql(&what, e))?;
     let from = usize::try_from(version).ok().filter(|&v| v <= MIGRATIONS.len()).ok_or_else(|| {
-        StoreError::Corrupt(format!(
-            "sqlite: {what}: schema version {version} is not one this build knows (up to {SCHEMA_VERSION})"
-        ))
+        StoreError::Corrupt(
+            format!("sqlite: {what}: schema version {version} is not one this build knows (up to {SCHEMA_VERSION})")
+                .into(),
+        )
     })?;
     for (step, ddl) in MIGRATIONS.iter().enumerate().skip(from) {
         tx.execute_batch(ddl).map_err(|e| sql(format!("{what}: migrating to schema version {}", step + 1), e))?;
