@@ -42,6 +42,7 @@ pub mod json;
 pub mod message;
 pub mod object;
 pub mod patch;
+pub mod retry;
 pub mod schema;
 pub mod track;
 
