@@ -36,7 +36,7 @@ struct Call {
     ready: bool,
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Log {
     /// Every `handle` call, in order.
     handled: Vec<Call>,
@@ -171,8 +171,9 @@ impl Harness {
         Harness { cfg, broker: harness_broker, input, group, health, shutdown, log, run, started }
     }
 
-    fn log(&self) -> MutexGuard<'_, Log> {
-        self.log.lock().unwrap()
+    /// What the handler saw so far (a copy: no lock is held while the test waits).
+    fn log(&self) -> Log {
+        self.log.lock().unwrap().clone()
     }
 
     fn uncommitted(&self) -> i64 {
@@ -221,7 +222,6 @@ async fn a_transient_failure_is_retried_on_the_policy_s_schedule_then_processed_
     assert!(flaky.iter().all(|c| c.uncommitted == 3), "nothing of the batch is committed while it retries");
     let ok2 = log.handled.iter().find(|c| c.payload == "ok-2").unwrap();
     assert_eq!(ok2.at, flaky[3].at, "the next record follows the success at once");
-    drop(log);
     assert!(h.health.is_ready(), "ready again once the record passed");
     h.stop().await;
 }
@@ -237,7 +237,6 @@ async fn a_poison_record_is_dead_lettered_and_the_partition_moves_on() {
     assert_eq!(poison.len(), 1, "poison is never retried");
     assert!(log.handled.iter().all(|c| c.at == h.started), "no backoff anywhere");
     let poison_offset = poison[0].offset;
-    drop(log);
 
     let dead = h.broker.tail(&h.cfg.topic("dead_letter"), 10);
     assert_eq!(dead.len(), 1, "one envelope on dead_letter");
@@ -271,7 +270,6 @@ async fn a_failed_end_batch_rewinds_and_redoes_the_batch_and_commits_only_after(
     assert!(firsts.iter().all(|c| c.uncommitted == 3), "nothing committed until the batch succeeds");
     assert!(!firsts[1].ready && !firsts[2].ready, "not ready while outputs fail");
     assert_eq!(log.persists.len(), 1, "persist only for the batch that was delivered");
-    drop(log);
 
     let resumed = Instant::now();
     h.broker.append(&h.input, None, b"d".to_vec()).await;
@@ -281,7 +279,6 @@ async fn a_failed_end_batch_rewinds_and_redoes_the_batch_and_commits_only_after(
     assert_eq!(d.len(), 2);
     assert_eq!(d[0], resumed, "the new record is taken at once");
     assert_eq!(gaps(&d), waits(retry::PIPELINE_REDO, 1), "a new batch's redo starts from the first wait");
-    drop(log);
     assert!(h.health.is_ready());
     h.stop().await;
 }
@@ -298,7 +295,6 @@ async fn a_failing_persist_is_retried_without_redoing_the_batch_and_commits_afte
     let at: Vec<Instant> = log.persists.iter().map(|c| c.at).collect();
     assert_eq!(gaps(&at), waits(retry::PIPELINE_PERSIST, 2), "100 ms, then 200 ms");
     assert!(log.persists.iter().all(|c| c.uncommitted == 2), "committed only after persist succeeds");
-    drop(log);
     h.stop().await;
 }
 
@@ -315,7 +311,7 @@ async fn shutdown_during_a_retry_stops_at_once_and_commits_only_what_completed()
     run.await.expect("the loop task").expect("a signal is not an error");
     assert_eq!(Instant::now(), cancelled, "no wait is finished after the signal");
 
-    let log = log.lock().unwrap();
+    let log = log.lock().unwrap().clone();
     assert_eq!(log.accepted, ["a", "b"], "the record after the stuck one is never reached");
     assert_eq!(log.end_batches.len(), 1, "the completed part is ended, settled and persisted");
     assert_eq!(log.persists.len(), 1);
