@@ -24,15 +24,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::error::{ProcessError, WorkerError};
+use crate::model::retry;
 use crate::queue::dead_letter;
 use crate::queue::kafka;
 use crate::queue::outbox::{Outbox, Sink};
 use crate::queue::source::{Offsets, Received, Source};
 use crate::queue::{topic, Record};
 use crate::telemetry::{self, names, Health};
-
-const RETRY_START: Duration = Duration::from_millis(100);
-const RETRY_CAP: Duration = Duration::from_secs(30);
 
 /// A role's processing. Per batch the pipeline calls `handle` for each record in order, then
 /// `end_batch`, awaits every output, calls `persist`, and commits. If the outputs could not be
@@ -157,7 +155,7 @@ impl Pipeline {
         let consumer = self.consumer.clone();
         let running = self.running_condition.clone();
         self.health.ok(&running);
-        let mut settle_delay = RETRY_START;
+        let mut redo = retry::PIPELINE_REDO.delays();
         let result = loop {
             let first = tokio::select! {
                 biased;
@@ -215,10 +213,11 @@ impl Pipeline {
                 // Some outputs may be missing: redo the whole batch from its first offsets.
                 handler.abort_batch();
                 self.health.fail(&self.processing_condition, reason.clone());
+                let delay = redo.next_delay();
                 tracing::warn!(
                     message = "batch outputs not delivered, redoing the batch",
                     reason,
-                    retry_in_ms = settle_delay.as_millis() as u64
+                    retry_in_ms = delay.as_millis() as u64
                 );
                 if self.transactional {
                     if let Err(e) = self.outbox.abort_transaction().await {
@@ -233,12 +232,11 @@ impl Pipeline {
                 }
                 tokio::select! {
                     () = shutdown.cancelled() => break Ok(()),
-                    () = tokio::time::sleep(settle_delay) => {}
+                    () = tokio::time::sleep(delay) => {}
                 }
-                settle_delay = (settle_delay * 2).min(RETRY_CAP);
                 continue;
             }
-            settle_delay = RETRY_START;
+            redo.reset();
             let phase = phase.next("commit_transaction");
             if !self.persist(handler, &shutdown).await {
                 // Shut down while the store was failing: nothing of this batch is committed.
@@ -299,7 +297,7 @@ impl Pipeline {
         record: &Record<'_>,
         shutdown: &CancellationToken,
     ) -> Result<Outcome, WorkerError> {
-        let mut delay = RETRY_START;
+        let mut delays = retry::PIPELINE_RECORD.delays();
         let mut failing = false;
         loop {
             let result = match handler.handle(record, &mut self.outbox).await {
@@ -328,6 +326,7 @@ impl Pipeline {
                     metrics::counter!(names::RETRIES, "topic" => record.topic.to_string()).increment(1);
                     failing = true;
                     self.health.fail(&self.processing_condition, reason.to_string());
+                    let delay = delays.next_delay();
                     tracing::warn!(
                         message = "processing failed, retrying",
                         topic = record.topic,
@@ -340,7 +339,6 @@ impl Pipeline {
                         () = shutdown.cancelled() => return Ok(Outcome::Interrupted),
                         () = tokio::time::sleep(delay) => {}
                     }
-                    delay = (delay * 2).min(RETRY_CAP);
                 }
             }
         }
@@ -348,8 +346,9 @@ impl Pipeline {
 
     /// Runs the handler's `persist` until it succeeds; false if shutdown came first.
     async fn persist<H: Handler>(&mut self, handler: &mut H, shutdown: &CancellationToken) -> bool {
-        let mut delay = RETRY_START;
+        let mut delays = retry::PIPELINE_PERSIST.delays();
         loop {
+            let delay = delays.next_delay();
             match handler.persist().await {
                 Ok(()) => {
                     self.health.ok(&self.processing_condition);
@@ -365,7 +364,6 @@ impl Pipeline {
                 () = shutdown.cancelled() => return false,
                 () = tokio::time::sleep(delay) => {}
             }
-            delay = (delay * 2).min(RETRY_CAP);
         }
     }
 

@@ -28,6 +28,7 @@
 //! | `acl`      | the author check (`validateAuthor`) |
 //! | `event`    | our topics' records: [`WriteRecord`] (`write`), [`ChangeEvent`] (`transport_manager`) |
 //! | `delivery` | [`Delta`], `{new,updated,deleted}` grouping, push payload splitting |
+//! | `retry`    | [`retry::Backoff`]: the waits between attempts, and the named policy of every place that retries |
 //! | `clock`    | the wall clock (seconds, ms, µs, ns since the epoch), read in one place |
 //!
 //! Nothing here panics on input: decoders return [`ModelError`], evaluation returns `false`.
@@ -44,6 +45,7 @@ pub mod json;
 pub mod message;
 pub mod object;
 pub mod patch;
+pub mod retry;
 pub mod schema;
 pub mod track;
 

@@ -21,6 +21,7 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::Config;
 use crate::error::WorkerError;
+use crate::model::retry;
 use crate::telemetry::{self, names, Health};
 
 /// How long a produce may wait for queue space and delivery before it counts as failed.
@@ -156,7 +157,7 @@ pub async fn wait_for_topics(
 ) -> Result<(), WorkerError> {
     let condition = format!("kafka:{client_id}");
     health.require(&condition, "connecting to the Kafka cluster");
-    let mut delay = Duration::from_millis(200);
+    let mut delays = retry::KAFKA_TOPICS_WAIT.delays();
     loop {
         let c = consumer.clone();
         let probe = tokio::task::spawn_blocking(move || c.fetch_metadata(None, Duration::from_secs(5)))
@@ -177,12 +178,12 @@ pub async fn wait_for_topics(
             Err(e) => format!("cluster unreachable: {e}"),
         };
         health.fail(&condition, problem.clone());
+        let delay = delays.next_delay();
         tracing::warn!(message = "kafka not ready, retrying", problem, retry_in_ms = delay.as_millis() as u64);
         tokio::select! {
             () = shutdown.cancelled() => return Err(WorkerError::Cancelled("Kafka was ready".into())),
             () = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
 
@@ -286,7 +287,8 @@ impl Producer {
     pub async fn check_topic(&self, topic: &str) -> Result<(), WorkerError> {
         // A topic created a moment ago may not be in every broker's metadata yet: look a few
         // times before calling it missing.
-        for attempt in 0..5 {
+        let mut delays = retry::KAFKA_TOPIC_METADATA.delays();
+        loop {
             let p = self.inner.clone();
             let t = topic.to_string();
             let md = tokio::task::spawn_blocking(move || {
@@ -298,7 +300,8 @@ impl Producer {
             if md.topics().iter().any(|m| m.name() == topic && m.error().is_none() && !m.partitions().is_empty()) {
                 return Ok(());
             }
-            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            let Some(delay) = delays.next() else { break };
+            tokio::time::sleep(delay).await;
         }
         Err(WorkerError::Usage(format!("topic {topic} does not exist: run `nexxus-worker topics apply`")))
     }

@@ -11,6 +11,7 @@ use super::Role;
 use crate::apps::Apps;
 use crate::config::{Config, StoreKind};
 use crate::error::WorkerError;
+use crate::model::retry;
 use crate::pipeline::Pipeline;
 use crate::queue::Queue;
 use crate::registry::{Registry, RegistryError};
@@ -144,8 +145,9 @@ impl WorkerContext {
         Fut: std::future::Future<Output = Result<T, E>>,
     {
         self.health.require(condition, "connecting");
-        let mut delay = std::time::Duration::from_millis(500);
+        let mut delays = retry::DEPENDENCY_CONNECT.delays();
         loop {
+            let delay = delays.next_delay();
             match attempt().await {
                 Ok(client) => {
                     self.health.ok(condition);
@@ -161,7 +163,6 @@ impl WorkerContext {
                 () = shutdown.cancelled() => return Err(WorkerError::Cancelled(format!("{condition} was reachable"))),
                 () = tokio::time::sleep(delay) => {}
             }
-            delay = (delay * 2).min(std::time::Duration::from_secs(10));
         }
     }
 }

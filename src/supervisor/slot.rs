@@ -13,6 +13,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::model::retry;
 use crate::runtime::Role;
 
 /// What the supervisor wants of its children; `generation` grows on every recycle of all.
@@ -103,7 +104,7 @@ impl Slot {
     /// Runs until the desired state is `Stopping` (or the slot gives up).
     pub async fn run(self, mut desired: watch::Receiver<Desired>) {
         let mut crashes: VecDeque<Instant> = VecDeque::new();
-        let mut backoff = Duration::from_millis(500);
+        let mut backoff = retry::SUPERVISOR_CRASH.delays();
         let mut generation = desired.borrow().generation;
         loop {
             // Wait until running is wanted.
@@ -121,6 +122,7 @@ impl Slot {
                 Ok(c) => c,
                 Err(e) => return self.give_up(format!("cannot start {}: {e}", self.exe.display())),
             };
+            let mut started = Instant::now();
             let mut recycle_at = self.recycle.map(|r| Instant::now() + r);
             loop {
                 let recycle = async {
@@ -151,13 +153,18 @@ impl Slot {
                                 self.name(), crashes.len(), self.crash_window.as_secs()
                             ));
                         }
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        // A child that outlived the crash window was healthy: this crash is not
+                        // part of a loop, and its restart need not wait for earlier ones.
+                        if now.duration_since(started) >= self.crash_window {
+                            backoff.reset();
+                        }
+                        tokio::time::sleep(backoff.next_delay()).await;
                         break;
                     }
                     () = recycle => {
                         event(self.role, "recycled");
                         child = self.replace(child).await;
+                        started = Instant::now();
                         recycle_at = self.recycle.map(|r| Instant::now() + r);
                     }
                     changed = desired.changed() => {
@@ -175,7 +182,8 @@ impl Slot {
                             generation = d.generation;
                             event(self.role, "recycled");
                             child = self.replace(child).await;
-                            backoff = Duration::from_millis(500);
+                            started = Instant::now();
+                            backoff.reset();
                         }
                     }
                 }

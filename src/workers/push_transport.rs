@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::apps::Apps;
 use crate::error::{Cause, ProcessError, WorkerError};
+use crate::model::retry;
 use crate::model::{Application, Recipient, TransportMessage, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::pipeline::{Handler, Pipeline};
 use crate::queue::outbox::Outbox;
@@ -31,12 +32,8 @@ use crate::runtime::{Role, Worker, WorkerContext};
 use crate::telemetry::gate;
 use crate::transport::push::apns::{self, Apns, ApnsPush};
 use crate::transport::push::fcm::{self, Fcm};
-use crate::transport::push::{backoff, EndpointError, Outcome, Pacer};
+use crate::transport::push::{EndpointError, Outcome, Pacer};
 
-/// Attempts per push before it is given up (counted in `nexxus_push_failed_total`).
-const MAX_ATTEMPTS: u32 = 8;
-/// No single wait longer than this, whatever `Retry-After` says.
-const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// A push still failing after this long is given up, so a batch always ends.
 const RETRY_BUDGET: Duration = Duration::from_secs(120);
 
@@ -152,7 +149,8 @@ impl PushTransport {
 /// Sends one push until it ends, retrying what may be retried.
 async fn deliver(provider: &Provider, pacer: &Pacer, job: &Job) -> Outcome {
     let started = Instant::now();
-    let mut attempt = 0;
+    // Past the policy's attempts or the budget a push is given up (`nexxus_push_failed_total`).
+    let mut delays = retry::PUSH_SEND.delays();
     loop {
         pacer.acquire(&job.app.id).await;
         let outcome = match (provider, job.push.as_ref()) {
@@ -161,12 +159,12 @@ async fn deliver(provider: &Provider, pacer: &Pacer, job: &Job) -> Outcome {
             _ => Outcome::Rejected("push built for another provider".into()),
         };
         let Outcome::Retry { reason, after } = outcome else { return outcome };
-        attempt += 1;
-        let wait = backoff(attempt, after, BACKOFF_CAP);
         metrics::counter!("nexxus_push_retries_total", "provider" => provider.name()).increment(1);
-        if attempt >= MAX_ATTEMPTS || started.elapsed() + wait > RETRY_BUDGET {
-            return Outcome::Rejected(format!("gave up after {attempt} attempts: {reason}"));
-        }
+        let attempts = delays.retries() + 1;
+        let wait = match delays.next_after(after) {
+            Some(wait) if started.elapsed() + wait <= RETRY_BUDGET => wait,
+            _ => return Outcome::Rejected(format!("gave up after {attempts} attempts: {reason}")),
+        };
         tracing::debug!(
             message = "push retried",
             device = job.device.device_id,

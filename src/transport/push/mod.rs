@@ -4,7 +4,7 @@
 //!
 //! A send ends in one [`Outcome`]; the role decides what to do with it: invalid tokens leave the
 //! registry, retryable failures are retried with capped exponential backoff that honours
-//! `Retry-After`, and [`Pacer`] keeps each application within its own rate so one app's quota
+//! `Retry-After` (`model::retry::PUSH_SEND`), and [`Pacer`] keeps each application within its own rate so one app's quota
 //! does not hold back another's sends.
 
 pub mod apns;
@@ -43,12 +43,6 @@ pub enum Outcome {
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let secs: u64 = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
     Some(Duration::from_secs(secs.min(3600)))
-}
-
-/// The wait before attempt `attempt` (1-based): the provider's `Retry-After` if it gave one,
-/// else 200 ms doubling, capped.
-pub fn backoff(attempt: u32, after: Option<Duration>, cap: Duration) -> Duration {
-    after.unwrap_or_else(|| Duration::from_millis(200u64.saturating_mul(1 << attempt.min(16)) / 2)).min(cap)
 }
 
 /// A UUID-shaped id derived from `parts` (APNs `apns-id`): the same delivery always gets the
@@ -167,16 +161,6 @@ mod tests {
         assert_ne!(a, stable_uuid(&["app", "obj", "8", "dev"]));
         let groups: Vec<usize> = a.split('-').map(str::len).collect();
         assert_eq!(groups, vec![8, 4, 4, 4, 12]);
-    }
-
-    #[test]
-    fn backoff_honours_retry_after_and_caps() {
-        let cap = Duration::from_secs(30);
-        assert_eq!(backoff(1, None, cap), Duration::from_millis(200));
-        assert_eq!(backoff(3, None, cap), Duration::from_millis(800));
-        assert_eq!(backoff(30, None, cap), cap);
-        assert_eq!(backoff(1, Some(Duration::from_secs(2)), cap), Duration::from_secs(2));
-        assert_eq!(backoff(1, Some(Duration::from_secs(90)), cap), cap);
     }
 
     #[tokio::test]
