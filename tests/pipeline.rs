@@ -27,7 +27,9 @@ struct Seen {
 struct TestHandler(Arc<Mutex<Seen>>);
 
 impl Handler for TestHandler {
-    async fn handle(&mut self, record: &Record<'_>, _out: &mut Outbox) -> Result<(), ProcessError> {
+    type Input = ();
+
+    async fn handle(&mut self, record: &Record<'_>, _: (), _out: &mut Outbox) -> Result<(), ProcessError> {
         let text = String::from_utf8_lossy(record.payload).to_string();
         let mut seen = self.0.lock().unwrap();
         let n = {
@@ -137,7 +139,9 @@ struct FailingEnd {
 }
 
 impl Handler for FailingEnd {
-    async fn handle(&mut self, record: &Record<'_>, _out: &mut Outbox) -> Result<(), ProcessError> {
+    type Input = ();
+
+    async fn handle(&mut self, record: &Record<'_>, _: (), _out: &mut Outbox) -> Result<(), ProcessError> {
         self.seen.lock().unwrap().push(String::from_utf8_lossy(record.payload).to_string());
         Ok(())
     }

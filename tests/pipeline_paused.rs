@@ -83,7 +83,9 @@ impl Scripted {
 }
 
 impl Handler for Scripted {
-    async fn handle(&mut self, record: &Record<'_>, _out: &mut Outbox) -> Result<(), ProcessError> {
+    type Input = ();
+
+    async fn handle(&mut self, record: &Record<'_>, _: (), _out: &mut Outbox) -> Result<(), ProcessError> {
         let payload = String::from_utf8_lossy(record.payload).to_string();
         let call = self.call(&payload, record.offset);
         let mut log = self.log();
@@ -321,4 +323,72 @@ async fn shutdown_during_a_retry_stops_at_once_and_commits_only_what_completed()
         "the loop reports that it stopped: {:?}",
         health.failing()
     );
+}
+
+/// A record's bytes as a number: what a typed input looks like to the pipeline.
+struct Number(u64);
+
+impl nexxus_worker::pipeline::Decode for Number {
+    fn decode(record: &Record<'_>) -> Result<Self, nexxus_worker::error::Cause> {
+        let text = String::from_utf8_lossy(record.payload);
+        text.parse().map(Number).map_err(|e| nexxus_worker::error::Cause::with(format!("`{text}` is no number"), e))
+    }
+}
+
+/// Sums what it is given; records which inputs `prepare` saw.
+#[derive(Default)]
+struct Adder {
+    prepared: Vec<Vec<u64>>,
+    handled: Vec<u64>,
+}
+
+impl Handler for Adder {
+    type Input = Number;
+
+    async fn prepare(&mut self, batch: &[&Number]) {
+        self.prepared.push(batch.iter().map(|n| n.0).collect());
+    }
+
+    async fn handle(&mut self, _: &Record<'_>, n: Number, _out: &mut Outbox) -> Result<(), ProcessError> {
+        self.handled.push(n.0);
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_record_that_does_not_decode_is_dead_lettered_by_the_pipeline_and_never_handled() {
+    let env: HashMap<String, String> = HashMap::from([("TP_TOPIC_PREFIX".into(), "decode.".into())]);
+    let cfg = Config::load(&Overrides::default(), &env).expect("config from defaults");
+    let broker = Broker::new(cfg.memory_queue_capacity);
+    let input = cfg.topic("in");
+    broker.declare(&input, &input);
+    for r in ["1", "two", "3"] {
+        broker.append(&input, None, r.as_bytes().to_vec()).await;
+    }
+    let health = Arc::new(Health::new());
+    let shutdown = CancellationToken::new();
+    let pipeline = Pipeline::connect(&cfg, &health, WORKER, "in", &["in"], Sink::Memory(broker.clone()), &shutdown)
+        .await
+        .expect("a memory pipeline connects");
+    let run = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let mut adder = Adder::default();
+            pipeline.run(&mut adder, shutdown).await.map(|()| adder)
+        }
+    });
+    let started = Instant::now();
+    while broker.lag(&input)[&input] > 0 {
+        assert!(started.elapsed() < Duration::from_secs(60), "the batch was never committed");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    shutdown.cancel();
+    let adder = run.await.expect("the loop task").expect("a clean stop");
+    assert_eq!(adder.prepared, [vec![1, 3]], "prepare sees every input that decoded, once");
+    assert_eq!(adder.handled, [1, 3], "the handler never sees the bad record");
+    let dead = broker.tail(&cfg.topic("dead_letter"), 10);
+    assert_eq!(dead.len(), 1, "the bad record is dead-lettered");
+    let envelope: Envelope = serde_json::from_slice(&dead[0].payload).unwrap();
+    assert_eq!(envelope.original().unwrap(), (None, b"two".to_vec()));
+    assert!(envelope.reason.starts_with("`two` is no number"), "{}", envelope.reason);
 }

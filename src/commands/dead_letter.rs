@@ -18,7 +18,11 @@ pub struct Replay {
 }
 
 impl Handler for Replay {
-    async fn handle(&mut self, record: &Record<'_>, out: &mut Outbox) -> Result<(), ProcessError> {
+    /// The envelope is read here, not by the pipeline: one that does not decode stays in place
+    /// instead of being dead-lettered into the topic it came from.
+    type Input = ();
+
+    async fn handle(&mut self, record: &Record<'_>, _: (), out: &mut Outbox) -> Result<(), ProcessError> {
         let envelope: Envelope = match serde_json::from_slice(record.payload) {
             Ok(e) => e,
             // Not ours, or damaged. Dead-lettering it again would feed this very topic forever;

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use crate::error::{Cause, ProcessError, WorkerError};
 use crate::model::schema::is_builtin;
-use crate::model::{decode_aggregation, Change, SourcePosition, WriteRecord, DEFAULT_MAX_MESSAGE_BYTES};
+use crate::model::{AggregatorMessage, Change, SourcePosition, WriteRecord};
 use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
 
@@ -60,9 +60,14 @@ impl Worker for Aggregation {
 }
 
 impl Handler for Aggregation {
-    async fn handle(&mut self, record: &Record<'_>, _out: &mut Outbox) -> Result<(), ProcessError> {
-        let message = decode_aggregation(record.payload, DEFAULT_MAX_MESSAGE_BYTES)
-            .map_err(|e| ProcessError::Poison(Cause::of(e)))?;
+    type Input = AggregatorMessage;
+
+    async fn handle(
+        &mut self,
+        record: &Record<'_>,
+        message: AggregatorMessage,
+        _out: &mut Outbox,
+    ) -> Result<(), ProcessError> {
         let app_id = message.application_id().to_string();
         let app =
             self.apps.get(&app_id).ok_or_else(|| ProcessError::poison(format!("unknown application `{app_id}`")))?;

@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use crate::apps::Apps;
-use crate::error::{Cause, ProcessError, WorkerError};
+use crate::error::{ProcessError, WorkerError};
 use crate::model::retry;
 use crate::model::{Application, Recipient, TransportMessage, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::pipeline::{Handler, Pipeline};
@@ -176,12 +176,17 @@ async fn deliver(provider: &Provider, pacer: &Pacer, job: &Job) -> Outcome {
 }
 
 impl Handler for PushTransport {
-    async fn handle(&mut self, record: &Record<'_>, _out: &mut Outbox) -> Result<(), ProcessError> {
+    type Input = TransportMessage;
+
+    async fn handle(
+        &mut self,
+        record: &Record<'_>,
+        msg: TransportMessage,
+        _out: &mut Outbox,
+    ) -> Result<(), ProcessError> {
         if record.payload.len() > DEFAULT_MAX_MESSAGE_BYTES {
             return Err(ProcessError::poison(format!("transport message of {} bytes", record.payload.len())));
         }
-        let msg: TransportMessage = serde_json::from_slice(record.payload)
-            .map_err(|e| ProcessError::Poison(Cause::with("not a transport message", e)))?;
         let app = self
             .apps
             .get(&msg.application_id)

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::error::{Cause, ProcessError, WorkerError};
+use crate::error::{ProcessError, WorkerError};
 use crate::model::{clock, Transport, TransportMessage};
 use crate::pipeline::{Handler, Pipeline};
 use crate::queue::outbox::Outbox;
@@ -123,9 +123,9 @@ fn life_token() -> String {
 }
 
 impl Handler for SocketsTransport {
-    async fn handle(&mut self, record: &Record<'_>, _out: &mut Outbox) -> Result<(), ProcessError> {
-        let msg: TransportMessage = serde_json::from_slice(record.payload)
-            .map_err(|e| ProcessError::Poison(Cause::with("not a transport message", e)))?;
+    type Input = TransportMessage;
+
+    async fn handle(&mut self, _: &Record<'_>, msg: TransportMessage, _out: &mut Outbox) -> Result<(), ProcessError> {
         let d = self.hub.deliver(&msg);
         metrics::counter!("nexxus_sockets_frames_out_total").increment(d.frames as u64);
         metrics::counter!("nexxus_sockets_bytes_out_total").increment(d.bytes as u64);

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::error::{Cause, ProcessError, WorkerError};
-use crate::model::{check_track_command, decode_track, Device, TrackCommand, Volatile, DEFAULT_MAX_MESSAGE_BYTES};
+use crate::model::{check_track_command, Device, TrackCommand, Volatile};
 use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
 use crate::registry::Registry;
@@ -37,9 +37,9 @@ impl Worker for Track {
 }
 
 impl Handler for Track {
-    async fn handle(&mut self, record: &Record<'_>, _out: &mut Outbox) -> Result<(), ProcessError> {
-        let command =
-            decode_track(record.payload, DEFAULT_MAX_MESSAGE_BYTES).map_err(|e| ProcessError::Poison(Cause::of(e)))?;
+    type Input = TrackCommand;
+
+    async fn handle(&mut self, _: &Record<'_>, command: TrackCommand, _out: &mut Outbox) -> Result<(), ProcessError> {
         let app = command.application_id().to_string();
         let Some(application) = self.apps.get(&app) else {
             return Err(ProcessError::poison(format!("unknown application `{app}`")));

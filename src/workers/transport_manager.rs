@@ -270,16 +270,16 @@ impl FilterCache {
 }
 
 impl Handler for TransportManager {
+    type Input = ChangeEvent;
+
     /// One pipelined lookup for every channel of the batch.
-    async fn prepare(&mut self, batch: &[Record<'_>]) {
+    async fn prepare(&mut self, batch: &[&ChangeEvent]) {
         let mut channels: Vec<ChannelKey> = Vec::new();
         let mut seen = HashSet::new();
-        for record in batch {
-            if let Ok(event) = serde_json::from_slice::<ChangeEvent>(record.payload) {
-                for c in event.channels.into_iter().filter(|_| !event.broadcast) {
-                    if seen.insert(c.as_str().to_string()) {
-                        channels.push(c);
-                    }
+        for event in batch.iter().filter(|e| !e.broadcast) {
+            for c in &event.channels {
+                if seen.insert(c.as_str()) {
+                    channels.push(c.clone());
                 }
             }
         }
@@ -295,9 +295,7 @@ impl Handler for TransportManager {
         }
     }
 
-    async fn handle(&mut self, record: &Record<'_>, out: &mut Outbox) -> Result<(), ProcessError> {
-        let event: ChangeEvent = serde_json::from_slice(record.payload)
-            .map_err(|e| ProcessError::Poison(Cause::with("not a change event", e)))?;
+    async fn handle(&mut self, _: &Record<'_>, event: ChangeEvent, out: &mut Outbox) -> Result<(), ProcessError> {
         if self.apps.get(&event.application_id).is_none() {
             return Err(ProcessError::poison(format!("unknown application `{}`", event.application_id)));
         }

@@ -232,13 +232,14 @@ impl<S: Store> Write<S> {
 }
 
 impl<S: Store> Handler for Write<S> {
+    type Input = WriteRecord;
+
     /// Reads every object the batch touches in one concurrent round instead of one round trip
     /// per record (the writer's main cost). Failures are left to `handle`, which classifies them.
-    async fn prepare(&mut self, batch: &[Record<'_>]) {
+    async fn prepare(&mut self, batch: &[&WriteRecord]) {
         let mut wanted: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-        for record in batch {
-            let Ok(rec) = serde_json::from_slice::<WriteRecord>(record.payload) else { continue };
-            let key = (rec.application_id, rec.model, rec.id);
+        for rec in batch {
+            let key = (rec.application_id.clone(), rec.model.clone(), rec.id.clone());
             if !self.cache.contains_key(&key) {
                 let ids = wanted.entry(key.0).or_default();
                 if !ids.contains(&(key.1.clone(), key.2.clone())) {
@@ -256,9 +257,7 @@ impl<S: Store> Handler for Write<S> {
         }
     }
 
-    async fn handle(&mut self, record: &Record<'_>, out: &mut Outbox) -> Result<(), ProcessError> {
-        let rec: WriteRecord =
-            serde_json::from_slice(record.payload).map_err(|e| poison(format!("not a write record: {e}")))?;
+    async fn handle(&mut self, record: &Record<'_>, rec: WriteRecord, out: &mut Outbox) -> Result<(), ProcessError> {
         let position =
             SourcePosition { topic: record.topic.to_string(), partition: record.partition, offset: record.offset };
         self.apply(rec, position, out).await
