@@ -376,6 +376,12 @@ pub const KEYS: &[Key] = &[
 pub const OTHER_ENV: &[(&str, &str)] =
     &[("TP_CONFIG", "path of the config.json to load (else ./config.json if present)")];
 
+/// The table's default of a count key, for the few types that also exist outside a loaded
+/// [`super::Config`]; 0 if the key has no numeric default (a test checks every default parses).
+pub fn count_default(name: &str) -> usize {
+    find(name).and_then(|k| k.default).and_then(|d| d.parse().ok()).unwrap_or(0)
+}
+
 pub fn find(name: &str) -> Option<&'static Key> {
     KEYS.iter().find(|k| k.name == name)
 }

@@ -184,17 +184,6 @@ pub struct HttpLimits {
     pub request_timeout: Duration,
 }
 
-impl Default for HttpLimits {
-    fn default() -> Self {
-        HttpLimits {
-            max_connections: 512,
-            concurrency: 64,
-            header_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
 /// Per-device and per-channel bounds of the registry, so one client cannot make routing
 /// expensive for everybody.
 #[derive(Clone, Copy, Debug)]
@@ -206,8 +195,12 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// The table's defaults of `TP_MAX_DEVICE_SUBSCRIPTIONS` and `TP_MAX_CHANNEL_FILTERS`.
     fn default() -> Self {
-        Limits { device_subscriptions: 1000, channel_filters: 100 }
+        Limits {
+            device_subscriptions: keys::count_default("max_device_subscriptions"),
+            channel_filters: keys::count_default("max_channel_filters"),
+        }
     }
 }
 
@@ -304,7 +297,7 @@ impl Config {
     }
 
     fn resolve(layers: &Layers, all: bool) -> Result<Config, ConfigError> {
-        let get = |name: &'static str| Field { name, layer: layers.get(name) };
+        let get = |name: &'static str| Field { name, layer: layers.get(name), default: keys::find(name).and_then(|k| k.default) };
         // Check every given value's type, used or not: a bad TP_KFK_PORT is an error even when
         // TP_KFK_BROKERS makes it irrelevant, so a typo never hides until the day it matters.
         for key in KEYS {
@@ -345,12 +338,12 @@ impl Config {
         let redis_url = match get("redis_url").text()? {
             Some(url) => parse::redis_url(&url, &get("redis_url").origin())?,
             None => {
-                let host = get("redis_host").text()?.unwrap_or_else(|| default_of("redis_host"));
-                let port = get("redis_port").port()?.unwrap_or(6379);
+                let host = get("redis_host").text_or_default()?;
+                let port = get("redis_port").port_or_default()?;
                 format!("redis://{host}:{port}")
             }
         };
-        let ssl = get("sckt_ssl").boolean()?.unwrap_or(false);
+        let ssl = get("sckt_ssl").boolean_or_default()?;
         // TLS needs a key and a certificate; the culprit is wherever TLS was turned on.
         for (key, var) in [("sckt_key_ssl", "TP_SCKT_KEY_SSL"), ("sckt_cert_file", "TP_SCKT_CERT_FILE")] {
             if ssl && get(key).text()?.is_none() {
@@ -365,26 +358,26 @@ impl Config {
             80
         };
         let http_port = get("http_port").port()?.unwrap_or(if all { 8080 } else { 9000 });
-        let at_least_one = |key: &'static str, default: u64| -> Result<usize, ConfigError> {
-            let v = get(key).count()?.unwrap_or(default);
+        let at_least_one = |key: &'static str| -> Result<usize, ConfigError> {
+            let v = get(key).count_or_default()?;
             if v == 0 {
                 return Err(invalid(&get(key).origin(), "must be at least 1"));
             }
             Ok(v as usize)
         };
-        let batch_size = at_least_one("batch_size", 500)?;
+        let batch_size = at_least_one("batch_size")?;
         let http_host = get("http_host").text()?.unwrap_or_else(|| if all { "127.0.0.1" } else { "0.0.0.0" }.into());
         let ingress = IngressConfig {
             enabled: get("ingress").boolean()?.unwrap_or(all),
             token: get("ingress_token").text()?.filter(|s| !s.is_empty()),
             admin_token: get("admin_token").text()?.filter(|s| !s.is_empty()),
-            allow_open: get("ingress_allow_open").boolean()?.unwrap_or(false),
+            allow_open: get("ingress_allow_open").boolean_or_default()?,
             allowed_origins: parse::url_list(
-                &get("ingress_allowed_origins").text()?.unwrap_or_default(),
+                &get("ingress_allowed_origins").text_or_default()?,
                 &get("ingress_allowed_origins").origin(),
             )?,
-            max_bytes: at_least_one("ingress_max_bytes", 1_048_576)?,
-            max_messages: at_least_one("ingress_max_messages", 1000)?,
+            max_bytes: at_least_one("ingress_max_bytes")?,
+            max_messages: at_least_one("ingress_max_messages")?,
             demo_app: get("demo_app").text()?.filter(|s| !s.is_empty()),
         };
         check_ingress_policy(&ingress, &http_host, http_port, &get("admin_token").origin())?;
@@ -395,77 +388,77 @@ impl Config {
                 brokers: brokers.unwrap_or_else(|| DEFAULT_BROKERS.to_string()),
                 opts: KafkaOpts::parse(&get("kafka_opts").text()?.unwrap_or_default(), &get("kafka_opts").origin())?,
                 topic_prefix: parse::topic_prefix(
-                    &get("topic_prefix").text()?.unwrap_or_default(),
+                    &get("topic_prefix").text_or_default()?,
                     &get("topic_prefix").origin(),
                 )?,
             },
             batch_size,
-            aggregation_linger: Duration::from_millis(get("aggregation_linger_ms").count()?.unwrap_or(5)),
+            aggregation_linger: Duration::from_millis(get("aggregation_linger_ms").count_or_default()?),
             redis_url,
             scylla_nodes,
             scylla_keyspace: parse::identifier(
-                &get("scylla_keyspace").text()?.unwrap_or_else(|| default_of("scylla_keyspace")),
+                &get("scylla_keyspace").text_or_default()?,
                 &get("scylla_keyspace").origin(),
             )?,
             scylla_replication: Replication::parse(
-                &get("scylla_replication").text()?.unwrap_or_else(|| default_of("scylla_replication")),
+                &get("scylla_replication").text_or_default()?,
                 &get("scylla_replication").origin(),
             )?,
-            sqlite_path: PathBuf::from(get("sqlite_path").text()?.unwrap_or_else(|| default_of("sqlite_path"))),
+            sqlite_path: PathBuf::from(get("sqlite_path").text_or_default()?),
             sockets: SocketsConfig {
-                host: get("sckt_host").text()?.unwrap_or_else(|| default_of("sckt_host")),
+                host: get("sckt_host").text_or_default()?,
                 port: get("sckt_port").port()?.unwrap_or(sckt_default),
                 ssl,
                 key_file: get("sckt_key_ssl").text()?.map(PathBuf::from),
                 cert_file: get("sckt_cert_file").text()?.map(PathBuf::from),
                 key_passphrase: get("sckt_key_passphrase").text()?,
                 ca_cert: get("sckt_ca_cert").text()?.map(PathBuf::from),
-                max_connections: at_least_one("sckt_max_connections", 100_000)?,
-                queue_frames: at_least_one("sckt_queue", 256)?,
-                max_message_bytes: at_least_one("sckt_max_message", 65_536)?,
-                ping_interval: Duration::from_millis(at_least_one("sckt_ping_ms", 25_000)? as u64),
-                handshake_timeout: Duration::from_millis(at_least_one("sckt_handshake_timeout_ms", 10_000)? as u64),
-                max_handshakes: at_least_one("sckt_max_handshakes", 1024)?,
-                frames_per_sec: u32::try_from(at_least_one("sckt_frames_per_sec", 20)?)
+                max_connections: at_least_one("sckt_max_connections")?,
+                queue_frames: at_least_one("sckt_queue")?,
+                max_message_bytes: at_least_one("sckt_max_message")?,
+                ping_interval: Duration::from_millis(at_least_one("sckt_ping_ms")? as u64),
+                handshake_timeout: Duration::from_millis(at_least_one("sckt_handshake_timeout_ms")? as u64),
+                max_handshakes: at_least_one("sckt_max_handshakes")?,
+                frames_per_sec: u32::try_from(at_least_one("sckt_frames_per_sec")?)
                     .map_err(|_| invalid(&get("sckt_frames_per_sec").origin(), "too large"))?,
             },
             jwt_secret: get("jwt_secret").text()?.filter(|s| !s.is_empty()),
             supervise: SuperviseConfig {
-                plan: get("supervise").text()?.unwrap_or_else(|| default_of("supervise")),
-                recycle_rate: Duration::from_millis(get("recycle_rate_ms").count()?.unwrap_or(0)),
-                max_crashes: at_least_one("supervise_max_crashes", 5)?,
+                plan: get("supervise").text_or_default()?,
+                recycle_rate: Duration::from_millis(get("recycle_rate_ms").count_or_default()?),
+                max_crashes: at_least_one("supervise_max_crashes")?,
             },
             push: PushConfig {
                 apns_url: get("apns_url").text()?.filter(|s| !s.is_empty()),
-                fcm_url: get("fcm_url").text()?.unwrap_or_else(|| default_of("fcm_url")),
-                concurrency: at_least_one("push_concurrency", 512)?,
-                rate: at_least_one("push_rate", 10_000)? as u64,
+                fcm_url: get("fcm_url").text_or_default()?,
+                concurrency: at_least_one("push_concurrency")?,
+                rate: at_least_one("push_rate")? as u64,
                 token_urls: parse::url_list(
-                    &get("push_token_urls").text()?.unwrap_or_else(|| default_of("push_token_urls")),
+                    &get("push_token_urls").text_or_default()?,
                     &get("push_token_urls").origin(),
                 )?,
             },
             http_host,
             http_port: (http_port != 0).then_some(http_port),
             http_limits: HttpLimits {
-                max_connections: at_least_one("http_max_connections", 512)?,
-                concurrency: at_least_one("http_concurrency", 64)?,
-                header_timeout: Duration::from_millis(at_least_one("http_header_timeout_ms", 10_000)? as u64),
-                request_timeout: Duration::from_millis(at_least_one("http_request_timeout_ms", 30_000)? as u64),
+                max_connections: at_least_one("http_max_connections")?,
+                concurrency: at_least_one("http_concurrency")?,
+                header_timeout: Duration::from_millis(at_least_one("http_header_timeout_ms")? as u64),
+                request_timeout: Duration::from_millis(at_least_one("http_request_timeout_ms")? as u64),
             },
             ingress,
             limits: Limits {
-                device_subscriptions: at_least_one("max_device_subscriptions", 1000)?,
-                channel_filters: at_least_one("max_channel_filters", 100)?,
+                device_subscriptions: at_least_one("max_device_subscriptions")?,
+                channel_filters: at_least_one("max_channel_filters")?,
             },
-            jwt_max_lifetime: Duration::from_secs(at_least_one("jwt_max_lifetime_secs", 604_800)? as u64),
+            jwt_max_lifetime: Duration::from_secs(at_least_one("jwt_max_lifetime_secs")? as u64),
             registry_in_memory: all && !redis_configured,
-            memory_queue_capacity: at_least_one("memory_queue_capacity", 10_000)?,
+            memory_queue_capacity: at_least_one("memory_queue_capacity")?,
             log_level: LogLevel::parse(
-                &get("log_level").text()?.unwrap_or_else(|| default_of("log_level")),
+                &get("log_level").text_or_default()?,
                 &get("log_level").origin(),
             )?,
-            shutdown_grace: Duration::from_millis(get("shutdown_grace_ms").count()?.unwrap_or(10_000)),
+            shutdown_grace: Duration::from_millis(get("shutdown_grace_ms").count_or_default()?),
             loaded_file: None,
         })
     }
@@ -543,10 +536,6 @@ pub fn is_loopback_host(host: &str) -> bool {
 const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
 const DEFAULT_SCYLLA_NODES: &str = "127.0.0.1:9042";
 
-fn default_of(name: &str) -> String {
-    keys::find(name).and_then(|k| k.default).unwrap_or_default().to_string()
-}
-
 fn invalid(origin: &Origin, reason: &str) -> ConfigError {
     ConfigError::Invalid { origin: origin.clone(), reason: reason.to_string() }
 }
@@ -555,6 +544,8 @@ fn invalid(origin: &Origin, reason: &str) -> ConfigError {
 struct Field<'a> {
     name: &'static str,
     layer: Option<&'a (Raw, Origin)>,
+    /// The key's default in the table of `keys.rs`, the one place a default is written.
+    default: Option<&'static str>,
 }
 
 impl Field<'_> {
@@ -593,6 +584,37 @@ impl Field<'_> {
     fn count(&self) -> Result<Option<u64>, ConfigError> {
         let origin = self.origin();
         self.text()?.map(|t| parse::count(&t, &origin)).transpose()
+    }
+
+    /// The given value, else the table's default (empty if it has none).
+    fn text_or_default(&self) -> Result<String, ConfigError> {
+        Ok(self.text()?.unwrap_or_else(|| self.default.unwrap_or_default().to_string()))
+    }
+
+    fn boolean_or_default(&self) -> Result<bool, ConfigError> {
+        match self.boolean()? {
+            Some(b) => Ok(b),
+            None => parse::boolean(self.required_default()?, &Origin::Default),
+        }
+    }
+
+    fn port_or_default(&self) -> Result<u16, ConfigError> {
+        match self.port()? {
+            Some(p) => Ok(p),
+            None => parse::port(self.required_default()?, &Origin::Default),
+        }
+    }
+
+    fn count_or_default(&self) -> Result<u64, ConfigError> {
+        match self.count()? {
+            Some(n) => Ok(n),
+            None => parse::count(self.required_default()?, &Origin::Default),
+        }
+    }
+
+    /// A key read with `*_or_default` must have a default in the table (a test checks each parses).
+    fn required_default(&self) -> Result<&'static str, ConfigError> {
+        self.default.ok_or_else(|| invalid(&Origin::Default, &format!("`{}` has no default and is not set", self.name)))
     }
 }
 

@@ -237,3 +237,27 @@ fn readme_documents_every_variable() {
         assert!(readme.contains(&format!("`{}`", key.env)), "README lacks {}", key.env);
     }
 }
+
+#[test]
+fn every_default_parses_and_is_the_value_a_bare_load_gets() {
+    for key in super::keys::KEYS {
+        let Some(default) = key.default else { continue };
+        let origin = Origin::Default;
+        let parsed = match key.kind {
+            Kind::Bool => parse::boolean(default, &origin).map(drop),
+            Kind::Port => parse::port(default, &origin).map(drop),
+            Kind::Count | Kind::Millis => parse::count(default, &origin).map(drop),
+            Kind::Text | Kind::Secret => Ok(()),
+        };
+        assert!(parsed.is_ok(), "{}: default {default:?} does not parse", key.name);
+    }
+    // Written once, in the table: a bare load and the types that exist outside a Config agree.
+    let c = Config::load(&Overrides::default(), &env(&[])).unwrap();
+    assert_eq!(c.batch_size, 500);
+    assert_eq!(c.sockets.frames_per_sec, 20);
+    assert_eq!(c.http_limits.header_timeout, Duration::from_secs(10));
+    assert_eq!(c.shutdown_grace, Duration::from_secs(10));
+    let d = Limits::default();
+    assert_eq!((d.device_subscriptions, d.channel_filters), (c.limits.device_subscriptions, c.limits.channel_filters));
+    assert_eq!((d.device_subscriptions, d.channel_filters), (1000, 100));
+}
