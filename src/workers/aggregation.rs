@@ -10,12 +10,11 @@
 use std::collections::HashMap;
 
 use crate::error::{ProcessError, WorkerError};
-use crate::model::schema::is_builtin;
 use crate::model::{decode_aggregation, Change, SourcePosition, WriteRecord, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
 
-use crate::apps::Apps;
+use crate::apps::{require_model, Apps};
 use crate::pipeline::{Handler, Pipeline};
 use crate::runtime::{Worker, WorkerContext};
 
@@ -64,14 +63,13 @@ impl Handler for Aggregation {
         let message = decode_aggregation(record.payload, DEFAULT_MAX_MESSAGE_BYTES)
             .map_err(|e| ProcessError::Poison(e.to_string()))?;
         let app_id = message.application_id().to_string();
-        let app =
-            self.apps.get(&app_id).ok_or_else(|| ProcessError::Poison(format!("unknown application `{app_id}`")))?;
+        let app = self.apps.require(&app_id)?;
         let position =
             SourcePosition { topic: record.topic.to_string(), partition: record.partition, offset: record.offset };
         let records = WriteRecord::from_message(message, &position);
         // All or nothing: a message naming one unknown model is rejected whole.
-        if let Some(bad) = records.iter().find(|r| app.model(&r.model).is_none() && !is_builtin(&r.model)) {
-            return Err(ProcessError::Poison(format!("unknown model `{}` in application `{app_id}`", bad.model)));
+        for r in &records {
+            require_model(&app, &r.model)?;
         }
         let mut weighed = Vec::with_capacity(records.len());
         for r in records {

@@ -184,10 +184,7 @@ impl Handler for PushTransport {
         }
         let msg: TransportMessage = serde_json::from_slice(record.payload)
             .map_err(|e| ProcessError::Poison(format!("not a transport message: {e}")))?;
-        let app = self
-            .apps
-            .get(&msg.application_id)
-            .ok_or_else(|| ProcessError::Poison(format!("unknown application `{}`", msg.application_id)))?;
+        let app = self.apps.require(&msg.application_id)?;
         let pushes: Vec<Arc<Push>> = match self.provider.as_ref() {
             Provider::Apns(_) => apns::payloads(&msg, &app).into_iter().map(|p| Arc::new(Push::Apns(p))).collect(),
             Provider::Fcm(_) => fcm::payloads(&msg).into_iter().map(|p| Arc::new(Push::Fcm(p))).collect(),

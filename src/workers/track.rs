@@ -41,9 +41,7 @@ impl Handler for Track {
         let command =
             decode_track(record.payload, DEFAULT_MAX_MESSAGE_BYTES).map_err(|e| ProcessError::Poison(e.to_string()))?;
         let app = command.application_id().to_string();
-        let Some(application) = self.apps.get(&app) else {
-            return Err(ProcessError::Poison(format!("unknown application `{app}`")));
-        };
+        let application = self.apps.require(&app)?;
         check_track_command(&command, &application).map_err(|e| ProcessError::Poison(e.to_string()))?;
         let registry = &self.registry;
         match command {

@@ -297,9 +297,7 @@ impl Handler for TransportManager {
     async fn handle(&mut self, record: &Record<'_>, out: &mut Outbox) -> Result<(), ProcessError> {
         let event: ChangeEvent = serde_json::from_slice(record.payload)
             .map_err(|e| ProcessError::Poison(format!("not a change event: {e}")))?;
-        if self.apps.get(&event.application_id).is_none() {
-            return Err(ProcessError::Poison(format!("unknown application `{}`", event.application_id)));
-        }
+        self.apps.require(&event.application_id)?;
         if event.broadcast {
             self.broadcast(&event, out).await
         } else {

@@ -29,7 +29,6 @@ use serde_json::{Map, Value};
 
 use crate::config::Config;
 use crate::error::{ProcessError, WorkerError};
-use crate::model::schema::is_builtin;
 use crate::model::{
     affected_channels_for_change, micros_to_secs, validate_author, AclKind, Application, Change, ChangeEvent, ChangeOp,
     SourcePosition, StoredObject, WriteRecord,
@@ -150,13 +149,7 @@ impl<S: Store> Write<S> {
         position: SourcePosition,
         out: &mut Outbox,
     ) -> Result<(), ProcessError> {
-        let app = self
-            .apps
-            .get(&rec.application_id)
-            .ok_or_else(|| poison(format!("unknown application `{}`", rec.application_id)))?;
-        if app.model(&rec.model).is_none() && !is_builtin(&rec.model) {
-            return Err(poison(format!("unknown model `{}` in application `{}`", rec.model, app.id)));
-        }
+        let app = self.apps.require_model(&rec.application_id, &rec.model)?;
         let key = (rec.application_id.clone(), rec.model.clone(), rec.id.clone());
         let current = self.load(&key).await?;
         if current.as_ref().is_some_and(|r| r.object.already_applied(&position)) {
