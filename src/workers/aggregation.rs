@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use crate::error::{ProcessError, WorkerError};
-use crate::model::{decode_aggregation, Change, SourcePosition, WriteRecord, DEFAULT_MAX_MESSAGE_BYTES};
+use crate::model::{decode_aggregation, Change, WriteRecord, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
 
@@ -64,9 +64,7 @@ impl Handler for Aggregation {
             .map_err(|e| ProcessError::Poison(e.to_string()))?;
         let app_id = message.application_id().to_string();
         let app = self.apps.require(&app_id)?;
-        let position =
-            SourcePosition { topic: record.topic.to_string(), partition: record.partition, offset: record.offset };
-        let records = WriteRecord::from_message(message, &position);
+        let records = WriteRecord::from_message(message, &record.position());
         // All or nothing: a message naming one unknown model is rejected whole.
         for r in &records {
             require_model(&app, &r.model)?;
@@ -156,7 +154,7 @@ pub fn coalesce(records: Vec<(WriteRecord, usize)>) -> Vec<WriteRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::AggregatorMessage;
+    use crate::model::{AggregatorMessage, SourcePosition};
 
     fn records(lines: &[&str]) -> Vec<(WriteRecord, usize)> {
         lines

@@ -254,9 +254,7 @@ impl<S: Store> Handler for Write<S> {
     async fn handle(&mut self, record: &Record<'_>, out: &mut Outbox) -> Result<(), ProcessError> {
         let rec: WriteRecord =
             serde_json::from_slice(record.payload).map_err(|e| poison(format!("not a write record: {e}")))?;
-        let position =
-            SourcePosition { topic: record.topic.to_string(), partition: record.partition, offset: record.offset };
-        self.apply(rec, position, out).await
+        self.apply(rec, record.position(), out).await
     }
 
     async fn persist(&mut self) -> Result<(), ProcessError> {
