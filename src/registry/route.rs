@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::conn::Op;
+use super::op::Op;
 use super::{keys, Registry, RegistryError, DEVICE_CHUNK};
 use crate::model::{ChannelKey, Device};
 

@@ -15,38 +15,22 @@ use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::handshake::{close_with, open, CLOSE_WRITE};
-use super::hub::{Hub, Inbox, Slot};
+use super::hub::{Inbox, Slot};
 use super::limit::{FrameBudget, Verdict};
 use super::protocol::{self as p, ClientFrame, ErrorCode, Subscription};
-use crate::apps::Apps;
+use super::shared::Shared;
 use crate::model::{DeviceAddress, Transport};
-use crate::registry::{Registry, RegistryError};
+use crate::registry::RegistryError;
 use crate::transport::auth;
 use crate::transport::jwt::Claims;
 
 /// Deliveries written per flush when a queue has several waiting.
 const WRITE_BATCH: usize = 64;
-
-/// What every connection of a transport shares.
-pub struct Shared {
-    pub hub: Arc<Hub>,
-    pub registry: Registry,
-    pub apps: Apps,
-    pub index: u32,
-    pub fallback_secret: Option<String>,
-    pub jwt_max_lifetime: Duration,
-    pub ws_config: WebSocketConfig,
-    pub ping_interval: Duration,
-    /// The devices' frame buckets (`TP_SCKT_FRAMES_PER_SEC`), shared by every connection of
-    /// this transport.
-    pub budgets: Arc<super::limit::DeviceBudgets>,
-}
 
 type Ws<S> = WebSocketStream<S>;
 
