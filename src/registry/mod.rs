@@ -44,6 +44,7 @@ pub mod op;
 mod repair;
 mod route;
 mod sockets;
+mod subscription;
 mod values;
 
 use std::collections::BTreeSet;

@@ -276,21 +276,12 @@ impl Session {
             Ok(k) => k,
             Err(e) => return (p::error(ErrorCode::BadRequest, &e.to_string()), false),
         };
-        let registry = &self.shared.registry;
-        let dev = &self.claims.device_id;
-        let result = async {
-            let mut addresses = registry.get_device(app, dev).await?.map(|d| d.addresses()).unwrap_or_default();
-            let ours = self.address();
-            if !addresses.contains(&ours) {
-                addresses.push(ours);
-            }
-            if subscribe {
-                registry.subscribe(app, dev, &key, &addresses).await
-            } else {
-                registry.unsubscribe(app, dev, &key, &addresses).await
-            }
-        }
-        .await;
+        let (registry, dev, ours) = (&self.shared.registry, &self.claims.device_id, self.address());
+        let result = if subscribe {
+            registry.subscribe_device(app, dev, &key, Some(&ours)).await.map(drop)
+        } else {
+            registry.unsubscribe_device(app, dev, &key, Some(&ours)).await
+        };
         match result {
             Ok(()) => (p::subscribed(if subscribe { "subscribed" } else { "unsubscribed" }, key.as_str()), false),
             Err(RegistryError::LimitExceeded(why)) => (p::error(ErrorCode::LimitExceeded, &why), true),
