@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use super::{error, Ingress};
 use crate::apps::Apps;
 use crate::commands::publish;
+use crate::model::key::message_key;
 use crate::model::{check_track_command, decode_aggregation, decode_track, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::queue::outbox::Sink;
 use crate::queue::topic;
@@ -177,7 +178,7 @@ fn check(kind: Kind, item: &RawValue, apps: &Apps) -> Result<(Option<String>, St
             check_track_command(&command, &app).map_err(|e| e.to_string())?;
         }
     }
-    Ok((publish::message_key(&item), text))
+    Ok((message_key(&item), text))
 }
 
 /// Produces in order. On failure: how many went through, and why the rest did not.

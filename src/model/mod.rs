@@ -28,6 +28,7 @@
 //! | `acl`      | the author check (`validateAuthor`) |
 //! | `event`    | our topics' records: [`WriteRecord`] (`write`), [`ChangeEvent`] (`transport_manager`) |
 //! | `delivery` | [`Delta`], `{new,updated,deleted}` grouping, push payload splitting |
+//! | `key`      | partition keys: one object's records share its id, a track command its device's |
 //!
 //! Nothing here panics on input: decoders return [`ModelError`], evaluation returns `false`.
 
@@ -39,6 +40,7 @@ pub mod event;
 pub mod filter;
 pub mod id;
 pub mod json;
+pub mod key;
 pub mod message;
 pub mod object;
 pub mod patch;

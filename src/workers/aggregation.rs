@@ -91,7 +91,7 @@ impl Handler for Aggregation {
             // error would be a bug in our types, which no retry or dead letter cures: stop.
             let bytes =
                 serde_json::to_vec(r).map_err(|e| ProcessError::Fatal(format!("encoding a write record: {e}")))?;
-            out.send(&self.write_topic, Some(r.id.as_bytes()), &bytes, &[])
+            out.send(&self.write_topic, Some(r.partition_key()), &bytes, &[])
                 .await
                 .map_err(|e| ProcessError::Transient(format!("producing to write: {e}")))?;
         }

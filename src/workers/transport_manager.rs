@@ -241,7 +241,7 @@ async fn send(out: &mut Outbox, prefix: &str, destination: &str, msg: &Transport
     // As for deliveries above: only a bug in our types could fail here.
     let bytes =
         serde_json::to_vec(msg).map_err(|e| ProcessError::Fatal(format!("encoding a transport message: {e}")))?;
-    out.send(&format!("{prefix}{destination}"), Some(msg.object_id.as_bytes()), &bytes, &[])
+    out.send(&format!("{prefix}{destination}"), Some(msg.partition_key()), &bytes, &[])
         .await
         .map_err(|e| ProcessError::Transient(format!("producing to {destination}: {e}")))
 }

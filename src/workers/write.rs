@@ -109,7 +109,7 @@ impl<S: Store> Write<S> {
         // Cannot fail on any input (string-keyed JSON maps, strings, integers): only a bug in our
         // types could make it, and no retry or dead letter cures that: stop.
         let bytes = serde_json::to_vec(event).map_err(|e| ProcessError::Fatal(format!("encoding an event: {e}")))?;
-        out.send(&self.events_topic, Some(event.id.as_bytes()), &bytes, &[])
+        out.send(&self.events_topic, Some(event.partition_key()), &bytes, &[])
             .await
             .map_err(|e| ProcessError::Transient(format!("producing to transport_manager: {e}")))
     }
