@@ -63,7 +63,6 @@ pub async fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn a_bad_line_is_reported_by_number() {
