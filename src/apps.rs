@@ -17,9 +17,36 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::error::WorkerError;
+use crate::error::{Cause, ProcessError, WorkerError};
+use crate::model::schema::is_builtin;
 use crate::model::Application;
 use crate::queue::{kafka, topic};
+
+/// A name no current application answers to. The wording is what a dead letter's reason and
+/// the ingress's 400 say.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unknown {
+    #[error("unknown application `{0}`")]
+    Application(String),
+    #[error("unknown model `{model}` in application `{application}`")]
+    Model { application: String, model: String },
+}
+
+impl From<Unknown> for ProcessError {
+    /// A message naming what does not exist is rejected; the partition moves on.
+    fn from(e: Unknown) -> Self {
+        ProcessError::Poison(Cause::of(e))
+    }
+}
+
+/// Whether `app` has `model`: declared in its schema, or built in (`user`, `context`).
+pub fn require_model(app: &Application, model: &str) -> Result<(), Unknown> {
+    if app.model(model).is_some() || is_builtin(model) {
+        Ok(())
+    } else {
+        Err(Unknown::Model { application: app.id.clone(), model: model.to_owned() })
+    }
+}
 
 /// The current applications, shared by a worker's handlers and its `system` follower.
 #[derive(Clone, Default)]
@@ -30,6 +57,18 @@ pub struct Apps {
 impl Apps {
     pub fn get(&self, id: &str) -> Option<Arc<Application>> {
         self.inner.read().ok()?.get(id).cloned()
+    }
+
+    /// The application `id`, or why a message naming it is rejected.
+    pub fn require(&self, id: &str) -> Result<Arc<Application>, Unknown> {
+        self.get(id).ok_or_else(|| Unknown::Application(id.to_owned()))
+    }
+
+    /// The application `id` having `model` ([`require_model`]).
+    pub fn require_model(&self, id: &str, model: &str) -> Result<Arc<Application>, Unknown> {
+        let app = self.require(id)?;
+        require_model(&app, model)?;
+        Ok(app)
     }
 
     pub fn insert(&self, app: Application) {
@@ -151,5 +190,24 @@ async fn catch_up(consumer: &Arc<StreamConsumer>, topic: &str, apps: &Apps) -> R
             let m = result.map_err(WorkerError::kafka("reading system"))?;
             apps.apply(m.key(), m.payload());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups_name_what_is_missing_in_the_reasons_clients_read() {
+        let apps = Apps::default();
+        apps.insert(Application::from_json(br#"{"id":"a1","schema":{"task":{}}}"#).expect("valid application"));
+        assert_eq!(apps.require("nope").map(|a| a.id.clone()), Err(Unknown::Application("nope".into())));
+        assert_eq!(apps.require("nope").unwrap_err().to_string(), "unknown application `nope`");
+        assert_eq!(apps.require_model("a1", "task").map(|a| a.id.clone()), Ok("a1".into()));
+        // Built-in models need no declaration.
+        assert!(apps.require_model("a1", "user").is_ok() && apps.require_model("a1", "context").is_ok());
+        let ghost = apps.require_model("a1", "ghost").map(drop).unwrap_err();
+        assert_eq!(ghost.to_string(), "unknown model `ghost` in application `a1`");
+        assert_eq!(apps.require_model("nope", "task").map(drop), Err(Unknown::Application("nope".into())));
     }
 }

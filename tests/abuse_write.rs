@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nexxus_worker::commands::publish;
 use nexxus_worker::config::Config;
+use nexxus_worker::model::key::message_key;
 use nexxus_worker::model::{ChangeEvent, ChangeOp};
 use nexxus_worker::queue::dead_letter::Envelope;
 use nexxus_worker::store::cql::CqlStore;
@@ -75,7 +75,7 @@ impl Stack {
         let sends = lines.iter().map(|v| {
             let (producer, topic) = (&producer, &topic);
             async move {
-                let key = publish::message_key(v);
+                let key = message_key(v);
                 producer.send(topic, key.as_deref().map(str::as_bytes), v.to_string().as_bytes(), &[]).await.unwrap()
             }
         });

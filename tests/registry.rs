@@ -406,6 +406,8 @@ mod limits;
 mod repair;
 #[path = "registry/restart.rs"]
 mod restart;
+#[path = "registry/subscription.rs"]
+mod subscription;
 
 every_topology!(concurrent_device_updates: concurrent_updates_single, concurrent_updates_cluster, concurrent_updates_memory);
 /// Many writers changing one device record at once (a socket attaching while `track`

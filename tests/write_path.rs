@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nexxus_worker::commands::publish;
 use nexxus_worker::config::Config;
+use nexxus_worker::model::key::message_key;
 use nexxus_worker::model::{object_id_from_position, ChangeEvent};
 use nexxus_worker::queue::dead_letter::Envelope;
 use nexxus_worker::store::cql::CqlStore;
@@ -71,7 +71,7 @@ impl Stack {
         for chunk in lines.chunks(500) {
             let sends =
                 chunk.iter().map(|v| {
-                    let key = publish::message_key(v);
+                    let key = message_key(v);
                     let bytes = v.to_string();
                     let (producer, topic) = (&producer, &topic);
                     async move {

@@ -9,6 +9,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use serde_json::Value;
 
 use crate::error::WorkerError;
+use crate::model::key::message_key;
 use crate::queue::kafka::Producer;
 
 /// How many produces may be in flight at once.
@@ -41,22 +42,6 @@ pub fn read_lines(input: Option<&Path>) -> Result<Vec<(Option<String>, String)>,
     Ok(out)
 }
 
-/// The partition key: the object id of an aggregation message (`object.id`, or the id in the
-/// first patch path `model/id/field`), else the device id of a track command.
-pub fn message_key(msg: &Value) -> Option<String> {
-    let text = |v: Option<&Value>| v.and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
-    text(msg.pointer("/object/id"))
-        .or_else(|| {
-            msg.pointer("/patches/0/path")
-                .and_then(Value::as_str)
-                .and_then(|p| p.split('/').nth(1))
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-        })
-        .or_else(|| text(msg.get("device_id")))
-        .or_else(|| text(msg.pointer("/device/id")))
-}
-
 /// Produces every line to `topic` (full name) and waits for all acknowledgements.
 pub async fn publish(
     producer: &Producer,
@@ -78,21 +63,6 @@ pub async fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn keys_follow_the_object_or_device() {
-        assert_eq!(message_key(&json!({"op":"create","object":{"id":"o1","type":"task"}})), Some("o1".into()));
-        assert_eq!(message_key(&json!({"op":"create","object":{"type":"task"}})), None);
-        assert_eq!(
-            message_key(&json!({"op":"update","patches":[{"op":"replace","path":"task/t9/title","value":"x"}]})),
-            Some("t9".into())
-        );
-        assert_eq!(message_key(&json!({"op":"delete","object":{"model":"task","id":"t2"}})), Some("t2".into()));
-        assert_eq!(message_key(&json!({"op":"subscribe","device_id":"d1"})), Some("d1".into()));
-        assert_eq!(message_key(&json!({"op":"device_register","device":{"id":"d2"}})), Some("d2".into()));
-        assert_eq!(message_key(&json!({"op":"update","patches":"nonsense"})), None);
-    }
 
     #[test]
     fn a_bad_line_is_reported_by_number() {

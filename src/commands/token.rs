@@ -3,6 +3,7 @@
 //! as the main store (`TP_MAIN_DB`) has it, else `TP_JWT_SECRET`. `app put`, the ingress's
 //! `PUT /apps` and `-t all` all store applications there.
 
+use crate::apps::Unknown;
 use crate::config::Config;
 use crate::error::WorkerError;
 use crate::store::{MainStore, Store};
@@ -21,7 +22,8 @@ pub async fn mint(
         .await
         .map_err(|e| WorkerError::Fatal(format!("reading application `{app}`: {e}")))?
         .ok_or_else(|| {
-            WorkerError::Usage(format!("unknown application `{app}` (register it with `nexxus-worker app put`)"))
+            let unknown = Unknown::Application(app.to_owned());
+            WorkerError::Usage(format!("{unknown} (register it with `nexxus-worker app put`)"))
         })?;
     auth::mint(&application, cfg.jwt_secret.as_deref(), device, user, ttl_secs)
         .map_err(|e| WorkerError::Usage(e.to_string()))

@@ -22,7 +22,8 @@ use super::{error, Ingress};
 use crate::apps::Apps;
 use crate::commands::publish;
 use crate::model::clock;
-use crate::model::{check_track_command, decode_aggregation, decode_track, Application, DEFAULT_MAX_MESSAGE_BYTES};
+use crate::model::key::message_key;
+use crate::model::{check_track_command, decode_aggregation, decode_track, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::queue::outbox::Sink;
 use crate::queue::topic;
 
@@ -169,20 +170,16 @@ fn check(kind: Kind, item: &RawValue, apps: &Apps) -> Result<(Option<String>, St
     match kind {
         Kind::Events => {
             let msg = decode_aggregation(text.as_bytes(), DEFAULT_MAX_MESSAGE_BYTES).map_err(|e| e.to_string())?;
-            known_app(apps, msg.application_id())?;
+            apps.require(msg.application_id()).map_err(|e| e.to_string())?;
         }
         Kind::Track => {
             let command = decode_track(text.as_bytes(), DEFAULT_MAX_MESSAGE_BYTES).map_err(|e| e.to_string())?;
-            let app = known_app(apps, command.application_id())?;
+            let app = apps.require(command.application_id()).map_err(|e| e.to_string())?;
             // The track role's rule, here too, so the client hears it instead of a dead letter.
             check_track_command(&command, &app).map_err(|e| e.to_string())?;
         }
     }
-    Ok((publish::message_key(&item), text))
-}
-
-fn known_app(apps: &Apps, id: &str) -> Result<Arc<Application>, String> {
-    apps.get(id).ok_or_else(|| format!("unknown application `{id}`"))
+    Ok((message_key(&item), text))
 }
 
 /// Produces in order. On failure: how many went through, and why the rest did not.

@@ -31,6 +31,23 @@ use super::schema::{is_builtin, is_reserved, AppSchema, Application};
 pub const KEY_PREFIX: &str = "blg";
 const FILTER_MARK: &str = ":filter:";
 
+/// `key` without its `:filter:<suffix>`: [`ChannelKey::base`], and the same cut for a key read
+/// back from Redis as a plain string.
+pub fn base_of(key: &str) -> &str {
+    key.rfind(FILTER_MARK).map_or(key, |i| &key[..i])
+}
+
+/// The filter suffix of `key`, if it is filtered: [`ChannelKey::filter_suffix`], and the same
+/// for a plain string.
+pub fn filter_suffix_of(key: &str) -> Option<&str> {
+    key.rfind(FILTER_MARK).map(|i| &key[i + FILTER_MARK.len()..])
+}
+
+/// Whether `key` is a filtered variant (`<base>:filter:<suffix>`) of the channel `base`.
+pub fn is_variant_of(key: &str, base: &str) -> bool {
+    key.strip_prefix(base).and_then(|rest| rest.strip_prefix(FILTER_MARK)).is_some_and(|suffix| !suffix.is_empty())
+}
+
 /// `{"model":"project","id":"p1"}` inside a channel.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ParentRef {
@@ -205,15 +222,12 @@ impl ChannelKey {
 
     /// The key without its `:filter:...` suffix.
     pub fn base(&self) -> &str {
-        match self.0.rfind(FILTER_MARK) {
-            Some(i) => &self.0[..i],
-            None => &self.0,
-        }
+        base_of(&self.0)
     }
 
     /// The base64 filter suffix, if the key is filtered.
     pub fn filter_suffix(&self) -> Option<&str> {
-        self.0.rfind(FILTER_MARK).map(|i| &self.0[i + FILTER_MARK.len()..])
+        filter_suffix_of(&self.0)
     }
 
     /// Returns this (unfiltered) key with `filter` appended.

@@ -30,6 +30,7 @@
 //! | `delivery` | [`Delta`], `{new,updated,deleted}` grouping, push payload splitting |
 //! | `retry`    | [`retry::Backoff`]: the waits between attempts, and the named policy of every place that retries |
 //! | `clock`    | the wall clock (seconds, ms, µs, ns since the epoch), read in one place |
+//! | `key`      | partition keys: one object's records share its id, a track command its device's |
 //!
 //! Nothing here panics on input: decoders return [`ModelError`], evaluation returns `false`.
 
@@ -42,6 +43,7 @@ pub mod event;
 pub mod filter;
 pub mod id;
 pub mod json;
+pub mod key;
 pub mod message;
 pub mod object;
 pub mod patch;

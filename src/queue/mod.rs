@@ -48,6 +48,13 @@ pub struct Record<'a> {
     pub timestamp_ms: Option<i64>,
 }
 
+impl Record<'_> {
+    /// Where this record stands in its topic, as a stored object remembers it.
+    pub fn position(&self) -> crate::model::SourcePosition {
+        crate::model::SourcePosition { topic: self.topic.to_owned(), partition: self.partition, offset: self.offset }
+    }
+}
+
 /// The queue a process's roles exchange messages over.
 #[derive(Clone)]
 pub enum Queue {

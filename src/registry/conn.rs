@@ -24,9 +24,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
-use redis::{Cmd, ErrorKind, Pipeline, RedisError, ToRedisArgs, Value};
+use redis::{ErrorKind, Pipeline, RedisError, Value};
 
 use super::memory::MemoryDb;
+use super::op::{Op, WRONGTYPE};
 use super::RegistryError;
 use crate::error::Cause;
 
@@ -37,40 +38,6 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on one attempt of one batch, whatever the driver does inside it (its own reconnects
 /// and redirections; redis-rs#1528: timeouts not always honoured when nodes are unreachable).
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(12);
-
-/// One single-key command and the key that decides its cluster slot.
-#[derive(Debug, Clone)]
-pub struct Op {
-    name: &'static str,
-    key: String,
-    cmd: Cmd,
-}
-
-impl Op {
-    /// `<name> <key>`; add the other arguments with [`Op::arg`].
-    pub fn new(name: &'static str, key: &str) -> Op {
-        let mut cmd = redis::cmd(name);
-        cmd.arg(key);
-        Op { name, key: key.to_owned(), cmd }
-    }
-
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
-
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
-    pub(crate) fn cmd(&self) -> &Cmd {
-        &self.cmd
-    }
-
-    pub fn arg<T: ToRedisArgs>(mut self, arg: T) -> Op {
-        self.cmd.arg(arg);
-        self
-    }
-}
 
 #[derive(Clone)]
 enum Inner {
@@ -167,7 +134,7 @@ impl Conn {
 
     /// Sends `PING` (to some node of a cluster).
     pub async fn ping(&self) -> Result<(), RegistryError> {
-        let ping = Op { name: "PING", key: String::new(), cmd: redis::cmd("PING") };
+        let ping = Op::ping();
         self.run("PING", std::slice::from_ref(&ping)).await.map(drop)
     }
 
@@ -262,7 +229,7 @@ fn prepare_single(manager: &ConnectionManager, ops: &[Op]) -> Prepared {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     for op in ops {
-        pipe.add_command(op.cmd.clone());
+        pipe.add_command(op.cmd().clone());
     }
     Prepared::Single(manager.clone(), pipe)
 }
@@ -272,14 +239,14 @@ fn prepare_cluster(cluster: &ClusterConnection, ops: &[Op]) -> Prepared {
     let mut groups: Vec<(Vec<usize>, Pipeline)> = Vec::new();
     let mut by_slot: HashMap<Slot, usize> = HashMap::new();
     for (i, op) in ops.iter().enumerate() {
-        let g = *by_slot.entry(Slot::for_key(&op.key)).or_insert_with(|| {
+        let g = *by_slot.entry(Slot::for_key(op.key())).or_insert_with(|| {
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
             groups.push((Vec::new(), pipe));
             groups.len() - 1
         });
         groups[g].0.push(i);
-        groups[g].1.add_command(op.cmd.clone());
+        groups[g].1.add_command(op.cmd().clone());
     }
     Prepared::Cluster(cluster.clone(), groups)
 }
@@ -313,9 +280,6 @@ impl Failure {
         }
     }
 }
-
-/// The error code of a command on a key that holds another Redis type.
-pub const WRONGTYPE: &str = "WRONGTYPE";
 
 fn wrong_type(what: &str, e: RedisError) -> RegistryError {
     RegistryError::Corrupt(Cause::with(format_args!("{what}: a key holds another type than the registry's"), e))

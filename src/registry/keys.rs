@@ -6,7 +6,8 @@
 //! [`crate::model::id::validate_ident`]), and a filter suffix is base64, so no Telepat channel,
 //! device or subscription key can ever be spelled like one of ours.
 
-use crate::model::channel::{ChannelKey, KEY_PREFIX};
+pub use crate::model::channel::{base_of, is_variant_of};
+use crate::model::channel::{filter_suffix_of, ChannelKey, KEY_PREFIX};
 use crate::model::id::validate_ident;
 use crate::model::Transport;
 
@@ -104,18 +105,10 @@ pub fn app_of(key: &str) -> Option<&str> {
     (!app.is_empty() && !tail.is_empty()).then_some(app)
 }
 
-/// The key without its `:filter:<suffix>` (as [`crate::model::ChannelKey::base`], for a key
-/// read back from Redis as a plain string).
-pub fn base_of(key: &str) -> &str {
-    key.rfind(FILTER_MARK).map_or(key, |i| &key[..i])
-}
-
 /// Whether a channel key is filtered (as [`crate::model::ChannelKey::filter_suffix`]).
 pub fn is_filtered(key: &str) -> bool {
-    key.contains(FILTER_MARK)
+    filter_suffix_of(key).is_some()
 }
-
-const FILTER_MARK: &str = ":filter:";
 
 #[cfg(test)]
 mod tests {
@@ -164,6 +157,18 @@ mod tests {
             assert_eq!(base_of(key.as_str()), key.base());
             assert_eq!(is_filtered(key.as_str()), key.filter_suffix().is_some());
         }
+    }
+
+    #[test]
+    fn a_variant_is_its_base_and_a_filter() {
+        let f = crate::model::Filter::parse_str(r#"{"and":[{"is":{"a":1}}]}"#).unwrap();
+        let c = Channel { model: "task".into(), context: Some("c1".into()), ..Channel::default() };
+        let (base, variant) = (c.key("app1", None).unwrap(), c.key("app1", Some(&f)).unwrap());
+        assert!(is_variant_of(variant.as_str(), base.as_str()));
+        assert!(!is_variant_of(base.as_str(), base.as_str()));
+        assert!(!is_variant_of(&format!("{base}:filter:"), base.as_str()), "an empty suffix");
+        assert!(!is_variant_of(&format!("{base}x:filter:abc"), base.as_str()), "another channel's");
+        assert!(!is_variant_of(variant.as_str(), "blg:app1:context:c2:task"));
     }
 
     /// Every channel of every mask over names chosen to collide (the reserved ones, the words

@@ -21,7 +21,7 @@
 
 use redis::Value;
 
-use super::conn::Op;
+use super::op::Op;
 use super::{keys, values, Registry, RegistryError};
 use crate::model::{ChannelKey, DeviceAddress};
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use redis::{Arg, Cmd, Value};
 
-use super::conn::Op;
+use super::op::{Op, WRONGTYPE};
 use super::RegistryError;
 
 #[derive(Clone, Default)]
@@ -83,7 +83,7 @@ fn args(cmd: &Cmd) -> impl Iterator<Item = Vec<u8>> + '_ {
 
 /// One command on the map; `values` are its arguments after the key.
 fn apply(keys: &mut HashMap<String, Entry>, name: &str, key: &str, values: Vec<Vec<u8>>) -> Result<Value, String> {
-    let wrong_type = || format!("WRONGTYPE {name} on {key}");
+    let wrong_type = || format!("{WRONGTYPE} {name} on {key}");
     Ok(match name {
         "PING" => Value::SimpleString("PONG".into()),
         "GET" => match keys.get(key) {

@@ -40,14 +40,17 @@ pub mod conn;
 pub mod keys;
 mod limits;
 pub mod memory;
+pub mod op;
 mod repair;
 mod route;
 mod sockets;
+mod subscription;
 mod values;
 
 use std::collections::BTreeSet;
 
-use conn::{Conn, Op};
+use conn::Conn;
+use op::Op;
 pub use route::Routes;
 
 use crate::config::Limits;

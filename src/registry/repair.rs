@@ -17,8 +17,8 @@ use std::collections::BTreeSet;
 
 use redis::Value;
 
-use super::conn::{Op, WRONGTYPE};
 use super::keys::{self, Kind};
+use super::op::{Op, WRONGTYPE};
 use super::{values, Registry, RegistryError};
 use crate::model::Device;
 use crate::telemetry::gate;

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::conn::Op;
+use super::op::Op;
 use super::{keys, Registry, RegistryError, DEVICE_CHUNK};
 use crate::model::{ChannelKey, Device};
 
@@ -59,11 +59,10 @@ impl Registry {
                 routes.members.insert(key.to_owned(), Self::members_or_skip(key, v));
                 continue;
             };
-            let prefix = format!("{key}:filter:");
             let variants: Vec<String> = Self::members_or_skip(&index, v)
                 .into_iter()
                 .filter(|variant| {
-                    let ok = variant.len() > prefix.len() && variant.starts_with(&prefix);
+                    let ok = keys::is_variant_of(variant, key);
                     if !ok {
                         tracing::warn!(message = "ignoring a foreign entry of a filter index", index, variant);
                     }

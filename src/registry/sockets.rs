@@ -10,7 +10,7 @@
 //! Order matters for crash safety: attach lists the address in the index first, detach removes
 //! it from the index last, so whatever a crash interrupts is still found by the purge.
 
-use super::conn::Op;
+use super::op::Op;
 use super::{keys, Registry, RegistryError};
 use crate::model::id::validate_ident;
 use crate::model::{Device, DeviceAddress, Transport, Volatile};

@@ -10,12 +10,11 @@
 use std::collections::HashMap;
 
 use crate::error::{Cause, ProcessError, WorkerError};
-use crate::model::schema::is_builtin;
-use crate::model::{AggregatorMessage, Change, SourcePosition, WriteRecord};
+use crate::model::{AggregatorMessage, Change, WriteRecord};
 use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
 
-use crate::apps::Apps;
+use crate::apps::{require_model, Apps};
 use crate::pipeline::{Handler, Pipeline};
 use crate::runtime::{Worker, WorkerContext};
 
@@ -69,14 +68,11 @@ impl Handler for Aggregation {
         _out: &mut Outbox,
     ) -> Result<(), ProcessError> {
         let app_id = message.application_id().to_string();
-        let app =
-            self.apps.get(&app_id).ok_or_else(|| ProcessError::poison(format!("unknown application `{app_id}`")))?;
-        let position =
-            SourcePosition { topic: record.topic.to_string(), partition: record.partition, offset: record.offset };
-        let records = WriteRecord::from_message(message, &position);
+        let app = self.apps.require(&app_id)?;
+        let records = WriteRecord::from_message(message, &record.position());
         // All or nothing: a message naming one unknown model is rejected whole.
-        if let Some(bad) = records.iter().find(|r| app.model(&r.model).is_none() && !is_builtin(&r.model)) {
-            return Err(ProcessError::poison(format!("unknown model `{}` in application `{app_id}`", bad.model)));
+        for r in &records {
+            require_model(&app, &r.model)?;
         }
         let mut weighed = Vec::with_capacity(records.len());
         for r in records {
@@ -100,7 +96,7 @@ impl Handler for Aggregation {
             // error would be a bug in our types, which no retry or dead letter cures: stop.
             let bytes =
                 serde_json::to_vec(r).map_err(|e| ProcessError::Fatal(Cause::with("encoding a write record", e)))?;
-            out.send(&self.write_topic, Some(r.id.as_bytes()), &bytes, &[]).await?;
+            out.send(&self.write_topic, Some(r.partition_key()), &bytes, &[]).await?;
         }
         metrics::counter!("nexxus_aggregation_records_total", "stage" => "forwarded").increment(records.len() as u64);
         Ok(())
@@ -161,7 +157,7 @@ pub fn coalesce(records: Vec<(WriteRecord, usize)>) -> Vec<WriteRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::AggregatorMessage;
+    use crate::model::{AggregatorMessage, SourcePosition};
 
     fn records(lines: &[&str]) -> Vec<(WriteRecord, usize)> {
         lines

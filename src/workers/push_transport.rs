@@ -187,10 +187,7 @@ impl Handler for PushTransport {
         if record.payload.len() > DEFAULT_MAX_MESSAGE_BYTES {
             return Err(ProcessError::poison(format!("transport message of {} bytes", record.payload.len())));
         }
-        let app = self
-            .apps
-            .get(&msg.application_id)
-            .ok_or_else(|| ProcessError::poison(format!("unknown application `{}`", msg.application_id)))?;
+        let app = self.apps.require(&msg.application_id)?;
         let pushes: Vec<Arc<Push>> = match self.provider.as_ref() {
             Provider::Apns(_) => apns::payloads(&msg, &app).into_iter().map(|p| Arc::new(Push::Apns(p))).collect(),
             Provider::Fcm(_) => fcm::payloads(&msg).into_iter().map(|p| Arc::new(Push::Fcm(p))).collect(),

@@ -21,10 +21,10 @@ use crate::pipeline::{Handler, Pipeline};
 use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
 use crate::runtime::{Worker, WorkerContext};
-use crate::transport::ws::conn::Shared;
 use crate::transport::ws::hub::Hub;
 use crate::transport::ws::limit::DeviceBudgets;
 use crate::transport::ws::server::{Handshakes, Server};
+use crate::transport::ws::Shared;
 
 /// How often devices whose frame bucket refilled are forgotten.
 const BUDGET_SWEEP: std::time::Duration = std::time::Duration::from_secs(10);

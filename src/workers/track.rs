@@ -41,9 +41,7 @@ impl Handler for Track {
 
     async fn handle(&mut self, _: &Record<'_>, command: TrackCommand, _out: &mut Outbox) -> Result<(), ProcessError> {
         let app = command.application_id().to_string();
-        let Some(application) = self.apps.get(&app) else {
-            return Err(ProcessError::poison(format!("unknown application `{app}`")));
-        };
+        let application = self.apps.require(&app)?;
         check_track_command(&command, &application).map_err(|e| ProcessError::Poison(Cause::of(e)))?;
         let registry = &self.registry;
         match command {
@@ -81,26 +79,14 @@ impl Handler for Track {
             }
             TrackCommand::DeviceRemove { device_id, .. } => registry.delete_device(&app, &device_id).await?,
             TrackCommand::Subscribe { device_id, channel, filter, .. } => {
-                let device = registry
-                    .get_device(&app, &device_id)
-                    .await?
-                    .ok_or_else(|| ProcessError::poison(format!("subscribe of unknown device `{device_id}`")))?;
                 let key = channel.key(&app, filter.as_ref()).map_err(|e| ProcessError::Poison(Cause::of(e)))?;
-                let addresses = device.addresses();
-                registry.subscribe(&app, &device_id, &key, &addresses).await?;
-                // A socket attaching meanwhile may have read the subscription list before this
-                // subscription was in it, after this command read the device: look again, so
-                // one of the two always sees the other (attach writes, then reads; so do we).
-                let now = registry.get_device(&app, &device_id).await?.map(|d| d.addresses()).unwrap_or_default();
-                if now.iter().any(|a| !addresses.contains(a)) {
-                    registry.subscribe(&app, &device_id, &key, &now).await?;
+                if !registry.subscribe_device(&app, &device_id, &key, None).await? {
+                    return Err(ProcessError::poison(format!("subscribe of unknown device `{device_id}`")));
                 }
             }
             TrackCommand::Unsubscribe { device_id, channel, filter, .. } => {
                 let key = channel.key(&app, filter.as_ref()).map_err(|e| ProcessError::Poison(Cause::of(e)))?;
-                let device = registry.get_device(&app, &device_id).await?;
-                let addrs = device.as_ref().map(Device::addresses).unwrap_or_default();
-                registry.unsubscribe(&app, &device_id, &key, &addrs).await?;
+                registry.unsubscribe_device(&app, &device_id, &key, None).await?;
             }
         }
         metrics::counter!("nexxus_track_commands_total").increment(1);

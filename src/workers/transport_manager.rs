@@ -242,7 +242,7 @@ async fn send(out: &mut Outbox, prefix: &str, destination: &str, msg: &Transport
     // As for deliveries above: only a bug in our types could fail here.
     let bytes =
         serde_json::to_vec(msg).map_err(|e| ProcessError::Fatal(Cause::with("encoding a transport message", e)))?;
-    out.send(&format!("{prefix}{destination}"), Some(msg.object_id.as_bytes()), &bytes, &[])
+    out.send(&format!("{prefix}{destination}"), Some(msg.partition_key()), &bytes, &[])
         .await
         .map_err(ProcessError::from)
 }
@@ -296,9 +296,7 @@ impl Handler for TransportManager {
     }
 
     async fn handle(&mut self, _: &Record<'_>, event: ChangeEvent, out: &mut Outbox) -> Result<(), ProcessError> {
-        if self.apps.get(&event.application_id).is_none() {
-            return Err(ProcessError::poison(format!("unknown application `{}`", event.application_id)));
-        }
+        self.apps.require(&event.application_id)?;
         if event.broadcast {
             self.broadcast(&event, out).await
         } else {

@@ -29,7 +29,6 @@ use serde_json::{Map, Value};
 
 use crate::config::Config;
 use crate::error::{Cause, ProcessError, WorkerError};
-use crate::model::schema::is_builtin;
 use crate::model::{
     affected_channels_for_change, micros_to_secs, validate_author, AclKind, Application, Change, ChangeEvent, ChangeOp,
     SourcePosition, StoredObject, WriteRecord,
@@ -110,7 +109,7 @@ impl<S: Store> Write<S> {
         // Cannot fail on any input (string-keyed JSON maps, strings, integers): only a bug in our
         // types could make it, and no retry or dead letter cures that: stop.
         let bytes = serde_json::to_vec(event).map_err(|e| ProcessError::Fatal(Cause::with("encoding an event", e)))?;
-        out.send(&self.events_topic, Some(event.id.as_bytes()), &bytes, &[]).await.map_err(ProcessError::from)
+        out.send(&self.events_topic, Some(event.partition_key()), &bytes, &[]).await.map_err(ProcessError::from)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -148,13 +147,7 @@ impl<S: Store> Write<S> {
         position: SourcePosition,
         out: &mut Outbox,
     ) -> Result<(), ProcessError> {
-        let app = self
-            .apps
-            .get(&rec.application_id)
-            .ok_or_else(|| poison(format!("unknown application `{}`", rec.application_id)))?;
-        if app.model(&rec.model).is_none() && !is_builtin(&rec.model) {
-            return Err(poison(format!("unknown model `{}` in application `{}`", rec.model, app.id)));
-        }
+        let app = self.apps.require_model(&rec.application_id, &rec.model)?;
         let key = (rec.application_id.clone(), rec.model.clone(), rec.id.clone());
         let current = self.load(&key).await?;
         if current.as_ref().is_some_and(|r| r.object.already_applied(&position)) {
@@ -258,9 +251,7 @@ impl<S: Store> Handler for Write<S> {
     }
 
     async fn handle(&mut self, record: &Record<'_>, rec: WriteRecord, out: &mut Outbox) -> Result<(), ProcessError> {
-        let position =
-            SourcePosition { topic: record.topic.to_string(), partition: record.partition, offset: record.offset };
-        self.apply(rec, position, out).await
+        self.apply(rec, record.position(), out).await
     }
 
     async fn persist(&mut self) -> Result<(), ProcessError> {

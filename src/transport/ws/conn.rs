@@ -15,38 +15,22 @@ use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::handshake::{close_with, open, CLOSE_WRITE};
-use super::hub::{Hub, Inbox, Slot};
+use super::hub::{Inbox, Slot};
 use super::limit::{FrameBudget, Verdict};
 use super::protocol::{self as p, ClientFrame, ErrorCode, Subscription};
-use crate::apps::Apps;
+use super::shared::Shared;
 use crate::model::{DeviceAddress, Transport};
-use crate::registry::{Registry, RegistryError};
+use crate::registry::RegistryError;
 use crate::transport::auth;
 use crate::transport::jwt::Claims;
 
 /// Deliveries written per flush when a queue has several waiting.
 const WRITE_BATCH: usize = 64;
-
-/// What every connection of a transport shares.
-pub struct Shared {
-    pub hub: Arc<Hub>,
-    pub registry: Registry,
-    pub apps: Apps,
-    pub index: u32,
-    pub fallback_secret: Option<String>,
-    pub jwt_max_lifetime: Duration,
-    pub ws_config: WebSocketConfig,
-    pub ping_interval: Duration,
-    /// The devices' frame buckets (`TP_SCKT_FRAMES_PER_SEC`), shared by every connection of
-    /// this transport.
-    pub budgets: Arc<super::limit::DeviceBudgets>,
-}
 
 type Ws<S> = WebSocketStream<S>;
 
@@ -292,21 +276,12 @@ impl Session {
             Ok(k) => k,
             Err(e) => return (p::error(ErrorCode::BadRequest, &e.to_string()), false),
         };
-        let registry = &self.shared.registry;
-        let dev = &self.claims.device_id;
-        let result = async {
-            let mut addresses = registry.get_device(app, dev).await?.map(|d| d.addresses()).unwrap_or_default();
-            let ours = self.address();
-            if !addresses.contains(&ours) {
-                addresses.push(ours);
-            }
-            if subscribe {
-                registry.subscribe(app, dev, &key, &addresses).await
-            } else {
-                registry.unsubscribe(app, dev, &key, &addresses).await
-            }
-        }
-        .await;
+        let (registry, dev, ours) = (&self.shared.registry, &self.claims.device_id, self.address());
+        let result = if subscribe {
+            registry.subscribe_device(app, dev, &key, Some(&ours)).await.map(drop)
+        } else {
+            registry.unsubscribe_device(app, dev, &key, Some(&ours)).await
+        };
         match result {
             Ok(()) => (p::subscribed(if subscribe { "subscribed" } else { "unsubscribed" }, key.as_str()), false),
             Err(RegistryError::LimitExceeded(why)) => (p::error(ErrorCode::LimitExceeded, &why), true),

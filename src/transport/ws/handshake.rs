@@ -15,8 +15,8 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::Shared;
 use super::protocol::{self as p, ClientFrame, ErrorCode};
+use super::shared::Shared;
 use crate::transport::auth;
 use crate::transport::jwt::{Claims, JwtError};
 

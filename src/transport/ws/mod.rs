@@ -4,6 +4,7 @@
 //! - [`hub`]: connections by application and device; fan-out of one serialized frame.
 //! - [`handshake`]: a connection's opening: upgrade, token, within a deadline.
 //! - [`conn`]: one connection's loop, every write bounded; subscribe and unsubscribe.
+//! - [`Shared`]: what every connection of a transport shares.
 //! - [`limit`]: the per-connection frame budget (`LIMIT_EXCEEDED`, then close 1008).
 //! - [`server`]: the accept loop (plain TCP or TLS), the handshake bound and the connection
 //!   limit.
@@ -14,3 +15,6 @@ pub mod hub;
 pub mod limit;
 pub mod protocol;
 pub mod server;
+mod shared;
+
+pub use shared::Shared;

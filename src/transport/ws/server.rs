@@ -18,7 +18,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::conn::{serve, Shared};
+use super::conn::serve;
+use super::shared::Shared;
 use crate::error::WorkerError;
 
 pub struct Server {

@@ -60,7 +60,7 @@ impl<S: Store> Write<S> {
             for (model, id) in &children {
                 let cascade = rec.cascade_delete((model, id), (&key.1, &key.2), depth + 1);
                 let bytes = serde_json::to_vec(&cascade).map_err(poison)?;
-                out.send(&self.write_topic, Some(id.as_bytes()), &bytes, &[]).await?;
+                out.send(&self.write_topic, Some(cascade.partition_key()), &bytes, &[]).await?;
             }
             metrics::counter!("nexxus_write_cascade_deletes_total").increment(children.len() as u64);
         }

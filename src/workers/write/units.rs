@@ -99,7 +99,7 @@ impl<S: Store> Write<S> {
             topic: &position.topic,
             partition: position.partition,
             offset: position.offset,
-            key: Some(rec.id.as_bytes()),
+            key: Some(rec.partition_key()),
             payload: &bytes,
             timestamp_ms: None,
         };

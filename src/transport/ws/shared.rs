@@ -1,0 +1,27 @@
+//! What every connection of one sockets transport shares: the hub, the registry, the
+//! applications and the settings a connection reads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use super::hub::Hub;
+use super::limit::DeviceBudgets;
+use crate::apps::Apps;
+use crate::registry::Registry;
+
+/// What every connection of a transport shares.
+pub struct Shared {
+    pub hub: Arc<Hub>,
+    pub registry: Registry,
+    pub apps: Apps,
+    pub index: u32,
+    pub fallback_secret: Option<String>,
+    pub jwt_max_lifetime: Duration,
+    pub ws_config: WebSocketConfig,
+    pub ping_interval: Duration,
+    /// The devices' frame buckets (`TP_SCKT_FRAMES_PER_SEC`), shared by every connection of
+    /// this transport.
+    pub budgets: Arc<DeviceBudgets>,
+}
