@@ -207,12 +207,7 @@ impl CqlStore {
     async fn put_object(&self, app: &str, plan: &Planned<'_>) -> Result<(), StoreError> {
         let (w, id) = (plan.write, plan.id);
         let o = &w.row.object;
-        let body = serde_json::to_string(&o.object).map_err(|e| {
-            StoreError::Corrupt(Cause::with(format_args!("object {app}/{}/{id} does not serialize", w.model), e))
-        })?;
-        let version = i64::try_from(o.version).map_err(|_| {
-            StoreError::Corrupt(format!("object {app}/{}/{id}: version {} too large", w.model, o.version).into())
-        })?;
+        let (body, version) = w.body_and_version(app)?;
         let pos = o.last_applied.as_ref();
         let values = (
             app,

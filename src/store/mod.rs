@@ -113,6 +113,20 @@ impl ObjectWrite {
     pub fn key(&self) -> ObjectId {
         (self.model.clone(), self.row.object.id().to_owned())
     }
+
+    /// The object's fields as the JSON text both stores keep, and its version as the signed
+    /// integer their columns hold; either failing is a write neither store may make.
+    pub fn body_and_version(&self, app: &str) -> Result<(String, i64), StoreError> {
+        let (o, model) = (&self.row.object, &self.model);
+        let id = o.id();
+        let body = serde_json::to_string(&o.object).map_err(|e| {
+            StoreError::Corrupt(Cause::with(format_args!("object {app}/{model}/{id} does not serialize"), e))
+        })?;
+        let version = i64::try_from(o.version).map_err(|_| {
+            StoreError::Corrupt(format!("object {app}/{model}/{id}: version {} too large", o.version).into())
+        })?;
+        Ok((body, version))
+    }
 }
 
 /// The main store, as the workers use it. Implementations are cheap to share (`Arc`) and safe to

@@ -29,12 +29,7 @@ pub(super) fn encode_object(app: &str, w: &ObjectWrite) -> Result<EncodedObject,
     if id.is_empty() || w.model.is_empty() {
         return Err(StoreError::Corrupt(format!("object of model {:?} in {app} has no id", w.model).into()));
     }
-    let body = serde_json::to_string(&o.object).map_err(|e| {
-        StoreError::Corrupt(Cause::with(format_args!("object {app}/{}/{id} does not serialize", w.model), e))
-    })?;
-    let version = i64::try_from(o.version).map_err(|_| {
-        StoreError::Corrupt(format!("object {app}/{}/{id}: version {} too large", w.model, o.version).into())
-    })?;
+    let (body, version) = w.body_and_version(app)?;
     let pos = o.last_applied.as_ref();
     let links = if w.row.deleted { BTreeSet::new() } else { w.parents.iter().cloned().collect() };
     Ok(EncodedObject {
