@@ -103,7 +103,7 @@ impl Handler for Track {
                 registry.unsubscribe(&app, &device_id, &key, &addrs).await?;
             }
         }
-        metrics::counter!("nexxus_track_commands_total").increment(1);
+        crate::telemetry::track_command();
         Ok(())
     }
 }
