@@ -17,6 +17,7 @@
 //! times, so noise from other work on the machine hits both sides.
 //!
 //!     deploy/local/bench-noisy-neighbour.sh --rounds 3 --secs 20 --clients 200 --rate 200
+#![allow(clippy::disallowed_methods)] // a benchmark harness, not the worker: it reads its settings from the environment
 
 #[path = "support/noisy_attacker.rs"]
 mod attacker;

@@ -7,6 +7,7 @@
 //! every push.
 //!
 //!     deploy/local/bench-push.sh --messages 200 --devices 500
+#![allow(clippy::disallowed_methods)] // a benchmark harness, not the worker: it reads its settings from the environment
 
 #[path = "support/proc.rs"]
 #[allow(dead_code)]

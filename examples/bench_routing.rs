@@ -10,6 +10,7 @@
 //! the Kafka produce.
 //!
 //!     cargo run --release --example bench_routing -- --subs 100000 --changes 20000
+#![allow(clippy::disallowed_methods)] // a benchmark harness, not the worker: it reads its settings from the environment
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 

@@ -14,6 +14,7 @@
 //!    percentiles, transport CPU.
 //!
 //!     deploy/local/bench-sockets.sh --clients 10000 --messages 200 --rate 50 --idle 10000,19000
+#![allow(clippy::disallowed_methods)] // a benchmark harness, not the worker: it reads its settings from the environment
 
 #[path = "support/proc.rs"]
 mod proc;

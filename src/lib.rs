@@ -18,6 +18,7 @@
 //!   process's cancellation token and grace period.
 //! - [`model`], [`config`]: pure types and decisions about changes; layered, strict configuration.
 #![forbid(unsafe_code)]
+#![warn(clippy::unwrap_used, clippy::expect_used)] // a panic is a crashed worker; tests may (clippy.toml)
 
 pub mod apps;
 pub mod cli;

@@ -1,6 +1,8 @@
 //! Entry point: parse the command line, load the configuration, run a role or a subcommand,
 //! and map the outcome to an exit status (0 ok, 64 usage/config, 65 bad input, 69 unavailable,
 //! 70 internal; see `WorkerError::exit_code`).
+// A panic here is an exit without its status or a log line (clippy.toml).
+#![warn(clippy::unwrap_used, clippy::expect_used)]
 
 use std::future::Future;
 use std::sync::Arc;

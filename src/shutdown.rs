@@ -22,6 +22,8 @@ pub fn spawn_signal_handler(token: CancellationToken) {
 /// A child of `supervise` (which sets `NEXXUS_SUPERVISOR_PID`) stops gracefully when its
 /// supervisor is gone (SIGKILL, crash): it would otherwise run on as an orphan nobody manages,
 /// and a new supervisor would start a second copy of it.
+// A handshake between `supervise` and its own children, not configuration (no TP_ variable).
+#[allow(clippy::disallowed_methods)]
 pub fn spawn_orphan_watch(token: CancellationToken) {
     let Some(supervisor) = std::env::var("NEXXUS_SUPERVISOR_PID").ok().and_then(|p| p.parse::<i32>().ok()) else {
         return;

@@ -1,6 +1,7 @@
 //! A real worker process (`dead-letter replay`, an ordinary pipeline: consume, produce, commit)
 //! killed with SIGKILL mid-stream and restarted resumes from its last commit: nothing is lost and
 //! at most the batch in flight is processed twice. A SIGTERM then stops it cleanly with exit 0.
+#![allow(clippy::disallowed_methods)] // a test reads its own settings (TEST_WORKER_LOG) from the environment
 
 mod common;
 

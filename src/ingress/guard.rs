@@ -19,6 +19,7 @@ use tokio::sync::Semaphore;
 
 use super::{error, Ingress};
 use crate::config::is_loopback_host;
+use crate::telemetry;
 
 /// Requests of the ingress in process at once (`TP_HTTP_CONCURRENCY`); beyond, 503 with
 /// `Retry-After` rather than a queue that grows with the attacker's patience.
@@ -33,7 +34,7 @@ impl InFlight {
 
 pub async fn limit_in_flight(State(in_flight): State<InFlight>, request: Request, next: Next) -> Response {
     let Ok(_permit) = in_flight.0.clone().try_acquire_owned() else {
-        metrics::counter!("nexxus_ingress_refused_total", "reason" => "busy").increment(1);
+        telemetry::ingress_refused("busy");
         let mut response = error(StatusCode::SERVICE_UNAVAILABLE, "too many requests in process; retry shortly");
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return response;
@@ -44,7 +45,7 @@ pub async fn limit_in_flight(State(in_flight): State<InFlight>, request: Request
 /// Origin, Host and Content-Type rules of every ingress route.
 pub async fn check_request(State(ingress): State<Arc<Ingress>>, request: Request, next: Next) -> Response {
     if let Err((status, reason)) = check(&ingress, request.method(), request.headers()) {
-        metrics::counter!("nexxus_ingress_refused_total", "reason" => refusal_label(status)).increment(1);
+        telemetry::ingress_refused(refusal_label(status));
         return error(status, reason);
     }
     next.run(request).await

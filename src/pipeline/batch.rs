@@ -11,7 +11,7 @@ use crate::model::retry;
 use crate::queue::dead_letter;
 use crate::queue::source::Received;
 use crate::queue::Record;
-use crate::telemetry::{self, names};
+use crate::telemetry;
 
 impl Pipeline {
     /// Processes records in order; returns the positions of what completed, and why it stopped.
@@ -40,8 +40,7 @@ impl Pipeline {
                 Ok(Outcome::Done) => {}
                 other => return (positions, other),
             }
-            metrics::histogram!(names::PROCESSING_SECONDS, "topic" => record.topic.to_string())
-                .record(started.elapsed().as_secs_f64());
+            telemetry::processing_time(record.topic, started.elapsed());
             positions.next.insert((record.topic.to_string(), record.partition), record.offset + 1);
         }
         (positions, Ok(Outcome::Done))
@@ -87,7 +86,7 @@ impl Pipeline {
                 }
                 Err(ProcessError::Transient(reason) | ProcessError::Poison(reason)) => {
                     telemetry::failed(record.topic, "transient");
-                    metrics::counter!(names::RETRIES, "topic" => record.topic.to_string()).increment(1);
+                    telemetry::retried(record.topic);
                     failing = true;
                     self.health.fail(&self.processing_condition, reason.to_string());
                     let delay = delays.next_delay();

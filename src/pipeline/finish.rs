@@ -9,7 +9,7 @@ use super::{Handler, Outcome, Pipeline, Positions};
 use crate::error::WorkerError;
 use crate::model::retry::{self, Delays};
 use crate::queue::source::Offsets;
-use crate::telemetry::names;
+use crate::telemetry;
 
 /// What the loop does after a batch.
 pub(super) enum Step {
@@ -115,7 +115,7 @@ impl Pipeline {
                     return true;
                 }
                 Err(e) => {
-                    metrics::counter!(names::RETRIES, "topic" => "persist").increment(1);
+                    telemetry::persist_retried();
                     self.health.fail(&self.processing_condition, e.to_string());
                     tracing::warn!(message = "persisting a batch failed, retrying", reason = %e, retry_in_ms = delay.as_millis() as u64);
                 }
@@ -131,7 +131,7 @@ impl Pipeline {
         // A commit can fail after a rebalance moved the partition away; the new owner resumes
         // from the previous commit and re-processes, which the roles make idempotent.
         if let Err(error) = self.consumer.commit(offsets).await {
-            metrics::counter!(names::COMMIT_FAILURES).increment(1);
+            telemetry::commit_failed();
             tracing::warn!(message = "offset commit failed", %error);
         }
     }
@@ -148,7 +148,7 @@ impl Phases {
 
     pub(super) fn next(self, phase: &'static str) -> Phases {
         let now = Instant::now();
-        metrics::histogram!(names::BATCH_PHASE_SECONDS, "phase" => phase).record((now - self.0).as_secs_f64());
+        telemetry::batch_phase(phase, now - self.0);
         Phases(now)
     }
 }

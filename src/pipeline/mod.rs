@@ -33,7 +33,7 @@ use crate::queue::kafka;
 use crate::queue::outbox::{Outbox, Sink};
 use crate::queue::source::{Offsets, Received, Source};
 use crate::queue::{topic, Record};
-use crate::telemetry::{names, Health};
+use crate::telemetry::{self, Health};
 
 pub use decode::Decode;
 use finish::{Phases, Step};
@@ -221,7 +221,7 @@ impl Pipeline {
                 None => break,
             }
         }
-        metrics::histogram!(names::BATCH_SIZE).record(batch.len() as f64);
+        telemetry::batch_size(batch.len());
         Some(batch)
     }
 }

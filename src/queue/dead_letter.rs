@@ -19,7 +19,7 @@ use super::outbox::Outbox;
 use super::Record;
 use crate::error::ProcessError;
 use crate::model::clock;
-use crate::telemetry::{self, names};
+use crate::telemetry;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -138,7 +138,7 @@ pub async fn send(
     }
     out.send(topic, bounded_key(record.key), &envelope.to_json(), &[("nexxus-reason", envelope.reason.as_bytes())])
         .await?;
-    metrics::counter!(names::DEAD_LETTERED, "topic" => record.topic.to_string()).increment(1);
+    telemetry::dead_lettered(record.topic);
     Ok(())
 }
 

@@ -22,7 +22,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use crate::config::Config;
 use crate::error::WorkerError;
 use crate::model::retry;
-use crate::telemetry::{self, names, Health};
+use crate::telemetry::{self, Health};
 
 /// How long a produce may wait for queue space and delivery before it counts as failed.
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -52,8 +52,7 @@ impl ClientContext for WorkerContext {
             for (partition, p) in &t.partitions {
                 // -1 is librdkafka's internal "unassigned" partition; lag -1 means unknown.
                 if *partition >= 0 && p.consumer_lag >= 0 {
-                    metrics::gauge!(names::CONSUMER_LAG, "topic" => topic.clone(), "partition" => partition.to_string())
-                        .set(p.consumer_lag as f64);
+                    telemetry::consumer_lag(topic, *partition, p.consumer_lag);
                 }
             }
         }
@@ -79,7 +78,7 @@ impl ClientContext for WorkerContext {
 
 impl ConsumerContext for WorkerContext {
     fn post_rebalance(&self, _base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        metrics::counter!(names::REBALANCES).increment(1);
+        telemetry::rebalanced();
         match rebalance {
             Rebalance::Assign(tpl) => {
                 // Joining the group is what makes a consumer ready, even with zero partitions

@@ -204,7 +204,7 @@ impl Broker {
         // Nobody reads this topic: keep the newest records.
         while log.full(self.inner.capacity, size) && log.pop() {
             log.dropped += 1;
-            metrics::counter!(telemetry::names::MEMORY_QUEUE_DROPPED, "topic" => t.name.to_string()).increment(1);
+            telemetry::memory_queue_dropped(&t.name);
         }
         let (key, payload) = record.take()?;
         log.bytes += size;

@@ -70,7 +70,7 @@ impl Registry {
             None
         };
         if let Some(reason) = over {
-            metrics::counter!("nexxus_registry_limit_exceeded_total").increment(1);
+            crate::telemetry::registry_limit_exceeded();
             self.run_repairing("subscribe: over the limit", &[Op::new("SREM", &subs).arg(key.as_str())]).await?;
             if new_variant {
                 // Removed only if no racing subscribe of another device has filled it meanwhile.

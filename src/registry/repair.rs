@@ -30,7 +30,7 @@ fn wants_set(command: &str) -> bool {
 
 /// Logs a corrupt value found and what was done about it, rate-limited.
 pub(super) fn report(action: &'static str, key: &str, error: &RegistryError) {
-    metrics::counter!("nexxus_registry_corrupt_total", "action" => action).increment(1);
+    crate::telemetry::registry_corrupt(action);
     if let Some(suppressed) = gate::allow("registry_corrupt") {
         tracing::warn!(message = "corrupt registry value", action, key, error = %error, suppressed);
     }

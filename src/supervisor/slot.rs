@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::model::retry;
 use crate::runtime::Role;
+use crate::telemetry;
 
 /// What the supervisor wants of its children; `generation` grows on every recycle of all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +58,7 @@ pub struct Slot {
 }
 
 fn event(role: Role, what: &'static str) {
-    metrics::counter!("nexxus_supervisor_events_total", "role" => role.as_str(), "event" => what).increment(1);
+    telemetry::supervisor_event(role.as_str(), what);
 }
 
 impl Slot {

@@ -5,7 +5,10 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics::{KeyName, Recorder, SharedString};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+use super::names::{self, Kind};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -17,9 +20,7 @@ const SECONDS_BUCKETS: &[f64] =
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let builder =
-                PrometheusBuilder::new().set_buckets(SECONDS_BUCKETS).unwrap_or_else(|_| PrometheusBuilder::new());
-            let recorder = builder.build_recorder();
+            let recorder = recorder();
             let handle = recorder.handle();
             // Fails only if another recorder was installed first (a test harness); the handle
             // still renders what this recorder sees, so keep going.
@@ -28,6 +29,28 @@ pub fn install() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// The recorder, with the bucket list and every metric's help text.
+fn recorder() -> PrometheusRecorder {
+    let builder = PrometheusBuilder::new().set_buckets(SECONDS_BUCKETS).unwrap_or_else(|_| PrometheusBuilder::new());
+    let recorder = builder.build_recorder();
+    describe(&recorder);
+    recorder
+}
+
+/// Gives every metric of [`names::ALL`] its help text (`# HELP` in `/metrics`). Told to the
+/// recorder itself, not through the global facade, so the text is there even when a test harness
+/// installed another global recorder first.
+fn describe(recorder: &PrometheusRecorder) {
+    for m in names::ALL {
+        let (name, help) = (KeyName::from_const_str(m.name), SharedString::const_str(m.help));
+        match m.kind {
+            Kind::Counter => recorder.describe_counter(name, None, help),
+            Kind::Gauge => recorder.describe_gauge(name, None, help),
+            Kind::Histogram => recorder.describe_histogram(name, None, help),
+        }
+    }
 }
 
 /// Histograms need periodic upkeep when the exporter's own HTTP listener is not used.
@@ -40,5 +63,80 @@ fn spawn_upkeep(handle: PrometheusHandle) {
                 handle.run_upkeep();
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::telemetry as t;
+
+    /// Records every metric once through its function, as the roles do.
+    fn record_each() {
+        t::consumed("a");
+        t::produced("a");
+        t::failed("a", "poison");
+        t::dead_lettered("a");
+        t::processing_time("a", Duration::from_millis(1));
+        t::retried("a");
+        t::persist_retried();
+        t::commit_failed();
+        t::batch_size(3);
+        t::batch_phase("process", Duration::from_millis(1));
+        t::consumer_lag("a", 0, 7);
+        t::rebalanced();
+        t::memory_queue_dropped("dead_letter");
+        t::supervisor_event("write", "started");
+        t::ingress_refused("busy");
+        t::registry_corrupt("replaced");
+        t::registry_limit_exceeded();
+        t::registry_round_trips(2);
+        t::change_routed();
+        t::acl_channels_withheld(1);
+        t::filter_evaluated();
+        t::devices_per_change(4);
+        t::track_command();
+        t::write_replay_skipped();
+        t::cascade_deletes(2);
+        t::aggregation_forwarded(5);
+        t::socket_opened();
+        t::sockets_frames_out(1);
+        t::sockets_bytes_out(100);
+        t::sockets_queue_drops(0);
+        t::sockets_absent_recipients(0);
+        t::sockets_delivery_latency(Duration::from_millis(3));
+        t::sockets_refused();
+        t::sockets_handshake_timeout();
+        t::sockets_auth_failure("no_token");
+        t::sockets_write_timeout();
+        t::sockets_dead_peer();
+        t::sockets_policy_close();
+        t::push_sent("apns", "delivered", 1);
+        t::push_retried("apns");
+        t::push_invalid_token("apns");
+    }
+
+    #[test]
+    fn every_metric_of_the_table_is_recorded_under_its_name_labels_and_help() {
+        let recorder = recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, record_each);
+        let text = handle.render();
+        for m in names::ALL {
+            assert!(text.contains(&format!("# HELP {} {}\n", m.name, m.help)), "no help for {}:\n{text}", m.name);
+            let series = match m.kind {
+                Kind::Histogram => format!("{}_bucket", m.name),
+                Kind::Counter | Kind::Gauge => m.name.to_string(),
+            };
+            let line = text
+                .lines()
+                .find(|l| l.strip_prefix(series.as_str()).is_some_and(|rest| rest.starts_with(['{', ' '])))
+                .unwrap_or_else(|| panic!("{} not recorded:\n{text}", m.name));
+            for label in m.labels {
+                assert!(line.contains(&format!("{label}=\"")), "{} lacks label {label}: {line}", m.name);
+            }
+        }
     }
 }

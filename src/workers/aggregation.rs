@@ -17,6 +17,7 @@ use crate::queue::{topic, Record};
 use crate::apps::{require_model, Apps};
 use crate::pipeline::{Handler, Pipeline};
 use crate::runtime::{Worker, WorkerContext};
+use crate::telemetry;
 
 pub struct Aggregation {
     apps: Apps,
@@ -98,7 +99,7 @@ impl Handler for Aggregation {
                 serde_json::to_vec(r).map_err(|e| ProcessError::Fatal(Cause::with("encoding a write record", e)))?;
             out.send(&self.write_topic, Some(r.partition_key()), &bytes, &[]).await?;
         }
-        metrics::counter!("nexxus_aggregation_records_total", "stage" => "forwarded").increment(records.len() as u64);
+        telemetry::aggregation_forwarded(records.len());
         Ok(())
     }
 

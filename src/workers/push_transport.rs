@@ -29,7 +29,7 @@ use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
 use crate::registry::Registry;
 use crate::runtime::{Role, Worker, WorkerContext};
-use crate::telemetry::gate;
+use crate::telemetry::{self, gate};
 use crate::transport::push::apns::{self, Apns, ApnsPush};
 use crate::transport::push::fcm::{self, Fcm};
 use crate::transport::push::{EndpointError, Outcome, Pacer};
@@ -140,7 +140,7 @@ impl PushTransport {
         let same = current.as_ref().and_then(|d| d.persistent.as_ref()).is_some_and(|p| p.token == token);
         if same {
             self.registry.delete_device(app, device).await?;
-            metrics::counter!("nexxus_push_invalid_tokens_total", "provider" => self.provider.name()).increment(1);
+            telemetry::push_invalid_token(self.provider.name());
         }
         Ok(())
     }
@@ -149,7 +149,8 @@ impl PushTransport {
 /// Sends one push until it ends, retrying what may be retried.
 async fn deliver(provider: &Provider, pacer: &Pacer, job: &Job) -> Outcome {
     let started = Instant::now();
-    // Past the policy's attempts or the budget a push is given up (`nexxus_push_failed_total`).
+    // Past the policy's attempts or the budget a push is given up
+    // (`nexxus_push_sent_total{outcome="failed"}`).
     let mut delays = retry::PUSH_SEND.delays();
     loop {
         pacer.acquire(&job.app.id).await;
@@ -159,7 +160,7 @@ async fn deliver(provider: &Provider, pacer: &Pacer, job: &Job) -> Outcome {
             _ => Outcome::Rejected("push built for another provider".into()),
         };
         let Outcome::Retry { reason, after } = outcome else { return outcome };
-        metrics::counter!("nexxus_push_retries_total", "provider" => provider.name()).increment(1);
+        telemetry::push_retried(provider.name());
         let attempts = delays.retries() + 1;
         let wait = match delays.next_after(after) {
             Some(wait) if started.elapsed() + wait <= RETRY_BUDGET => wait,
@@ -193,9 +194,8 @@ impl Handler for PushTransport {
             Provider::Fcm(_) => fcm::payloads(&msg).into_iter().map(|p| Arc::new(Push::Fcm(p))).collect(),
         };
         if let Some(refused) = self.provider.refuses(&app) {
-            let count = (pushes.len() * msg.devices.len()) as u64;
-            metrics::counter!("nexxus_push_sent_total", "provider" => self.provider.name(), "outcome" => "refused")
-                .increment(count);
+            let count = pushes.len() * msg.devices.len();
+            telemetry::push_sent(self.provider.name(), "refused", count);
             if let Some(suppressed) = gate::allow("push_endpoint_refused") {
                 tracing::error!(
                     message = "pushes refused: the application names an endpoint the operator does not allow",
@@ -237,7 +237,7 @@ impl Handler for PushTransport {
                 Outcome::InvalidToken(_) => "invalid_token",
                 Outcome::Rejected(_) | Outcome::Retry { .. } => "failed",
             };
-            metrics::counter!("nexxus_push_sent_total", "provider" => name, "outcome" => label).increment(1);
+            telemetry::push_sent(name, label, 1);
             match outcome {
                 Outcome::InvalidToken(reason) => {
                     if let Some(suppressed) = gate::allow("push_invalid_token") {

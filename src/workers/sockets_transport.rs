@@ -127,14 +127,14 @@ impl Handler for SocketsTransport {
 
     async fn handle(&mut self, _: &Record<'_>, msg: TransportMessage, _out: &mut Outbox) -> Result<(), ProcessError> {
         let d = self.hub.deliver(&msg);
-        metrics::counter!("nexxus_sockets_frames_out_total").increment(d.frames as u64);
-        metrics::counter!("nexxus_sockets_bytes_out_total").increment(d.bytes as u64);
-        metrics::counter!("nexxus_sockets_queue_drops_total").increment(d.dropped as u64);
-        metrics::counter!("nexxus_sockets_absent_recipients_total").increment(d.absent as u64);
+        crate::telemetry::sockets_frames_out(d.frames);
+        crate::telemetry::sockets_bytes_out(d.bytes);
+        crate::telemetry::sockets_queue_drops(d.dropped);
+        crate::telemetry::sockets_absent_recipients(d.absent);
         if d.frames > 0 {
             let now = clock::now_micros();
-            let latency = now.saturating_sub(msg.timestamp) as f64 / 1e6;
-            metrics::histogram!("nexxus_sockets_delivery_latency_seconds").record(latency);
+            let latency = std::time::Duration::from_micros(now.saturating_sub(msg.timestamp));
+            crate::telemetry::sockets_delivery_latency(latency);
         }
         Ok(())
     }

@@ -89,7 +89,7 @@ impl Handler for Track {
                 registry.unsubscribe_device(&app, &device_id, &key, None).await?;
             }
         }
-        metrics::counter!("nexxus_track_commands_total").increment(1);
+        crate::telemetry::track_command();
         Ok(())
     }
 }

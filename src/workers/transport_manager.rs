@@ -71,7 +71,7 @@ impl TransportManager {
             Some(r) => r,
             None => {
                 fetched = self.registry.route(&event.channels).await?;
-                metrics::histogram!("nexxus_registry_round_trips_per_batch").record(fetched.round_trips as f64);
+                crate::telemetry::registry_round_trips(fetched.round_trips);
                 &fetched
             }
         };
@@ -80,7 +80,7 @@ impl TransportManager {
         for (destination, message) in &messages {
             send(out, &self.prefix, destination, message).await?;
         }
-        metrics::counter!("nexxus_changes_routed_total").increment(1);
+        crate::telemetry::change_routed();
         Ok(())
     }
 
@@ -135,7 +135,7 @@ fn readable_only(apps: &Apps, event: &ChangeEvent) -> Option<ChangeEvent> {
         .cloned()
         .collect();
     let dropped = event.channels.len() - channels.len();
-    metrics::counter!("nexxus_acl_channels_withheld_total").increment(dropped as u64);
+    crate::telemetry::acl_channels_withheld(dropped);
     Some(ChangeEvent { channels, ..event.clone() })
 }
 
@@ -168,7 +168,7 @@ pub fn plan(
                 None => {
                     let Some(filter) = filters.get(&suffix) else { continue };
                     let t = transition_for(event, &filter);
-                    metrics::counter!("nexxus_filters_evaluated_total").increment(1);
+                    crate::telemetry::filter_evaluated();
                     transitions.insert(suffix, t);
                     t
                 }
@@ -214,7 +214,7 @@ pub fn plan(
             .1
             .push(recipient);
     }
-    metrics::histogram!("nexxus_devices_per_change").record(holders.len() as f64);
+    crate::telemetry::devices_per_change(holders.len());
     let mut messages = Vec::new();
     for (destination, deliveries) in groups {
         for (_, (batch, recipients)) in deliveries {
@@ -287,7 +287,7 @@ impl Handler for TransportManager {
         if !channels.is_empty() {
             match self.registry.route(&channels).await {
                 Ok(routes) => {
-                    metrics::histogram!("nexxus_registry_round_trips_per_batch").record(routes.round_trips as f64);
+                    crate::telemetry::registry_round_trips(routes.round_trips);
                     self.routes = Some(routes);
                 }
                 Err(error) => tracing::warn!(message = "batch route lookup failed, falling back per event", %error),

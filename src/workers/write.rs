@@ -40,6 +40,7 @@ use crate::store::{MainStore, ObjectRow, ObjectWrite, Store};
 use crate::apps::Apps;
 use crate::pipeline::{Handler, Pipeline};
 use crate::runtime::{Worker, WorkerContext};
+use crate::telemetry;
 
 type Key = (String, String, String); // (application, model, id)
 
@@ -151,7 +152,7 @@ impl<S: Store> Write<S> {
         let key = (rec.application_id.clone(), rec.model.clone(), rec.id.clone());
         let current = self.load(&key).await?;
         if current.as_ref().is_some_and(|r| r.object.already_applied(&position)) {
-            metrics::counter!("nexxus_write_replays_skipped_total").increment(1);
+            telemetry::write_replay_skipped();
             return Ok(());
         }
         let live = current.as_ref().filter(|r| !r.deleted);

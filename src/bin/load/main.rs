@@ -8,6 +8,8 @@
 //!     nexxus-load --scenario d --idle --clients 50000 --ws ws://127.0.0.1:3000,ws://127.0.0.1:3001
 //!
 //! `deploy/local/bench-e2e.sh` runs the published scenarios (BENCHMARKS.md).
+// Failures are reported as errors with their context, not panics (clippy.toml).
+#![warn(clippy::unwrap_used, clippy::expect_used)]
 
 mod clients;
 mod plan;
@@ -218,8 +220,7 @@ async fn register(args: &Run, app: &str) -> anyhow::Result<writer::Target> {
             Ok(writer::Target::http(&args.http, args.ingress_token.clone()))
         }
         "kafka" => {
-            let env: std::collections::HashMap<String, String> = std::env::vars().collect();
-            let cfg = nexxus_worker::config::Config::load(&Default::default(), &env)?;
+            let cfg = nexxus_worker::config::Config::load(&Default::default(), &nexxus_worker::config::ProcessEnv)?;
             let application = nexxus_worker::model::Application::from_json(doc.to_string().as_bytes())?;
             nexxus_worker::commands::app::register(&cfg, &application).await?;
             // Running workers pick the application up from `system` asynchronously.

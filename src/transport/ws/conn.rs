@@ -138,7 +138,7 @@ impl Session {
             }
             inbox
         };
-        metrics::gauge!("nexxus_sockets_connections").increment(1.0);
+        crate::telemetry::socket_opened();
         let code = self.serve(&mut ws, &mut inbox, &shutdown).await;
         if let Some(code) = code {
             Box::pin(close_with(&mut ws, code)).await;
@@ -146,7 +146,7 @@ impl Session {
         // The socket goes now, not after the registry steps: a peer that stopped reading
         // should not keep its buffers.
         drop(ws);
-        metrics::gauge!("nexxus_sockets_connections").decrement(1.0);
+        crate::telemetry::socket_closed();
         let _device = hub.stripe(&app, &dev).lock().await;
         if hub.leave(&app, &dev, inbox.id) {
             let address = self.address();
@@ -175,7 +175,7 @@ impl Session {
             Stop::Closed => Some(inbox.close.code()),
             Stop::Stopping => Some(p::CLOSE_GOING_AWAY),
             Stop::Stuck => {
-                metrics::counter!("nexxus_sockets_write_timeouts_total").increment(1);
+                crate::telemetry::sockets_write_timeout();
                 Some(p::CLOSE_TOO_SLOW)
             }
             Stop::Gone => None,
@@ -232,7 +232,7 @@ impl Session {
                 }
                 _ = ping.tick() => {
                     if last_heard.elapsed() > interval * 2 {
-                        metrics::counter!("nexxus_sockets_dead_peers_total").increment(1);
+                        crate::telemetry::sockets_dead_peer();
                         return Some(p::CLOSE_DEAD_PEER);
                     }
                     bounded(ws.send(Message::Ping(Default::default())), interval, &mut closed, &mut stopping).await
@@ -246,7 +246,7 @@ impl Session {
 
     /// The last `LIMIT_EXCEEDED` (best effort), then close 1008.
     async fn policy_close<S: AsyncRead + AsyncWrite + Unpin>(&self, ws: &mut Ws<S>) -> Option<u16> {
-        metrics::counter!("nexxus_sockets_policy_closes_total").increment(1);
+        crate::telemetry::sockets_policy_close();
         tracing::debug!(message = "socket closed for exceeding its limits", device = self.claims.device_id);
         let last = p::error(ErrorCode::LimitExceeded, "limits exceeded repeatedly: closing (1008)");
         let _ = tokio::time::timeout(CLOSE_WRITE, ws.send(Message::Text(last))).await;

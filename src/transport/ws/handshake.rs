@@ -55,16 +55,16 @@ where
     .await;
     let Ok(Ok(mut ws)) = accepted else {
         if full {
-            metrics::counter!("nexxus_sockets_refused_total").increment(1);
+            crate::telemetry::sockets_refused();
         } else if accepted.is_err() {
-            metrics::counter!("nexxus_sockets_handshake_timeouts_total").increment(1);
+            crate::telemetry::sockets_handshake_timeout();
         }
         return None;
     };
     match authenticate(&mut ws, shared, query_token, deadline, shutdown).await {
         Ok(claims) => Some((ws, claims)),
         Err((code, close, why)) => {
-            metrics::counter!("nexxus_sockets_auth_failures_total", "reason" => why).increment(1);
+            crate::telemetry::sockets_auth_failure(why);
             tracing::debug!(message = "socket refused", reason = why);
             let message = match code {
                 ErrorCode::TokenExpired => "token expired",

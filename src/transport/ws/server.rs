@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use super::conn::serve;
 use super::shared::Shared;
 use crate::error::WorkerError;
+use crate::telemetry;
 
 pub struct Server {
     listener: TcpListener,
@@ -138,7 +139,7 @@ async fn tls_connection(
         Ok(Ok(stream)) => Box::pin(serve(stream, shared, slot, shutdown, deadline, permit)).await,
         Ok(Err(e)) => tracing::debug!(message = "TLS handshake failed", error = %e),
         Err(_) => {
-            metrics::counter!("nexxus_sockets_handshake_timeouts_total").increment(1);
+            telemetry::sockets_handshake_timeout();
             tracing::debug!(message = "TLS handshake timed out")
         }
     }

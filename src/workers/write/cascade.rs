@@ -62,7 +62,7 @@ impl<S: Store> Write<S> {
                 let bytes = serde_json::to_vec(&cascade).map_err(poison)?;
                 out.send(&self.write_topic, Some(cascade.partition_key()), &bytes, &[]).await?;
             }
-            metrics::counter!("nexxus_write_cascade_deletes_total").increment(children.len() as u64);
+            telemetry::cascade_deletes(children.len());
         }
         self.stage(key, ObjectRow { object: tomb, deleted: true });
         Ok(())
