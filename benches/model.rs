@@ -8,7 +8,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use nexxus_worker::model::schema::Application;
 use nexxus_worker::model::{
     affected_channels, split_push, AggregatorMessage, ChangeEvent, ChangeOp, ChannelKey, DeliveryBatch, Delta, DeltaOp,
-    Filter, StoredObject, TransportMessage, DEFAULT_PUSH_LIMIT,
+    Filter, RawTransportMessage, StoredObject, DEFAULT_PUSH_LIMIT,
 };
 use nexxus_worker::registry::Routes;
 use nexxus_worker::transport::ws::protocol;
@@ -156,11 +156,10 @@ fn fan_out(c: &mut Criterion) {
         g.bench_function(format!("plan_encode_frame_{n}_devices"), |b| {
             b.iter(|| {
                 let mut frames = 0;
-                for (destination, message) in plan(black_box(&event), &routes, &mut filters).expect("plans") {
-                    let bytes = serde_json::to_vec(&message).expect("encodes");
-                    if destination.starts_with("sockets_transport") {
-                        let received: TransportMessage = serde_json::from_slice(&bytes).expect("decodes");
-                        frames += protocol::message(&received.message).len();
+                for planned in plan(black_box(&event), &routes, &mut filters).expect("plans") {
+                    if planned.destination.starts_with("sockets_transport") {
+                        let received = RawTransportMessage::decode(&planned.payload).expect("decodes");
+                        frames += protocol::message(received.message).len();
                     }
                 }
                 frames

@@ -11,7 +11,7 @@
 //! track bytes ─ track::decode_track ─▶ TrackCommand   ChangeEvent ──(topic `transport_manager`)──▶ TM
 //!   (Channel + Filter → channel::ChannelKey)           │ filter::Filter::transition / delivery::transition_for
 //!                                                      ▼ delivery::plan_deliveries, Delta::narrowed
-//!                                              DeliveryBatch ─▶ socket_frame() / split_push()
+//!                                              DeliveryBatch ─▶ EncodedBatch (once per delivery) / split_push()
 //! ```
 //!
 //! | module     | what it owns |
@@ -28,6 +28,7 @@
 //! | `acl`      | the author check (`validateAuthor`) |
 //! | `event`    | our topics' records: [`WriteRecord`] (`write`), [`ChangeEvent`] (`transport_manager`) |
 //! | `delivery` | [`Delta`], `{new,updated,deleted}` grouping, push payload splitting |
+//! | `transport_message` | the transport topics' records: [`TransportMessage`] decoded, encoded around a delivery serialised once, or read with the delivery left raw |
 //!
 //! Nothing here panics on input: decoders return [`ModelError`], evaluation returns `false`.
 
@@ -44,6 +45,7 @@ pub mod object;
 pub mod patch;
 pub mod schema;
 pub mod track;
+pub mod transport_message;
 
 pub use acl::{validate_author, AclKind};
 pub use channel::{affected_channels, affected_channels_for_change, Channel, ChannelKey, ParentRef, ParsedChannelKey};
@@ -51,7 +53,7 @@ pub use delivery::{
     plan_deliveries, split_push, transition_for, DeliveryBatch, Delta, DeltaOp, PushPayload, DEFAULT_PUSH_LIMIT,
 };
 pub use error::ModelError;
-pub use event::{Change, ChangeEvent, ChangeOp, Recipient, TransportMessage, WriteRecord};
+pub use event::{Change, ChangeEvent, ChangeOp, WriteRecord};
 pub use filter::{Filter, Transition};
 pub use id::object_id_from_position;
 pub use message::{
@@ -62,4 +64,7 @@ pub use object::{micros_to_secs, SourcePosition, StoredObject};
 pub use schema::{AppSchema, Application, ModelSchema};
 pub use track::{
     channel_and_filter, check_track_command, decode_track, Device, DeviceAddress, TrackCommand, Transport, Volatile,
+};
+pub use transport_message::{
+    encode_transport_message, EncodedBatch, RawTransportMessage, Recipient, TransportHeader, TransportMessage,
 };

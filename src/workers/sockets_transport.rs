@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::{ProcessError, WorkerError};
-use crate::model::{Transport, TransportMessage};
+use crate::model::{RawTransportMessage, Transport};
 use crate::pipeline::{Handler, Pipeline};
 use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
@@ -125,7 +125,7 @@ fn life_token() -> String {
 
 impl Handler for SocketsTransport {
     async fn handle(&mut self, record: &Record<'_>, _out: &mut Outbox) -> Result<(), ProcessError> {
-        let msg: TransportMessage = serde_json::from_slice(record.payload)
+        let msg = RawTransportMessage::decode(record.payload)
             .map_err(|e| ProcessError::Poison(format!("not a transport message: {e}")))?;
         let d = self.hub.deliver(&msg);
         metrics::counter!("nexxus_sockets_frames_out_total").increment(d.frames as u64);
