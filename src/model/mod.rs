@@ -57,13 +57,14 @@ pub use event::{Change, ChangeEvent, ChangeOp, WriteRecord};
 pub use filter::{Filter, Transition};
 pub use id::object_id_from_position;
 pub use message::{
-    decode_aggregation, AggregatorMessage, CreateMessage, DeleteMessage, ObjectRef, Patch, PatchOp, PatchPath,
-    UpdateMessage, DEFAULT_MAX_MESSAGE_BYTES,
+    decode_aggregation, decode_aggregation_object, AggregatorMessage, CreateMessage, DeleteMessage, ObjectRef, Patch,
+    PatchOp, PatchPath, UpdateMessage, DEFAULT_MAX_MESSAGE_BYTES,
 };
 pub use object::{micros_to_secs, SourcePosition, StoredObject};
 pub use schema::{AppSchema, Application, ModelSchema};
 pub use track::{
-    channel_and_filter, check_track_command, decode_track, Device, DeviceAddress, TrackCommand, Transport, Volatile,
+    channel_and_filter, check_track_command, decode_track, decode_track_object, Device, DeviceAddress, TrackCommand,
+    Transport, Volatile,
 };
 pub use transport_message::{
     encode_transport_message, EncodedBatch, RawTransportMessage, Recipient, TransportHeader, TransportMessage,
