@@ -153,7 +153,7 @@ impl Hub {
     /// Queues `msg` for its recipients on this transport (or, for a broadcast, every connection
     /// of its application).
     pub fn deliver(&self, msg: &RawTransportMessage<'_>) -> Delivered {
-        let frame = protocol::message(&msg.message);
+        let frame = protocol::message(msg.message);
         let mut out = Delivered::default();
         let apps = self.apps.read().unwrap_or_else(|p| p.into_inner());
         let Some(devices) = apps.get(&msg.application_id) else {
