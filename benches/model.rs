@@ -1,14 +1,18 @@
 //! Core model micro-benchmarks: the per-change hot paths of the aggregation, writer and
 //! transport-manager workers. Results and the command are in BENCHMARKS.md.
 
+use std::collections::HashMap;
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use nexxus_worker::model::schema::Application;
 use nexxus_worker::model::{
-    affected_channels, split_push, AggregatorMessage, DeliveryBatch, Delta, DeltaOp, Filter, StoredObject,
-    DEFAULT_PUSH_LIMIT,
+    affected_channels, split_push, AggregatorMessage, ChangeEvent, ChangeOp, ChannelKey, DeliveryBatch, Delta, DeltaOp,
+    Filter, RawTransportMessage, StoredObject, DEFAULT_PUSH_LIMIT,
 };
+use nexxus_worker::registry::Routes;
+use nexxus_worker::transport::ws::protocol;
+use nexxus_worker::workers::transport_manager::{plan, FilterCache};
 use serde_json::{json, Map, Value};
 
 const UPDATE: &[u8] = br#"{"op":"update","patches":[
@@ -94,6 +98,74 @@ fn benches(c: &mut Criterion) {
         })
         .collect();
     g.bench_function("split_push_20_deltas", |b| b.iter(|| split_push(black_box(&batch), DEFAULT_PUSH_LIMIT)));
+    g.finish();
+    fan_out(c);
+}
+
+/// One update of an object on three channels (one filtered) held by `n` devices over two
+/// socket transports and APNs, in four holding patterns: 24 transport messages.
+fn fan_out_input(n: usize) -> (ChangeEvent, Routes) {
+    let obj = object();
+    let mut after = obj.clone();
+    after.insert("votes".into(), json!(42));
+    let channels: Vec<ChannelKey> = ["blg:app1:context:c1:task", "blg:app1:task", "blg:app1:project:p1:task"]
+        .into_iter()
+        .map(|k| ChannelKey::from_stored(k.into()))
+        .collect();
+    let filtered = channels[0].with_filter(&filter_20()).as_str().to_string();
+    let patches = json!([{"op":"increment","path":"task/0b7c6f5e-1d2a-8c3b-9a4d-5e6f7a8b9c0d/votes","value":1}]);
+    let event = ChangeEvent {
+        application_id: "app1".into(),
+        op: ChangeOp::Update,
+        model: "task".into(),
+        id: "0b7c6f5e-1d2a-8c3b-9a4d-5e6f7a8b9c0d".into(),
+        before: Some(obj),
+        after: Some(after),
+        patches: serde_json::from_value(patches).expect("valid patches"),
+        version: 8,
+        timestamp: 1_700_000_000_000_001,
+        channels: channels.clone(),
+        broadcast: false,
+    };
+    let mut members: HashMap<String, Vec<String>> = HashMap::new();
+    let transports = ["sockets_transport-0", "sockets_transport-1", "ios_transport"];
+    for d in 0..n {
+        let device = format!("{}|device-{d:06}|token-{d:06}|app1", transports[d % 3]);
+        let held: &[&str] = match d % 4 {
+            0 => &[channels[0].as_str()],
+            1 => &[channels[0].as_str(), channels[1].as_str()],
+            2 => &[channels[2].as_str()],
+            _ => &[filtered.as_str()],
+        };
+        for key in held {
+            members.entry((*key).to_string()).or_default().push(device.clone());
+        }
+    }
+    let filtered_index = HashMap::from([(channels[0].as_str().to_string(), vec![filtered])]);
+    (event, Routes { members, filtered: filtered_index, round_trips: 1 })
+}
+
+/// The transport manager's hot path for one change: `plan`, the produced records, and the
+/// sockets transport turning each of its records into the frame every connection shares.
+fn fan_out(c: &mut Criterion) {
+    let mut g = c.benchmark_group("fan_out");
+    for n in [100, 1000] {
+        let (event, routes) = fan_out_input(n);
+        let mut filters = FilterCache::default();
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(format!("plan_encode_frame_{n}_devices"), |b| {
+            b.iter(|| {
+                let mut frames = 0;
+                for planned in plan(black_box(&event), &routes, &mut filters).expect("plans") {
+                    if planned.destination.starts_with("sockets_transport") {
+                        let received = RawTransportMessage::decode(&planned.payload).expect("decodes");
+                        frames += protocol::message(received.message).len();
+                    }
+                }
+                frames
+            })
+        });
+    }
     g.finish();
 }
 

@@ -107,10 +107,10 @@ async fn main() -> anyhow::Result<()> {
         let routes = registry.route(&keys).await?;
         round_trips += routes.round_trips as u64;
         for event in chunk {
-            for (_, message) in plan(event, &routes, &mut cache).map_err(|e| anyhow::anyhow!("{e}"))? {
+            for planned in plan(event, &routes, &mut cache).map_err(|e| anyhow::anyhow!("{e}"))? {
                 messages += 1;
-                recipients += message.devices.len() as u64;
-                bytes += serde_json::to_vec(&message)?.len() as u64;
+                recipients += planned.devices as u64;
+                bytes += planned.payload.len() as u64;
             }
         }
     }

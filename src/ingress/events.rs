@@ -6,6 +6,7 @@
 //! without duplicating the good part. What passes here can still be refused deeper (schema,
 //! author ACL): that goes to `dead_letter` with its reason, as from any producer.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,11 +21,10 @@ use serde_json::{json, Value};
 
 use super::{error, Ingress};
 use crate::apps::Apps;
-use crate::commands::publish;
 use crate::model::clock;
 use crate::model::key::message_key;
-use crate::model::{check_track_command, decode_aggregation, decode_track, DEFAULT_MAX_MESSAGE_BYTES};
-use crate::queue::outbox::Sink;
+use crate::model::{check_track_command, decode_aggregation_object, decode_track_object, ModelError, DEFAULT_MAX_MESSAGE_BYTES};
+use crate::queue::outbox::{Outbox, Sink};
 use crate::queue::topic;
 
 /// How long a request waits for room in a full in-process queue before answering 503.
@@ -156,54 +156,66 @@ impl<'de> Visitor<'de> for Bounded {
     }
 }
 
-/// Decodes `item` as its role will; returns (partition key, bytes to produce).
-fn check(kind: Kind, item: &RawValue, apps: &Apps) -> Result<(Option<String>, String), String> {
-    let mut item: Value = serde_json::from_str(item.get()).map_err(|e| format!("not JSON: {e}"))?;
-    let Some(map) = item.as_object_mut() else {
+/// Decodes `item` as its role will; returns (partition key, bytes to produce). The bytes are
+/// the client's own, parsed once here: only a message without `timestamp` is copied, to stamp it.
+fn check<'a>(kind: Kind, item: &'a RawValue, apps: &Apps) -> Result<(Option<String>, Cow<'a, str>), String> {
+    let mut value: Value = serde_json::from_str(item.get()).map_err(|e| format!("not JSON: {e}"))?;
+    let Some(map) = value.as_object_mut() else {
         return Err("expected a JSON object".into());
     };
-    if let Kind::Events = kind {
+    let text = match kind {
         // The API stamps writes; so does its stand-in when the client did not.
-        map.entry("timestamp").or_insert_with(|| json!(clock::now_micros()));
+        Kind::Events if !map.contains_key("timestamp") => {
+            let now = clock::now_micros();
+            let text = stamped(item.get(), !map.is_empty(), now);
+            map.insert("timestamp".into(), json!(now));
+            Cow::Owned(text)
+        }
+        _ => Cow::Borrowed(item.get()),
+    };
+    // The bound the consuming role applies to these same bytes.
+    if text.len() > DEFAULT_MAX_MESSAGE_BYTES {
+        return Err(ModelError::TooLarge { size: text.len(), limit: DEFAULT_MAX_MESSAGE_BYTES }.to_string());
     }
-    let text = item.to_string();
     match kind {
         Kind::Events => {
-            let msg = decode_aggregation(text.as_bytes(), DEFAULT_MAX_MESSAGE_BYTES).map_err(|e| e.to_string())?;
+            let msg = decode_aggregation_object(map).map_err(|e| e.to_string())?;
             apps.require(msg.application_id()).map_err(|e| e.to_string())?;
         }
         Kind::Track => {
-            let command = decode_track(text.as_bytes(), DEFAULT_MAX_MESSAGE_BYTES).map_err(|e| e.to_string())?;
+            let command = decode_track_object(map).map_err(|e| e.to_string())?;
             let app = apps.require(command.application_id()).map_err(|e| e.to_string())?;
             // The track role's rule, here too, so the client hears it instead of a dead letter.
             check_track_command(&command, &app).map_err(|e| e.to_string())?;
         }
     }
-    Ok((message_key(&item), text))
+    Ok((message_key(&value), text))
 }
 
-/// Produces in order. On failure: how many went through, and why the rest did not.
-async fn send_all(sink: &Sink, topic: &str, records: Vec<(Option<String>, String)>) -> Result<usize, (usize, String)> {
-    match sink {
-        Sink::Kafka(producer) => {
-            let n = records.len();
-            // Sent concurrently but enqueued in order; the idempotent producer keeps that order.
-            publish::publish(producer, topic, records)
-                .await
-                .map_err(|e| (0, format!("{e} (some may have been accepted)")))?;
-            Ok(n)
-        }
-        Sink::Memory(broker) => {
-            let n = records.len();
-            for (i, (key, payload)) in records.into_iter().enumerate() {
-                let append = broker.append(topic, key.map(String::into_bytes), payload.into_bytes());
-                if tokio::time::timeout(QUEUE_WAIT, append).await.is_err() {
-                    return Err((i, format!("the in-process queue stayed full for {QUEUE_WAIT:?}")));
-                }
-            }
-            Ok(n)
-        }
+/// `object`, the text of a JSON object without `timestamp`, with `"timestamp":now` added as its
+/// last member (where inserting into the parsed object puts it).
+fn stamped(object: &str, has_members: bool, now: u64) -> String {
+    let open = object.trim_end();
+    let open = open.strip_suffix('}').unwrap_or(open);
+    let comma = if has_members { "," } else { "" };
+    format!("{open}{comma}\"timestamp\":{now}}}")
+}
+
+/// Produces in order, through the same outbox the roles produce with. On failure: how many
+/// went through, and why the rest did not.
+async fn send_all(
+    sink: &Sink,
+    topic: &str,
+    records: Vec<(Option<String>, Cow<'_, str>)>,
+) -> Result<usize, (usize, String)> {
+    let mut out = Outbox::new(sink.clone());
+    for (key, payload) in &records {
+        // Enqueued in order; the idempotent producer keeps that order.
+        out.send(topic, key.as_deref().map(str::as_bytes), payload.as_bytes(), &[])
+            .await
+            .map_err(|e| (0, format!("producing to {topic}: {e} (some may have been accepted)")))?;
     }
+    out.settle_within(QUEUE_WAIT).await
 }
 
 #[derive(serde::Deserialize)]
@@ -237,4 +249,25 @@ pub async fn get_dead_letters(
         .collect();
     let body = json!({ "dead_letters": envelopes, "dropped": broker.dropped(&topic) });
     (StatusCode::OK, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stamp_is_the_last_member_and_the_rest_stays_the_clients_bytes() {
+        let text = "{\"op\" : \"delete\",\n \"n\":1.50 }\n";
+        let out = stamped(text, true, 7);
+        assert_eq!(out, "{\"op\" : \"delete\",\n \"n\":1.50 ,\"timestamp\":7}");
+        let mut expected: Value = serde_json::from_str(text).unwrap_or_default();
+        if let Some(map) = expected.as_object_mut() {
+            map.insert("timestamp".into(), json!(7));
+        }
+        let parsed: Value = serde_json::from_str(&out).unwrap_or_default();
+        assert_eq!(parsed, expected);
+        let keys: Vec<&String> = parsed.as_object().map(|m| m.keys().collect()).unwrap_or_default();
+        assert_eq!(keys, ["op", "n", "timestamp"], "where inserting into the parsed object puts it");
+        assert_eq!(stamped("{ }", false, 7), "{ \"timestamp\":7}");
+    }
 }

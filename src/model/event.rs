@@ -48,8 +48,6 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::delivery::DeliveryBatch;
-
 use super::channel::ChannelKey;
 use super::id::object_id_from_position;
 use super::message::{AggregatorMessage, ObjectRef, Patch};
@@ -257,38 +255,4 @@ pub struct ChangeEvent {
     pub channels: Vec<ChannelKey>,
     #[serde(default)]
     pub broadcast: bool,
-}
-
-/// One recipient of a [`TransportMessage`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Recipient {
-    pub device_id: String,
-    /// Push token (ios/android) or socket token (sockets).
-    pub token: String,
-}
-
-/// What the transport manager sends to `ios_transport`, `android_transport`,
-/// `sockets_transport-<i>` and `sockets_transport` (broadcasts), keyed by object id:
-///
-/// ```json
-/// {"application_id":"app1","object_id":"<id>","version":7,"timestamp":1700000000000001,
-///  "devices":[{"device_id":"d1","token":"..."}],
-///  "message":{"new":[Delta],"updated":[Delta],"deleted":[Delta]}}
-/// ```
-///
-/// Every device listed receives exactly `message` (devices whose deltas differ, because they
-/// hold different channels or filters, are in different messages). At most a bounded number of
-/// devices per message; a broadcast has `devices` empty and `broadcast: true`: every connected
-/// device of the application.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TransportMessage {
-    pub application_id: String,
-    pub object_id: String,
-    pub version: u64,
-    pub timestamp: u64,
-    #[serde(default)]
-    pub devices: Vec<Recipient>,
-    #[serde(default)]
-    pub broadcast: bool,
-    pub message: DeliveryBatch,
 }

@@ -5,7 +5,8 @@
 
 use serde_json::Value;
 
-use super::event::{ChangeEvent, TransportMessage, WriteRecord};
+use super::event::{ChangeEvent, WriteRecord};
+use super::transport_message::TransportMessage;
 
 impl WriteRecord {
     pub fn partition_key(&self) -> &[u8] {

@@ -289,18 +289,23 @@ fn opt_ident(map: &Map<String, Value>, key: &str, field: &str) -> Result<(), Mod
 
 /// Decodes and validates one `aggregation` message of at most `max_bytes` bytes.
 pub fn decode_aggregation(bytes: &[u8], max_bytes: usize) -> Result<AggregatorMessage, ModelError> {
-    let map = parse_json_object(bytes, max_bytes)?;
-    let op = req_str(&map, "op", "op")?;
-    let application_id = application_id(&map)?;
-    let timestamp = timestamp(&map)?;
-    let user_id = opt_str(&map, "user_id", "user_id")?;
+    decode_aggregation_object(&parse_json_object(bytes, max_bytes)?)
+}
+
+/// Validates one `aggregation` message its caller parsed (and bounded in size) itself: the HTTP
+/// ingress, which produces the bytes it parsed rather than a re-serialisation.
+pub fn decode_aggregation_object(map: &Map<String, Value>) -> Result<AggregatorMessage, ModelError> {
+    let op = req_str(map, "op", "op")?;
+    let application_id = application_id(map)?;
+    let timestamp = timestamp(map)?;
+    let user_id = opt_str(map, "user_id", "user_id")?;
     if let Some(u) = user_id {
         validate_ident("user_id", u)?;
     }
 
     match op {
         "create" => {
-            let mut object = req_obj(&map, "object", "object")?.clone();
+            let mut object = req_obj(map, "object", "object")?.clone();
             let model = req_str(&object, "type", "object.type")?.to_owned();
             validate_ident("object.type", &model)?;
             let id = opt_str(&object, "id", "object.id")?.map(str::to_owned);
@@ -355,7 +360,7 @@ pub fn decode_aggregation(bytes: &[u8], max_bytes: usize) -> Result<AggregatorMe
             Ok(AggregatorMessage::Update(UpdateMessage { application_id, timestamp, patches, instant }))
         }
         "delete" => {
-            let object = req_obj(&map, "object", "object")?;
+            let object = req_obj(map, "object", "object")?;
             let model = req_str(object, "model", "object.model")?;
             validate_ident("object.model", model)?;
             let id = req_str(object, "id", "object.id")?;

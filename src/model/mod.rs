@@ -11,7 +11,7 @@
 //! track bytes ─ track::decode_track ─▶ TrackCommand   ChangeEvent ──(topic `transport_manager`)──▶ TM
 //!   (Channel + Filter → channel::ChannelKey)           │ filter::Filter::transition / delivery::transition_for
 //!                                                      ▼ delivery::plan_deliveries, Delta::narrowed
-//!                                              DeliveryBatch ─▶ socket_frame() / split_push()
+//!                                              DeliveryBatch ─▶ EncodedBatch (once per delivery) / split_push()
 //! ```
 //!
 //! | module     | what it owns |
@@ -31,6 +31,7 @@
 //! | `retry`    | [`retry::Backoff`]: the waits between attempts, and the named policy of every place that retries |
 //! | `clock`    | the wall clock (seconds, ms, µs, ns since the epoch), read in one place |
 //! | `key`      | partition keys: one object's records share its id, a track command its device's |
+//! | `transport_message` | the transport topics' records: [`TransportMessage`] decoded, encoded around a delivery serialised once, or read with the delivery left raw |
 //!
 //! Nothing here panics on input: decoders return [`ModelError`], evaluation returns `false`.
 
@@ -50,6 +51,7 @@ pub mod patch;
 pub mod retry;
 pub mod schema;
 pub mod track;
+pub mod transport_message;
 
 pub use acl::{validate_author, AclKind};
 pub use channel::{affected_channels, affected_channels_for_change, Channel, ChannelKey, ParentRef, ParsedChannelKey};
@@ -57,15 +59,19 @@ pub use delivery::{
     plan_deliveries, split_push, transition_for, DeliveryBatch, Delta, DeltaOp, PushPayload, DEFAULT_PUSH_LIMIT,
 };
 pub use error::ModelError;
-pub use event::{Change, ChangeEvent, ChangeOp, Recipient, TransportMessage, WriteRecord};
+pub use event::{Change, ChangeEvent, ChangeOp, WriteRecord};
 pub use filter::{Filter, Transition};
 pub use id::object_id_from_position;
 pub use message::{
-    decode_aggregation, AggregatorMessage, CreateMessage, DeleteMessage, ObjectRef, Patch, PatchOp, PatchPath,
-    UpdateMessage, DEFAULT_MAX_MESSAGE_BYTES,
+    decode_aggregation, decode_aggregation_object, AggregatorMessage, CreateMessage, DeleteMessage, ObjectRef, Patch,
+    PatchOp, PatchPath, UpdateMessage, DEFAULT_MAX_MESSAGE_BYTES,
 };
 pub use object::{micros_to_secs, SourcePosition, StoredObject};
 pub use schema::{AppSchema, Application, ModelSchema};
 pub use track::{
-    channel_and_filter, check_track_command, decode_track, Device, DeviceAddress, TrackCommand, Transport, Volatile,
+    channel_and_filter, check_track_command, decode_track, decode_track_object, Device, DeviceAddress, TrackCommand,
+    Transport, Volatile,
+};
+pub use transport_message::{
+    encode_transport_message, EncodedBatch, RawTransportMessage, Recipient, TransportHeader, TransportMessage,
 };

@@ -295,18 +295,23 @@ pub fn channel_and_filter(map: &Map<String, Value>) -> Result<(Channel, Option<F
 
 /// Decodes and validates one `track` message of at most `max_bytes` bytes.
 pub fn decode_track(bytes: &[u8], max_bytes: usize) -> Result<TrackCommand, ModelError> {
-    let map = parse_json_object(bytes, max_bytes)?;
-    let op = req_str(&map, "op", "op")?;
-    let application_id = application_id(&map)?;
+    decode_track_object(&parse_json_object(bytes, max_bytes)?)
+}
+
+/// Validates one `track` command its caller parsed (and bounded in size) itself: the HTTP
+/// ingress, which produces the bytes it parsed rather than a re-serialisation.
+pub fn decode_track_object(map: &Map<String, Value>) -> Result<TrackCommand, ModelError> {
+    let op = req_str(map, "op", "op")?;
+    let application_id = application_id(map)?;
     match op {
         "device_register" => {
-            let device = decode_device(&map, &application_id)?;
+            let device = decode_device(map, &application_id)?;
             Ok(TrackCommand::DeviceRegister { application_id, device })
         }
-        "device_remove" => Ok(TrackCommand::DeviceRemove { device_id: device_id(&map)?, application_id }),
+        "device_remove" => Ok(TrackCommand::DeviceRemove { device_id: device_id(map)?, application_id }),
         "subscribe" | "unsubscribe" => {
-            let device_id = device_id(&map)?;
-            let (channel, filter) = channel_and_filter(&map)?;
+            let device_id = device_id(map)?;
+            let (channel, filter) = channel_and_filter(map)?;
             Ok(if op == "subscribe" {
                 TrackCommand::Subscribe { application_id, device_id, channel, filter }
             } else {

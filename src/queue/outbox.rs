@@ -120,6 +120,26 @@ impl Outbox {
         }
     }
 
+    /// [`Outbox::settle`] for a producer that answers a client (the HTTP ingress) and so cannot
+    /// wait without bound: an in-process append that finds its topic full for `wait` stops
+    /// there. On failure: how many records are certainly in, and why the rest may not be. Kafka
+    /// deliveries are concurrent, so a failure there counts none in, though some may be.
+    pub async fn settle_within(&mut self, wait: Duration) -> Result<usize, (usize, String)> {
+        let Sink::Memory(broker) = &self.sink else {
+            return self.settle().await.map_err(|e| (0, format!("{e} (some may have been accepted)")));
+        };
+        let pending = std::mem::take(&mut self.pending);
+        let count = pending.len();
+        for (i, p) in pending.into_iter().enumerate() {
+            if let Pending::Memory { topic, key, payload } = p {
+                if tokio::time::timeout(wait, broker.append(&topic, key, payload)).await.is_err() {
+                    return Err((i, format!("the in-process queue stayed full for {wait:?}")));
+                }
+            }
+        }
+        Ok(count)
+    }
+
     /// A `Pending::Memory` record into the broker (only a memory sink has them).
     async fn append(&self, topic: &str, key: Option<Vec<u8>>, payload: Vec<u8>) {
         if let Sink::Memory(broker) = &self.sink {

@@ -15,8 +15,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::error::{ProcessError, WorkerError};
-use crate::model::{clock, Transport, TransportMessage};
+use crate::error::{Cause, ProcessError, WorkerError};
+use crate::model::{clock, RawTransportMessage, Transport};
 use crate::pipeline::{Handler, Pipeline};
 use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
@@ -123,9 +123,13 @@ fn life_token() -> String {
 }
 
 impl Handler for SocketsTransport {
-    type Input = TransportMessage;
+    /// Read with its delivery left raw (`RawTransportMessage`): the frame wraps the delivery's
+    /// bytes as they arrived, so the pipeline's typed decode is not used here.
+    type Input = ();
 
-    async fn handle(&mut self, _: &Record<'_>, msg: TransportMessage, _out: &mut Outbox) -> Result<(), ProcessError> {
+    async fn handle(&mut self, record: &Record<'_>, _: (), _out: &mut Outbox) -> Result<(), ProcessError> {
+        let msg = RawTransportMessage::decode(record.payload)
+            .map_err(|e| ProcessError::Poison(Cause::with("not a transport message", e)))?;
         let d = self.hub.deliver(&msg);
         crate::telemetry::sockets_frames_out(d.frames);
         crate::telemetry::sockets_bytes_out(d.bytes);

@@ -5,7 +5,8 @@
 //! filtered variants of each, from the filter index: never a keyspace scan). Per event, each
 //! distinct filter is evaluated once on the before- and after-image (enter → `new`, stay →
 //! `updated`, leave → `deleted`); each device gets the deltas narrowed to the channels it holds;
-//! devices with byte-identical deliveries share one message per destination. Messages are keyed
+//! devices with identical deliveries share one message per destination, and each distinct delivery
+//! is serialised once. Messages are keyed
 //! by object id, so one object's changes stay in order to every destination.
 //!
 //! Read ACLs: before routing, an event of a model not every device may read (`read_acl`
@@ -19,8 +20,8 @@ use std::sync::Arc;
 use crate::error::{Cause, ProcessError, WorkerError};
 use crate::model::acl::{channel_carries_readable, read_access, ReadAccess};
 use crate::model::{
-    plan_deliveries, transition_for, ChangeEvent, ChannelKey, DeliveryBatch, DeviceAddress, Filter, Recipient,
-    Transition, TransportMessage,
+    encode_transport_message, plan_deliveries, transition_for, ChangeEvent, ChannelKey, DeliveryBatch, DeviceAddress,
+    EncodedBatch, Filter, Recipient, Transition, TransportHeader,
 };
 use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
@@ -34,9 +35,6 @@ use crate::runtime::{Worker, WorkerContext};
 const DEVICES_PER_MESSAGE: usize = 500;
 /// Parsed filters kept across events; cleared when it grows past this.
 const FILTER_CACHE: usize = 50_000;
-
-/// Serialized delivery → (the delivery, every device that receives exactly it).
-type Groups = HashMap<Vec<u8>, (DeliveryBatch, Vec<Recipient>)>;
 
 pub struct TransportManager {
     registry: Arc<Registry>,
@@ -76,9 +74,8 @@ impl TransportManager {
             }
         };
         let narrowed = readable_only(&self.apps, event);
-        let messages = plan(narrowed.as_ref().unwrap_or(event), routes, &mut self.filters)?;
-        for (destination, message) in &messages {
-            send(out, &self.prefix, destination, message).await?;
+        for planned in plan(narrowed.as_ref().unwrap_or(event), routes, &mut self.filters)? {
+            send(out, &self.prefix, &planned.destination, &event.id, &planned.payload).await?;
         }
         crate::telemetry::change_routed();
         Ok(())
@@ -99,6 +96,7 @@ impl TransportManager {
         }
         let entries: Vec<(ChannelKey, Option<Transition>)> = event.channels.iter().map(|c| (c.clone(), None)).collect();
         let batch: DeliveryBatch = plan_deliveries(event, &entries).into_iter().collect();
+        let batch = EncodedBatch::encode(&batch).map_err(encoding("a delivery"))?;
         let devices = self.registry.app_devices(&event.application_id).await?;
         let mut push: BTreeMap<String, Vec<Recipient>> = BTreeMap::new();
         for device in devices.iter().filter(|d| d.application_id == event.application_id) {
@@ -110,10 +108,10 @@ impl TransportManager {
         }
         for (destination, recipients) in push {
             for chunk in recipients.chunks(DEVICES_PER_MESSAGE) {
-                send(out, &self.prefix, &destination, &message(event, chunk.to_vec(), false, batch.clone())).await?;
+                send(out, &self.prefix, &destination, &event.id, &encode(event, chunk, false, &batch)?).await?;
             }
         }
-        send(out, &self.prefix, topic::SOCKETS_BROADCAST, &message(event, Vec::new(), true, batch)).await
+        send(out, &self.prefix, topic::SOCKETS_BROADCAST, &event.id, &encode(event, &[], true, &batch)?).await
     }
 }
 
@@ -139,30 +137,51 @@ fn readable_only(apps: &Apps, event: &ChangeEvent) -> Option<ChangeEvent> {
     Some(ChangeEvent { channels, ..event.clone() })
 }
 
+/// One transport message, encoded: where it goes (`ios_transport`, `sockets_transport-3`, ...),
+/// how many devices it lists, and its bytes.
+#[derive(Debug)]
+pub struct Planned {
+    pub destination: String,
+    pub devices: usize,
+    pub payload: Vec<u8>,
+}
+
 /// The transport messages for one (non-broadcast) event given its routes: pure, no I/O, so the
 /// routing cost can be measured apart from Kafka (examples/bench_routing.rs).
 ///
 /// Each distinct filter is evaluated once; each device gets the deltas narrowed to the channels
-/// it holds; devices with byte-identical deliveries share one message per destination.
-pub fn plan(
-    event: &ChangeEvent,
-    routes: &Routes,
+/// it holds; devices with identical deliveries share one message per destination. A device's
+/// delivery is decided by which of the event's channels that carry a delta it holds, so devices
+/// are grouped by that set, and each distinct delivery is serialised once, whatever the number
+/// of devices and messages that carry it.
+pub fn plan<'a>(
+    event: &'a ChangeEvent,
+    routes: &'a Routes,
     filters: &mut FilterCache,
-) -> Result<Vec<(String, TransportMessage)>, ProcessError> {
+) -> Result<Vec<Planned>, ProcessError> {
     let mut entries: Vec<(ChannelKey, Option<Transition>)> = Vec::new();
-    let mut holders: BTreeMap<&str, HashSet<ChannelKey>> = BTreeMap::new();
+    // Channel key → its place in `entries`; a device holds a set of places.
+    let mut places: HashMap<&'a str, usize> = HashMap::new();
+    let mut holders: BTreeMap<&'a str, Vec<usize>> = BTreeMap::new();
     let mut transitions: HashMap<String, Transition> = HashMap::new();
+    let mut hold = |key: &'a str, transition: Option<Transition>, members: &'a [String]| {
+        let place = *places.entry(key).or_insert_with(|| {
+            entries.push((ChannelKey::from_stored(key.to_owned()), transition));
+            entries.len() - 1
+        });
+        for m in members {
+            holders.entry(m.as_str()).or_default().push(place);
+        }
+    };
     for channel in &event.channels {
         if let Some(members) = routes.members.get(channel.as_str()).filter(|m| !m.is_empty()) {
-            entries.push((channel.clone(), None));
-            for m in members {
-                holders.entry(m.as_str()).or_default().insert(channel.clone());
-            }
+            hold(channel.as_str(), None, members);
         }
         for variant in routes.filtered.get(channel.as_str()).into_iter().flatten() {
             let Some(members) = routes.members.get(variant).filter(|m| !m.is_empty()) else { continue };
-            let key = ChannelKey::from_stored(variant.clone());
-            let Some(suffix) = key.filter_suffix().map(str::to_string) else { continue };
+            let Some(suffix) = ChannelKey::from_stored(variant.clone()).filter_suffix().map(str::to_string) else {
+                continue;
+            };
             let transition = match transitions.get(&suffix) {
                 Some(t) => *t,
                 None => {
@@ -176,16 +195,24 @@ pub fn plan(
             if transition == Transition::None {
                 continue;
             }
-            entries.push((key.clone(), Some(transition)));
-            for m in members {
-                holders.entry(m.as_str()).or_default().insert(key.clone());
-            }
+            hold(variant, Some(transition), members);
         }
     }
     let deltas = plan_deliveries(event, &entries);
-    // Destination topic → serialized delivery → (delivery, recipients).
-    let mut groups: BTreeMap<String, Groups> = BTreeMap::new();
-    for (member, held) in &holders {
+    // Only the channels some delta lists decide a delivery (an update without patches has none).
+    let mut carries = vec![false; entries.len()];
+    for k in deltas.iter().flat_map(|d| &d.subscriptions) {
+        if let Some(&place) = places.get(k.as_str()) {
+            carries[place] = true;
+        }
+    }
+    // Channels held → the delivery's place in `deliveries`.
+    let mut by_held: HashMap<Vec<usize>, usize> = HashMap::new();
+    let mut deliveries: Vec<EncodedBatch> = Vec::new();
+    // (destination topic, delivery) → recipients.
+    let mut groups: BTreeMap<(String, usize), Vec<Recipient>> = BTreeMap::new();
+    crate::telemetry::devices_per_change(holders.len());
+    for (member, mut held) in holders {
         let address = match DeviceAddress::parse(member) {
             Ok(a) => a,
             Err(error) => {
@@ -197,52 +224,64 @@ pub fn plan(
         if address.application_id != event.application_id {
             continue;
         }
-        let batch: DeliveryBatch = deltas.iter().filter_map(|d| d.narrowed(|k| held.contains(k))).collect();
-        if batch.is_empty() {
+        held.retain(|&place| carries[place]);
+        held.sort_unstable();
+        held.dedup();
+        if held.is_empty() {
             continue;
         }
-        // Cannot fail on any input (string-keyed JSON maps, strings, integers): an error is a bug
-        // in our types, not the message's fault, and no retry cures it: stop.
-        let bytes =
-            serde_json::to_vec(&batch).map_err(|e| ProcessError::Fatal(Cause::with("encoding a delivery", e)))?;
-        let recipient = Recipient { device_id: address.device_id, token: address.token };
-        groups
-            .entry(address.transport.name())
-            .or_default()
-            .entry(bytes)
-            .or_insert_with(|| (batch, Vec::new()))
-            .1
-            .push(recipient);
-    }
-    crate::telemetry::devices_per_change(holders.len());
-    let mut messages = Vec::new();
-    for (destination, deliveries) in groups {
-        for (_, (batch, recipients)) in deliveries {
-            for chunk in recipients.chunks(DEVICES_PER_MESSAGE) {
-                messages.push((destination.clone(), message(event, chunk.to_vec(), false, batch.clone())));
+        let delivery = match by_held.get(&held) {
+            Some(&d) => d,
+            None => {
+                let holds = |k: &ChannelKey| places.get(k.as_str()).is_some_and(|p| held.binary_search(p).is_ok());
+                let batch: DeliveryBatch = deltas.iter().filter_map(|d| d.narrowed(holds)).collect();
+                deliveries.push(EncodedBatch::encode(&batch).map_err(encoding("a delivery"))?);
+                by_held.insert(held, deliveries.len() - 1);
+                deliveries.len() - 1
             }
+        };
+        let recipient = Recipient { device_id: address.device_id, token: address.token };
+        groups.entry((address.transport.name(), delivery)).or_default().push(recipient);
+    }
+    let mut messages = Vec::new();
+    for ((destination, delivery), recipients) in groups {
+        for chunk in recipients.chunks(DEVICES_PER_MESSAGE) {
+            let payload = encode(event, chunk, false, &deliveries[delivery])?;
+            messages.push(Planned { destination: destination.clone(), devices: chunk.len(), payload });
         }
     }
     Ok(messages)
 }
 
-fn message(event: &ChangeEvent, devices: Vec<Recipient>, broadcast: bool, batch: DeliveryBatch) -> TransportMessage {
-    TransportMessage {
-        application_id: event.application_id.clone(),
-        object_id: event.id.clone(),
-        version: event.version,
-        timestamp: event.timestamp,
-        devices,
-        broadcast,
-        message: batch,
-    }
+/// Encoding our own types cannot fail on any input (string-keyed JSON maps, strings,
+/// integers): an error is a bug in them, not the message's fault, and no retry cures it: stop.
+fn encoding(what: &'static str) -> impl Fn(serde_json::Error) -> ProcessError {
+    move |e| ProcessError::Fatal(Cause::with(format_args!("encoding {what}"), e))
 }
 
-async fn send(out: &mut Outbox, prefix: &str, destination: &str, msg: &TransportMessage) -> Result<(), ProcessError> {
-    // As for deliveries above: only a bug in our types could fail here.
-    let bytes =
-        serde_json::to_vec(msg).map_err(|e| ProcessError::Fatal(Cause::with("encoding a transport message", e)))?;
-    out.send(&format!("{prefix}{destination}"), Some(msg.partition_key()), &bytes, &[])
+fn encode(
+    event: &ChangeEvent,
+    devices: &[Recipient],
+    broadcast: bool,
+    batch: &EncodedBatch,
+) -> Result<Vec<u8>, ProcessError> {
+    let header = TransportHeader {
+        application_id: &event.application_id,
+        object_id: &event.id,
+        version: event.version,
+        timestamp: event.timestamp,
+    };
+    encode_transport_message(&header, devices, broadcast, batch).map_err(encoding("a transport message"))
+}
+
+async fn send(
+    out: &mut Outbox,
+    prefix: &str,
+    destination: &str,
+    key: &str,
+    payload: &[u8],
+) -> Result<(), ProcessError> {
+    out.send(&format!("{prefix}{destination}"), Some(key.as_bytes()), payload, &[])
         .await
         .map_err(ProcessError::from)
 }

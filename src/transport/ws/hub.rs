@@ -1,8 +1,9 @@
 //! The connections of one sockets transport, by application and device, and the fan-out of a
-//! [`TransportMessage`] to them.
+//! transport message to them.
 //!
-//! A delivery serializes its frame once; every receiving connection gets a clone of the same
-//! bytes through its bounded queue. A full queue means the client stopped keeping up: it is
+//! A transport message's frame is built once, around the delivery's bytes as they arrived;
+//! every receiving connection gets a reference-counted handle on those same bytes (no copy)
+//! through its bounded queue. A full queue means the client stopped keeping up: it is
 //! closed with 4008 rather than allowed to grow memory or hold back the partition.
 
 use std::collections::HashMap;
@@ -15,7 +16,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{self, CLOSE_TOO_SLOW};
-use crate::model::TransportMessage;
+use crate::model::RawTransportMessage;
 
 /// Asks a connection's task to close with a code; the first code asked for wins.
 #[derive(Default)]
@@ -151,8 +152,8 @@ impl Hub {
 
     /// Queues `msg` for its recipients on this transport (or, for a broadcast, every connection
     /// of its application).
-    pub fn deliver(&self, msg: &TransportMessage) -> Delivered {
-        let frame = protocol::message(&msg.message);
+    pub fn deliver(&self, msg: &RawTransportMessage<'_>) -> Delivered {
+        let frame = protocol::message(msg.message);
         let mut out = Delivered::default();
         let apps = self.apps.read().unwrap_or_else(|p| p.into_inner());
         let Some(devices) = apps.get(&msg.application_id) else {
@@ -187,18 +188,26 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{DeliveryBatch, Recipient};
+    use serde_json::value::RawValue;
 
-    fn msg(app: &str, to: &[(&str, &str)], broadcast: bool) -> TransportMessage {
-        TransportMessage {
+    use crate::model::Recipient;
+
+    const EMPTY: &str = r#"{"new":[],"updated":[],"deleted":[]}"#;
+
+    fn msg<'a>(app: &str, to: &[(&str, &str)], broadcast: bool, batch: &'a RawValue) -> RawTransportMessage<'a> {
+        RawTransportMessage {
             application_id: app.into(),
             object_id: "o".into(),
             version: 1,
             timestamp: 0,
             devices: to.iter().map(|(d, t)| Recipient { device_id: (*d).into(), token: (*t).into() }).collect(),
             broadcast,
-            message: DeliveryBatch::default(),
+            message: batch,
         }
+    }
+
+    fn empty() -> Box<RawValue> {
+        RawValue::from_string(EMPTY.into()).expect("valid JSON")
     }
 
     #[test]
@@ -209,17 +218,20 @@ mod tests {
         let (mut b, _) = hub.join("app", "d2");
         let (mut other, _) = hub.join("other", "d1");
         assert!(first && !second);
-        let d = hub.deliver(&msg("app", &[("d1", "life"), ("d3", "life"), ("d2", "old-life")], false));
+        let batch = empty();
+        let d = hub.deliver(&msg("app", &[("d1", "life"), ("d3", "life"), ("d2", "old-life")], false, &batch));
         assert_eq!((d.frames, d.absent, d.dropped), (2, 2, 0));
         let (x, y) = (a1.rx.try_recv().ok(), a2.rx.try_recv().ok());
         assert!(x.is_some() && x == y);
+        let same = |f: &Option<Utf8Bytes>| f.as_ref().map(|f| f.as_str().as_ptr());
+        assert_eq!(same(&x), same(&y), "one frame shared, not a copy per connection");
         assert!(b.rx.try_recv().is_err() && other.rx.try_recv().is_err());
-        let d = hub.deliver(&msg("app", &[], true));
+        let d = hub.deliver(&msg("app", &[], true, &batch));
         assert_eq!(d.frames, 3, "a broadcast reaches every connection of its application only");
         assert!(other.rx.try_recv().is_err());
         assert!(!hub.leave("app", "d1", a1.id));
         assert!(hub.leave("app", "d1", a2.id));
-        assert_eq!(hub.deliver(&msg("app", &[], true)).frames, 1, "only d2 is left in the application");
+        assert_eq!(hub.deliver(&msg("app", &[], true, &batch)).frames, 1, "only d2 is left in the application");
     }
 
     #[test]
@@ -227,8 +239,9 @@ mod tests {
         let hub = Hub::new("s".into(), "t".into(), 2, 10);
         let (slow, _) = hub.join("app", "slow");
         let (mut fast, _) = hub.join("app", "fast");
+        let batch = empty();
         for _ in 0..3 {
-            hub.deliver(&msg("app", &[], true));
+            hub.deliver(&msg("app", &[], true, &batch));
             while fast.rx.try_recv().is_ok() {}
         }
         assert_eq!(slow.close.code(), CLOSE_TOO_SLOW);

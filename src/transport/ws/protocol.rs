@@ -2,11 +2,12 @@
 //! close codes.
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::model::{channel_and_filter, Channel, DeliveryBatch, Filter};
+use crate::model::{channel_and_filter, Channel, Filter};
 
 /// Bad or missing token.
 pub const CLOSE_UNAUTHORIZED: u16 = 4001;
@@ -125,9 +126,16 @@ pub fn error(code: ErrorCode, message: &str) -> Utf8Bytes {
     frame("error", json!({"code": code.as_str(), "message": message}))
 }
 
-/// The `message` frame, serialized once and shared by every receiver.
-pub fn message(batch: &DeliveryBatch) -> Utf8Bytes {
-    frame("message", batch)
+/// The `message` frame around a delivery as the transport manager serialised it: built once
+/// per transport message and shared by every receiving connection. The bytes are those of
+/// `frame("message", batch)` for the same batch, without decoding it.
+pub fn message(batch: &RawValue) -> Utf8Bytes {
+    const HEAD: &str = r#"{"event":"message","data":"#;
+    let mut text = String::with_capacity(HEAD.len() + batch.get().len() + 1);
+    text.push_str(HEAD);
+    text.push_str(batch.get());
+    text.push('}');
+    Utf8Bytes::from(text)
 }
 
 #[cfg(test)]
@@ -171,7 +179,11 @@ mod tests {
         assert_eq!(v, json!({"event":"ready","data":{"device_id":"d1","server":"sockets_transport-2"}}));
         let v: Value = serde_json::from_str(error(ErrorCode::Forbidden, "no").as_str()).unwrap_or_default();
         assert_eq!(v["data"]["code"], "FORBIDDEN");
-        let v: Value = serde_json::from_str(message(&DeliveryBatch::default()).as_str()).unwrap_or_default();
+        let batch = crate::model::DeliveryBatch::default();
+        let raw = serde_json::value::to_raw_value(&batch).unwrap_or_default();
+        let shared = message(&raw);
+        assert_eq!(shared.as_str(), frame("message", &batch).as_str(), "the bytes a serialised frame has");
+        let v: Value = serde_json::from_str(shared.as_str()).unwrap_or_default();
         assert_eq!(v, json!({"event":"message","data":{"new":[],"updated":[],"deleted":[]}}));
     }
 }

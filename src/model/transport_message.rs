@@ -1,0 +1,282 @@
+//! The records of the transport topics (`ios_transport`, `android_transport`,
+//! `sockets_transport-<i>`, `sockets_transport`), in the three forms their two sides need.
+//!
+//! - [`TransportMessage`]: fully decoded, for the push transports, which split the delivery
+//!   into provider payloads.
+//! - [`EncodedBatch`] + [`encode_transport_message`]: the transport manager's side. A delivery
+//!   is serialised once, however many devices (and so messages of at most a bounded number of
+//!   devices) receive it; each message only wraps those bytes.
+//! - [`RawTransportMessage`]: the sockets transport's side. The delivery stays the slice of
+//!   the record it arrived in, checked for shape but not decoded, and becomes the socket frame
+//!   by wrapping (see `transport::ws::protocol::message`).
+//!
+//! All three serialise byte for byte alike: `EncodedBatch` is `serde_json`'s compact output of
+//! the same [`DeliveryBatch`], and the raw value of a record is what the transport manager
+//! wrote.
+
+use serde::de::{IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+
+use super::delivery::{DeliveryBatch, DeltaOp};
+
+/// One recipient of a [`TransportMessage`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    pub device_id: String,
+    /// Push token (ios/android) or socket token (sockets).
+    pub token: String,
+}
+
+/// What the transport manager sends to `ios_transport`, `android_transport`,
+/// `sockets_transport-<i>` and `sockets_transport` (broadcasts), keyed by object id:
+///
+/// ```json
+/// {"application_id":"app1","object_id":"<id>","version":7,"timestamp":1700000000000001,
+///  "devices":[{"device_id":"d1","token":"..."}],
+///  "message":{"new":[Delta],"updated":[Delta],"deleted":[Delta]}}
+/// ```
+///
+/// Every device listed receives exactly `message` (devices whose deltas differ, because they
+/// hold different channels or filters, are in different messages). At most a bounded number of
+/// devices per message; a broadcast has `devices` empty and `broadcast: true`: every connected
+/// device of the application.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransportMessage {
+    pub application_id: String,
+    pub object_id: String,
+    pub version: u64,
+    pub timestamp: u64,
+    #[serde(default)]
+    pub devices: Vec<Recipient>,
+    #[serde(default)]
+    pub broadcast: bool,
+    pub message: DeliveryBatch,
+}
+
+/// A [`DeliveryBatch`] serialised once, to be wrapped by every message that carries it.
+#[derive(Debug, Clone)]
+pub struct EncodedBatch(Box<RawValue>);
+
+impl EncodedBatch {
+    /// Fails only on a bug in our types (they hold string-keyed maps, strings and integers).
+    pub fn encode(batch: &DeliveryBatch) -> Result<Self, serde_json::Error> {
+        serde_json::value::to_raw_value(batch).map(EncodedBatch)
+    }
+
+    pub fn as_raw(&self) -> &RawValue {
+        &self.0
+    }
+}
+
+/// The header fields of a [`TransportMessage`]: the change it delivers.
+#[derive(Debug, Clone, Copy)]
+pub struct TransportHeader<'a> {
+    pub application_id: &'a str,
+    pub object_id: &'a str,
+    pub version: u64,
+    pub timestamp: u64,
+}
+
+/// The bytes of the [`TransportMessage`] `header` + `devices` + `broadcast` + `batch`.
+pub fn encode_transport_message(
+    header: &TransportHeader<'_>,
+    devices: &[Recipient],
+    broadcast: bool,
+    batch: &EncodedBatch,
+) -> Result<Vec<u8>, serde_json::Error> {
+    // The field order of `TransportMessage`, so the bytes are the ones its derive writes.
+    #[derive(Serialize)]
+    struct Wire<'a> {
+        application_id: &'a str,
+        object_id: &'a str,
+        version: u64,
+        timestamp: u64,
+        devices: &'a [Recipient],
+        broadcast: bool,
+        message: &'a RawValue,
+    }
+    serde_json::to_vec(&Wire {
+        application_id: header.application_id,
+        object_id: header.object_id,
+        version: header.version,
+        timestamp: header.timestamp,
+        devices,
+        broadcast,
+        message: batch.as_raw(),
+    })
+}
+
+/// A [`TransportMessage`] whose `message` is left as the record's own bytes.
+#[derive(Debug, Deserialize)]
+pub struct RawTransportMessage<'a> {
+    pub application_id: String,
+    pub object_id: String,
+    pub version: u64,
+    pub timestamp: u64,
+    #[serde(default)]
+    pub devices: Vec<Recipient>,
+    #[serde(default)]
+    pub broadcast: bool,
+    #[serde(borrow)]
+    pub message: &'a RawValue,
+}
+
+impl<'a> RawTransportMessage<'a> {
+    /// Decodes the header and checks that `message` has a delivery's shape (the required
+    /// fields of every delta, of the right types) without building it: what is refused here
+    /// is what a full decode would refuse, short of the insides of objects and patches.
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, serde_json::Error> {
+        let msg: RawTransportMessage<'a> = serde_json::from_slice(bytes)?;
+        serde_json::from_str::<BatchShape>(msg.message.get())?;
+        Ok(msg)
+    }
+}
+
+/// [`DeliveryBatch`] read for its shape only: nothing is allocated for objects or patches.
+#[derive(Deserialize)]
+struct BatchShape {
+    #[serde(rename = "new")]
+    _new: Vec<DeltaShape>,
+    #[serde(rename = "updated")]
+    _updated: Vec<DeltaShape>,
+    #[serde(rename = "deleted")]
+    _deleted: Vec<DeltaShape>,
+}
+
+#[derive(Deserialize)]
+struct DeltaShape {
+    #[serde(rename = "op")]
+    _op: DeltaOp,
+    #[serde(rename = "object", default)]
+    _object: Option<AnyObject>,
+    #[serde(rename = "patch", default)]
+    _patch: Option<AnyObject>,
+    #[serde(rename = "subscriptions")]
+    _subscriptions: Vec<AnyString>,
+    #[serde(rename = "application_id")]
+    _application_id: AnyString,
+    #[serde(rename = "timestamp")]
+    _timestamp: u64,
+    #[serde(rename = "version")]
+    _version: u64,
+}
+
+/// A JSON string, not kept.
+struct AnyString;
+
+impl<'de> Deserialize<'de> for AnyString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = AnyString;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<AnyString, E> {
+                Ok(AnyString)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A JSON object, not kept.
+struct AnyObject;
+
+impl<'de> Deserialize<'de> for AnyObject {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = AnyObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AnyObject, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(AnyObject)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Map, Value};
+
+    use super::*;
+    use crate::model::delivery::Delta;
+    use crate::model::ChannelKey;
+
+    fn batch() -> DeliveryBatch {
+        let object: Map<String, Value> =
+            serde_json::from_value(json!({"id":"t1","type":"task","title":"é \"quoted\"","n":1.5,"z":0,"a":[1]}))
+                .unwrap_or_default();
+        [DeltaOp::Create, DeltaOp::Delete]
+            .into_iter()
+            .map(|op| Delta {
+                op,
+                object: Some(object.clone()),
+                patch: None,
+                subscriptions: vec![ChannelKey::from_stored("blg:app1:context:c1:task".into())],
+                application_id: "app1".into(),
+                timestamp: 1_700_000_000_000_001,
+                version: 7,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_encoded_message_is_the_bytes_of_the_decoded_one() {
+        let batch = batch();
+        let devices = vec![Recipient { device_id: "d1".into(), token: "t\u{1}".into() }];
+        let typed = TransportMessage {
+            application_id: "app1".into(),
+            object_id: "t1".into(),
+            version: 7,
+            timestamp: 9,
+            devices: devices.clone(),
+            broadcast: false,
+            message: batch.clone(),
+        };
+        let header = TransportHeader { application_id: "app1", object_id: "t1", version: 7, timestamp: 9 };
+        let encoded = EncodedBatch::encode(&batch).map_err(|e| e.to_string());
+        let bytes =
+            encoded.and_then(|b| encode_transport_message(&header, &devices, false, &b).map_err(|e| e.to_string()));
+        assert_eq!(bytes, serde_json::to_vec(&typed).map_err(|e| e.to_string()));
+
+        let bytes = bytes.unwrap_or_default();
+        let raw = RawTransportMessage::decode(&bytes).map_err(|e| e.to_string());
+        let message = raw.map(|m| m.message.get().to_owned());
+        assert_eq!(message, serde_json::to_string(&batch).map_err(|e| e.to_string()), "the delivery's own bytes");
+    }
+
+    #[test]
+    fn a_delivery_of_the_wrong_shape_is_refused_as_a_full_decode_would() {
+        let good = json!({"op":"create","object":{"id":"t1"},"subscriptions":[],"application_id":"a",
+            "timestamp":1,"version":1});
+        let wrap = |message: Value| {
+            json!({"application_id":"a","object_id":"o","version":1,"timestamp":1,"message":message}).to_string()
+        };
+        let ok = wrap(json!({"new":[good],"updated":[],"deleted":[]}));
+        assert!(RawTransportMessage::decode(ok.as_bytes()).is_ok());
+        for bad in [
+            json!([]),
+            json!({"new":[],"updated":[]}),
+            json!({"new":[{"op":"create"}],"updated":[],"deleted":[]}),
+            json!({"new":[{"op":"move","subscriptions":[],"application_id":"a","timestamp":1,"version":1}],
+                   "updated":[],"deleted":[]}),
+            json!({"new":[],"updated":[{"op":"update","subscriptions":[],"application_id":"a",
+                   "timestamp":-1,"version":1}],"deleted":[]}),
+            json!({"new":[],"updated":[],"deleted":[{"op":"delete","subscriptions":[1],"application_id":"a",
+                   "timestamp":1,"version":1}]}),
+            json!({"new":[{"op":"create","object":[],"subscriptions":[],"application_id":"a",
+                   "timestamp":1,"version":1}],"updated":[],"deleted":[]}),
+        ] {
+            let text = wrap(bad.clone());
+            assert!(RawTransportMessage::decode(text.as_bytes()).is_err(), "{bad}");
+            assert!(serde_json::from_str::<TransportMessage>(&text).is_err(), "a full decode refuses {bad} too");
+        }
+    }
+}
