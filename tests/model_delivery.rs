@@ -163,7 +163,10 @@ fn plan_groups_channels_by_kind() {
 
     let batch: DeliveryBatch = deltas.into_iter().collect();
     assert_eq!((batch.new.len(), batch.updated.len(), batch.deleted.len()), (1, 2, 1));
-    let frame: Value = serde_json::from_str(&batch.socket_frame()).unwrap();
+    // The frame as the sockets transport builds it: the delivery encoded once, then wrapped.
+    let encoded = nexxus_worker::model::transport_message::EncodedBatch::encode(&batch).unwrap();
+    let frame: Value =
+        serde_json::from_str(&nexxus_worker::transport::ws::protocol::message(encoded.as_raw())).unwrap();
     assert_eq!(frame["event"], "message");
     assert_eq!(frame["data"]["updated"][1]["version"], 9);
 }

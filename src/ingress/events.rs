@@ -23,7 +23,9 @@ use super::{error, Ingress};
 use crate::apps::Apps;
 use crate::model::clock;
 use crate::model::key::message_key;
-use crate::model::{check_track_command, decode_aggregation_object, decode_track_object, ModelError, DEFAULT_MAX_MESSAGE_BYTES};
+use crate::model::{
+    check_track_command, decode_aggregation_object, decode_track_object, ModelError, DEFAULT_MAX_MESSAGE_BYTES,
+};
 use crate::queue::outbox::{Outbox, Sink};
 use crate::queue::topic;
 

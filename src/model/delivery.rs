@@ -148,16 +148,6 @@ impl DeliveryBatch {
     pub fn len(&self) -> usize {
         self.new.len() + self.updated.len() + self.deleted.len()
     }
-
-    /// The WebSocket text frame `{"event":"message","data":{...}}`.
-    pub fn socket_frame(&self) -> String {
-        #[derive(Serialize)]
-        struct Frame<'a> {
-            event: &'static str,
-            data: &'a DeliveryBatch,
-        }
-        serde_json::to_string(&Frame { event: "message", data: self }).unwrap_or_default()
-    }
 }
 
 impl FromIterator<Delta> for DeliveryBatch {

@@ -281,9 +281,7 @@ async fn send(
     key: &str,
     payload: &[u8],
 ) -> Result<(), ProcessError> {
-    out.send(&format!("{prefix}{destination}"), Some(key.as_bytes()), payload, &[])
-        .await
-        .map_err(ProcessError::from)
+    out.send(&format!("{prefix}{destination}"), Some(key.as_bytes()), payload, &[]).await.map_err(ProcessError::from)
 }
 
 /// Parsed filters by key suffix, kept across events (`None`: undecodable, skipped).
