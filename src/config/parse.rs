@@ -1,7 +1,8 @@
 //! Strict value parsers. Each error says what was expected and what was given, never guesses:
 //! Telepat read any non-empty string (even "false") as true, which is exactly what we refuse.
 
-use super::{invalid, ConfigError, Origin};
+use super::resolve::invalid;
+use super::{ConfigError, Origin};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QueueKind {
