@@ -203,3 +203,22 @@ fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// More members than partitions is healthy: the member that owns nothing is ready too, once
+/// the group told it so.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_owning_no_partition_becomes_ready() {
+    let prefix = common::unique_prefix("idle-member");
+    let cfg = common::config(&prefix);
+    common::create_topics(&cfg, &[("dead_letter", 1), ("out", 1)]).await;
+    let (first_http, second_http) = (common::free_port(), common::free_port());
+    let since = Instant::now();
+    let _first = start(&prefix, first_http);
+    let (not_ready, _) = wait_ready(first_http, since).await;
+    assert_waited_for_assignment(&not_ready, "first member");
+    let since = Instant::now();
+    let _second = start(&prefix, second_http);
+    let (not_ready, _) = wait_ready(second_http, since).await;
+    assert_waited_for_assignment(&not_ready, "second member");
+    assert_eq!(common::http_get(first_http, "/readyz").map(|r| r.0), Some(200), "the first member stays ready");
+}

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
@@ -35,9 +36,15 @@ struct CatchUp {
     state: Mutex<Owned>,
 }
 
+/// How long a member connected to its group coordinator waits for a partition before it counts
+/// as a member that owns none (several heartbeats at the broker's default of 5 s would be more;
+/// the local stack heartbeats every 500 ms).
+const IDLE_MEMBER_AFTER: Duration = Duration::from_secs(5);
+
 #[derive(Default)]
 struct Owned {
     assigned: bool,
+    coordinator_up_since: Option<Instant>,
     partitions: BTreeSet<(String, i32)>,
     caught_up: bool,
 }
@@ -89,10 +96,25 @@ impl CatchUp {
         }
     }
 
-    fn observe(&self, health: &Health, stats: &Statistics) {
+    fn observe(&self, health: &Health, assigned_condition: &str, stats: &Statistics) {
         let Ok(mut owned) = self.state.lock() else { return };
-        if owned.caught_up || !owned.assigned {
+        if owned.caught_up {
             return;
+        }
+        if !owned.assigned {
+            // Under the consumer protocol librdkafka calls no rebalance callback for an empty
+            // assignment, and its statistics show no member epoch: a member that has talked to
+            // its coordinator for IDLE_MEMBER_AFTER without being given a partition owns none.
+            if !stats.cgrp.as_ref().is_some_and(|g| g.state == "up") {
+                owned.coordinator_up_since = None;
+                return;
+            }
+            if owned.coordinator_up_since.get_or_insert_with(Instant::now).elapsed() < IDLE_MEMBER_AFTER {
+                return;
+            }
+            owned.assigned = true;
+            health.ok(assigned_condition);
+            tracing::info!(message = "no partition assigned: every partition belongs to another member");
         }
         let mut worst: Option<i64> = Some(0);
         for (topic, partition) in &owned.partitions {
@@ -147,7 +169,7 @@ impl ClientContext for WorkerContext {
             }
         }
         if let Some(catch_up) = &self.catch_up {
-            catch_up.observe(&self.health, &stats);
+            catch_up.observe(&self.health, &self.assigned_condition, &stats);
         }
     }
 
@@ -254,17 +276,17 @@ mod tests {
         let health = Arc::new(Health::new());
         let ctx = WorkerContext::consumer(health.clone(), "c", 10, true);
         let catch_up = ctx.catch_up.as_ref().expect("a consumer catches up");
-        catch_up.observe(&health, &stats(&[(0, 100, 0)]));
+        catch_up.observe(&health, &ctx.assigned_condition, &stats(&[(0, 100, 0)]));
         assert!(!health.is_ready(), "no assignment yet");
         health.ok(&ctx.assigned_condition);
         catch_up.assigned(&health, &tpl(&[0, 1]));
-        catch_up.observe(&health, &stats(&[(0, 100, 95)]));
+        catch_up.observe(&health, &ctx.assigned_condition, &stats(&[(0, 100, 95)]));
         assert!(!health.is_ready(), "partition 1 not reported yet: {:?}", health.failing());
-        catch_up.observe(&health, &stats(&[(0, 100, 95), (1, 100, 50)]));
+        catch_up.observe(&health, &ctx.assigned_condition, &stats(&[(0, 100, 95), (1, 100, 50)]));
         assert!(health.failing()[0].1.contains("50 records behind"), "{:?}", health.failing());
-        catch_up.observe(&health, &stats(&[(0, 100, 95), (1, 100, 92)]));
+        catch_up.observe(&health, &ctx.assigned_condition, &stats(&[(0, 100, 95), (1, 100, 92)]));
         assert!(health.is_ready(), "{:?}", health.failing());
-        catch_up.observe(&health, &stats(&[(0, 10_000, 95), (1, 100, 92)]));
+        catch_up.observe(&health, &ctx.assigned_condition, &stats(&[(0, 10_000, 95), (1, 100, 92)]));
         assert!(health.is_ready(), "a busy member stays ready");
     }
 
