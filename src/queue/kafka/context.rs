@@ -105,7 +105,7 @@ impl CatchUp {
             // Under the consumer protocol librdkafka calls no rebalance callback for an empty
             // assignment, and its statistics show no member epoch: a member that has talked to
             // its coordinator for IDLE_MEMBER_AFTER without being given a partition owns none.
-            if !stats.cgrp.as_ref().is_some_and(|g| g.state == "up") {
+            if stats.cgrp.as_ref().is_none_or(|g| g.state != "up") {
                 owned.coordinator_up_since = None;
                 return;
             }
