@@ -299,11 +299,7 @@ impl Config {
     }
 
     fn resolve(layers: &Layers, all: bool) -> Result<Config, ConfigError> {
-        let get = |name: &'static str| Field {
-            name,
-            layer: layers.get(name),
-            default: keys::find(name).and_then(|k| k.default),
-        };
+        let get = |name: &'static str| Field { name, layer: layers.get(name), default: keys::find(name).and_then(|k| k.default) };
         // Check every given value's type, used or not: a bad TP_KFK_PORT is an error even when
         // TP_KFK_BROKERS makes it irrelevant, so a typo never hides until the day it matters.
         for key in KEYS {
@@ -460,7 +456,10 @@ impl Config {
             jwt_max_lifetime: Duration::from_secs(at_least_one("jwt_max_lifetime_secs")? as u64),
             registry_in_memory: all && !redis_configured,
             memory_queue_capacity: at_least_one("memory_queue_capacity")?,
-            log_level: LogLevel::parse(&get("log_level").text_or_default()?, &get("log_level").origin())?,
+            log_level: LogLevel::parse(
+                &get("log_level").text_or_default()?,
+                &get("log_level").origin(),
+            )?,
             shutdown_grace: Duration::from_millis(get("shutdown_grace_ms").count_or_default()?),
             loaded_file: None,
         })
