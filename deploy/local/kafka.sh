@@ -25,6 +25,11 @@ kafka_config() {
   # Static voter quorum (no --standalone format needed). Replication factor / min.isr 1 for the
   # internal topics: with the defaults (3/2) a single broker never serves transactions and
   # init_transactions hangs. No auto-created topics: tests must create what they use.
+  # Consumer groups (KIP-848, group.protocol=consumer): liveness is the broker's. A member that
+  # dies without leaving (SIGKILL, lost node) keeps its partitions until its session expires, so
+  # the session is what a crash costs: 3 s here (45 s by default, min 45 s), heartbeats every
+  # 500 ms (5 s by default). The minimums are lowered so a group may be tuned lower still
+  # (kafka-configs --entity-type groups: consumer.session.timeout.ms).
   cat >"$KAFKA_DIR/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
@@ -45,6 +50,10 @@ transaction.state.log.num.partitions=4
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+group.consumer.session.timeout.ms=3000
+group.consumer.min.session.timeout.ms=1000
+group.consumer.heartbeat.interval.ms=500
+group.consumer.min.heartbeat.interval.ms=250
 auto.create.topics.enable=false
 delete.topic.enable=true
 EOF

@@ -3,99 +3,38 @@
 //! Offsets: `enable.auto.commit=false` and `enable.auto.offset.store=false`. The run loop commits
 //! explicitly, after a batch's side effects succeeded, the offsets it processed (next = last + 1).
 //! A timer never commits a message that was merely received, so a crash re-delivers at most the
-//! batch in flight. Assignment is cooperative-sticky so a rebalance does not stop every member.
-//! Reads are `read_committed`, because upstream roles produce in transactions.
+//! batch in flight. Reads are `read_committed`, because upstream roles produce in transactions.
+//!
+//! Group membership uses Kafka 4's consumer group protocol (KIP-848, `group.protocol=consumer`):
+//! the broker assigns partitions incrementally, a join or a leave never stops the other members,
+//! and liveness (`group.consumer.session.timeout.ms`, `group.consumer.heartbeat.interval.ms`) is
+//! the broker's setting, not the client's. `TP_KAFKA_OPTS=group.protocol=classic` selects the
+//! classic protocol for clusters older than Kafka 4 (cooperative-sticky, a 10 s session).
+//! No static membership (`group.instance.id`): under KIP-848 a member restarted after a crash,
+//! before the broker expired its previous life, is refused with UNRELEASED_INSTANCE_ID, which
+//! librdkafka treats as fatal for the consumer.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::client::ClientContext;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::TopicPartitionList;
-use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::Config;
 use crate::error::WorkerError;
 use crate::model::retry;
 use crate::telemetry::{self, Health};
 
+mod context;
+
+pub use context::WorkerContext;
+
 /// How long a produce may wait for queue space and delivery before it counts as failed.
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Context of every client: turns librdkafka statistics into lag gauges, rebalances into
-/// readiness, and broker loss into a failing readiness condition.
-pub struct WorkerContext {
-    health: Arc<Health>,
-    /// Readiness condition names this client owns: `kafka:<client>` and `assigned:<client>`.
-    broker_condition: String,
-    assigned_condition: String,
-}
-
-impl WorkerContext {
-    pub fn new(health: Arc<Health>, client: &str) -> Self {
-        WorkerContext {
-            health,
-            broker_condition: format!("kafka:{client}"),
-            assigned_condition: format!("assigned:{client}"),
-        }
-    }
-}
-
-impl ClientContext for WorkerContext {
-    fn stats(&self, stats: Statistics) {
-        for (topic, t) in &stats.topics {
-            for (partition, p) in &t.partitions {
-                // -1 is librdkafka's internal "unassigned" partition; lag -1 means unknown.
-                if *partition >= 0 && p.consumer_lag >= 0 {
-                    telemetry::consumer_lag(topic, *partition, p.consumer_lag);
-                }
-            }
-        }
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::AllBrokersDown)) {
-            self.health.fail(&self.broker_condition, "all brokers down");
-        }
-        tracing::warn!(message = "kafka client error", %error, reason);
-    }
-
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
-                tracing::error!(target: "librdkafka", fac, "{log_message}")
-            }
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
-            _ => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
-        }
-    }
-}
-
-impl ConsumerContext for WorkerContext {
-    fn post_rebalance(&self, _base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        telemetry::rebalanced();
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                // Joining the group is what makes a consumer ready, even with zero partitions
-                // (more members than partitions is a healthy state).
-                self.health.ok(&self.assigned_condition);
-                tracing::info!(message = "partitions assigned", partitions = %describe(tpl));
-            }
-            Rebalance::Revoke(tpl) => tracing::info!(message = "partitions revoked", partitions = %describe(tpl)),
-            Rebalance::Error(error) => tracing::warn!(message = "rebalance failed", %error),
-        }
-    }
-}
-
-fn describe(tpl: &TopicPartitionList) -> String {
-    let parts: Vec<String> = tpl.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect();
-    parts.join(",")
-}
 
 /// Settings every client shares: brokers, `TP_KAFKA_OPTS` (TLS, SASL, tuning) last so the
 /// operator can override anything.
@@ -110,6 +49,15 @@ pub fn base_config(cfg: &Config, client_id: &str) -> ClientConfig {
 
 pub type KafkaConsumer = StreamConsumer<WorkerContext>;
 
+/// A member is ready once it is at most this many records (or one batch, if larger) behind the
+/// end of every partition it owns.
+const CAUGHT_UP_LAG: i64 = 1_000;
+
+/// `TP_KAFKA_OPTS` asks for the classic group protocol (a cluster before Kafka 4).
+fn classic_protocol(cfg: &Config) -> bool {
+    cfg.kafka.opts.0.iter().any(|(k, v)| k == "group.protocol" && v.eq_ignore_ascii_case("classic"))
+}
+
 /// A consumer in group `group` subscribed to `topics` (full names, prefix included).
 pub fn consumer(
     cfg: &Config,
@@ -120,25 +68,31 @@ pub fn consumer(
     from_beginning: bool,
 ) -> Result<Arc<KafkaConsumer>, WorkerError> {
     let mut c = base_config(cfg, client_id);
-    // Statistics only where [`WorkerContext`] turns them into lag gauges: rdkafka's default
-    // context would log the whole multi-kilobyte document at INFO every interval.
-    c.set("statistics.interval.ms", "5000");
+    // Statistics only where [`WorkerContext`] turns them into lag gauges and readiness:
+    // rdkafka's default context would log the whole multi-kilobyte document at INFO every
+    // interval. Every second, so readiness follows a catch-up within about a second.
+    c.set("statistics.interval.ms", "1000");
     c.set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("partition.assignment.strategy", "cooperative-sticky")
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", if from_beginning { "earliest" } else { "latest" })
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000")
         // A batch must finish within this bound or the member leaves the group (KIP-62); the
         // run loop keeps batches bounded by TP_BATCH_SIZE so five minutes is ample.
         .set("max.poll.interval.ms", "300000");
+    if classic_protocol(cfg) {
+        // librdkafka refuses these three under the consumer protocol.
+        c.set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000");
+    } else {
+        c.set("group.protocol", "consumer");
+    }
     for (k, v) in &cfg.kafka.opts.0 {
         c.set(k, v);
     }
-    let context = WorkerContext::new(health.clone(), client_id);
-    health.require(&context.assigned_condition, "waiting for a partition assignment");
+    let bound = i64::try_from(cfg.batch_size).unwrap_or(i64::MAX).max(CAUGHT_UP_LAG);
+    let context = WorkerContext::consumer(health.clone(), client_id, bound, from_beginning);
     let consumer: KafkaConsumer = c.create_with_context(context).map_err(WorkerError::kafka("creating consumer"))?;
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&names).map_err(WorkerError::kafka(format!("subscribing to {names:?}")))?;
