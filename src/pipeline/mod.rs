@@ -171,7 +171,11 @@ impl Pipeline {
         self.health.ok(&running);
         let mut redo = retry::PIPELINE_REDO.delays();
         let result = loop {
-            let Some(batch) = self.receive(&consumer, &shutdown).await else { break Ok(()) };
+            let batch = match self.receive(&consumer, &shutdown).await {
+                Ok(Some(batch)) => batch,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            };
             if self.transactional {
                 if let Err(e) = self.outbox.begin() {
                     break Err(e);
@@ -193,16 +197,24 @@ impl Pipeline {
 
     /// One record plus whatever the consumer already buffered, then (with a linger) what arrives
     /// in time, up to `TP_BATCH_SIZE`: bigger batches under load, no added latency when idle.
-    /// `None` once `shutdown` is cancelled. `recv` is cancel-safe.
-    async fn receive<'c>(&self, consumer: &'c Source, shutdown: &CancellationToken) -> Option<Vec<Received<'c>>> {
+    /// `None` once `shutdown` is cancelled; an error once the consumer can never deliver again.
+    /// `recv` is cancel-safe.
+    async fn receive<'c>(
+        &self,
+        consumer: &'c Source,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Vec<Received<'c>>>, WorkerError> {
         let first = loop {
             let received = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return None,
+                () = shutdown.cancelled() => return Ok(None),
                 m = consumer.recv() => m,
             };
             match received {
                 Ok(m) => break m,
+                Err(error) if error.is_fatal() => {
+                    return Err(WorkerError::Fatal(format!("the consumer of {} failed for good: {error}", self.worker)))
+                }
                 Err(error) => tracing::warn!(message = "kafka receive error", %error),
             }
         };
@@ -222,7 +234,7 @@ impl Pipeline {
             }
         }
         telemetry::batch_size(batch.len());
-        Some(batch)
+        Ok(Some(batch))
     }
 }
 

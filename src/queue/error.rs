@@ -52,6 +52,15 @@ pub enum QueueError {
 
 /// A queue that does not take or acknowledge a message is a dependency failing, never the
 /// message's fault: the record is retried.
+impl QueueError {
+    /// The client can never be used again (librdkafka's fatal errors, e.g. a fenced or
+    /// unreleased group instance): retrying would hang the worker, so the role stops and its
+    /// orchestrator starts a fresh process.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, QueueError::Receive(KafkaError::MessageConsumptionFatal(_)))
+    }
+}
+
 impl From<QueueError> for ProcessError {
     fn from(e: QueueError) -> Self {
         ProcessError::Transient(Cause::of(e))
@@ -81,5 +90,13 @@ mod tests {
         let kafka =
             queue.source().and_then(|s| s.downcast_ref::<KafkaError>()).expect("and the Kafka error its source");
         assert_eq!(kafka.rdkafka_error_code(), Some(RDKafkaErrorCode::MessageTimedOut));
+    }
+
+    #[test]
+    fn only_a_fatal_consumption_error_is_fatal() {
+        let fatal = QueueError::Receive(KafkaError::MessageConsumptionFatal(RDKafkaErrorCode::UnreleasedInstanceId));
+        assert!(fatal.is_fatal());
+        let passing = QueueError::Receive(KafkaError::MessageConsumption(RDKafkaErrorCode::BrokerTransportFailure));
+        assert!(!passing.is_fatal());
     }
 }

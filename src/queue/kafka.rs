@@ -154,7 +154,9 @@ fn producer_config(cfg: &Config, client_id: &str, extra: &[(&str, &str)]) -> Cli
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("compression.type", "lz4")
-        .set("message.timeout.ms", "30000");
+        .set("message.timeout.ms", "30000")
+        // Statistics tell the context a broker is back after an outage (readiness recovers).
+        .set("statistics.interval.ms", "5000");
     for (k, v) in extra {
         c.set(*k, *v);
     }

@@ -3,6 +3,7 @@
 //! readiness condition.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,9 @@ use crate::telemetry::{self, Health};
 pub struct WorkerContext {
     health: Arc<Health>,
     broker_condition: String,
+    /// Set when librdkafka reported every broker down; cleared by the next statistics that
+    /// show a broker up, which meets `kafka:<client>` again (nothing else would after an outage).
+    brokers_down: std::sync::atomic::AtomicBool,
     assigned_condition: String,
     catch_up: Option<CatchUp>,
 }
@@ -55,6 +59,7 @@ impl WorkerContext {
         WorkerContext {
             health,
             broker_condition: format!("kafka:{client}"),
+            brokers_down: std::sync::atomic::AtomicBool::new(false),
             assigned_condition: format!("assigned:{client}"),
             catch_up: None,
         }
@@ -171,10 +176,17 @@ impl ClientContext for WorkerContext {
         if let Some(catch_up) = &self.catch_up {
             catch_up.observe(&self.health, &self.assigned_condition, &stats);
         }
+        let down = &self.brokers_down;
+        if down.load(Ordering::Relaxed) && stats.brokers.values().any(|b| b.state == "UP") {
+            down.store(false, Ordering::Relaxed);
+            self.health.ok(&self.broker_condition);
+            tracing::info!(message = "kafka brokers reachable again", client = %self.broker_condition);
+        }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         if matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::AllBrokersDown)) {
+            self.brokers_down.store(true, Ordering::Relaxed);
             self.health.fail(&self.broker_condition, "all brokers down");
         }
         tracing::warn!(message = "kafka client error", %error, reason);
@@ -297,5 +309,28 @@ mod tests {
         health.ok(&ctx.assigned_condition);
         ctx.catch_up.as_ref().expect("a consumer catches up").assigned(&health, &tpl(&[]));
         assert!(health.is_ready(), "{:?}", health.failing());
+    }
+
+    #[test]
+    fn readiness_returns_when_a_broker_is_up_again_after_an_outage() {
+        let health = Arc::new(Health::new());
+        let ctx = WorkerContext::new(health.clone(), "c");
+        health.ok("kafka:c");
+        assert!(health.is_ready());
+        ctx.error(KafkaError::Global(RDKafkaErrorCode::AllBrokersDown), "test");
+        assert!(!health.is_ready(), "all brokers down");
+        let broker = |state: &str| rdkafka::statistics::Broker { state: state.into(), ..Default::default() };
+        let with = |state: &str| Statistics {
+            brokers: [("b".to_string(), broker(state))].into_iter().collect(),
+            ..Statistics::default()
+        };
+        ctx.stats(with("DOWN"));
+        assert!(!health.is_ready(), "still down");
+        ctx.stats(with("UP"));
+        assert!(health.is_ready(), "up again: {:?}", health.failing());
+        // A condition failed for another reason is not the outage's to clear.
+        health.fail("kafka:c", "topic missing");
+        ctx.stats(with("UP"));
+        assert!(!health.is_ready());
     }
 }
