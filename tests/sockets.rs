@@ -292,6 +292,40 @@ async fn a_slow_reader_is_closed_with_4008_while_others_keep_receiving_and_the_l
     stack.finish().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replayed_transport_message_reaches_a_client_once() {
+    let stack = Stack::new("sock-replay", false).await;
+    let a1 = stack.a1.clone();
+    let http = common::free_port();
+    let extra = [("TP_HTTP_PORT", http.to_string()), ("TP_HTTP_HOST", "127.0.0.1".to_string())];
+    let (_s, port) = stack.sockets(0, &extra).await;
+    let mut client = Client::ready(port, &token(&a1, "d1", None, SECRET1, now() + 600)).await;
+    let producer = common::producer(&stack.cfg);
+    let topic = stack.cfg.topic("sockets_transport");
+    // What a crashed upstream role sends again: the same bytes. Then a newer version, then the
+    // older version with other content (not a repeat: it must pass).
+    let v1 = transport_message(&a1, 1, json!({"id":"o","type":"task","n":1}), None).to_string();
+    let v2 = transport_message(&a1, 2, json!({"id":"o","type":"task","n":2}), None).to_string();
+    let v1_other = transport_message(&a1, 1, json!({"id":"o","type":"task","n":3}), None).to_string();
+    for m in [&v1, &v1, &v2, &v1, &v1_other] {
+        producer.send(&topic, Some(b"o"), m.as_bytes(), &[]).await.unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let m = client.event().await;
+        got.extend(ids(&m, "new").into_iter().map(|(_, v)| v));
+    }
+    assert_eq!(got, [1, 2, 1], "each repeat dropped, the different delivery of version 1 kept");
+    let suppressed = |body: &str| {
+        body.lines().any(|l| l.starts_with("nexxus_sockets_replays_suppressed_total") && l.ends_with(" 2"))
+    };
+    common::wait_until(Duration::from_secs(30), "two replays suppressed in /metrics", || {
+        common::http_get(http, "/metrics").is_some_and(|(_, b)| suppressed(&b))
+    })
+    .await;
+    stack.finish().await;
+}
+
 /// SMEMBERS of a Redis set, for checking the registry from outside.
 async fn members(url: &str, key: &str) -> Vec<String> {
     let client = redis::Client::open(url).unwrap();

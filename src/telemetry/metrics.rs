@@ -106,6 +106,7 @@ mod tests {
         t::sockets_bytes_out(100);
         t::sockets_queue_drops(0);
         t::sockets_absent_recipients(0);
+        t::sockets_replay_suppressed();
         t::sockets_delivery_latency(Duration::from_millis(3));
         t::sockets_refused();
         t::sockets_handshake_timeout();

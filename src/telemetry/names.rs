@@ -78,6 +78,8 @@ table! {
     SOCKETS_QUEUE_DROPS: Counter "nexxus_sockets_queue_drops_total" [] "Connections closed because their queue was full.";
     SOCKETS_ABSENT_RECIPIENTS: Counter "nexxus_sockets_absent_recipients_total" []
         "Recipients no longer connected or addressed to an earlier life of the transport.";
+    SOCKETS_REPLAYS_SUPPRESSED: Counter "nexxus_sockets_replays_suppressed_total" []
+        "Transport messages dropped as an exact repeat of one already delivered (a replay upstream).";
     SOCKETS_DELIVERY_LATENCY: Histogram "nexxus_sockets_delivery_latency_seconds" []
         "Seconds from a change's timestamp to its frames queued.";
     SOCKETS_REFUSED: Counter "nexxus_sockets_refused_total" [] "Openings refused because the transport is full.";

@@ -91,6 +91,10 @@ pub fn sockets_absent_recipients(recipients: usize) {
     metrics::counter!(names::SOCKETS_ABSENT_RECIPIENTS).increment(recipients as u64);
 }
 
+pub fn sockets_replay_suppressed() {
+    metrics::counter!(names::SOCKETS_REPLAYS_SUPPRESSED).increment(1);
+}
+
 /// The time from a change's timestamp to its frames queued.
 pub fn sockets_delivery_latency(latency: Duration) {
     metrics::histogram!(names::SOCKETS_DELIVERY_LATENCY).record(latency.as_secs_f64());

@@ -23,6 +23,7 @@ use crate::queue::{topic, Record};
 use crate::runtime::{Worker, WorkerContext};
 use crate::transport::ws::hub::Hub;
 use crate::transport::ws::limit::DeviceBudgets;
+use crate::transport::ws::replay::{Delivered, REMEMBERED_OBJECTS};
 use crate::transport::ws::server::{Handshakes, Server};
 use crate::transport::ws::Shared;
 
@@ -33,6 +34,8 @@ const BUDGET_SWEEP: std::time::Duration = std::time::Duration::from_secs(10);
 /// which it closes when it drains.
 pub struct SocketsTransport {
     hub: Arc<Hub>,
+    /// What was handed to connections lately: a replay upstream is dropped here.
+    delivered: Delivered,
     /// Cancelled at drain: every connection sees it and closes with 1001.
     connections: CancellationToken,
     tracker: TaskTracker,
@@ -92,7 +95,7 @@ impl Worker for SocketsTransport {
                 }
             }
         });
-        Ok((SocketsTransport { hub, connections, tracker }, pipeline))
+        Ok((SocketsTransport { hub, delivered: Delivered::new(REMEMBERED_OBJECTS), connections, tracker }, pipeline))
     }
 
     async fn drain(self, ctx: &WorkerContext) {
@@ -130,6 +133,10 @@ impl Handler for SocketsTransport {
     async fn handle(&mut self, record: &Record<'_>, _: (), _out: &mut Outbox) -> Result<(), ProcessError> {
         let msg = RawTransportMessage::decode(record.payload)
             .map_err(|e| ProcessError::Poison(Cause::with("not a transport message", e)))?;
+        if !self.delivered.admit(&msg.application_id, &msg.object_id, msg.version, record.payload) {
+            crate::telemetry::sockets_replay_suppressed();
+            return Ok(());
+        }
         let d = self.hub.deliver(&msg);
         crate::telemetry::sockets_frames_out(d.frames);
         crate::telemetry::sockets_bytes_out(d.bytes);
