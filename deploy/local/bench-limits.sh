@@ -11,6 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source deploy/local/lib.sh
+source deploy/local/kafka.sh
+source deploy/local/cassandra.sh
 RUNS=${RUNS:-3}
 SECONDS_PER=${SECONDS_PER:-15}
 read -ra RATES <<<"${RATES:-1000 5000 20000 0}"
@@ -30,12 +32,16 @@ source "$ENV_FILE"
 set +a
 export TP_LOG_LEVEL=${TP_LOG_LEVEL:-warn}
 
-# The server's pid: this clone's pid file, else the one process whose command line names it.
+# The server's pid: this clone's pid file, else the process listening on its port (a stack
+# another clone started), else 0 (its CPU is then not reported). Not `pgrep -f`: short-lived
+# commands naming the server's class would match too.
 server_pid() {
-  live_pid "$STACK/$1/$1.pid" "$2" || pgrep -f "$2" | head -1 || echo 0
+  local pid
+  pid=$(live_pid "$1" "$2" || ss -Hltnp "sport = :$3" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
+  echo "${pid:-0}"
 }
-KAFKA_PID=$(server_pid kafka "$KAFKA_MATCH")
-CASSANDRA_PID=$(server_pid cassandra "$CASSANDRA_MATCH")
+KAFKA_PID=$(server_pid "$KAFKA_PIDF" "$KAFKA_MATCH" "$KAFKA_PORT")
+CASSANDRA_PID=$(server_pid "$CASSANDRA_PIDF" "$CASSANDRA_MATCH" "$CASSANDRA_PORT")
 log "kafka pid $KAFKA_PID, cassandra pid $CASSANDRA_PID, $(nproc) cores"
 
 note_load() {
