@@ -214,15 +214,37 @@ impl Round<'_> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut cfg = Config::load(&Overrides::default(), &ProcessEnv)?;
-    cfg.scylla_keyspace = format!("limits{}", limits::unique());
+    // `--keyspace K --rounds none` drops the keyspace of a run that could not drop its own.
+    cfg.scylla_keyspace = limits::arg_text("--keyspace").unwrap_or_else(|| format!("limits{}", limits::unique()));
     let opts = CqlOptions::default();
     let concurrency = opts.concurrency;
     let store = CqlStore::connect_with(&cfg, opts).await?;
+    let measured = measure(&store, &cfg, concurrency).await;
+    // Whatever happened: one keyspace per run must not pile up on a shared server.
+    let drop = format!("DROP KEYSPACE IF EXISTS {}", store.keyspace());
+    store.session().query_unpaged(drop, ()).await?;
+    measured
+}
+
+/// Fills the keyspace, then runs each round of `--rounds`, printing its JSON line.
+async fn measure(store: &CqlStore, cfg: &Config, concurrency: usize) -> anyhow::Result<()> {
+    let names = limits::arg_text("--rounds").unwrap_or_else(|| "raw_put,store_put,store_get".into());
+    let mut rounds = Vec::new();
+    for name in names.split(',').filter(|n| !n.is_empty() && *n != "none") {
+        rounds.push(match name {
+            "raw_put" => "raw_put",
+            "store_put" => "store_put",
+            "store_get" => "store_get",
+            other => anyhow::bail!("unknown round {other}: raw_put, store_put, store_get or none"),
+        });
+    }
+    if rounds.is_empty() {
+        return Ok(());
+    }
     let raw = RawWrites::prepare(store.session(), store.keyspace()).await?;
-    let rounds = limits::arg_text("--rounds").unwrap_or_else(|| "raw_put,store_put,store_get".into());
     let mut round = Round {
         name: "raw_put",
-        store: &store,
+        store,
         raw: &raw,
         batch: limits::arg("--batch", cfg.batch_size as u64).max(1),
         objects: limits::arg("--objects", 10_000).max(1),
@@ -236,26 +258,9 @@ async fn main() -> anyhow::Result<()> {
     for chunk in all.chunks(round.batch as usize) {
         store.put_objects(APP, chunk).await?;
     }
-    let mut result = Ok(());
-    for name in rounds.split(',') {
-        round.name = match name {
-            "raw_put" => "raw_put",
-            "store_put" => "store_put",
-            "store_get" => "store_get",
-            other => {
-                result = Err(anyhow::anyhow!("unknown round {other}: raw_put, store_put or store_get"));
-                break;
-            }
-        };
-        match round.run().await {
-            Ok(report) => println!("{report}"),
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
-        }
+    for name in rounds {
+        round.name = name;
+        println!("{}", round.run().await?);
     }
-    let drop = format!("DROP KEYSPACE IF EXISTS {}", store.keyspace());
-    store.session().query_unpaged(drop, ()).await?;
-    result
+    Ok(())
 }
