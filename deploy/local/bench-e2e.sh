@@ -22,7 +22,8 @@ OUT=target/bench-e2e
 mkdir -p "$OUT"
 MD="$OUT/$MODE.md"
 : >"$MD"
-cargo build --release --bin nexxus-worker --bin nexxus-load >&2
+# NO_BUILD=1: use the binaries as they are (bench-compare.sh runs two builds alternately).
+[[ ${NO_BUILD:-0} == 1 ]] || cargo build --release --bin nexxus-worker --bin nexxus-load >&2
 W=${NEXXUS_WORKER_BIN:-target/release/nexxus-worker}
 L=target/release/nexxus-load
 pids=()
