@@ -77,15 +77,8 @@ impl RawWrites {
             Ok::<_, anyhow::Error>(p)
         };
         Ok(RawWrites {
-            put_object: prep(format!(
-                "INSERT INTO {ks}.objects (app, model, id, body, version, last_topic, last_partition, last_offset, \
-                 deleted, parents) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            ))
-            .await?,
-            put_link: prep(format!(
-                "INSERT INTO {ks}.children (app, parent_model, parent_id, child_model, child_id) VALUES (?, ?, ?, ?, ?)"
-            ))
-            .await?,
+            put_object: prep(nexxus_worker::store::cql::put_object_cql(ks)).await?,
+            put_link: prep(nexxus_worker::store::cql::put_link_cql(ks)).await?,
         })
     }
 

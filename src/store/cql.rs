@@ -39,6 +39,8 @@ use crate::model::{clock, Application};
 mod errors;
 mod schema;
 
+pub use schema::{put_link_cql, put_object_cql};
+
 use errors::{execution, new_session, next_row, pager, rows, schema_agreement};
 use schema::Prepared;
 

@@ -40,15 +40,8 @@ impl Prepared {
             .await?,
             get_parents: prep(format!("SELECT parents FROM {ks}.objects WHERE app = ? AND model = ? AND id = ?"))
                 .await?,
-            put_object: prep(format!(
-                "INSERT INTO {ks}.objects (app, model, id, body, version, last_topic, last_partition, last_offset, \
-                 deleted, parents) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            ))
-            .await?,
-            put_link: prep(format!(
-                "INSERT INTO {ks}.children (app, parent_model, parent_id, child_model, child_id) VALUES (?, ?, ?, ?, ?)"
-            ))
-            .await?,
+            put_object: prep(put_object_cql(ks)).await?,
+            put_link: prep(put_link_cql(ks)).await?,
             delete_link: prep(format!(
                 "DELETE FROM {ks}.children WHERE app = ? AND parent_model = ? AND parent_id = ? \
                  AND child_model = ? AND child_id = ?"
@@ -81,4 +74,18 @@ pub(super) fn ddl(ks: &str, replication: &str) -> [String; 4] {
         ),
         format!("CREATE TABLE IF NOT EXISTS {ks}.applications (id text PRIMARY KEY, body text, updated_at timestamp)"),
     ]
+}
+
+/// The upsert of an object row (values: app, model, id, body, version, last topic, partition,
+/// offset, deleted, parents). Public so the dependency benchmark writes exactly what a persist does.
+pub fn put_object_cql(ks: &str) -> String {
+    format!(
+        "INSERT INTO {ks}.objects (app, model, id, body, version, last_topic, last_partition, last_offset, \
+         deleted, parents) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+}
+
+/// The upsert of a parent → child link (values: app, parent model, parent id, child model, child id).
+pub fn put_link_cql(ks: &str) -> String {
+    format!("INSERT INTO {ks}.children (app, parent_model, parent_id, child_model, child_id) VALUES (?, ?, ?, ?, ?)")
 }
