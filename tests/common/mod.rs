@@ -126,8 +126,26 @@ pub async fn wait_until<F: FnMut() -> bool>(timeout: Duration, what: &str, mut c
 }
 
 /// A free TCP port on 127.0.0.1.
+/// A port for a worker to listen on. Not one the kernel hands out by binding port 0: that range
+/// (32768-60999 by default) is also where every outgoing connection takes its local port, so
+/// under a full `make test` a Kafka or Redis client of a parallel test could take the port
+/// before the worker binds it ("Address already in use"). These come from 20000-31999, below it,
+/// each test binary starting at its own place and never handing out a port twice; a port in
+/// use (a server of the stack) is skipped.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = (std::process::id() % u32::from(SPAN)) as u16;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < SPAN, "no free port left in {FIRST}..{}", FIRST + SPAN);
+        let port = FIRST + (start + n) % SPAN;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_nexxus-worker");
