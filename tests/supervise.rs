@@ -14,12 +14,7 @@ use serde_json::{json, Value};
 
 /// A port `p` with `p..=p+n` all free (the supervisor gives child k the port p+k).
 fn free_ports(n: u16) -> u16 {
-    loop {
-        let p = common::free_port();
-        if p.checked_add(n).is_some() && (1..=n).all(|k| std::net::TcpListener::bind(("127.0.0.1", p + k)).is_ok()) {
-            return p;
-        }
-    }
+    common::free_port_block(n + 1)
 }
 
 struct Supervisor {

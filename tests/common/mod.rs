@@ -133,17 +133,24 @@ pub async fn wait_until<F: FnMut() -> bool>(timeout: Duration, what: &str, mut c
 /// each test binary starting at its own place and never handing out a port twice; a port in
 /// use (a server of the stack) is skipped.
 pub fn free_port() -> u16 {
+    free_port_block(1)
+}
+
+/// `len` consecutive free ports (for a process that gives its children the ports after its
+/// own); the first is returned. Blocks are handed out whole, so no other test gets one of them.
+pub fn free_port_block(len: u16) -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     const FIRST: u16 = 20_000;
     const SPAN: u16 = 12_000;
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let start = (std::process::id() % u32::from(SPAN)) as u16;
     loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let n = NEXT.fetch_add(len, Ordering::Relaxed);
         assert!(n < SPAN, "no free port left in {FIRST}..{}", FIRST + SPAN);
-        let port = FIRST + (start + n) % SPAN;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+        let first = FIRST + (start + n) % SPAN;
+        let fits = first.checked_add(len).is_some_and(|end| end <= FIRST + SPAN);
+        if fits && (first..first + len).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return first;
         }
     }
 }
