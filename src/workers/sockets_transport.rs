@@ -23,7 +23,7 @@ use crate::queue::{topic, Record};
 use crate::runtime::{Worker, WorkerContext};
 use crate::transport::ws::hub::Hub;
 use crate::transport::ws::limit::DeviceBudgets;
-use crate::transport::ws::replay::{Delivered, REMEMBERED_OBJECTS};
+use crate::transport::ws::replay::{Replays, REMEMBERED_OBJECTS};
 use crate::transport::ws::server::{Handshakes, Server};
 use crate::transport::ws::Shared;
 
@@ -35,7 +35,7 @@ const BUDGET_SWEEP: std::time::Duration = std::time::Duration::from_secs(10);
 pub struct SocketsTransport {
     hub: Arc<Hub>,
     /// What was handed to connections lately: a replay upstream is dropped here.
-    delivered: Delivered,
+    replays: Replays,
     /// Cancelled at drain: every connection sees it and closes with 1001.
     connections: CancellationToken,
     tracker: TaskTracker,
@@ -95,7 +95,7 @@ impl Worker for SocketsTransport {
                 }
             }
         });
-        Ok((SocketsTransport { hub, delivered: Delivered::new(REMEMBERED_OBJECTS), connections, tracker }, pipeline))
+        Ok((SocketsTransport { hub, replays: Replays::new(REMEMBERED_OBJECTS), connections, tracker }, pipeline))
     }
 
     async fn drain(self, ctx: &WorkerContext) {
@@ -133,7 +133,7 @@ impl Handler for SocketsTransport {
     async fn handle(&mut self, record: &Record<'_>, _: (), _out: &mut Outbox) -> Result<(), ProcessError> {
         let msg = RawTransportMessage::decode(record.payload)
             .map_err(|e| ProcessError::Poison(Cause::with("not a transport message", e)))?;
-        if !self.delivered.admit(&msg.application_id, &msg.object_id, msg.version, record.payload) {
+        if !self.replays.admit(&msg.application_id, &msg.object_id, msg.version, record.payload) {
             crate::telemetry::sockets_replay_suppressed();
             return Ok(());
         }
