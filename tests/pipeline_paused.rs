@@ -12,7 +12,7 @@ use std::time::Duration;
 use nexxus_worker::config::{Config, Overrides};
 use nexxus_worker::error::{ProcessError, WorkerError};
 use nexxus_worker::model::retry::{self, Backoff};
-use nexxus_worker::pipeline::{Handler, Pipeline};
+use nexxus_worker::pipeline::{Handler, Persist, Pipeline};
 use nexxus_worker::queue::dead_letter::Envelope;
 use nexxus_worker::queue::memory::Broker;
 use nexxus_worker::queue::outbox::{Outbox, Sink};
@@ -55,6 +55,8 @@ struct Script {
     flaky_failures: u32,
     failing_end_batches: Vec<usize>,
     failing_persists: Vec<usize>,
+    /// How long each store write takes.
+    persist_delay: Duration,
 }
 
 struct Scripted {
@@ -111,14 +113,32 @@ impl Handler for Scripted {
         Ok(())
     }
 
-    async fn persist(&mut self) -> Result<(), ProcessError> {
-        let call = self.call("", 0);
-        let mut log = self.log();
-        log.persists.push(call);
-        if self.script.failing_persists.contains(&log.persists.len()) {
-            return Err(ProcessError::Transient("store unavailable".into()));
-        }
-        Ok(())
+    /// Each run of the sealed batch's store writes is logged when it happens (in the
+    /// background, while the next batch may be processed); the listed runs fail.
+    fn seal(&mut self) -> Option<Persist> {
+        let (log, broker, health) = (self.log.clone(), self.broker.clone(), self.health.clone());
+        let (input, group, failing) = (self.input.clone(), self.group.clone(), self.script.failing_persists.clone());
+        let delay = self.script.persist_delay;
+        Some(Box::new(move || {
+            let call = Call {
+                payload: String::new(),
+                offset: 0,
+                at: Instant::now(),
+                uncommitted: broker.lag(&input)[&group],
+                ready: health.is_ready(),
+            };
+            let mut log = log.lock().unwrap();
+            log.persists.push(call);
+            let result = if failing.contains(&log.persists.len()) {
+                Err(ProcessError::Transient("store unavailable".into()))
+            } else {
+                Ok(())
+            };
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                result
+            })
+        }))
     }
 
     fn abort_batch(&mut self) {
@@ -297,6 +317,26 @@ async fn a_failing_persist_is_retried_without_redoing_the_batch_and_commits_afte
     let at: Vec<Instant> = log.persists.iter().map(|c| c.at).collect();
     assert_eq!(gaps(&at), waits(retry::PIPELINE_PERSIST, 2), "100 ms, then 200 ms");
     assert!(log.persists.iter().all(|c| c.uncommitted == 2), "committed only after persist succeeds");
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_next_batch_is_processed_while_the_previous_one_is_stored_and_commits_after_it() {
+    let second = Duration::from_secs(1);
+    let h = Harness::start(&["a"], Script { persist_delay: second, ..Script::default() }).await;
+    h.until("a handled", |h| h.log().handled.len() == 1).await;
+    h.broker.append(&h.input, None, b"b".to_vec()).await;
+    h.until("b handled", |h| h.log().handled.len() == 2).await;
+
+    let log = h.log();
+    let b = &log.handled[1];
+    assert!(b.at < h.started + second, "b is processed while a's store write still runs");
+    assert_eq!(b.uncommitted, 2, "a is not committed before its write ended");
+    h.until("both committed", |h| h.uncommitted() == 0).await;
+    let log = h.log();
+    let at: Vec<Instant> = log.persists.iter().map(|c| c.at).collect();
+    assert_eq!(at, [h.started, h.started + second], "b's write waited for a's: stored in order");
+    assert_eq!(log.persists[1].uncommitted, 1, "a committed before b is stored");
     h.stop().await;
 }
 

@@ -1,4 +1,5 @@
-//! The consume loop every role runs: take a batch, process each record, settle, commit, repeat.
+//! The consume loop every role runs: take a batch, process each record, seal it, and while its
+//! outputs, store writes and commit complete in the background, take the next batch.
 //!
 //! ```text
 //! loop {
@@ -8,12 +9,18 @@
 //!                                        -> Poison    : enqueue a dead_letter envelope, next
 //!                                        -> Transient : readiness false, back off, retry the SAME record
 //!                                        -> Fatal     : settle and commit what was done, stop
-//!     outbox.settle()   -> every produce acknowledged? commit(last offset + 1 per partition)
-//!                       -> a produce failed?          seek back to the batch start, back off, redo
+//!     handler.end_batch(); sealed = (the outputs' deliveries, handler.seal(), offsets)
+//!     await the previous sealed batch -> committed? go on
+//!                                     -> an output failed? rewind to ITS first offsets, forget
+//!                                        this batch too (handler.abort_batch), back off, redo
+//!     in the background: settle every delivery, persist, commit(last offset + 1 per partition)
 //! }
 //! ```
-//! A crash therefore re-delivers at most the batch in flight, a poison message never stops its
-//! partition, and nothing is committed whose outputs are not durable.
+//! At most two batches are uncommitted: the one in flight and the one being processed, so a
+//! crash re-delivers at most those two; a poison message never stops its partition, and nothing
+//! is committed whose outputs and store writes are not durable. Roles with a transaction (the
+//! aggregation) settle and commit each batch before taking the next: one transaction is open
+//! at a time per producer.
 
 mod batch;
 mod decode;
@@ -22,6 +29,8 @@ mod finish;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::future::BoxFuture;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -36,11 +45,12 @@ use crate::queue::{topic, Record};
 use crate::telemetry::{self, Health};
 
 pub use decode::Decode;
-use finish::{Phases, Step};
+use finish::{Finished, InFlight, Phases, Step};
 
 /// A role's processing. Per batch the pipeline calls `handle` for each record in order, then
-/// `end_batch`, awaits every output, calls `persist`, and commits. If the outputs could not be
-/// delivered the batch is redone from its first offsets after `abort_batch`.
+/// `end_batch` and `seal`; in the background it awaits every output, runs what `seal` returned,
+/// and commits. If the outputs could not be delivered the batch is redone from its first
+/// offsets after `abort_batch`.
 pub trait Handler {
     /// What each record is decoded into, once, by the pipeline; a record that does not decode
     /// is dead-lettered there and never reaches the handler.
@@ -67,15 +77,25 @@ pub trait Handler {
         async { Ok(()) }
     }
 
-    /// After every output was acknowledged, before the offsets are committed. Transient errors
-    /// are retried with backoff; it must be idempotent.
-    fn persist(&mut self) -> impl Future<Output = Result<(), ProcessError>> + Send {
-        async { Ok(()) }
+    /// After `end_batch`: what must be stored once the batch's outputs are acknowledged, and
+    /// before its offsets are committed. It runs while the next batch is processed, so the
+    /// handler keeps (as its own state) whatever the next batch must see of this one. Transient
+    /// errors are retried with backoff, by calling it again: it must be idempotent.
+    fn seal(&mut self) -> Option<Persist> {
+        None
     }
 
-    /// The batch will be redone: forget what it accumulated.
+    /// The batch, and any sealed batch not committed yet, will be redone from their first
+    /// offsets: forget everything accumulated since the last committed batch.
     fn abort_batch(&mut self) {}
+
+    /// Partitions were taken from this member (a rebalance, or a session it lost): forget state
+    /// kept per owned partition, which its next owner may change.
+    fn revoked(&mut self) {}
 }
+
+/// A sealed batch's store writes, runnable again on a retry.
+pub type Persist = Box<dyn Fn() -> BoxFuture<'static, Result<(), ProcessError>> + Send + Sync>;
 
 /// A connected consumer with the producer for its outputs and dead letters.
 pub struct Pipeline {
@@ -163,19 +183,59 @@ impl Pipeline {
         self
     }
 
-    /// Consumes until `shutdown`, then commits and leaves the group.
+    /// Consumes until `shutdown`, then finishes what is in flight and leaves the group.
     pub async fn run<H: Handler>(mut self, handler: &mut H, shutdown: CancellationToken) -> Result<(), WorkerError> {
         // Its own handle: a batch borrows the consumer while the pipeline is borrowed mutably.
         let consumer = self.consumer.clone();
         let running = self.running_condition.clone();
         self.health.ok(&running);
         let mut redo = retry::PIPELINE_REDO.delays();
+        let mut in_flight = None;
+        let mut revocations = consumer.revocations();
         let result = loop {
-            let batch = match self.receive(&consumer, &shutdown).await {
-                Ok(Some(batch)) => batch,
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(e),
+            let batch = match self.receive(&consumer, &mut in_flight, &shutdown).await {
+                Next::Batch(batch) => batch,
+                Next::Stop(result) => break result,
+                Next::Finished(first, finished) => match finished {
+                    Finished::Committed => {
+                        redo.reset();
+                        continue;
+                    }
+                    Finished::Stopped => break Ok(()),
+                    Finished::Undelivered(reason) => {
+                        match self.redo(handler, &first, reason, false, &mut redo, &shutdown).await {
+                            Step::Next => continue,
+                            Step::Stop(result) => break result,
+                        }
+                    }
+                },
             };
+            // Checked after the receive, whose poll ran the rebalance callbacks: nothing of a
+            // partition's next owner's work is ever processed on top of stale state.
+            if consumer.revocations() != revocations {
+                revocations = consumer.revocations();
+                // The batch in flight was computed on the state being dropped: it is finished
+                // first, so the handler drops only what is stored.
+                if let Some(previous) = in_flight.take() {
+                    let (mut first, finished) = previous.finished().await;
+                    match finished {
+                        Finished::Committed => redo.reset(),
+                        Finished::Stopped => break Ok(()),
+                        Finished::Undelivered(reason) => {
+                            for received in &batch {
+                                let record = received.record();
+                                first.entry((record.topic.to_string(), record.partition)).or_insert(record.offset);
+                            }
+                            drop(batch);
+                            match self.redo(handler, &first, reason, false, &mut redo, &shutdown).await {
+                                Step::Next => continue,
+                                Step::Stop(result) => break result,
+                            }
+                        }
+                    }
+                }
+                handler.revoked();
+            }
             if self.transactional {
                 if let Err(e) = self.outbox.begin() {
                     break Err(e);
@@ -185,11 +245,16 @@ impl Pipeline {
             let (positions, outcome) = self.process_batch(handler, &batch, &shutdown).await;
             let phase = phase.next("process");
             drop(batch);
-            match self.finish(handler, positions, outcome, phase, &mut redo, &shutdown).await {
+            match self.finish(handler, positions, outcome, phase, &mut in_flight, &mut redo, &shutdown).await {
                 Step::Next => {}
                 Step::Stop(result) => break result,
             }
         };
+        // The batch in flight is settled, persisted and committed (or, if the store is down at
+        // shutdown, left to the partition's next owner) before the member leaves.
+        if let Some(in_flight) = in_flight {
+            in_flight.finished().await;
+        }
         self.health.remove(&self.processing_condition);
         self.health.fail(&running, "stopped");
         result
@@ -197,23 +262,33 @@ impl Pipeline {
 
     /// One record plus whatever the consumer already buffered, then (with a linger) what arrives
     /// in time, up to `TP_BATCH_SIZE`: bigger batches under load, no added latency when idle.
-    /// `None` once `shutdown` is cancelled; an error once the consumer can never deliver again.
-    /// `recv` is cancel-safe.
+    /// While it waits for the first record, the batch in flight may finish: that is returned
+    /// at once, so a failed batch is redone without waiting for more input. `recv` is
+    /// cancel-safe.
     async fn receive<'c>(
         &self,
         consumer: &'c Source,
+        in_flight: &mut Option<InFlight>,
         shutdown: &CancellationToken,
-    ) -> Result<Option<Vec<Received<'c>>>, WorkerError> {
+    ) -> Next<'c> {
         let first = loop {
             let received = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return Ok(None),
+                () = shutdown.cancelled() => return Next::Stop(Ok(())),
+                done = finished(in_flight) => {
+                    *in_flight = None;
+                    let (first, finished) = done;
+                    return Next::Finished(first, finished);
+                }
                 m = consumer.recv() => m,
             };
             match received {
                 Ok(m) => break m,
                 Err(error) if error.is_fatal() => {
-                    return Err(WorkerError::Fatal(format!("the consumer of {} failed for good: {error}", self.worker)))
+                    return Next::Stop(Err(WorkerError::Fatal(format!(
+                        "the consumer of {} failed for good: {error}",
+                        self.worker
+                    ))))
                 }
                 Err(error) => tracing::warn!(message = "kafka receive error", %error),
             }
@@ -234,7 +309,27 @@ impl Pipeline {
             }
         }
         telemetry::batch_size(batch.len());
-        Ok(Some(batch))
+        Next::Batch(batch)
+    }
+}
+
+/// What [`Pipeline::receive`] came back with.
+enum Next<'c> {
+    Batch(Vec<Received<'c>>),
+    /// The batch in flight finished while no record was waiting (its first offsets, how).
+    Finished(Offsets, Finished),
+    Stop(Result<(), WorkerError>),
+}
+
+/// The end of the batch in flight; never, if there is none.
+async fn finished(in_flight: &mut Option<InFlight>) -> (Offsets, Finished) {
+    match in_flight {
+        Some(f) => {
+            let finished =
+                (&mut f.task).await.unwrap_or_else(|e| Finished::Undelivered(format!("finishing task failed: {e}")));
+            (std::mem::take(&mut f.first), finished)
+        }
+        None => std::future::pending().await,
     }
 }
 

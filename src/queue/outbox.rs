@@ -97,27 +97,14 @@ impl Outbox {
             // Appended by `commit_transaction`.
             return Ok(self.pending.len());
         }
-        let pending = std::mem::take(&mut self.pending);
-        let count = pending.len();
-        let mut first_error = None;
-        for p in pending {
-            match p {
-                Pending::Kafka(topic, delivery) => match delivery.await {
-                    Ok(Ok(_)) => telemetry::produced(&topic),
-                    Ok(Err((source, _))) => {
-                        first_error.get_or_insert(QueueError::Produce { topic, source });
-                    }
-                    Err(_) => {
-                        first_error.get_or_insert(QueueError::DeliveryCancelled { topic });
-                    }
-                },
-                Pending::Memory { topic, key, payload } => self.append(&topic, key, payload).await,
-            }
-        }
-        match first_error {
-            None => Ok(count),
-            Some(e) => Err(e),
-        }
+        self.take().settle().await
+    }
+
+    /// The deliveries enqueued so far, to be settled elsewhere (the pipeline settles a batch in
+    /// the background while it processes the next one). Not within a transaction: those settle
+    /// with their commit.
+    pub fn take(&mut self) -> Deliveries {
+        Deliveries { sink: self.sink.clone(), pending: std::mem::take(&mut self.pending) }
     }
 
     /// [`Outbox::settle`] for a producer that answers a client (the HTTP ingress) and so cannot
@@ -144,6 +131,44 @@ impl Outbox {
     async fn append(&self, topic: &str, key: Option<Vec<u8>>, payload: Vec<u8>) {
         if let Sink::Memory(broker) = &self.sink {
             broker.append(topic, key, payload).await;
+        }
+    }
+}
+
+/// One batch's enqueued outputs, taken out of the [`Outbox`]: Kafka deliveries in flight, or
+/// in-process records not appended yet. Dropping it does not recall what Kafka already has.
+pub struct Deliveries {
+    sink: Sink,
+    pending: Vec<Pending>,
+}
+
+impl Deliveries {
+    /// Awaits every delivery (appends the in-process records, in order). On failure the batch
+    /// must be redone: some of its outputs may be missing.
+    pub async fn settle(self) -> Result<usize, QueueError> {
+        let count = self.pending.len();
+        let mut first_error = None;
+        for p in self.pending {
+            match p {
+                Pending::Kafka(topic, delivery) => match delivery.await {
+                    Ok(Ok(_)) => telemetry::produced(&topic),
+                    Ok(Err((source, _))) => {
+                        first_error.get_or_insert(QueueError::Produce { topic, source });
+                    }
+                    Err(_) => {
+                        first_error.get_or_insert(QueueError::DeliveryCancelled { topic });
+                    }
+                },
+                Pending::Memory { topic, key, payload } => {
+                    if let Sink::Memory(broker) = &self.sink {
+                        broker.append(&topic, key, payload).await;
+                    }
+                }
+            }
+        }
+        match first_error {
+            None => Ok(count),
+            Some(e) => Err(e),
         }
     }
 }

@@ -70,6 +70,15 @@ impl Source {
         }
     }
 
+    /// How many times partitions were revoked from this member so far (never, in-process: one
+    /// consumer owns the whole log).
+    pub fn revocations(&self) -> u64 {
+        match self {
+            Source::Kafka(c) => c.context().revocations(),
+            Source::Memory(_) => 0,
+        }
+    }
+
     /// Commits `next` offsets synchronously. A failure is logged and counted by the caller's
     /// metric: the next owner re-processes from the previous commit, which roles make idempotent.
     pub async fn commit(&self, next: &Offsets) -> Result<(), QueueError> {

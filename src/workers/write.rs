@@ -4,15 +4,24 @@
 //! Order of effects per batch, chosen so a crash at any point is harmless:
 //!
 //! 1. compute each change from the object as it was before the batch (read once, then kept in
-//!    the batch's cache) and enqueue its event;
+//!    the writer's cache) and enqueue its event;
 //! 2. wait until every event is acknowledged;
 //! 3. persist every touched object with the `write` position of its last change;
 //! 4. commit the input offsets.
 //!
+//! Steps 2-4 of a batch run while the next batch does step 1 (see `pipeline`): the cache is what
+//! makes that sound. It holds every object this writer read or changed, as it is after the
+//! batches processed so far, stored or not, and it is authoritative while the writer owns the
+//! object's partition: nobody else writes the object then. It is dropped whole when a batch must
+//! be redone (it may hold the state of a batch whose events were lost) and when a partition is
+//! revoked (its next owner changes the objects); bounded by [`CACHE_OBJECTS`], it sheds only
+//! objects whose writes are certainly stored.
+//!
 //! A crash before 3 re-computes the same events from the same stored state (timestamps come from
-//! the messages, ids from log positions): the duplicates carry the same `version`, which clients
-//! drop. A crash after 3 finds each object's stored position at or past the replayed record and
-//! skips it. Nothing is applied twice, no event is lost, and no outbox table is needed.
+//! the messages, ids from log positions): the duplicates carry the same `version` and bytes,
+//! which the transports drop. A crash after 3 finds each object's stored position at or past the
+//! replayed record and skips it. Nothing is applied twice, no event is lost, and no outbox table
+//! is needed.
 //!
 //! One writer per object: this role only ever changes objects of the `write` partitions it owns.
 //! An update record may carry several coalesced messages; each is applied or rejected on its own
@@ -38,7 +47,7 @@ use crate::queue::{topic, Record};
 use crate::store::{MainStore, ObjectRow, ObjectWrite, Store};
 
 use crate::apps::Apps;
-use crate::pipeline::{Handler, Pipeline};
+use crate::pipeline::{Handler, Persist, Pipeline};
 use crate::runtime::{Worker, WorkerContext};
 use crate::telemetry;
 
@@ -53,11 +62,18 @@ pub struct Write<S = MainStore> {
     /// Cascading deletes go back to `write`, keyed by the child.
     write_topic: String,
     dead_letter_topic: String,
-    /// Objects read or changed in this batch; `None` = known not to exist.
+    /// Objects read or changed since the cache was last dropped; `None` = known not to exist.
     cache: BTreeMap<Key, Option<ObjectRow>>,
     /// Keys whose cached state must be persisted at the end of the batch.
     dirty: HashSet<Key>,
+    /// Keys written by the last two sealed batches: their writes may still be in flight, so a
+    /// bounded cache keeps them (a read from the store could miss them).
+    unsettled: [HashSet<Key>; 2],
 }
+
+/// Bound of the writer's cache, in objects. Beyond it, at the end of a batch, every object whose
+/// write is certainly stored is shed (read again from the store when next touched).
+pub const CACHE_OBJECTS: usize = 50_000;
 
 impl Worker for Write {
     async fn connect(
@@ -87,6 +103,7 @@ impl<S: Store> Write<S> {
             dead_letter_topic: cfg.topic(topic::DEAD_LETTER),
             cache: BTreeMap::new(),
             dirty: HashSet::new(),
+            unsettled: Default::default(),
         }
     }
 
@@ -255,9 +272,12 @@ impl<S: Store> Handler for Write<S> {
         self.apply(rec, record.position(), out).await
     }
 
-    async fn persist(&mut self) -> Result<(), ProcessError> {
+    /// The batch's touched objects, as they are now, for the store; the cache keeps them for
+    /// the next batch, which is processed while they are written.
+    fn seal(&mut self) -> Option<Persist> {
+        let dirty = std::mem::take(&mut self.dirty);
         let mut by_app: BTreeMap<String, Vec<ObjectWrite>> = BTreeMap::new();
-        for key in &self.dirty {
+        for key in &dirty {
             if let Some(Some(row)) = self.cache.get(key) {
                 let parents = if row.deleted { Vec::new() } else { self.parents(&key.0, &key.1, row) };
                 by_app.entry(key.0.clone()).or_default().push(ObjectWrite {
@@ -267,15 +287,36 @@ impl<S: Store> Handler for Write<S> {
                 });
             }
         }
-        for (app, writes) in &by_app {
-            self.store.put_objects(app, writes).await.map_err(ProcessError::from)?;
+        let [_, last] = std::mem::take(&mut self.unsettled);
+        self.unsettled = [last, dirty];
+        if self.cache.len() > CACHE_OBJECTS {
+            let [a, b] = &self.unsettled;
+            self.cache.retain(|key, _| a.contains(key) || b.contains(key));
         }
+        if by_app.is_empty() {
+            return None;
+        }
+        let (store, writes) = (self.store.clone(), Arc::new(by_app));
+        Some(Box::new(move || {
+            let (store, writes) = (store.clone(), writes.clone());
+            Box::pin(async move {
+                for (app, writes) in writes.iter() {
+                    store.put_objects(app, writes).await.map_err(ProcessError::from)?;
+                }
+                Ok(())
+            })
+        }))
+    }
+
+    fn revoked(&mut self) {
+        // The pipeline has finished every sealed batch before it calls this: all of the cache
+        // is stored, and some of it may belong to partitions that are no longer ours.
         self.abort_batch();
-        Ok(())
     }
 
     fn abort_batch(&mut self) {
         self.cache.clear();
         self.dirty.clear();
+        self.unsettled = Default::default();
     }
 }

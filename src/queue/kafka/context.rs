@@ -3,7 +3,7 @@
 //! readiness condition.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,9 @@ pub struct WorkerContext {
     brokers_down: std::sync::atomic::AtomicBool,
     assigned_condition: String,
     catch_up: Option<CatchUp>,
+    /// How many times partitions were taken from this member: state a role keeps per owned
+    /// partition is stale once this moves (see [`WorkerContext::revocations`]).
+    revocations: AtomicU64,
 }
 
 /// A consumer's way to readiness: an assignment (possibly of zero partitions: more members than
@@ -62,6 +65,7 @@ impl WorkerContext {
             brokers_down: std::sync::atomic::AtomicBool::new(false),
             assigned_condition: format!("assigned:{client}"),
             catch_up: None,
+            revocations: AtomicU64::new(0),
         }
     }
 
@@ -74,6 +78,13 @@ impl WorkerContext {
         context.health.require(&condition, "waiting for a partition assignment");
         context.catch_up = Some(CatchUp { condition, bound, from_beginning, state: Mutex::new(Owned::default()) });
         context
+    }
+
+    /// Revocations so far. Rebalance callbacks run inside the consumer's poll, so a reader that
+    /// compares this after each receive sees a revocation before it handles any record that
+    /// follows it.
+    pub fn revocations(&self) -> u64 {
+        self.revocations.load(Ordering::Acquire)
     }
 }
 
@@ -217,6 +228,7 @@ impl ConsumerContext for WorkerContext {
                 tracing::info!(message = "partitions assigned", partitions = %describe(tpl));
             }
             Rebalance::Revoke(tpl) => {
+                self.revocations.fetch_add(1, Ordering::AcqRel);
                 if let Some(catch_up) = &self.catch_up {
                     catch_up.revoked(tpl);
                 }

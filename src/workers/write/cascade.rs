@@ -8,7 +8,7 @@
 //! parent. A cascade is not author-checked (the parent's delete was) and carries its depth: a
 //! chain deeper than [`MAX_CASCADE_DEPTH`] (a cycle in bad data) stops there, logged.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use crate::error::ProcessError;
 use crate::model::{Application, Change, ChangeOp, SourcePosition, StoredObject, WriteRecord};
@@ -68,19 +68,23 @@ impl<S: Store> Write<S> {
         Ok(())
     }
 
-    /// The children of `parent`: the store's links, plus objects linked in this batch (not in
-    /// the index yet), minus those this writer knows are gone or re-linked.
+    /// The children of `parent`: the store's links, plus objects linked by writes not stored
+    /// yet (this batch's and the sealed ones in flight), minus those such writes took away.
     async fn children(&mut self, app: &Application, parent: &Key) -> Result<Vec<ObjectId>, ProcessError> {
         let indexed = self.store.children(&app.id, &parent.1, &parent.2).await.map_err(ProcessError::from)?;
         let link = (parent.1.clone(), parent.2.clone());
-        // The cache holds only objects of this writer's partitions, so what it says is current.
+        // Only this writer changes these objects, and every other cached object is as stored
+        // (its links indexed): the unstored writes are all the index can be missing.
         let mut known_not = HashSet::new();
         let mut children = Vec::new();
-        for ((a, m, i), row) in self.cache.range((app.id.clone(), String::new(), String::new())..) {
+        let unstored: BTreeSet<&Key> = self.dirty.iter().chain(self.unsettled.iter().flatten()).collect();
+        for key in unstored {
+            let (a, m, i) = key;
             if *a != app.id {
-                break;
+                continue;
             }
-            let names_parent = row.as_ref().is_some_and(|r| !r.deleted && self.parents(a, m, r).contains(&link));
+            let row = self.cache.get(key).and_then(Option::as_ref);
+            let names_parent = row.is_some_and(|r| !r.deleted && self.parents(a, m, r).contains(&link));
             if names_parent {
                 children.push((m.clone(), i.clone()));
             } else {
