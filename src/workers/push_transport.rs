@@ -305,3 +305,64 @@ impl Handler for PushTransport {
         self.batch.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::queue::memory::Broker;
+    use crate::queue::outbox::Sink;
+
+    fn record(payload: &[u8]) -> Record<'_> {
+        Record { topic: "android_transport", partition: 0, offset: 0, key: None, payload, timestamp_ms: None }
+    }
+
+    /// A transport message's bytes and their decoding, for `devices` (ids doubling as tokens).
+    fn message(devices: &[&str]) -> (Vec<u8>, TransportMessage) {
+        let delta = json!({"op":"create","object":{"id":"o","type":"task"},"subscriptions":["blg:a:context:c:task"],
+            "application_id":"a","timestamp":1,"version":1});
+        let recipients: Vec<Value> = devices.iter().map(|d| json!({"device_id": d, "token": d})).collect();
+        let msg = json!({"application_id":"a","object_id":"o","version":1,"timestamp":1,"devices":recipients,
+            "message":{"new":[delta],"updated":[],"deleted":[]}});
+        (msg.to_string().into_bytes(), serde_json::from_value(msg).expect("a transport message"))
+    }
+
+    /// Whether `t` handled `(bytes, msg)` without an error.
+    async fn handled(t: &mut PushTransport, out: &mut Outbox, (bytes, msg): &(Vec<u8>, TransportMessage)) -> bool {
+        t.handle(&record(bytes), msg.clone(), out).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_message_is_remembered_only_once_its_pushes_ended() {
+        let apps = Apps::default();
+        // FCM that can never send (the key does not parse): every push ends at once, `failed`.
+        let fcm = Fcm::new(Some("http://127.0.0.1:9".into()));
+        let mut t = PushTransport::new(Provider::Fcm(fcm), Registry::memory(), apps.clone(), 1000, 4);
+        let mut out = Outbox::new(Sink::Memory(Broker::new(16)));
+        let m = message(&["d1"]);
+
+        assert!(!handled(&mut t, &mut out, &m).await, "an unknown application: an error, retried");
+        assert!(!handled(&mut t, &mut out, &m).await, "the retry is handled, not taken for a replay");
+        apps.insert(
+            serde_json::from_value(json!({"id": "a", "fcm": {"service_account": {"project_id": "p",
+                "client_email": "e@p.example", "private_key": "not a key"}}}))
+            .expect("application"),
+        );
+        assert!(handled(&mut t, &mut out, &m).await);
+        assert_eq!(t.jobs.len(), 1);
+        assert!(handled(&mut t, &mut out, &m).await);
+        assert_eq!(t.jobs.len(), 1, "a repeat within the batch is dropped");
+
+        t.abort_batch();
+        assert!(handled(&mut t, &mut out, &m).await);
+        assert_eq!(t.jobs.len(), 1, "a redone batch pushes in full");
+        t.end_batch(&mut out).await.expect("the batch ends");
+        assert!(t.jobs.is_empty());
+        assert!(handled(&mut t, &mut out, &m).await);
+        assert!(t.jobs.is_empty(), "a replay after the pushes ended is dropped");
+
+        assert!(handled(&mut t, &mut out, &message(&["d2"])).await);
+        assert_eq!(t.jobs.len(), 1, "another device chunk of the same version is pushed");
+    }
+}
