@@ -240,79 +240,6 @@ async fn a_change_reaches_ios_and_android_subscribers_as_exactly_the_expected_re
     stack.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_replayed_transport_message_is_pushed_once_per_device() {
-    let stack = Stack::new("push-replay", false).await;
-    let app = stack.apps[0].clone();
-    let platforms = [("ios", "ios_transport"), ("android", "android_transport")];
-    let device = |d: &str, platform: &str| (format!("{d}-{platform}"), format!("ok-{d}-{app}-{platform}"));
-    // What a crashed upstream role sends again is the same bytes: `v1` four times, the repeats
-    // in the same batch as the first and (below) in a later one. The other device chunk of
-    // version 1 and version 2 are different messages and must be pushed.
-    let v1 = |p: &str| message_at(&app, "o1", 1, "v1", &[device("d1", p), device("d2", p)]);
-    for (p, topic) in platforms {
-        let other_chunk = message_at(&app, "o1", 1, "v1", &[device("d3", p)]);
-        let v2 = message_at(&app, "o1", 2, "v2", &[device("d1", p)]);
-        stack.send(topic, "o1", &[v1(p), v1(p), other_chunk, v2, v1(p)]).await;
-    }
-    let ports = [common::free_port(), common::free_port()];
-    let with_http = |port: u16| [("TP_HTTP_PORT", port.to_string()), ("TP_HTTP_HOST", "127.0.0.1".to_string())];
-    let _ios = stack.start("ios_transport", 0, &with_http(ports[0]));
-    let _android = stack.start("android_transport", 0, &with_http(ports[1]));
-    // Per device and version, APNs gets a silent push and an alert, FCM one data message.
-    eventually("the first APNs pushes", || stack.apns.delivered().len() >= 8).await;
-    eventually("the first FCM pushes", || stack.fcm.delivered().len() >= 4).await;
-    // The replay after its pushes ended, then version 3: once 3 arrived (same key, in order),
-    // the replay before it was handled.
-    for (p, topic) in platforms {
-        stack.send(topic, "o1", &[v1(p), message_at(&app, "o1", 3, "v3", &[device("d1", p)])]).await;
-    }
-    eventually("APNs version 3", || stack.apns.delivered().len() >= 10).await;
-    eventually("FCM version 3", || stack.fcm.delivered().len() >= 5).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-
-    let token = |d: &str, p: &str| device(d, p).1;
-    let mut expected: Vec<(String, u64)> = ["d1", "d2", "d3"].iter().map(|d| (token(d, "ios"), 1)).collect();
-    expected.extend([(token("d1", "ios"), 2), (token("d1", "ios"), 3)]);
-    let mut silent = Vec::new();
-    let mut alerts = Vec::new();
-    for r in stack.apns.delivered() {
-        if r.headers["apns-push-type"] == "alert" {
-            let version = r.body["aps"]["alert"].as_str().unwrap().trim_start_matches('v').parse::<u64>().unwrap();
-            assert!(r.headers.contains_key("apns-collapse-id"), "an alert collapses with its own repeats");
-            alerts.push((r.token, version));
-        } else {
-            silent.push((r.token, r.body["data"]["new"][0]["version"].as_u64().unwrap()));
-        }
-    }
-    for got in [&mut silent, &mut alerts] {
-        got.sort();
-        expected.sort();
-        assert_eq!(*got, expected, "one APNs push of each kind per device and version");
-    }
-    let mut fcm: Vec<(String, u64)> = stack
-        .fcm
-        .delivered()
-        .into_iter()
-        .map(|r| {
-            let data: Value = serde_json::from_str(&r.data["data"]).unwrap();
-            (r.token, data["new"][0]["version"].as_u64().unwrap())
-        })
-        .collect();
-    fcm.sort();
-    let mut expected: Vec<(String, u64)> = expected.iter().map(|(t, v)| (t.replace("-ios", "-android"), *v)).collect();
-    expected.sort();
-    assert_eq!(fcm, expected, "one FCM message per device and version");
-
-    for (port, provider) in ports.into_iter().zip(["apns", "fcm"]) {
-        let series = format!("nexxus_push_replays_suppressed_total{{provider=\"{provider}\"}} 3");
-        common::wait_until(Duration::from_secs(30), &format!("three {provider} replays suppressed"), || {
-            common::http_get(port, "/metrics").is_some_and(|(_, b)| b.lines().any(|l| l == series))
-        })
-        .await;
-    }
-}
-
 /// A listener that counts every connection made to it: an address no worker may ever reach.
 struct Trap {
     url: String,
@@ -428,3 +355,6 @@ async fn application_records_cannot_choose_where_the_workers_connect() {
     assert_eq!(delivered, vec![format!("ok-{legit}-android")], "only the registered application's push");
     assert_eq!(trap.connections(), 0, "no connection to an address a record named");
 }
+
+#[path = "push/replay.rs"]
+mod replay;
