@@ -2,7 +2,8 @@
 //! (`common::push_fakes`, which verify signatures, topics, bearer tokens and payloads), with
 //! real Kafka and Redis: every outcome maps to the device sent to, invalid tokens leave the
 //! registry, throttling / 5xx / stream resets are retried until delivered, two applications
-//! with different credentials share one process; end to end from `aggregation`; and no
+//! with different credentials share one process; an upstream replay is pushed once; end to end
+//! from `aggregation`; and no
 //! application record, registered or planted on `system`, makes the workers connect anywhere
 //! the operator did not configure (`TP_APNS_URL`, `TP_FCM_URL`, `TP_PUSH_TOKEN_URLS`).
 
@@ -85,11 +86,16 @@ fn device(app: &str, id: &str, platform: &str, token: &str) -> Device {
 /// A transport message with one `new` delta of a task titled `title`, for `devices`
 /// (device id, token).
 fn message(app: &str, id: &str, title: &str, devices: &[(String, String)]) -> Value {
+    message_at(app, id, 1, title, devices)
+}
+
+/// [`message`] at `version`.
+fn message_at(app: &str, id: &str, version: u64, title: &str, devices: &[(String, String)]) -> Value {
     let ts = 1_700_000_000_000_000u64;
     let object = json!({"id": id, "type": "task", "title": title, "context_id": "c1"});
     let delta = json!({"op":"create","object":object,"subscriptions":[format!("blg:{app}:context:c1:task")],
-        "application_id":app,"timestamp":ts,"version":1});
-    json!({"application_id":app,"object_id":id,"version":1,"timestamp":ts,
+        "application_id":app,"timestamp":ts,"version":version});
+    json!({"application_id":app,"object_id":id,"version":version,"timestamp":ts,
         "devices": devices.iter().map(|(d, t)| json!({"device_id": d, "token": t})).collect::<Vec<_>>(),
         "message":{"new":[delta],"updated":[],"deleted":[]}})
 }
@@ -349,3 +355,6 @@ async fn application_records_cannot_choose_where_the_workers_connect() {
     assert_eq!(delivered, vec![format!("ok-{legit}-android")], "only the registered application's push");
     assert_eq!(trap.connections(), 0, "no connection to an address a record named");
 }
+
+#[path = "push/replay.rs"]
+mod replay;

@@ -117,6 +117,7 @@ mod tests {
         t::push_sent("apns", "delivered", 1);
         t::push_retried("apns");
         t::push_invalid_token("apns");
+        t::push_replay_suppressed("apns");
     }
 
     #[test]

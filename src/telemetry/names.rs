@@ -94,6 +94,8 @@ table! {
         "Pushes by outcome: delivered, invalid_token, failed or refused.";
     PUSH_RETRIES: Counter "nexxus_push_retries_total" ["provider"] "Push attempts retried.";
     PUSH_INVALID_TOKENS: Counter "nexxus_push_invalid_tokens_total" ["provider"] "Device tokens removed as invalid.";
+    PUSH_REPLAYS_SUPPRESSED: Counter "nexxus_push_replays_suppressed_total" ["provider"]
+        "Transport messages not pushed again: an exact repeat of one already pushed (a replay upstream).";
 }
 
 #[cfg(test)]

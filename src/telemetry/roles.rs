@@ -145,3 +145,8 @@ pub fn push_retried(provider: &'static str) {
 pub fn push_invalid_token(provider: &'static str) {
     metrics::counter!(names::PUSH_INVALID_TOKENS, "provider" => provider).increment(1);
 }
+
+/// A transport message `provider` did not push again: an exact repeat of one it pushed.
+pub fn push_replay_suppressed(provider: &'static str) {
+    metrics::counter!(names::PUSH_REPLAYS_SUPPRESSED, "provider" => provider).increment(1);
+}

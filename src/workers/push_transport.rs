@@ -8,11 +8,16 @@
 //! or its token invalid, in which case the device and its subscriptions leave the registry.
 //! Delivery is at least once: a crash mid-batch sends the batch again.
 //!
+//! An upstream replay is not pushed again (see [`crate::transport::replay`]): a transport message
+//! identical to one whose pushes ended, or to an earlier one of the same batch, is dropped. A
+//! message is remembered only once its batch's pushes ended, so a batch that is redone before
+//! then is pushed in full.
+//!
 //! An application whose record names an endpoint the operator does not allow (a record that
 //! reached `system` without `app put`'s checks) gets nothing sent: the role never connects
 //! there, counts its pushes as `refused` and logs why, at most once a second.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +38,7 @@ use crate::telemetry::{self, gate};
 use crate::transport::push::apns::{self, Apns, ApnsPush};
 use crate::transport::push::fcm::{self, Fcm};
 use crate::transport::push::{EndpointError, Outcome, Pacer};
+use crate::transport::replay::{Delivery, Replays, REMEMBERED_DELIVERIES};
 
 /// A push still failing after this long is given up, so a batch always ends.
 const RETRY_BUDGET: Duration = Duration::from_secs(120);
@@ -94,6 +100,10 @@ pub struct PushTransport {
     pacer: Arc<Pacer>,
     concurrency: usize,
     jobs: Vec<Job>,
+    /// Transport messages whose pushes ended lately.
+    replays: Replays,
+    /// The messages of the batch in progress, remembered in `replays` when its pushes ended.
+    batch: HashSet<Delivery>,
 }
 
 impl Worker for PushTransport {
@@ -123,6 +133,8 @@ impl PushTransport {
             pacer: Arc::new(Pacer::new(rate)),
             concurrency,
             jobs: Vec::new(),
+            replays: Replays::new(REMEMBERED_DELIVERIES),
+            batch: HashSet::new(),
         }
     }
 }
@@ -188,6 +200,11 @@ impl Handler for PushTransport {
         if record.payload.len() > DEFAULT_MAX_MESSAGE_BYTES {
             return Err(ProcessError::poison(format!("transport message of {} bytes", record.payload.len())));
         }
+        let delivery = self.replays.delivery(&msg.application_id, &msg.object_id, msg.version, record.payload);
+        if self.batch.contains(&delivery) || self.replays.seen(delivery) {
+            telemetry::push_replay_suppressed(self.provider.name());
+            return Ok(());
+        }
         let app = self.apps.require(&msg.application_id)?;
         let pushes: Vec<Arc<Push>> = match self.provider.as_ref() {
             Provider::Apns(_) => apns::payloads(&msg, &app).into_iter().map(|p| Arc::new(Push::Apns(p))).collect(),
@@ -205,6 +222,7 @@ impl Handler for PushTransport {
                     suppressed
                 );
             }
+            self.batch.insert(delivery);
             return Ok(());
         }
         for device in &msg.devices {
@@ -212,6 +230,8 @@ impl Handler for PushTransport {
                 self.jobs.push(Job { app: app.clone(), device: device.clone(), push: push.clone() });
             }
         }
+        // Only now: a record whose handling failed is handled again, and must not meet itself.
+        self.batch.insert(delivery);
         Ok(())
     }
 
@@ -230,6 +250,11 @@ impl Handler for PushTransport {
             .buffer_unordered(self.concurrency)
             .collect()
             .await;
+        // Every push of the batch ended, delivered or given up: a replay of one of its messages,
+        // or a redo of the batch, would reach devices that already have it.
+        for delivery in self.batch.drain() {
+            self.replays.remember(delivery);
+        }
         let mut invalid = BTreeSet::new();
         for (app, device, outcome) in results {
             let label = match &outcome {
@@ -277,5 +302,67 @@ impl Handler for PushTransport {
 
     fn abort_batch(&mut self) {
         self.jobs.clear();
+        self.batch.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::queue::memory::Broker;
+    use crate::queue::outbox::Sink;
+
+    fn record(payload: &[u8]) -> Record<'_> {
+        Record { topic: "android_transport", partition: 0, offset: 0, key: None, payload, timestamp_ms: None }
+    }
+
+    /// A transport message's bytes and their decoding, for `devices` (ids doubling as tokens).
+    fn message(devices: &[&str]) -> (Vec<u8>, TransportMessage) {
+        let delta = json!({"op":"create","object":{"id":"o","type":"task"},"subscriptions":["blg:a:context:c:task"],
+            "application_id":"a","timestamp":1,"version":1});
+        let recipients: Vec<Value> = devices.iter().map(|d| json!({"device_id": d, "token": d})).collect();
+        let msg = json!({"application_id":"a","object_id":"o","version":1,"timestamp":1,"devices":recipients,
+            "message":{"new":[delta],"updated":[],"deleted":[]}});
+        (msg.to_string().into_bytes(), serde_json::from_value(msg).expect("a transport message"))
+    }
+
+    /// Whether `t` handled `(bytes, msg)` without an error.
+    async fn handled(t: &mut PushTransport, out: &mut Outbox, (bytes, msg): &(Vec<u8>, TransportMessage)) -> bool {
+        t.handle(&record(bytes), msg.clone(), out).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_message_is_remembered_only_once_its_pushes_ended() {
+        let apps = Apps::default();
+        // FCM that can never send (the key does not parse): every push ends at once, `failed`.
+        let fcm = Fcm::new(Some("http://127.0.0.1:9".into()));
+        let mut t = PushTransport::new(Provider::Fcm(fcm), Registry::memory(), apps.clone(), 1000, 4);
+        let mut out = Outbox::new(Sink::Memory(Broker::new(16)));
+        let m = message(&["d1"]);
+
+        assert!(!handled(&mut t, &mut out, &m).await, "an unknown application: an error, retried");
+        assert!(!handled(&mut t, &mut out, &m).await, "the retry is handled, not taken for a replay");
+        apps.insert(
+            serde_json::from_value(json!({"id": "a", "fcm": {"service_account": {"project_id": "p",
+                "client_email": "e@p.example", "private_key": "not a key"}}}))
+            .expect("application"),
+        );
+        assert!(handled(&mut t, &mut out, &m).await);
+        assert_eq!(t.jobs.len(), 1);
+        assert!(handled(&mut t, &mut out, &m).await);
+        assert_eq!(t.jobs.len(), 1, "a repeat within the batch is dropped");
+
+        t.abort_batch();
+        assert!(handled(&mut t, &mut out, &m).await);
+        assert_eq!(t.jobs.len(), 1, "a redone batch pushes in full");
+        t.end_batch(&mut out).await.expect("the batch ends");
+        assert!(t.jobs.is_empty());
+        assert!(handled(&mut t, &mut out, &m).await);
+        assert!(t.jobs.is_empty(), "a replay after the pushes ended is dropped");
+
+        assert!(handled(&mut t, &mut out, &message(&["d2"])).await);
+        assert_eq!(t.jobs.len(), 1, "another device chunk of the same version is pushed");
     }
 }

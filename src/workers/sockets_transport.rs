@@ -21,9 +21,9 @@ use crate::pipeline::{Handler, Pipeline};
 use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
 use crate::runtime::{Worker, WorkerContext};
+use crate::transport::replay::{Replays, REMEMBERED_DELIVERIES};
 use crate::transport::ws::hub::Hub;
 use crate::transport::ws::limit::DeviceBudgets;
-use crate::transport::ws::replay::{Replays, REMEMBERED_OBJECTS};
 use crate::transport::ws::server::{Handshakes, Server};
 use crate::transport::ws::Shared;
 
@@ -95,7 +95,7 @@ impl Worker for SocketsTransport {
                 }
             }
         });
-        Ok((SocketsTransport { hub, replays: Replays::new(REMEMBERED_OBJECTS), connections, tracker }, pipeline))
+        Ok((SocketsTransport { hub, replays: Replays::new(REMEMBERED_DELIVERIES), connections, tracker }, pipeline))
     }
 
     async fn drain(self, ctx: &WorkerContext) {

@@ -6,8 +6,11 @@
 //! silent data pushes (Apple throttles priority-10 background pushes) and `alert` with 10 for
 //! `ios_push_field` alerts; `apns-expiration` one day ahead (a device offline longer re-fetches
 //! instead); `apns-id` derived from application, object, version, part and token, so a retried
-//! push keeps its id; `apns-collapse-id` only on `sync` pushes, where a newer one supersedes an
-//! older one, never on deltas, each of which carries different changes.
+//! push keeps its id; `apns-collapse-id` on `sync` pushes, where a newer one supersedes an older
+//! one, and on alerts, derived like `apns-id` but without the token, so an alert pushed twice
+//! (a replay that crossed a restart of `ios_transport`) shows once; never on silent deltas,
+//! where it changes nothing (a background push is not displayed) and each carries different
+//! changes.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -78,11 +81,13 @@ pub fn payloads(msg: &TransportMessage, app: &Application) -> Vec<ApnsPush> {
         if let Some(text) = push_alert(&app.schema, model, delta) {
             let text: String = text.chars().take(1000).collect();
             let body = json!({"aps": {"alert": text, "sound": "default"}, "model": model, "id": msg.object_id});
+            let id_seed = seed(&format!("a{i}"));
             out.push(ApnsPush {
                 body: body.to_string(),
                 alert: true,
-                id_seed: seed(&format!("a{i}")),
-                collapse_id: None,
+                // A UUID is 36 bytes: within Apple's 64.
+                collapse_id: Some(stable_uuid(&[&id_seed])),
+                id_seed,
             });
         }
     }
@@ -298,5 +303,10 @@ mod tests {
         let alerts: Vec<&ApnsPush> = pushes.iter().filter(|p| p.alert).collect();
         assert_eq!(alerts.len(), 2);
         assert!(alerts[0].body.contains("\"alert\":\"hi\""));
+        let collapse: Vec<&str> = alerts.iter().filter_map(|p| p.collapse_id.as_deref()).collect();
+        assert_eq!(collapse.len(), 2, "every alert collapses with its own repeats");
+        assert_ne!(collapse[0], collapse[1], "never with another alert");
+        assert!(collapse.iter().all(|c| c.len() <= 64), "Apple's limit: {collapse:?}");
+        assert_eq!(payloads(&msg, &app), pushes, "the same message, the same pushes and ids");
     }
 }

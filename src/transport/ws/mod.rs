@@ -14,7 +14,6 @@ pub mod handshake;
 pub mod hub;
 pub mod limit;
 pub mod protocol;
-pub mod replay;
 pub mod server;
 mod shared;
 
