@@ -146,7 +146,11 @@ impl Pipeline {
         if self.transactional {
             return self.finish_transaction(handler, positions, outcome, ended, phase, redo, shutdown).await;
         }
-        let interrupted = !matches!(outcome, Ok(Outcome::Done));
+        let (interrupted, fatal) = match outcome {
+            Ok(Outcome::Done) => (false, None),
+            Ok(Outcome::Interrupted) => (true, None),
+            Err(e) => (true, Some(e)),
+        };
         let persist = if ended.is_none() { handler.seal() } else { None };
         let sealed = Sealed { deliveries: self.outbox.take(), persist, next: positions.next };
         // The previous batch first: this one was computed on top of it, so if it failed this
@@ -161,7 +165,7 @@ impl Pipeline {
                     for (partition, offset) in positions.first {
                         first.entry(partition).or_insert(offset);
                     }
-                    return self.redo(handler, &first, reason, interrupted, redo, shutdown).await;
+                    return stop_with(self.redo(handler, &first, reason, interrupted, redo, shutdown).await, fatal);
                 }
             }
         }
@@ -185,13 +189,16 @@ impl Pipeline {
             Finished::Committed => {}
             Finished::Stopped => return Step::Stop(Ok(())),
             Finished::Undelivered(reason) => {
-                return self.redo(handler, &positions.first, reason, interrupted, redo, shutdown).await
+                return stop_with(
+                    self.redo(handler, &positions.first, reason, interrupted, redo, shutdown).await,
+                    fatal,
+                )
             }
         }
-        match outcome {
-            Ok(Outcome::Done) => Step::Next,
-            Ok(Outcome::Interrupted) => Step::Stop(Ok(())),
-            Err(e) => Step::Stop(Err(e)),
+        match (interrupted, fatal) {
+            (_, Some(e)) => Step::Stop(Err(e)),
+            (true, None) => Step::Stop(Ok(())),
+            (false, None) => Step::Next,
         }
     }
 
@@ -208,7 +215,11 @@ impl Pipeline {
         redo: &mut Delays,
         shutdown: &CancellationToken,
     ) -> Step {
-        let interrupted = !matches!(outcome, Ok(Outcome::Done));
+        let (interrupted, fatal) = match outcome {
+            Ok(Outcome::Done) => (false, None),
+            Ok(Outcome::Interrupted) => (true, None),
+            Err(e) => (true, Some(e)),
+        };
         let settled = self.outbox.settle().await;
         let phase = phase.next("settle");
         let delivered = match (ended, settled) {
@@ -219,7 +230,7 @@ impl Pipeline {
             }
         };
         if let Err(reason) = delivered {
-            return self.redo(handler, &positions.first, reason, interrupted, redo, shutdown).await;
+            return stop_with(self.redo(handler, &positions.first, reason, interrupted, redo, shutdown).await, fatal);
         }
         redo.reset();
         let phase = phase.next("commit_transaction");
@@ -229,10 +240,10 @@ impl Pipeline {
             }
         }
         phase.next("persist");
-        match outcome {
-            Ok(Outcome::Done) => Step::Next,
-            Ok(Outcome::Interrupted) => Step::Stop(Ok(())),
-            Err(e) => Step::Stop(Err(e)),
+        match (interrupted, fatal) {
+            (_, Some(e)) => Step::Stop(Err(e)),
+            (true, None) => Step::Stop(Ok(())),
+            (false, None) => Step::Next,
         }
     }
 
@@ -269,6 +280,15 @@ impl Pipeline {
             () = shutdown.cancelled() => Step::Stop(Ok(())),
             () = tokio::time::sleep(delay) => Step::Next,
         }
+    }
+}
+
+/// A stop after a redo keeps the fatal error that ended the batch (the redo is left to the
+/// partition's next owner).
+fn stop_with(step: Step, fatal: Option<WorkerError>) -> Step {
+    match (step, fatal) {
+        (Step::Stop(Ok(())), Some(e)) => Step::Stop(Err(e)),
+        (step, _) => step,
     }
 }
 
