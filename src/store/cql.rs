@@ -180,21 +180,35 @@ impl CqlStore {
         }
     }
 
-    /// Decides the link changes of one write from the links its row recorded.
+    /// Decides the link changes of one write from the links its row recorded (read back unless
+    /// the write says what they are).
     async fn plan<'a>(&self, app: &str, write: &'a ObjectWrite, id: &'a str) -> Result<Planned<'a>, StoreError> {
+        let recorded = match &write.recorded {
+            Some(known) => known.iter().cloned().collect(),
+            None => self.recorded_links(app, write, id).await?,
+        };
+        Ok(Self::plan_links(write, id, recorded))
+    }
+
+    /// The links `write`'s row holds now.
+    async fn recorded_links(&self, app: &str, write: &ObjectWrite, id: &str) -> Result<BTreeSet<Link>, StoreError> {
         let what = "reading an object's links";
         let result = self
             .session
             .execute_unpaged(&self.prepared.get_parents, (app, &write.model, id))
             .await
             .map_err(execution(what))?;
-        let recorded = result
+        Ok(result
             .into_rows_result()
             .map_err(rows(what))?
             .maybe_first_row::<(Option<BTreeSet<Link>>,)>()
             .map_err(rows(what))?
             .and_then(|(parents,)| parents)
-            .unwrap_or_default();
+            .unwrap_or_default())
+    }
+
+    /// Decides the link changes of one write from the links its row recorded.
+    fn plan_links<'a>(write: &'a ObjectWrite, id: &'a str, recorded: BTreeSet<Link>) -> Planned<'a> {
         let named: BTreeSet<Link> = write.parents.iter().cloned().collect();
         let (links, stale) = if write.row.deleted {
             // The named links too: they may predate the `parents` column of the row.
@@ -203,7 +217,7 @@ impl CqlStore {
             let stale = recorded.difference(&named).cloned().collect();
             (named, stale)
         };
-        Ok(Planned { write, id, links, stale })
+        Planned { write, id, links, stale }
     }
 
     async fn put_object(&self, app: &str, plan: &Planned<'_>) -> Result<(), StoreError> {

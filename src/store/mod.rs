@@ -101,11 +101,16 @@ pub struct ObjectRow {
 /// `parents` is the object's whole set of links after the write: the store records it with the
 /// object and removes links it no longer names (a changed `<parentModel>_id`). A tombstone holds no
 /// links: every recorded one is removed, plus any it names, so its `parents` may be left empty.
+///
+/// `recorded` is the set of links the stored row holds before this write, when the caller knows
+/// it (the writer does, for an object it wrote itself): a store that would otherwise read it back
+/// to find the links to remove (CQL) then skips that read. `None`: the store reads it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObjectWrite {
     pub model: String,
     pub row: ObjectRow,
     pub parents: Vec<(String, String)>,
+    pub recorded: Option<Vec<(String, String)>>,
 }
 
 impl ObjectWrite {

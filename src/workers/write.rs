@@ -31,7 +31,7 @@
 mod cascade;
 mod units;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -69,6 +69,9 @@ pub struct Write<S = MainStore> {
     /// Keys written by the last two sealed batches: their writes may still be in flight, so a
     /// bounded cache keeps them (a read from the store could miss them).
     unsettled: [HashSet<Key>; 2],
+    /// The links each object's row holds once this writer's writes so far are stored (known for
+    /// the objects it wrote itself), so the store need not read them back to find stale ones.
+    links: HashMap<Key, Vec<(String, String)>>,
 }
 
 /// Bound of the writer's cache, in objects. Beyond it, at the end of a batch, every object whose
@@ -104,6 +107,7 @@ impl<S: Store> Write<S> {
             cache: BTreeMap::new(),
             dirty: HashSet::new(),
             unsettled: Default::default(),
+            links: HashMap::new(),
         }
     }
 
@@ -280,10 +284,13 @@ impl<S: Store> Handler for Write<S> {
         for key in &dirty {
             if let Some(Some(row)) = self.cache.get(key) {
                 let parents = if row.deleted { Vec::new() } else { self.parents(&key.0, &key.1, row) };
+                // A tombstone's row keeps no links once written.
+                let recorded = self.links.insert(key.clone(), parents.clone());
                 by_app.entry(key.0.clone()).or_default().push(ObjectWrite {
                     model: key.1.clone(),
                     row: row.clone(),
                     parents,
+                    recorded,
                 });
             }
         }
@@ -292,6 +299,7 @@ impl<S: Store> Handler for Write<S> {
         if self.cache.len() > CACHE_OBJECTS {
             let [a, b] = &self.unsettled;
             self.cache.retain(|key, _| a.contains(key) || b.contains(key));
+            self.links.retain(|key, _| a.contains(key) || b.contains(key));
         }
         if by_app.is_empty() {
             return None;
@@ -318,5 +326,6 @@ impl<S: Store> Handler for Write<S> {
         self.cache.clear();
         self.dirty.clear();
         self.unsettled = Default::default();
+        self.links.clear();
     }
 }

@@ -20,6 +20,7 @@ macro_rules! for_each_store_test {
         $test!(objects_round_trip_with_tombstones_and_positions);
         $test!(children_page_and_tombstones_remove_links);
         $test!(links_follow_the_last_write);
+        $test!(links_given_by_the_writer_are_trusted_and_kept_exact);
         $test!(applications_put_get_list_with_paging);
         $test!(empty_calls_are_no_ops);
         $test!(concurrent_calls_on_one_store);
@@ -37,7 +38,7 @@ pub fn object(model: &str, id: &str, version: u64, fields: Value, offset: Option
 
 pub fn write(model: &str, obj: StoredObject, deleted: bool, parents: &[(&str, &str)]) -> ObjectWrite {
     let parents = parents.iter().map(|(m, i)| (m.to_string(), i.to_string())).collect();
-    ObjectWrite { model: model.into(), row: ObjectRow { object: obj, deleted }, parents }
+    ObjectWrite { model: model.into(), row: ObjectRow { object: obj, deleted }, parents, recorded: None }
 }
 
 pub fn key(model: &str, id: &str) -> ObjectId {
@@ -166,6 +167,31 @@ pub async fn links_follow_the_last_write<S: Store>(store: &S) {
     store.put_objects(app, std::slice::from_ref(&again)).await.unwrap();
     assert_eq!(store.children(app, "project", "p1").await.unwrap(), vec![key("task", "t1")]);
     assert_eq!(store.get_objects(app, &[key("task", "t1")]).await.unwrap()[&key("task", "t1")], again.row);
+}
+
+/// A write that says which links its row holds (the writer knows, for objects it wrote) moves
+/// them exactly as one the store reads back: a re-parented object leaves its old parent, a
+/// tombstone leaves every parent, and a write with no links leaves none behind.
+pub async fn links_given_by_the_writer_are_trusted_and_kept_exact<S: Store>(store: &S) {
+    let app = "app1";
+    let first = write("task", object("task", "t1", 1, json!({}), Some(1)), false, &[("project", "p1")]);
+    store.put_objects(app, &[first]).await.unwrap();
+    let mut moved = write("task", object("task", "t1", 2, json!({}), Some(2)), false, &[("project", "p2")]);
+    moved.recorded = Some(vec![("project".into(), "p1".into())]);
+    store.put_objects(app, std::slice::from_ref(&moved)).await.unwrap();
+    assert!(store.children(app, "project", "p1").await.unwrap().is_empty(), "the old parent is left");
+    assert_eq!(store.children(app, "project", "p2").await.unwrap(), vec![key("task", "t1")]);
+
+    let mut tomb = write("task", object("task", "t1", 3, json!({}), Some(3)), true, &[]);
+    tomb.recorded = Some(vec![("project".into(), "p2".into())]);
+    store.put_objects(app, std::slice::from_ref(&tomb)).await.unwrap();
+    assert!(store.children(app, "project", "p2").await.unwrap().is_empty(), "a tombstone leaves every parent");
+    assert_eq!(store.get_objects(app, &[key("task", "t1")]).await.unwrap()[&key("task", "t1")], tomb.row);
+
+    let mut again = write("task", object("task", "t1", 4, json!({}), Some(4)), false, &[("project", "p1")]);
+    again.recorded = Some(Vec::new());
+    store.put_objects(app, std::slice::from_ref(&again)).await.unwrap();
+    assert_eq!(store.children(app, "project", "p1").await.unwrap(), vec![key("task", "t1")]);
 }
 
 pub async fn applications_put_get_list_with_paging<S: Store>(store: &S) {

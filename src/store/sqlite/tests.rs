@@ -16,7 +16,7 @@ fn write(id: &str, version: u64, deleted: bool, parents: &[(&str, &str)]) -> Obj
     let last_applied = Some(SourcePosition { topic: "p.write".into(), partition: 1, offset: version as i64 });
     let parents = parents.iter().map(|(m, i)| (m.to_string(), i.to_string())).collect();
     let row = ObjectRow { object: StoredObject { object, version, last_applied }, deleted };
-    ObjectWrite { model: "task".into(), row, parents }
+    ObjectWrite { model: "task".into(), row, parents, recorded: None }
 }
 
 fn key(id: &str) -> ObjectId {
