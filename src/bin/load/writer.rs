@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use tokio_util::sync::CancellationToken;
 
+use crate::ledger::Ledger;
 use crate::plan::{message, owed, Change, Generator};
 use nexxus_worker::config::Config;
 use nexxus_worker::model::clock;
@@ -18,12 +20,14 @@ pub enum Target {
     Http { client: reqwest::Client, url: String, token: Option<String> },
 }
 
-/// What was sent, and what each channel's subscriptions are owed (unfiltered, filtered).
+/// What was sent, and what each channel's subscriptions are owed (unfiltered, filtered), in
+/// counts and key by key.
 #[derive(Default)]
 pub struct Sent {
     pub changes: u64,
     pub owed: HashMap<usize, (u64, u64)>,
     pub elapsed: Duration,
+    pub ledger: Ledger,
 }
 
 impl Sent {
@@ -33,6 +37,7 @@ impl Sent {
         e.0 += u;
         e.1 += f;
         self.changes += 1;
+        self.ledger.book(change, clock::now_micros());
     }
 }
 
@@ -60,20 +65,20 @@ impl Target {
         Ok(())
     }
 
-    /// `rate` changes per second for `duration`, ticking every 5 ms.
+    /// `rate` changes per second for `duration`, ticking every 5 ms, or until `stop`.
     pub async fn drive(
         &self,
         app: &str,
         generator: &mut Generator,
-        rate: u64,
-        duration: Duration,
+        (rate, duration): (u64, Duration),
+        stop: &CancellationToken,
         sent: &mut Sent,
     ) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(5));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut done = 0u64;
-        while started.elapsed() < duration {
+        while started.elapsed() < duration && !stop.is_cancelled() {
             tick.tick().await;
             let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
             let batch: Vec<Change> = (done..due).map(|_| generator.next_change()).collect();
