@@ -31,13 +31,15 @@ pub struct Sent {
 }
 
 impl Sent {
-    fn add(&mut self, change: &Change) {
+    /// `sent_us`: when the send began, not when it was acknowledged, which may be much later
+    /// while the broker is away.
+    fn add(&mut self, change: &Change, sent_us: u64) {
         let (u, f) = owed(change);
         let e = self.owed.entry(change.channel).or_default();
         e.0 += u;
         e.1 += f;
         self.changes += 1;
-        self.ledger.book(change, clock::now_micros());
+        self.ledger.book(change, sent_us);
     }
 }
 
@@ -57,9 +59,10 @@ impl Target {
     /// Sends `changes` as fast as the target takes them, in order.
     pub async fn send_all(&self, app: &str, changes: &[Change], sent: &mut Sent) -> anyhow::Result<()> {
         for chunk in changes.chunks(500) {
+            let at = clock::now_micros();
             self.send(app, chunk).await?;
             for c in chunk {
-                sent.add(c);
+                sent.add(c, at);
             }
         }
         Ok(())
@@ -86,9 +89,10 @@ impl Target {
             if batch.is_empty() {
                 continue;
             }
+            let at = clock::now_micros();
             self.send(app, &batch).await?;
             for c in &batch {
-                sent.add(c);
+                sent.add(c, at);
             }
         }
         sent.elapsed = started.elapsed();
