@@ -11,6 +11,8 @@
 //! same test at full size through the `CRASH_*` variables, and keeps the logs of every run.
 #![allow(clippy::disallowed_methods)] // the full-size run passes its sizes in the environment
 
+#[path = "common/crash.rs"]
+mod checks;
 mod common;
 
 use std::collections::BTreeMap;
@@ -18,12 +20,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use checks::{assert_deliveries, assert_registered, assert_stored, feed_track, Published};
 use common::broker::Broker;
 use common::stack::{pipeline_topics, TestStack};
 use common::Reaper;
-use nexxus_worker::store::cql::CqlStore;
-use nexxus_worker::store::Store;
-use serde::Deserialize;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -139,21 +139,6 @@ impl Roles<'_> {
     }
 }
 
-#[derive(Deserialize)]
-struct Published {
-    application_id: String,
-    model: String,
-    objects: BTreeMap<String, Final>,
-}
-
-#[derive(Deserialize)]
-struct Final {
-    channel: u64,
-    score: u64,
-    version: u64,
-    deleted: bool,
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_of_every_role_and_a_broker_restart_lose_and_duplicate_no_delivery() {
     let scale = Scale::from_env();
@@ -181,6 +166,7 @@ async fn sigkill_of_every_role_and_a_broker_restart_lose_and_duplicate_no_delive
     }
 
     let (result, published) = (dir.join("result.json"), dir.join("published.json"));
+    let app = format!("crash{}", stack.unique);
     let mut load = tokio::process::Command::new(env!("CARGO_BIN_EXE_nexxus-load"))
         .args(["--scenario", "crash", "--target", "kafka", "--mix", "10,85,5", "--duration", "3600"])
         .args(["--drain", "240", "--quiet", "60", "--stop-on-eof"])
@@ -188,6 +174,7 @@ async fn sigkill_of_every_role_and_a_broker_restart_lose_and_duplicate_no_delive
         .args(["--subs", &scale.subs.to_string(), "--filtered", &scale.filtered.to_string()])
         .args(["--rate", &scale.rate.to_string(), "--seed", &scale.seed.to_string()])
         .args(["--ws", &format!("ws://127.0.0.1:{}", roles.ws_port), "--ready", &roles.ready_urls().join(",")])
+        .args(["--app", &app])
         .arg("--out")
         .arg(&result)
         .arg("--published")
@@ -216,6 +203,8 @@ async fn sigkill_of_every_role_and_a_broker_restart_lose_and_duplicate_no_delive
         load.wait().await.unwrap()
     });
     started_rx.await.expect("the load tool ended before its load started (its output is above)");
+    let stop_track = tokio_util::sync::CancellationToken::new();
+    let track = tokio::spawn(feed_track(stack.cfg.clone(), app.clone(), stop_track.clone()));
 
     let flow = Duration::from_secs(scale.flow_s);
     let mut events: Vec<(String, u64)> = Vec::new();
@@ -243,7 +232,9 @@ async fn sigkill_of_every_role_and_a_broker_restart_lose_and_duplicate_no_delive
     event(format!("broker restarted, every role ready {:.1} s after the kill", killed.elapsed().as_secs_f64()));
     tokio::time::sleep(flow).await;
     drop(stdin);
+    stop_track.cancel();
     event("load stopped".into());
+    let devices = track.await.unwrap();
 
     let status = tokio::time::timeout(Duration::from_secs(400), progress).await.expect("load tool drained").unwrap();
     let summary = summary.await.unwrap();
@@ -253,6 +244,7 @@ async fn sigkill_of_every_role_and_a_broker_restart_lose_and_duplicate_no_delive
     assert_deliveries(&outcome, &events);
     let published: Published = serde_json::from_str(&std::fs::read_to_string(&published).unwrap()).unwrap();
     assert_stored(&stack, &published).await;
+    assert_registered(&stack, &app, devices).await;
     eprintln!(
         "CRASH passed: {} changes, {} deliveries to {} clients, 0 lost, 0 duplicate, 0 unexpected; {} objects stored exactly",
         outcome["changes_sent"],
@@ -260,6 +252,7 @@ async fn sigkill_of_every_role_and_a_broker_restart_lose_and_duplicate_no_delive
         scale.clients,
         published.objects.len()
     );
+    eprintln!("CRASH track: {devices} devices registered and subscribed through `track`, every one in the registry");
     stack.finish().await;
 }
 
@@ -271,94 +264,4 @@ async fn collect(out: tokio::process::ChildStdout) -> String {
         text.push('\n');
     }
     text
-}
-
-/// The last event at or before `at`, the one a failure at `at` followed.
-fn after(events: &[(String, u64)], at: u64) -> String {
-    events.iter().rev().find(|(_, t)| *t <= at).map_or_else(
-        || "before the first kill".into(),
-        |(what, t)| format!("{:.1} s after {what}", (at - t) as f64 / 1e6),
-    )
-}
-
-fn assert_deliveries(outcome: &Value, events: &[(String, u64)]) {
-    let expected = outcome["deliveries_expected"].as_u64().unwrap();
-    assert!(expected > 0 && outcome["changes_sent"].as_u64().unwrap() > 0, "nothing was measured: {outcome}");
-    let (lost, dups, unexpected) = (&outcome["lost"], &outcome["duplicates"], &outcome["unexpected"]);
-    if lost == 0 && dups == 0 && unexpected == 0 {
-        return;
-    }
-    let mut why = String::new();
-    for s in outcome["samples"].as_array().unwrap() {
-        let received: Vec<u64> = s["received_us"].as_array().unwrap().iter().filter_map(Value::as_u64).collect();
-        let sent = s["sent_us"].as_u64();
-        let when = match (s["kind"].as_str(), sent, received.get(1).or(received.first())) {
-            (Some("lost"), Some(sent), _) => format!("sent {}", after(events, sent)),
-            (_, _, Some(&again)) => {
-                format!(
-                    "sent {}, received again {}",
-                    sent.map_or("never".into(), |t| after(events, t)),
-                    after(events, again)
-                )
-            }
-            _ => String::new(),
-        };
-        why.push_str(&format!(
-            "\n  {} client {} object {} v{}: {when}",
-            s["kind"], s["client"], s["object"], s["version"]
-        ));
-    }
-    panic!(
-        "{lost} lost, {dups} duplicate and {unexpected} unexpected deliveries of {expected}; events {:?}; samples:{why}",
-        events.iter().map(|(e, _)| e.as_str()).collect::<Vec<_>>()
-    );
-}
-
-/// Every object published is stored with exactly its final version, score, channel and
-/// deletion, and the store holds no other object.
-async fn assert_stored(stack: &TestStack, published: &Published) {
-    let store = CqlStore::connect(&stack.cfg).await.unwrap();
-    let ids: Vec<(String, String)> = published.objects.keys().map(|id| (published.model.clone(), id.clone())).collect();
-    let app = &published.application_id;
-    let started = Instant::now();
-    let rows = loop {
-        let mut rows = std::collections::HashMap::new();
-        for chunk in ids.chunks(500) {
-            rows.extend(store.get_objects(app, chunk).await.unwrap());
-        }
-        let behind: Vec<&String> = published
-            .objects
-            .iter()
-            .filter(|(id, f)| {
-                rows.get(&(published.model.clone(), (*id).clone())).map(|r| r.object.version) != Some(f.version)
-            })
-            .map(|(id, _)| id)
-            .collect();
-        if behind.is_empty() {
-            break rows;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "{} of {} objects not stored at their final version after 120 s, e.g. {:?}",
-            behind.len(),
-            ids.len(),
-            &behind[..behind.len().min(10)]
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    for (id, f) in &published.objects {
-        let row = &rows[&(published.model.clone(), id.clone())];
-        let o = &row.object.object;
-        assert_eq!(row.deleted, f.deleted, "{id} deleted");
-        assert_eq!(o["score"].as_u64(), Some(f.score), "{id} score: {o:?}");
-        assert_eq!(o["context_id"].as_str(), Some(format!("c{}", f.channel).as_str()), "{id} channel");
-    }
-    let count =
-        store.session().query_unpaged(format!("SELECT count(*) FROM {}.objects", store.keyspace()), ()).await.unwrap();
-    let (count,): (i64,) = count.into_rows_result().unwrap().first_row().unwrap();
-    assert_eq!(
-        count as usize,
-        published.objects.len(),
-        "objects stored that were never published (the keyspace is this test's)"
-    );
 }

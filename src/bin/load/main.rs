@@ -110,6 +110,9 @@ struct Run {
     /// Only connect the clients and measure worker memory per connection.
     #[arg(long)]
     idle: bool,
+    /// Id of the application the tool registers (default: a new one per run).
+    #[arg(long)]
+    app: Option<String>,
     /// JWT secret of the application the tool registers.
     #[arg(long, default_value = "load-tool-secret")]
     secret: String,
@@ -136,7 +139,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Run) -> anyhow::Result<()> {
     let stop = if args.stop_on_eof { harness::stop_on_stdin_eof() } else { Default::default() };
     harness::wait_ready(&args.ready, Duration::from_secs(180)).await?;
-    let app = format!("load{}", clock::now_micros());
+    let app = args.app.clone().unwrap_or_else(|| format!("load{}", clock::now_micros()));
     let target = register(&args, &app).await?;
     let shape = Shape {
         clients: args.clients,
