@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod all;
+pub mod broker;
 pub mod push_fakes;
 pub mod stack;
 pub mod store_suite;

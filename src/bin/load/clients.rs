@@ -5,7 +5,8 @@
 //! A child connects its clients, subscribes each as the plan says, prints `ready`, then records
 //! every delta: its (object, version) for losses and duplicates, and `now - timestamp` for
 //! latency once the parent says `start <micros>`. On `progress` it prints how many deltas it has
-//! received so far; on `report`, its JSON report.
+//! received so far; on `report <ledger JSON>`, its JSON report: each client audited against the
+//! ledger ([`crate::ledger`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +20,7 @@ use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::ledger::{audit, key, object_number, Audit, Ledger, Sample};
 use crate::plan::Shape;
 use crate::report::Histogram;
 use nexxus_worker::model::clock;
@@ -41,12 +43,12 @@ pub struct Spec {
     pub source_ip: String,
 }
 
-/// Per client: deltas received, distinct (object, version) among them.
+/// Per client: its audit against the ledger; samples of what went wrong, for every client.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Report {
     pub first: usize,
-    pub received: Vec<u64>,
-    pub unique: Vec<u64>,
+    pub audits: Vec<Audit>,
+    pub samples: Vec<Sample>,
     pub latency: Histogram,
     pub first_us: u64,
     pub last_us: u64,
@@ -88,11 +90,6 @@ struct ObjectId {
 #[derive(Deserialize)]
 struct PatchPath {
     path: String,
-}
-
-/// `<run>-<n>` → n: object ids of one run differ only by their number.
-fn object_number(id: &str) -> u64 {
-    id.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
 pub async fn run(spec: Spec) -> anyhow::Result<()> {
@@ -154,7 +151,7 @@ pub async fn run(spec: Spec) -> anyhow::Result<()> {
         let mut ws = ws?;
         let (stop, start_us, total, latency) = (stop.clone(), start_us.clone(), total.clone(), latency.clone());
         tasks.push(tokio::spawn(async move {
-            let mut seen: Vec<u64> = Vec::new();
+            let mut seen: Vec<(u64, u64)> = Vec::new();
             let (mut first, mut last) = (u64::MAX, 0u64);
             loop {
                 let text = tokio::select! {
@@ -175,7 +172,7 @@ pub async fn run(spec: Spec) -> anyhow::Result<()> {
                         (None, Some(p)) => object_number(p.path.split('/').nth(1).unwrap_or_default()),
                         (None, None) => 0,
                     };
-                    seen.push(id << 24 | (d.version & 0xff_ffff));
+                    seen.push((key(id, d.version), now));
                     total.fetch_add(1, Ordering::Relaxed);
                     if d.timestamp >= start {
                         latency.lock().unwrap_or_else(PoisonError::into_inner).record(now.saturating_sub(d.timestamp));
@@ -184,36 +181,37 @@ pub async fn run(spec: Spec) -> anyhow::Result<()> {
                     }
                 }
             }
-            let received = seen.len() as u64;
-            seen.sort_unstable();
-            seen.dedup();
-            (received, seen.len() as u64, first, last)
+            (seen, first, last)
         }));
     }
     println!("ready {}", spec.count);
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut ledger = Ledger::default();
     while let Some(line) = lines.next_line().await? {
         if let Some(t) = line.strip_prefix("start ") {
             start_us.store(t.trim().parse().unwrap_or(0), Ordering::Relaxed);
         } else if line.trim() == "progress" {
             println!("progress {}", total.load(Ordering::Relaxed));
-        } else if line.trim() == "report" {
+        } else if let Some(book) = line.strip_prefix("report") {
+            if !book.trim().is_empty() {
+                ledger = serde_json::from_str(book)?;
+            }
             break;
         }
     }
     stop.cancel();
-    let (mut received, mut unique) = (Vec::with_capacity(tasks.len()), Vec::with_capacity(tasks.len()));
+    let (mut audits, mut samples) = (Vec::with_capacity(tasks.len()), Vec::new());
     let (mut first_us, mut last_us) = (u64::MAX, 0);
-    for t in tasks {
-        let (got, distinct, first, last) = t.await?;
-        received.push(got);
-        unique.push(distinct);
+    for (k, t) in tasks.into_iter().enumerate() {
+        let (mut seen, first, last) = t.await?;
+        let i = spec.first + k;
+        audits.push(audit(i, &shape.subscriptions(i), &mut seen, &ledger, &mut samples));
         first_us = first_us.min(first);
         last_us = last_us.max(last);
     }
     // Every task has ended, so the histogram is complete.
     let latency = latency.lock().unwrap_or_else(PoisonError::into_inner).clone();
-    let report = Report { first: spec.first, received, unique, latency, first_us, last_us };
+    let report = Report { first: spec.first, audits, samples, latency, first_us, last_us };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }

@@ -12,6 +12,8 @@
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
 mod clients;
+mod harness;
+mod ledger;
 mod plan;
 mod report;
 mod watch;
@@ -87,12 +89,30 @@ struct Run {
     /// Weights of create, update, delete.
     #[arg(long, default_value = "10,85,5", value_delimiter = ',')]
     mix: Vec<f64>,
-    /// After the last change, wait until every owed delta arrived (or none for 5 s), at most this long.
+    /// After the last change, wait until every owed delta arrived (or none for `--quiet` s), at most this long.
     #[arg(long, default_value_t = 60.0)]
     drain: f64,
+    /// Seconds without a new delta after which what is missing counts as lost, not late.
+    #[arg(long, default_value_t = 5.0)]
+    quiet: f64,
+    /// `/readyz` URLs of the workers, comma separated: connect and load only once each answers 200.
+    #[arg(long, value_delimiter = ',')]
+    ready: Vec<String>,
+    /// End the load early when stdin closes (a harness that kills workers decides when).
+    #[arg(long)]
+    stop_on_eof: bool,
+    /// Write the state every object sent must end in (the store's expected content) here, as JSON.
+    #[arg(long)]
+    published: Option<std::path::PathBuf>,
+    /// Exit with an error when a delta was lost, duplicated or unexpected.
+    #[arg(long)]
+    strict: bool,
     /// Only connect the clients and measure worker memory per connection.
     #[arg(long)]
     idle: bool,
+    /// Id of the application the tool registers (default: a new one per run).
+    #[arg(long)]
+    app: Option<String>,
     /// JWT secret of the application the tool registers.
     #[arg(long, default_value = "load-tool-secret")]
     secret: String,
@@ -117,7 +137,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Run) -> anyhow::Result<()> {
-    let app = format!("load{}", clock::now_micros());
+    let stop = if args.stop_on_eof { harness::stop_on_stdin_eof() } else { Default::default() };
+    harness::wait_ready(&args.ready, Duration::from_secs(180)).await?;
+    let app = args.app.clone().unwrap_or_else(|| format!("load{}", clock::now_micros()));
     let target = register(&args, &app).await?;
     let shape = Shape {
         clients: args.clients,
@@ -179,17 +201,23 @@ async fn run(args: Run) -> anyhow::Result<()> {
             tell(child, &format!("start {t0}")).await?;
         }
         eprintln!("[load] {} objects seeded; {} changes/s for {} s", seeded, args.rate, args.duration);
-        target.drive(&app, &mut generator, args.rate, Duration::from_secs_f64(args.duration), &mut sent).await?;
+        let load = (args.rate, Duration::from_secs_f64(args.duration));
+        target.drive(&app, &mut generator, load, &stop, &mut sent).await?;
         measured_changes = sent.changes - seeded;
         elapsed = sent.elapsed;
         let owed: u64 = clients::expected(&shape, &sent.owed).iter().sum();
-        drain(&mut children, owed, Duration::from_secs_f64(args.drain)).await?;
+        let bounds = (Duration::from_secs_f64(args.drain), Duration::from_secs_f64(args.quiet));
+        drain(&mut children, owed, bounds).await?;
     }
     let processes = watch.finish();
+    if let Some(path) = &args.published {
+        harness::write_published(path, &app, &sent.ledger)?;
+    }
 
+    let book = serde_json::to_string(&sent.ledger)?;
     let mut reports = Vec::new();
     for child in &mut children {
-        tell(child, "report").await?;
+        tell(child, &format!("report {book}")).await?;
         reports.push(serde_json::from_str::<Report>(&child.lines.next_line().await?.unwrap_or_default())?);
     }
     let outcome = summarize(&args, &shape, &sent, &reports, measured_changes, elapsed, processes, idle_kib)?;
@@ -202,6 +230,14 @@ async fn run(args: Run) -> anyhow::Result<()> {
         use std::io::Write;
         std::fs::OpenOptions::new().create(true).append(true).open(path)?.write_all(format!("{md}\n").as_bytes())?;
     }
+    let wrong = outcome.lost + outcome.duplicates + outcome.unexpected;
+    anyhow::ensure!(
+        !args.strict || wrong == 0,
+        "{} lost, {} duplicate, {} unexpected deliveries",
+        outcome.lost,
+        outcome.duplicates,
+        outcome.unexpected
+    );
     Ok(())
 }
 
@@ -257,11 +293,17 @@ async fn tell(p: &mut ClientProcess, line: &str) -> anyhow::Result<()> {
     Ok(stdin.flush().await?)
 }
 
-/// Waits until the clients received the `owed` deltas, or nothing arrived for 5 s (what is
-/// missing then is lost, not late), at most `bound`.
-async fn drain(children: &mut [ClientProcess], owed: u64, bound: Duration) -> anyhow::Result<()> {
+/// Waits until the clients received the `owed` deltas and a second passed without another (a
+/// late duplicate still counts), or nothing arrived for `quiet` (what is missing then is lost,
+/// not late), at most `bound`.
+async fn drain(
+    children: &mut [ClientProcess],
+    owed: u64,
+    (bound, quiet_for): (Duration, Duration),
+) -> anyhow::Result<()> {
     let started = tokio::time::Instant::now();
     let (mut last, mut quiet) = (u64::MAX, 0);
+    let quiet_polls = (quiet_for.as_millis() / 500).max(1);
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let mut total = 0;
@@ -272,7 +314,7 @@ async fn drain(children: &mut [ClientProcess], owed: u64, bound: Duration) -> an
         }
         quiet = if total == last { quiet + 1 } else { 0 };
         last = total;
-        if total >= owed || quiet >= 10 || started.elapsed() >= bound {
+        if (total >= owed && quiet >= 2) || quiet >= quiet_polls || started.elapsed() >= bound {
             break;
         }
     }
@@ -295,18 +337,22 @@ fn summarize(
     let (mut received, mut lost, mut dups, mut unexpected, mut with_loss, mut with_dups) = (0, 0, 0, 0, 0, 0);
     let mut latency = Histogram::new()?;
     let (mut first, mut last) = (u64::MAX, 0);
+    let (mut problems, mut samples) = (Vec::new(), Vec::new());
     for r in reports {
         latency.merge(&r.latency)?;
         first = first.min(r.first_us);
         last = last.max(r.last_us);
-        for (k, (got, unique)) in r.received.iter().zip(&r.unique).enumerate() {
-            let want = expected.get(r.first + k).copied().unwrap_or(0);
-            received += got;
-            dups += got - unique;
-            lost += want.saturating_sub(*unique);
-            unexpected += unique.saturating_sub(want);
-            with_loss += usize::from(*unique < want);
-            with_dups += usize::from(got > unique);
+        samples.extend(r.samples.iter().cloned());
+        for (k, a) in r.audits.iter().enumerate() {
+            received += a.received;
+            dups += a.duplicates;
+            lost += a.lost;
+            unexpected += a.unexpected;
+            with_loss += usize::from(a.lost > 0);
+            with_dups += usize::from(a.duplicates > 0);
+            if a.lost + a.duplicates + a.unexpected > 0 && problems.len() < report::PROBLEMS {
+                problems.push(report::ClientProblem { client: r.first + k, audit: *a });
+            }
         }
     }
     let span = last.saturating_sub(first).max(1) as f64 / 1e6;
@@ -333,6 +379,8 @@ fn summarize(
         latency: Latency::of(&latency),
         processes,
         idle_kib_per_connection: idle_kib,
+        problems,
+        samples,
     })
 }
 

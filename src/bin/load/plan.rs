@@ -71,7 +71,13 @@ pub struct Change {
     pub id: String,
     pub before: Option<u32>,
     pub after: Option<u32>,
+    /// The object's version once this change is applied: 1 for a create, one more per update,
+    /// and one more for the delete (CONTRACT section 7).
+    pub version: u64,
 }
+
+/// A live object: id, score, version.
+type Live = (String, u32, u64);
 
 /// Deltas this change owes an unfiltered and a filtered subscription of its channel.
 pub fn owed(change: &Change) -> (u64, u64) {
@@ -86,7 +92,7 @@ pub fn owed(change: &Change) -> (u64, u64) {
 
 /// The objects of every channel and the sequence of changes, from a seed.
 pub struct Generator {
-    live: Vec<Vec<(String, u32)>>,
+    live: Vec<Vec<Live>>,
     cursor: Vec<usize>,
     next_id: u64,
     step: u64,
@@ -137,12 +143,21 @@ impl Generator {
                 let at = self.cursor[channel] % objects.len();
                 self.cursor[channel] = at + 1;
                 if op == Op::Delete {
-                    let (id, score) = objects.swap_remove(at);
-                    return Change { op, channel, id, before: Some(score), after: None };
+                    let (id, score, version) = objects.swap_remove(at);
+                    return Change { op, channel, id, before: Some(score), after: None, version: version + 1 };
                 }
                 let score = (unit(self.step * 11 + 7) * 100.0) as u32;
-                let before = std::mem::replace(&mut objects[at].1, score);
-                Change { op, channel, id: objects[at].0.clone(), before: Some(before), after: Some(score) }
+                let object = &mut objects[at];
+                let before = std::mem::replace(&mut object.1, score);
+                object.2 += 1;
+                Change {
+                    op,
+                    channel,
+                    id: object.0.clone(),
+                    before: Some(before),
+                    after: Some(score),
+                    version: object.2,
+                }
             }
         }
     }
@@ -151,8 +166,8 @@ impl Generator {
         self.next_id += 1;
         let id = format!("{}-{}", self.run, self.next_id);
         let score = (unit(self.next_id * 7 + 1) * 100.0) as u32;
-        self.live[channel].push((id.clone(), score));
-        Change { op: Op::Create, channel, id, before: None, after: Some(score) }
+        self.live[channel].push((id.clone(), score, 1));
+        Change { op: Op::Create, channel, id, before: None, after: Some(score), version: 1 }
     }
 }
 
@@ -191,7 +206,7 @@ mod tests {
 
     #[test]
     fn filtered_subscriptions_owe_enter_stay_and_leave_only() {
-        let c = |op, before, after| Change { op, channel: 0, id: "x".into(), before, after };
+        let c = |op, before, after| Change { op, channel: 0, id: "x".into(), before, after, version: 1 };
         assert_eq!(owed(&c(Op::Create, None, Some(10))), (1, 0));
         assert_eq!(owed(&c(Op::Create, None, Some(60))), (1, 1));
         assert_eq!(owed(&c(Op::Update, Some(10), Some(20))), (1, 0));
@@ -205,14 +220,18 @@ mod tests {
     fn the_generator_follows_the_mix_and_never_touches_a_deleted_object() {
         let mut g = Generator::new(4, [1.0, 8.0, 1.0], "r");
         g.seed(5);
-        let mut live: std::collections::HashSet<String> = (1..=20).map(|n| format!("r-{n}")).collect();
+        let mut live: std::collections::HashMap<String, u64> = (1..=20).map(|n| (format!("r-{n}"), 1)).collect();
         let mut counts = [0; 3];
         for _ in 0..10_000 {
             let ch = g.next_change();
             match ch.op {
-                Op::Create => assert!(live.insert(ch.id.clone())),
-                Op::Update => assert!(live.contains(&ch.id)),
-                Op::Delete => assert!(live.remove(&ch.id)),
+                Op::Create => assert!(live.insert(ch.id.clone(), 1).is_none()),
+                Op::Update => {
+                    let version = live.get_mut(&ch.id).expect("an update of a live object");
+                    *version += 1;
+                    assert_eq!(ch.version, *version, "one version per update");
+                }
+                Op::Delete => assert_eq!(live.remove(&ch.id).map(|v| v + 1), Some(ch.version)),
             }
             counts[ch.op as usize] += 1;
         }

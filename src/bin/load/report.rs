@@ -6,6 +6,11 @@ use hdrhistogram::serialization::{Deserializer, Serializer as _, V2Serializer};
 use hdrhistogram::{AdditionError, CreationError};
 use serde::{Deserialize, Serialize};
 
+use crate::ledger::{Audit, Sample};
+
+/// Clients with a loss, duplicate or unexpected delta listed in the result at most.
+pub const PROBLEMS: usize = 100;
+
 /// The slowest latency told apart: a delivery later than this is counted at this bound, since an
 /// outlier beyond it means a stalled run, not a figure to report.
 const HIGHEST_US: u64 = 600_000_000;
@@ -123,6 +128,17 @@ pub struct Outcome {
     pub processes: Vec<ProcessUse>,
     /// Idle runs: worker RSS per connection, KiB.
     pub idle_kib_per_connection: Option<f64>,
+    /// Clients that lost, got twice or got unexpectedly a delta (the first [`PROBLEMS`]).
+    pub problems: Vec<ClientProblem>,
+    /// Which deltas: object, version, when sent and received (a few of each kind per client process).
+    pub samples: Vec<Sample>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ClientProblem {
+    pub client: usize,
+    #[serde(flatten)]
+    pub audit: Audit,
 }
 
 impl Outcome {
@@ -157,6 +173,24 @@ impl Outcome {
             l.p999_ms,
             l.max_ms
         ));
+        if !self.samples.is_empty() {
+            s.push_str(&format!(
+                "{} clients with losses, {} with duplicates; samples (object/version: sent → received, unix µs):\n\n",
+                self.clients_with_loss, self.clients_with_duplicates
+            ));
+            for x in self.samples.iter().take(30) {
+                s.push_str(&format!(
+                    "- {:?} client {} object {} v{}: {} → {:?}\n",
+                    x.kind,
+                    x.client,
+                    x.object,
+                    x.version,
+                    x.sent_us.map_or_else(|| "never sent".to_string(), |t| t.to_string()),
+                    x.received_us
+                ));
+            }
+            s.push('\n');
+        }
         if let Some(kib) = self.idle_kib_per_connection {
             s.push_str(&format!("Idle: {kib:.2} KiB of worker RSS per connection.\n\n"));
         }

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use tokio_util::sync::CancellationToken;
 
+use crate::ledger::Ledger;
 use crate::plan::{message, owed, Change, Generator};
 use nexxus_worker::config::Config;
 use nexxus_worker::model::clock;
@@ -18,21 +20,26 @@ pub enum Target {
     Http { client: reqwest::Client, url: String, token: Option<String> },
 }
 
-/// What was sent, and what each channel's subscriptions are owed (unfiltered, filtered).
+/// What was sent, and what each channel's subscriptions are owed (unfiltered, filtered), in
+/// counts and key by key.
 #[derive(Default)]
 pub struct Sent {
     pub changes: u64,
     pub owed: HashMap<usize, (u64, u64)>,
     pub elapsed: Duration,
+    pub ledger: Ledger,
 }
 
 impl Sent {
-    fn add(&mut self, change: &Change) {
+    /// `sent_us`: when the send began, not when it was acknowledged, which may be much later
+    /// while the broker is away.
+    fn add(&mut self, change: &Change, sent_us: u64) {
         let (u, f) = owed(change);
         let e = self.owed.entry(change.channel).or_default();
         e.0 += u;
         e.1 += f;
         self.changes += 1;
+        self.ledger.book(change, sent_us);
     }
 }
 
@@ -52,28 +59,29 @@ impl Target {
     /// Sends `changes` as fast as the target takes them, in order.
     pub async fn send_all(&self, app: &str, changes: &[Change], sent: &mut Sent) -> anyhow::Result<()> {
         for chunk in changes.chunks(500) {
+            let at = clock::now_micros();
             self.send(app, chunk).await?;
             for c in chunk {
-                sent.add(c);
+                sent.add(c, at);
             }
         }
         Ok(())
     }
 
-    /// `rate` changes per second for `duration`, ticking every 5 ms.
+    /// `rate` changes per second for `duration`, ticking every 5 ms, or until `stop`.
     pub async fn drive(
         &self,
         app: &str,
         generator: &mut Generator,
-        rate: u64,
-        duration: Duration,
+        (rate, duration): (u64, Duration),
+        stop: &CancellationToken,
         sent: &mut Sent,
     ) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(5));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut done = 0u64;
-        while started.elapsed() < duration {
+        while started.elapsed() < duration && !stop.is_cancelled() {
             tick.tick().await;
             let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
             let batch: Vec<Change> = (done..due).map(|_| generator.next_change()).collect();
@@ -81,9 +89,10 @@ impl Target {
             if batch.is_empty() {
                 continue;
             }
+            let at = clock::now_micros();
             self.send(app, &batch).await?;
             for c in &batch {
-                sent.add(c);
+                sent.add(c, at);
             }
         }
         sent.elapsed = started.elapsed();
