@@ -57,6 +57,8 @@ struct Script {
     failing_persists: Vec<usize>,
     /// How long each store write takes.
     persist_delay: Duration,
+    /// A role that stores nothing (`seal` returns nothing), like the transport manager.
+    stores_nothing: bool,
 }
 
 struct Scripted {
@@ -116,6 +118,9 @@ impl Handler for Scripted {
     /// Each run of the sealed batch's store writes is logged when it happens (in the
     /// background, while the next batch may be processed); the listed runs fail.
     fn seal(&mut self) -> Option<Persist> {
+        if self.script.stores_nothing {
+            return None;
+        }
         let (log, broker, health) = (self.log.clone(), self.broker.clone(), self.health.clone());
         let (input, group, failing) = (self.input.clone(), self.group.clone(), self.script.failing_persists.clone());
         let delay = self.script.persist_delay;
@@ -302,6 +307,16 @@ async fn a_failed_end_batch_rewinds_and_redoes_the_batch_and_commits_only_after(
     assert_eq!(d[0], resumed, "the new record is taken at once");
     assert_eq!(gaps(&d), waits(retry::PIPELINE_REDO, 1), "a new batch's redo starts from the first wait");
     assert!(h.health.is_ready());
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_role_that_stores_nothing_is_ready_again_once_a_redone_batch_is_delivered() {
+    let script = Script { failing_end_batches: vec![1], stores_nothing: true, ..Script::default() };
+    let h = Harness::start(&["a", "b"], script).await;
+    h.until("the batch committed", |h| h.log().end_batches.len() == 2 && h.uncommitted() == 0).await;
+    assert_eq!(h.log().aborts.len(), 1, "redone once");
+    assert!(h.health.is_ready(), "ready again: {:?}", h.health.failing());
     h.stop().await;
 }
 

@@ -79,6 +79,8 @@ impl Committer {
             }
         }
         let phase = phase.next("persist");
+        // Delivered and stored: whatever failed before (an output, the store) works again.
+        self.health.ok(&self.processing_condition);
         self.commit(&sealed.next).await;
         phase.next("commit");
         Finished::Committed
@@ -233,6 +235,7 @@ impl Pipeline {
             return stop_with(self.redo(handler, &positions.first, reason, interrupted, redo, shutdown).await, fatal);
         }
         redo.reset();
+        self.health.ok(&self.processing_condition);
         let phase = phase.next("commit_transaction");
         if let Some(persist) = handler.seal() {
             if !self.committer().persist(&persist, shutdown).await {
