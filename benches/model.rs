@@ -149,7 +149,7 @@ fn fan_out_input(n: usize) -> (ChangeEvent, Routes) {
 /// sockets transport turning each of its records into the frame every connection shares.
 fn fan_out(c: &mut Criterion) {
     let mut g = c.benchmark_group("fan_out");
-    for n in [100, 1000] {
+    for n in [100, 1000, 10_000] {
         let (event, routes) = fan_out_input(n);
         let mut filters = FilterCache::default();
         g.throughput(Throughput::Elements(n as u64));
