@@ -17,7 +17,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use futures::stream::{self, StreamExt};
 use nexxus_worker::model::{ChangeEvent, ChangeOp, Channel, DeviceAddress, Filter, Transport};
 use nexxus_worker::registry::Registry;
-use nexxus_worker::workers::transport_manager::{plan, FilterCache};
+use nexxus_worker::workers::transport_manager::{plan, FilterCache, RouteTable};
 use serde_json::json;
 
 fn arg(name: &str, default: usize) -> usize {
@@ -106,8 +106,9 @@ async fn main() -> anyhow::Result<()> {
         let keys: Vec<_> = chunk.iter().flat_map(|e| e.channels.iter().cloned()).collect();
         let routes = registry.route(&keys).await?;
         round_trips += routes.round_trips as u64;
+        let mut table = RouteTable::new(routes);
         for event in chunk {
-            for planned in plan(event, &routes, &mut cache).map_err(|e| anyhow::anyhow!("{e}"))? {
+            for planned in plan(event, &mut table, &mut cache).map_err(|e| anyhow::anyhow!("{e}"))? {
                 messages += 1;
                 recipients += planned.devices as u64;
                 bytes += planned.payload.len() as u64;

@@ -32,6 +32,7 @@
 //! | `clock`    | the wall clock (seconds, ms, µs, ns since the epoch), read in one place |
 //! | `key`      | partition keys: one object's records share its id, a track command its device's |
 //! | `transport_message` | the transport topics' records: [`TransportMessage`] decoded, encoded around a delivery serialised once, or read with the delivery left raw |
+//! | `members`  | [`members::MembersDigest`]: a channel's members on one sockets transport, for messages addressed by channel |
 //!
 //! Nothing here panics on input: decoders return [`ModelError`], evaluation returns `false`.
 
@@ -45,6 +46,7 @@ pub mod filter;
 pub mod id;
 pub mod json;
 pub mod key;
+pub mod members;
 pub mod message;
 pub mod object;
 pub mod patch;

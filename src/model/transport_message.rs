@@ -13,10 +13,18 @@
 //! All three serialise byte for byte alike: `EncodedBatch` is `serde_json`'s compact output of
 //! the same [`DeliveryBatch`], and the raw value of a record is what the transport manager
 //! wrote.
+//!
+//! A message to a sockets transport addresses its devices in one of two ways: by `devices`, a
+//! list (every push message, and small socket audiences), or by `channels`, the channel keys
+//! whose members on that transport receive it, each with a [`MembersDigest`] of those members
+//! as the transport manager read them; the transport resolves them to its own connections
+//! (see `transport::ws::channels`).
 
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
+
+pub use super::members::MembersDigest;
 
 use super::delivery::{DeliveryBatch, DeltaOp};
 
@@ -41,6 +49,23 @@ pub struct Recipient {
 /// hold different channels or filters, are in different messages). At most a bounded number of
 /// devices per message; a broadcast has `devices` empty and `broadcast: true`: every connected
 /// device of the application.
+///
+/// Addressed by channel (sockets transports only; the field is absent otherwise, so such
+/// records are byte for byte what they were before it existed):
+///
+/// ```json
+/// {"application_id":"app1","object_id":"<id>","version":7,"timestamp":1700000000000001,
+///  "devices":[],"channels":[{"key":"blg:app1:context:c1:task","members":"<32 hex digits>"}],
+///  "broadcast":false,"message":{"new":[Delta],"updated":[Delta],"deleted":[Delta]}}
+/// ```
+///
+/// `message` is then the delivery for a device holding every channel listed; each of the
+/// transport's devices on at least one of them receives it narrowed to the channels it holds
+/// ([`crate::model::Delta::narrowed`]), once, whatever the number of its channels. `members`
+/// is the [`MembersDigest`] of the channel's members on that transport when the transport
+/// manager read them, so the transport knows whether its own view of the channel is that one.
+/// A sockets transport older than this field ignores it and delivers such a message to no
+/// one: upgrade the sockets transports before the transport manager.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TransportMessage {
     pub application_id: String,
@@ -49,9 +74,19 @@ pub struct TransportMessage {
     pub timestamp: u64,
     #[serde(default)]
     pub devices: Vec<Recipient>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<ChannelRef>,
     #[serde(default)]
     pub broadcast: bool,
     pub message: DeliveryBatch,
+}
+
+/// A channel a message is addressed to, with a digest of its members on the destination
+/// transport as the transport manager read them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelRef {
+    pub key: String,
+    pub members: MembersDigest,
 }
 
 /// A [`DeliveryBatch`] serialised once, to be wrapped by every message that carries it.
@@ -78,11 +113,19 @@ pub struct TransportHeader<'a> {
     pub timestamp: u64,
 }
 
-/// The bytes of the [`TransportMessage`] `header` + `devices` + `broadcast` + `batch`.
+/// Whom a [`TransportMessage`] addresses: `devices`, `channels` (sockets only) or, with
+/// both empty and `broadcast`, every connected device of the application.
+#[derive(Debug, Clone, Copy)]
+pub struct Addressed<'a> {
+    pub devices: &'a [Recipient],
+    pub channels: &'a [ChannelRef],
+    pub broadcast: bool,
+}
+
+/// The bytes of the [`TransportMessage`] `header` + `to` + `batch`.
 pub fn encode_transport_message(
     header: &TransportHeader<'_>,
-    devices: &[Recipient],
-    broadcast: bool,
+    to: Addressed<'_>,
     batch: &EncodedBatch,
 ) -> Result<Vec<u8>, serde_json::Error> {
     // The field order of `TransportMessage`, so the bytes are the ones its derive writes.
@@ -93,6 +136,8 @@ pub fn encode_transport_message(
         version: u64,
         timestamp: u64,
         devices: &'a [Recipient],
+        #[serde(skip_serializing_if = "<[ChannelRef]>::is_empty")]
+        channels: &'a [ChannelRef],
         broadcast: bool,
         message: &'a RawValue,
     }
@@ -101,8 +146,9 @@ pub fn encode_transport_message(
         object_id: header.object_id,
         version: header.version,
         timestamp: header.timestamp,
-        devices,
-        broadcast,
+        devices: to.devices,
+        channels: to.channels,
+        broadcast: to.broadcast,
         message: batch.as_raw(),
     })
 }
@@ -116,6 +162,8 @@ pub struct RawTransportMessage<'a> {
     pub timestamp: u64,
     #[serde(default)]
     pub devices: Vec<Recipient>,
+    #[serde(default)]
+    pub channels: Vec<ChannelRef>,
     #[serde(default)]
     pub broadcast: bool,
     #[serde(borrow)]
@@ -237,19 +285,56 @@ mod tests {
             version: 7,
             timestamp: 9,
             devices: devices.clone(),
+            channels: Vec::new(),
             broadcast: false,
             message: batch.clone(),
         };
         let header = TransportHeader { application_id: "app1", object_id: "t1", version: 7, timestamp: 9 };
         let encoded = EncodedBatch::encode(&batch).map_err(|e| e.to_string());
-        let bytes =
-            encoded.and_then(|b| encode_transport_message(&header, &devices, false, &b).map_err(|e| e.to_string()));
+        let bytes = encoded.and_then(|b| {
+            encode_transport_message(&header, Addressed { devices: &devices, channels: &[], broadcast: false }, &b)
+                .map_err(|e| e.to_string())
+        });
         assert_eq!(bytes, serde_json::to_vec(&typed).map_err(|e| e.to_string()));
 
         let bytes = bytes.unwrap_or_default();
         let raw = RawTransportMessage::decode(&bytes).map_err(|e| e.to_string());
         let message = raw.map(|m| m.message.get().to_owned());
         assert_eq!(message, serde_json::to_string(&batch).map_err(|e| e.to_string()), "the delivery's own bytes");
+    }
+
+    #[test]
+    fn a_channel_addressed_message_is_the_bytes_of_the_decoded_one_and_old_records_still_decode() {
+        let batch = batch();
+        let channels = vec![ChannelRef {
+            key: "blg:app1:context:c1:task".into(),
+            members: MembersDigest::of(["sockets_transport-0|d1|life|app1", "sockets_transport-0|d2|life|app1"]),
+        }];
+        let typed = TransportMessage {
+            application_id: "app1".into(),
+            object_id: "t1".into(),
+            version: 7,
+            timestamp: 9,
+            devices: Vec::new(),
+            channels: channels.clone(),
+            broadcast: false,
+            message: batch.clone(),
+        };
+        let header = TransportHeader { application_id: "app1", object_id: "t1", version: 7, timestamp: 9 };
+        let to = Addressed { devices: &[], channels: &channels, broadcast: false };
+        let bytes = EncodedBatch::encode(&batch)
+            .and_then(|b| encode_transport_message(&header, to, &b))
+            .map_err(|e| e.to_string());
+        assert_eq!(bytes, serde_json::to_vec(&typed).map_err(|e| e.to_string()));
+        let bytes = bytes.unwrap_or_default();
+        let raw = RawTransportMessage::decode(&bytes).map_err(|e| e.to_string());
+        assert_eq!(raw.map(|m| m.channels), Ok(channels));
+
+        // A record written before `channels` existed: no such field, addressed by devices.
+        let old = r#"{"application_id":"a","object_id":"o","version":1,"timestamp":1,"devices":[],"broadcast":true,
+            "message":{"new":[],"updated":[],"deleted":[]}}"#;
+        let decoded = serde_json::from_str::<TransportMessage>(old).map_err(|e| e.to_string());
+        assert_eq!(decoded.map(|m| (m.channels.is_empty(), m.broadcast)), Ok((true, true)));
     }
 
     #[test]

@@ -91,6 +91,15 @@ impl Registry {
         Ok(routes)
     }
 
+    /// The members of each channel key, in the order asked, in one pipelined round trip: what a
+    /// sockets transport reads when its own view of a channel is not the one a message was
+    /// routed by.
+    pub async fn channel_members(&self, keys: &[&str]) -> Result<Vec<Vec<String>>, RegistryError> {
+        let ops: Vec<Op> = keys.iter().map(|k| Op::new("SMEMBERS", k)).collect();
+        let replies = self.run_skipping("channel members", &ops).await?;
+        Ok(keys.iter().zip(replies).map(|(key, v)| Self::members_or_skip(key, v)).collect())
+    }
+
     /// Every device record of `app` listed in the device index (so every device stored through
     /// [`Registry::put_device`]), in pipelined GET batches of [`DEVICE_CHUNK`], sorted by id.
     /// Ids whose record is gone are skipped; a record that does not parse (or names another

@@ -4,7 +4,9 @@
 //!
 //! Start: applications loaded, entries an earlier life of this index left in the registry
 //! purged, then the listener opens. Run: the pipeline hands each message to the hub, which
-//! queues one shared frame per receiving connection; offsets commit once the frames are queued
+//! queues one shared frame per receiving connection (a message addressed by channel is first
+//! resolved to this transport's devices, see `transport::ws::channels`); offsets commit once
+//! the frames are queued
 //! (a socket delivery is at most once: a message for a connection that is gone has no one to
 //! be redelivered to). Stop: no more accepts, close 1001 to every client, each connection
 //! detaches from the registry, bounded by the process's shutdown grace.
@@ -20,10 +22,13 @@ use crate::model::{clock, RawTransportMessage, Transport};
 use crate::pipeline::{Handler, Pipeline};
 use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
+use crate::registry::Registry;
 use crate::runtime::{Worker, WorkerContext};
 use crate::transport::replay::{Replays, REMEMBERED_DELIVERIES};
-use crate::transport::ws::hub::Hub;
+use crate::transport::ws::channels::{ChannelViews, Narrowing, Resolved, VIEWED_CHANNELS};
+use crate::transport::ws::hub::{Delivered, Hub};
 use crate::transport::ws::limit::DeviceBudgets;
+use crate::transport::ws::protocol;
 use crate::transport::ws::server::{Handshakes, Server};
 use crate::transport::ws::Shared;
 
@@ -34,6 +39,9 @@ const BUDGET_SWEEP: std::time::Duration = std::time::Duration::from_secs(10);
 /// which it closes when it drains.
 pub struct SocketsTransport {
     hub: Arc<Hub>,
+    /// For the channels it resolves itself: their members, and the registry to read them from.
+    views: Arc<ChannelViews>,
+    registry: Registry,
     /// What was handed to connections lately: a replay upstream is dropped here.
     replays: Replays,
     /// Cancelled at drain: every connection sees it and closes with 1001.
@@ -67,9 +75,10 @@ impl Worker for SocketsTransport {
         let s = &cfg.sockets;
         let hub = Arc::new(Hub::new(Transport::Sockets(ctx.index).name(), token, s.queue_frames, s.max_connections));
         let budgets = Arc::new(DeviceBudgets::new(s.frames_per_sec));
+        let views = Arc::new(ChannelViews::new(ctx.index, hub.token.clone(), VIEWED_CHANNELS));
         let shared = Arc::new(Shared {
             hub: hub.clone(),
-            registry,
+            registry: registry.clone(),
             apps,
             index: ctx.index,
             fallback_secret: cfg.jwt_secret.clone(),
@@ -77,6 +86,7 @@ impl Worker for SocketsTransport {
             ws_config: ws_config(s.max_message_bytes),
             ping_interval: s.ping_interval,
             budgets: budgets.clone(),
+            views: views.clone(),
         });
         let handshakes = Handshakes { max: s.max_handshakes, timeout: s.handshake_timeout };
         let server = Server::bind(&s.host, s.port, tls, shared, handshakes).await?;
@@ -95,7 +105,8 @@ impl Worker for SocketsTransport {
                 }
             }
         });
-        Ok((SocketsTransport { hub, replays: Replays::new(REMEMBERED_DELIVERIES), connections, tracker }, pipeline))
+        let replays = Replays::new(REMEMBERED_DELIVERIES);
+        Ok((SocketsTransport { hub, views, registry, replays, connections, tracker }, pipeline))
     }
 
     async fn drain(self, ctx: &WorkerContext) {
@@ -125,6 +136,39 @@ fn life_token() -> String {
     format!("{:x}{:05x}", nanos, std::process::id())
 }
 
+impl SocketsTransport {
+    /// A channel-addressed message to the devices it resolved to: the delivery as it came to
+    /// those holding every channel named, narrowed for the others.
+    fn deliver_resolved(&self, msg: &RawTransportMessage<'_>, resolved: Resolved) -> Delivered {
+        if resolved.read > 0 {
+            tracing::debug!(message = "channel views read again", channels = resolved.read, object = msg.object_id);
+        }
+        let mut out = Delivered::default();
+        let mut narrowing = None;
+        for (held, devices) in resolved.groups {
+            let frame = if held.len() == msg.channels.len() {
+                protocol::message(msg.message)
+            } else {
+                let narrowed = narrowing
+                    .get_or_insert_with(|| Narrowing::of(msg.message))
+                    .as_ref()
+                    .map_err(|e| e.to_string())
+                    .and_then(|n| n.to(&msg.channels, &held).map_err(|e| e.to_string()));
+                match narrowed {
+                    Ok(delivery) => protocol::message(&delivery),
+                    // The transport manager wrote it with these types: a bug, not the devices' loss alone.
+                    Err(error) => {
+                        tracing::error!(message = "delivery not narrowed, skipped", object = msg.object_id, error);
+                        continue;
+                    }
+                }
+            };
+            out += self.hub.deliver_to(&msg.application_id, &devices, &frame);
+        }
+        out
+    }
+}
+
 impl Handler for SocketsTransport {
     /// Read with its delivery left raw (`RawTransportMessage`): the frame wraps the delivery's
     /// bytes as they arrived, so the pipeline's typed decode is not used here.
@@ -133,11 +177,20 @@ impl Handler for SocketsTransport {
     async fn handle(&mut self, record: &Record<'_>, _: (), _out: &mut Outbox) -> Result<(), ProcessError> {
         let msg = RawTransportMessage::decode(record.payload)
             .map_err(|e| ProcessError::Poison(Cause::with("not a transport message", e)))?;
+        // Before the replay filter records the message: a resolution that fails is retried,
+        // and the retry must not be taken for a replay.
+        let resolved = match msg.channels.is_empty() {
+            true => None,
+            false => Some(self.views.resolve(&self.registry, &msg.channels).await?),
+        };
         if !self.replays.admit(&msg.application_id, &msg.object_id, msg.version, record.payload) {
             crate::telemetry::sockets_replay_suppressed();
             return Ok(());
         }
-        let d = self.hub.deliver(&msg);
+        let d = match resolved {
+            None => self.hub.deliver(&msg),
+            Some(resolved) => self.deliver_resolved(&msg, resolved),
+        };
         crate::telemetry::sockets_frames_out(d.frames);
         crate::telemetry::sockets_bytes_out(d.bytes);
         crate::telemetry::sockets_queue_drops(d.dropped);

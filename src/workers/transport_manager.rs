@@ -6,7 +6,8 @@
 //! distinct filter is evaluated once on the before- and after-image (enter → `new`, stay →
 //! `updated`, leave → `deleted`); each device gets the deltas narrowed to the channels it holds;
 //! devices with identical deliveries share one message per destination, and each distinct delivery
-//! is serialised once. Messages are keyed
+//! is serialised once; a sockets transport with many of them is sent one message naming the
+//! channels instead, and resolves them to its connections (see `plan`). Messages are keyed
 //! by object id, so one object's changes stay in order to every destination.
 //!
 //! Read ACLs: before routing, an event of a model not every device may read (`read_acl`
@@ -14,34 +15,32 @@
 //! readers of its object ([`channel_carries_readable`]): checked per channel of the event,
 //! not per device, so it costs a few key parses per such event and nothing per recipient.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use crate::error::{Cause, ProcessError, WorkerError};
+use crate::error::{ProcessError, WorkerError};
 use crate::model::acl::{channel_carries_readable, read_access, ReadAccess};
-use crate::model::{
-    encode_transport_message, plan_deliveries, transition_for, ChangeEvent, ChannelKey, DeliveryBatch, DeviceAddress,
-    EncodedBatch, Filter, Recipient, Transition, TransportHeader,
-};
+use crate::model::transport_message::Addressed;
+use crate::model::{plan_deliveries, ChangeEvent, ChannelKey, DeliveryBatch, EncodedBatch, Recipient, Transition};
 use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
-use crate::registry::{Registry, Routes};
+use crate::registry::Registry;
 
 use crate::apps::Apps;
 use crate::pipeline::{Handler, Pipeline};
 use crate::runtime::{Worker, WorkerContext};
 
-/// Devices per transport message: bounds message size while sharing one payload widely.
-const DEVICES_PER_MESSAGE: usize = 500;
-/// Parsed filters kept across events; cleared when it grows past this.
-const FILTER_CACHE: usize = 50_000;
+mod plan;
+
+use plan::{encode, encoding, DEVICES_PER_MESSAGE};
+pub use plan::{plan, FilterCache, Planned, RouteTable, SOCKETS_BY_CHANNEL_MIN};
 
 pub struct TransportManager {
     registry: Arc<Registry>,
     apps: Apps,
     prefix: String,
     /// The batch's routes, looked up once in `prepare`.
-    routes: Option<Routes>,
+    routes: Option<RouteTable>,
     filters: FilterCache,
 }
 
@@ -64,13 +63,14 @@ impl TransportManager {
     /// Deliveries for the subscribers of the event's channels.
     async fn route(&mut self, event: &ChangeEvent, out: &mut Outbox) -> Result<(), ProcessError> {
         // `prepare` looked up every channel of the batch; without it (it failed) look up now.
-        let fetched;
-        let routes = match &self.routes {
+        let mut fetched;
+        let routes = match &mut self.routes {
             Some(r) => r,
             None => {
-                fetched = self.registry.route(&event.channels).await?;
-                crate::telemetry::registry_round_trips(fetched.round_trips);
-                &fetched
+                let routes = self.registry.route(&event.channels).await?;
+                crate::telemetry::registry_round_trips(routes.round_trips);
+                fetched = RouteTable::new(routes);
+                &mut fetched
             }
         };
         let narrowed = readable_only(&self.apps, event);
@@ -108,10 +108,12 @@ impl TransportManager {
         }
         for (destination, recipients) in push {
             for chunk in recipients.chunks(DEVICES_PER_MESSAGE) {
-                send(out, &self.prefix, &destination, &event.id, &encode(event, chunk, false, &batch)?).await?;
+                let to = Addressed { devices: chunk, channels: &[], broadcast: false };
+                send(out, &self.prefix, &destination, &event.id, &encode(event, to, &batch)?).await?;
             }
         }
-        send(out, &self.prefix, topic::SOCKETS_BROADCAST, &event.id, &encode(event, &[], true, &batch)?).await
+        let to = Addressed { devices: &[], channels: &[], broadcast: true };
+        send(out, &self.prefix, topic::SOCKETS_BROADCAST, &event.id, &encode(event, to, &batch)?).await
     }
 }
 
@@ -137,143 +139,6 @@ fn readable_only(apps: &Apps, event: &ChangeEvent) -> Option<ChangeEvent> {
     Some(ChangeEvent { channels, ..event.clone() })
 }
 
-/// One transport message, encoded: where it goes (`ios_transport`, `sockets_transport-3`, ...),
-/// how many devices it lists, and its bytes.
-#[derive(Debug)]
-pub struct Planned {
-    pub destination: String,
-    pub devices: usize,
-    pub payload: Vec<u8>,
-}
-
-/// The transport messages for one (non-broadcast) event given its routes: pure, no I/O, so the
-/// routing cost can be measured apart from Kafka (examples/bench_routing.rs).
-///
-/// Each distinct filter is evaluated once; each device gets the deltas narrowed to the channels
-/// it holds; devices with identical deliveries share one message per destination. A device's
-/// delivery is decided by which of the event's channels that carry a delta it holds, so devices
-/// are grouped by that set, and each distinct delivery is serialised once, whatever the number
-/// of devices and messages that carry it.
-pub fn plan<'a>(
-    event: &'a ChangeEvent,
-    routes: &'a Routes,
-    filters: &mut FilterCache,
-) -> Result<Vec<Planned>, ProcessError> {
-    let mut entries: Vec<(ChannelKey, Option<Transition>)> = Vec::new();
-    // Channel key → its place in `entries`; a device holds a set of places.
-    let mut places: HashMap<&'a str, usize> = HashMap::new();
-    let mut holders: BTreeMap<&'a str, Vec<usize>> = BTreeMap::new();
-    let mut transitions: HashMap<String, Transition> = HashMap::new();
-    let mut hold = |key: &'a str, transition: Option<Transition>, members: &'a [String]| {
-        let place = *places.entry(key).or_insert_with(|| {
-            entries.push((ChannelKey::from_stored(key.to_owned()), transition));
-            entries.len() - 1
-        });
-        for m in members {
-            holders.entry(m.as_str()).or_default().push(place);
-        }
-    };
-    for channel in &event.channels {
-        if let Some(members) = routes.members.get(channel.as_str()).filter(|m| !m.is_empty()) {
-            hold(channel.as_str(), None, members);
-        }
-        for variant in routes.filtered.get(channel.as_str()).into_iter().flatten() {
-            let Some(members) = routes.members.get(variant).filter(|m| !m.is_empty()) else { continue };
-            let Some(suffix) = ChannelKey::from_stored(variant.clone()).filter_suffix().map(str::to_string) else {
-                continue;
-            };
-            let transition = match transitions.get(&suffix) {
-                Some(t) => *t,
-                None => {
-                    let Some(filter) = filters.get(&suffix) else { continue };
-                    let t = transition_for(event, &filter);
-                    crate::telemetry::filter_evaluated();
-                    transitions.insert(suffix, t);
-                    t
-                }
-            };
-            if transition == Transition::None {
-                continue;
-            }
-            hold(variant, Some(transition), members);
-        }
-    }
-    let deltas = plan_deliveries(event, &entries);
-    // Only the channels some delta lists decide a delivery (an update without patches has none).
-    let mut carries = vec![false; entries.len()];
-    for k in deltas.iter().flat_map(|d| &d.subscriptions) {
-        if let Some(&place) = places.get(k.as_str()) {
-            carries[place] = true;
-        }
-    }
-    // Channels held → the delivery's place in `deliveries`.
-    let mut by_held: HashMap<Vec<usize>, usize> = HashMap::new();
-    let mut deliveries: Vec<EncodedBatch> = Vec::new();
-    // (destination topic, delivery) → recipients.
-    let mut groups: BTreeMap<(String, usize), Vec<Recipient>> = BTreeMap::new();
-    crate::telemetry::devices_per_change(holders.len());
-    for (member, mut held) in holders {
-        let address = match DeviceAddress::parse(member) {
-            Ok(a) => a,
-            Err(error) => {
-                tracing::warn!(message = "bad device string in a channel set, skipped", %error);
-                continue;
-            }
-        };
-        // Keys are per application already; this guards against a corrupted set.
-        if address.application_id != event.application_id {
-            continue;
-        }
-        held.retain(|&place| carries[place]);
-        held.sort_unstable();
-        held.dedup();
-        if held.is_empty() {
-            continue;
-        }
-        let delivery = match by_held.get(&held) {
-            Some(&d) => d,
-            None => {
-                let holds = |k: &ChannelKey| places.get(k.as_str()).is_some_and(|p| held.binary_search(p).is_ok());
-                let batch: DeliveryBatch = deltas.iter().filter_map(|d| d.narrowed(holds)).collect();
-                deliveries.push(EncodedBatch::encode(&batch).map_err(encoding("a delivery"))?);
-                by_held.insert(held, deliveries.len() - 1);
-                deliveries.len() - 1
-            }
-        };
-        let recipient = Recipient { device_id: address.device_id, token: address.token };
-        groups.entry((address.transport.name(), delivery)).or_default().push(recipient);
-    }
-    let mut messages = Vec::new();
-    for ((destination, delivery), recipients) in groups {
-        for chunk in recipients.chunks(DEVICES_PER_MESSAGE) {
-            let payload = encode(event, chunk, false, &deliveries[delivery])?;
-            messages.push(Planned { destination: destination.clone(), devices: chunk.len(), payload });
-        }
-    }
-    Ok(messages)
-}
-
-/// Encoding our own types cannot fail on any input (string-keyed JSON maps, strings,
-/// integers): an error is a bug in them, not the message's fault, and no retry cures it: stop.
-fn encoding(what: &'static str) -> impl Fn(serde_json::Error) -> ProcessError {
-    move |e| ProcessError::Fatal(Cause::with(format_args!("encoding {what}"), e))
-}
-
-fn encode(
-    event: &ChangeEvent,
-    devices: &[Recipient],
-    broadcast: bool,
-    batch: &EncodedBatch,
-) -> Result<Vec<u8>, ProcessError> {
-    let header = TransportHeader {
-        application_id: &event.application_id,
-        object_id: &event.id,
-        version: event.version,
-        timestamp: event.timestamp,
-    };
-    encode_transport_message(&header, devices, broadcast, batch).map_err(encoding("a transport message"))
-}
-
 async fn send(
     out: &mut Outbox,
     prefix: &str,
@@ -282,28 +147,6 @@ async fn send(
     payload: &[u8],
 ) -> Result<(), ProcessError> {
     out.send(&format!("{prefix}{destination}"), Some(key.as_bytes()), payload, &[]).await.map_err(ProcessError::from)
-}
-
-/// Parsed filters by key suffix, kept across events (`None`: undecodable, skipped).
-#[derive(Default)]
-pub struct FilterCache(HashMap<String, Option<Filter>>);
-
-impl FilterCache {
-    pub fn get(&mut self, suffix: &str) -> Option<Filter> {
-        if self.0.len() > FILTER_CACHE {
-            self.0.clear();
-        }
-        self.0
-            .entry(suffix.to_string())
-            .or_insert_with(|| match Filter::from_key_suffix(suffix) {
-                Ok(f) => Some(f),
-                Err(error) => {
-                    tracing::warn!(message = "undecodable filter in the registry, skipped", suffix, %error);
-                    None
-                }
-            })
-            .clone()
-    }
 }
 
 impl Handler for TransportManager {
@@ -325,7 +168,7 @@ impl Handler for TransportManager {
             match self.registry.route(&channels).await {
                 Ok(routes) => {
                     crate::telemetry::registry_round_trips(routes.round_trips);
-                    self.routes = Some(routes);
+                    self.routes = Some(RouteTable::new(routes));
                 }
                 Err(error) => tracing::warn!(message = "batch route lookup failed, falling back per event", %error),
             }

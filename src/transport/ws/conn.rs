@@ -150,9 +150,12 @@ impl Session {
         let _device = hub.stripe(&app, &dev).lock().await;
         if hub.leave(&app, &dev, inbox.id) {
             let address = self.address();
-            if let Err(e) = Box::pin(self.shared.registry.detach_socket(&address)).await {
+            match Box::pin(self.shared.registry.detach_socket(&address)).await {
+                Ok(()) => self.shared.views.detached(&address),
                 // The next start of this index purges it.
-                tracing::warn!(message = "socket entries left behind: registry unavailable", device = dev, error = %e);
+                Err(e) => {
+                    tracing::warn!(message = "socket entries left behind: registry unavailable", device = dev, error = %e)
+                }
             }
         }
         drop(slot);
@@ -278,9 +281,11 @@ impl Session {
         };
         let (registry, dev, ours) = (&self.shared.registry, &self.claims.device_id, self.address());
         let result = if subscribe {
-            registry.subscribe_device(app, dev, &key, Some(&ours)).await.map(drop)
+            let done = registry.subscribe_device(app, dev, &key, Some(&ours)).await.map(drop);
+            done.inspect(|()| self.shared.views.subscribed(key.as_str(), &ours))
         } else {
-            registry.unsubscribe_device(app, dev, &key, Some(&ours)).await
+            let done = registry.unsubscribe_device(app, dev, &key, Some(&ours)).await;
+            done.inspect(|()| self.shared.views.unsubscribed(key.as_str(), &ours))
         };
         match result {
             Ok(()) => (p::subscribed(if subscribe { "subscribed" } else { "unsubscribed" }, key.as_str()), false),

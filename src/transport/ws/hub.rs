@@ -160,28 +160,60 @@ impl Hub {
             out.absent = msg.devices.len();
             return out;
         };
-        let mut send = |h: &Handle| match h.tx.try_send(frame.clone()) {
-            Ok(()) => out.frames += 1,
-            Err(TrySendError::Full(_)) => {
-                if !h.close.token.is_cancelled() {
-                    out.dropped += 1;
-                }
-                h.close.close(CLOSE_TOO_SLOW);
-            }
-            Err(TrySendError::Closed(_)) => {}
-        };
         if msg.broadcast {
-            devices.values().flatten().for_each(&mut send);
+            devices.values().flatten().for_each(|h| queue(h, &frame, &mut out));
         } else {
             for r in &msg.devices {
                 match devices.get(&r.device_id).filter(|_| r.token == self.token) {
-                    Some(conns) => conns.iter().for_each(&mut send),
+                    Some(conns) => conns.iter().for_each(|h| queue(h, &frame, &mut out)),
                     None => out.absent += 1,
                 }
             }
         }
         out.bytes = out.frames * frame.len();
         out
+    }
+
+    /// Queues `frame` for every connection of `devices` of application `app` (devices this life
+    /// of the transport resolved itself, so no token is checked).
+    pub fn deliver_to(&self, app: &str, devices: &[Arc<str>], frame: &Utf8Bytes) -> Delivered {
+        let mut out = Delivered::default();
+        let apps = self.apps.read().unwrap_or_else(|p| p.into_inner());
+        let Some(connected) = apps.get(app) else {
+            out.absent = devices.len();
+            return out;
+        };
+        for device in devices {
+            match connected.get(&**device) {
+                Some(conns) => conns.iter().for_each(|h| queue(h, frame, &mut out)),
+                None => out.absent += 1,
+            }
+        }
+        out.bytes = out.frames * frame.len();
+        out
+    }
+}
+
+/// Queues one frame on a connection; a full queue closes it (4008).
+fn queue(h: &Handle, frame: &Utf8Bytes, out: &mut Delivered) {
+    match h.tx.try_send(frame.clone()) {
+        Ok(()) => out.frames += 1,
+        Err(TrySendError::Full(_)) => {
+            if !h.close.token.is_cancelled() {
+                out.dropped += 1;
+            }
+            h.close.close(CLOSE_TOO_SLOW);
+        }
+        Err(TrySendError::Closed(_)) => {}
+    }
+}
+
+impl std::ops::AddAssign for Delivered {
+    fn add_assign(&mut self, other: Delivered) {
+        self.frames += other.frames;
+        self.bytes += other.bytes;
+        self.dropped += other.dropped;
+        self.absent += other.absent;
     }
 }
 
@@ -201,6 +233,7 @@ mod tests {
             version: 1,
             timestamp: 0,
             devices: to.iter().map(|(d, t)| Recipient { device_id: (*d).into(), token: (*t).into() }).collect(),
+            channels: Vec::new(),
             broadcast,
             message: batch,
         }
@@ -232,6 +265,21 @@ mod tests {
         assert!(!hub.leave("app", "d1", a1.id));
         assert!(hub.leave("app", "d1", a2.id));
         assert_eq!(hub.deliver(&msg("app", &[], true, &batch)).frames, 1, "only d2 is left in the application");
+    }
+
+    #[test]
+    fn a_resolved_delivery_reaches_every_connection_of_those_devices_only() {
+        let hub = Hub::new("s".into(), "t".into(), 4, 10);
+        let (mut a1, _) = hub.join("app", "a");
+        let (mut a2, _) = hub.join("app", "a");
+        let (mut b, _) = hub.join("app", "b");
+        let (mut other, _) = hub.join("other", "a");
+        let frame = protocol::message(&empty());
+        let d = hub.deliver_to("app", &[Arc::from("a"), Arc::from("gone")], &frame);
+        assert_eq!((d.frames, d.absent, d.bytes), (2, 1, 2 * frame.len()));
+        assert!(a1.rx.try_recv().is_ok() && a2.rx.try_recv().is_ok());
+        assert!(b.rx.try_recv().is_err() && other.rx.try_recv().is_err());
+        assert_eq!(hub.deliver_to("nobody", &[Arc::from("a")], &frame).absent, 1);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //!
 //! - [`protocol`]: frames and close codes.
 //! - [`hub`]: connections by application and device; fan-out of one serialized frame.
+//! - [`channels`]: the transport's view of the channels it is sent messages for by channel,
+//!   and their resolution to its devices.
 //! - [`handshake`]: a connection's opening: upgrade, token, within a deadline.
 //! - [`conn`]: one connection's loop, every write bounded; subscribe and unsubscribe.
 //! - [`Shared`]: what every connection of a transport shares.
@@ -9,6 +11,7 @@
 //! - [`server`]: the accept loop (plain TCP or TLS), the handshake bound and the connection
 //!   limit.
 
+pub mod channels;
 pub mod conn;
 pub mod handshake;
 pub mod hub;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use super::channels::ChannelViews;
 use super::hub::Hub;
 use super::limit::DeviceBudgets;
 use crate::apps::Apps;
@@ -24,4 +25,7 @@ pub struct Shared {
     /// The devices' frame buckets (`TP_SCKT_FRAMES_PER_SEC`), shared by every connection of
     /// this transport.
     pub budgets: Arc<DeviceBudgets>,
+    /// The channels this transport resolves itself, kept current by its connections'
+    /// subscribes, unsubscribes and detaches.
+    pub views: Arc<ChannelViews>,
 }
