@@ -52,7 +52,9 @@ case $MODE in
       WS+=("ws://127.0.0.1:$((13100 + i))")
       wait_port $((13100 + i))
     done
-    TARGET=(--target kafka)
+    # Measure only once every role owns its partitions and has caught up (/readyz).
+    READY=$(printf 'http://127.0.0.1:%s/readyz,' 19100 19101 19102 19103 19104 19105 19106)
+    TARGET=(--target kafka --ready "${READY%,}")
     ONE_WS=${WS[0]}
     ALL_WS=$(IFS=,; echo "${WS[*]}")
     IDLE_CLIENTS=50000
@@ -62,7 +64,7 @@ case $MODE in
     TP_SQLITE_PATH=$DATA/nexxus.db TP_HTTP_PORT=18180 TP_SCKT_PORT=13180 $W -t all & pids+=($!)
     wait_port 18180
     wait_port 13180
-    TARGET=(--target http --http http://127.0.0.1:18180)
+    TARGET=(--target http --http http://127.0.0.1:18180 --ready http://127.0.0.1:18180/readyz)
     ONE_WS=ws://127.0.0.1:13180
     ALL_WS=$ONE_WS
     IDLE_CLIENTS=19000
