@@ -204,8 +204,8 @@ impl Pipeline {
         }
     }
 
-    /// Consume-transform-produce: the transaction committed with the input offsets (which
-    /// flushes every output), then the handler's store writes, before the next batch.
+    /// Consume-transform-produce: every output acknowledged and the transaction committed with
+    /// the input offsets, then the handler's store writes, before the next batch.
     #[allow(clippy::too_many_arguments)]
     async fn finish_transaction<H: Handler>(
         &mut self,
@@ -222,27 +222,21 @@ impl Pipeline {
             Ok(Outcome::Interrupted) => (true, None),
             Err(e) => (true, Some(e)),
         };
-        // The commit goes out without waiting for the acknowledgements first: it flushes the
-        // transaction's outputs itself and fails if any of them failed, so the offsets' round
-        // trips overlap the produces' instead of following them.
-        let delivered = match ended {
-            Some(e) => {
-                let _ = self.outbox.settle().await;
-                Err(format!("ending the batch: {e}"))
+        let settled = self.outbox.settle().await;
+        let phase = phase.next("settle");
+        let delivered = match (ended, settled) {
+            (Some(e), _) => Err(format!("ending the batch: {e}")),
+            (None, Err(e)) => Err(e.to_string()),
+            (None, Ok(_)) => {
+                self.outbox.commit_transaction(&self.consumer, &positions.next).await.map_err(|e| e.to_string())
             }
-            None => self.outbox.commit_transaction(&self.consumer, &positions.next).await.map_err(|e| e.to_string()),
-        };
-        let phase = phase.next("commit_transaction");
-        // Every delivery has its report by now: counted, and any failure still redoes the batch.
-        let delivered = match delivered {
-            Ok(()) => self.outbox.settle().await.map(drop).map_err(|e| e.to_string()),
-            Err(reason) => Err(reason),
         };
         if let Err(reason) = delivered {
             return stop_with(self.redo(handler, &positions.first, reason, interrupted, redo, shutdown).await, fatal);
         }
         redo.reset();
         self.health.ok(&self.processing_condition);
+        let phase = phase.next("commit_transaction");
         if let Some(persist) = handler.seal() {
             if !self.committer().persist(&persist, shutdown).await {
                 return Step::Stop(Ok(()));
