@@ -5,7 +5,8 @@
 #   deploy/local/bench-compare.sh <before-binary> <after-binary> [rates...]   # default 5000 8000 12000
 #
 # Build each binary first (e.g. a worktree at the old commit with `cargo build --release`, copied
-# aside). Results: target/bench-compare/<before|after>-<rate>-<run>.json and a Markdown table.
+# aside into its own folder: the load tool finds workers by an executable named `nexxus-worker`).
+# Results: target/bench-compare/<before|after>-<rate>-<run>.json and a Markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [[ $# -ge 2 ]] || { echo "usage: $0 <before-binary> <after-binary> [rates...]" >&2; exit 64; }

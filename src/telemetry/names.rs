@@ -38,9 +38,9 @@ table! {
     DEAD_LETTERED: Counter "nexxus_dead_letter_total" ["topic"] "Records sent to dead_letter, by the topic they came from.";
     PROCESSING_SECONDS: Histogram "nexxus_processing_seconds" ["topic"] "Seconds to process one record.";
     BATCH_SIZE: Histogram "nexxus_batch_messages" [] "Records per batch.";
-    /// Seconds per phase of a batch: process, end_batch, settle, commit_transaction, persist, commit.
+    /// Seconds per phase of a batch: in line process, end_batch, previous, finish_last; in the background settle, persist, commit; transactional settle, commit_transaction, persist.
     BATCH_PHASE_SECONDS: Histogram "nexxus_batch_phase_seconds" ["phase"]
-        "Seconds per batch phase: process, end_batch, settle, commit_transaction, persist, commit.";
+        "Seconds per batch phase: process, end_batch, previous, finish_last, settle, commit_transaction, persist, commit.";
     CONSUMER_LAG: Gauge "nexxus_consumer_lag" ["topic", "partition"] "Consumer lag from librdkafka statistics (every 5 s).";
     REBALANCES: Counter "nexxus_rebalances_total" [] "Consumer group rebalances seen.";
     RETRIES: Counter "nexxus_retries_total" ["topic"] "Processing retries by input topic (topic=\"persist\" for the store).";
