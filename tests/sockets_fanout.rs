@@ -128,7 +128,9 @@ async fn many_clients_on_one_channel_on_two_transports_get_exactly_their_deliver
     let stack = TestStack::new("sock-fanout", true, &[("TP_SCKT_HOST", "127.0.0.1")], &topics).await;
     let app = format!("{}fan", stack.unique);
     common::app_put(&stack.env, &json!({"id": app, "jwt_secret": SECRET, "schema": {"task": {}}}));
-    let _procs = ["aggregation", "write", "transport_manager", "track"].map(|r| stack.start(r, 0, &[]));
+    let _procs = ["aggregation", "write", "track"].map(|r| stack.start(r, 0, &[]));
+    let tm_http = common::free_port();
+    let _tm = stack.start("transport_manager", 0, &[("TP_HTTP_PORT", tm_http.to_string())]);
     let (_s0, p0) = listen(&stack, 0).await;
     let (_s1, p1) = listen(&stack, 1).await;
     let c1 = Channel { model: "task".into(), context: Some("c1".into()), ..Channel::default() };
@@ -245,6 +247,14 @@ async fn many_clients_on_one_channel_on_two_transports_get_exactly_their_deliver
     for r in join_all(everyone.map(|c| c.silent(Duration::from_millis(1500)))).await {
         assert_eq!(r, Ok(()), "an extra frame");
     }
+    // The audiences above the threshold went by channel, and the metric says so.
+    let (status, body) = common::http_get(tm_http, "/metrics").expect("the transport manager's metrics");
+    assert_eq!(status, 200);
+    let counted = body
+        .lines()
+        .find_map(|l| l.strip_prefix("nexxus_transport_channel_messages_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(counted.is_some_and(|n| n >= 1.0), "channel-addressed messages counted: {counted:?}");
     stack.finish().await;
 }
 

@@ -107,6 +107,8 @@ mod tests {
         t::sockets_queue_drops(0);
         t::sockets_absent_recipients(0);
         t::sockets_replay_suppressed();
+        t::sockets_channel_reads(1);
+        t::transport_channel_message();
         t::sockets_delivery_latency(Duration::from_millis(3));
         t::sockets_refused();
         t::sockets_handshake_timeout();

@@ -64,6 +64,8 @@ table! {
     ACL_CHANNELS_WITHHELD: Counter "nexxus_acl_channels_withheld_total" [] "Channels of an event withheld by read_acl.";
     FILTERS_EVALUATED: Counter "nexxus_filters_evaluated_total" [] "Channel filters evaluated against a change.";
     DEVICES_PER_CHANGE: Histogram "nexxus_devices_per_change" [] "Devices holding a channel of one change.";
+    TRANSPORT_CHANNEL_MESSAGES: Counter "nexxus_transport_channel_messages_total" []
+        "Transport messages addressed to a sockets transport by channel instead of device lists.";
     TRACK_COMMANDS: Counter "nexxus_track_commands_total" [] "Track commands applied to the registry.";
 
     // Writes and aggregation.
@@ -78,6 +80,8 @@ table! {
     SOCKETS_QUEUE_DROPS: Counter "nexxus_sockets_queue_drops_total" [] "Connections closed because their queue was full.";
     SOCKETS_ABSENT_RECIPIENTS: Counter "nexxus_sockets_absent_recipients_total" []
         "Recipients no longer connected or addressed to an earlier life of the transport.";
+    SOCKETS_CHANNEL_READS: Counter "nexxus_sockets_channel_reads_total" []
+        "Channel views read again from the registry: their members' digest differed from the routed one.";
     SOCKETS_REPLAYS_SUPPRESSED: Counter "nexxus_sockets_replays_suppressed_total" []
         "Transport messages dropped as an exact repeat of one already delivered (a replay upstream).";
     SOCKETS_DELIVERY_LATENCY: Histogram "nexxus_sockets_delivery_latency_seconds" []

@@ -91,6 +91,16 @@ pub fn sockets_absent_recipients(recipients: usize) {
     metrics::counter!(names::SOCKETS_ABSENT_RECIPIENTS).increment(recipients as u64);
 }
 
+/// Channel views a sockets transport read again (a subscription it did not see, or a view it lost).
+pub fn sockets_channel_reads(channels: usize) {
+    metrics::counter!(names::SOCKETS_CHANNEL_READS).increment(channels as u64);
+}
+
+/// A transport message the transport manager addressed to a sockets transport by channel.
+pub fn transport_channel_message() {
+    metrics::counter!(names::TRANSPORT_CHANNEL_MESSAGES).increment(1);
+}
+
 pub fn sockets_replay_suppressed() {
     metrics::counter!(names::SOCKETS_REPLAYS_SUPPRESSED).increment(1);
 }

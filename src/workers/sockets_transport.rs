@@ -141,6 +141,7 @@ impl SocketsTransport {
     /// those holding every channel named, narrowed for the others.
     fn deliver_resolved(&self, msg: &RawTransportMessage<'_>, resolved: Resolved) -> Delivered {
         if resolved.read > 0 {
+            crate::telemetry::sockets_channel_reads(resolved.read);
             tracing::debug!(message = "channel views read again", channels = resolved.read, object = msg.object_id);
         }
         let mut out = Delivered::default();

@@ -211,6 +211,7 @@ pub fn plan<'a>(
             }
         }
         let delivery = deliveries.get(held)?;
+        crate::telemetry::transport_channel_message();
         let to = Addressed { devices: &[], channels: &channels, broadcast: false };
         let payload = encode(event, to, &deliveries.encoded[delivery])?;
         let destination = Transport::Sockets(i).name();
