@@ -1,6 +1,7 @@
 //! A real worker process (`dead-letter replay`, an ordinary pipeline: consume, produce, commit)
 //! killed with SIGKILL mid-stream and restarted resumes from its last commit: nothing is lost and
-//! at most the batch in flight is processed twice. A SIGTERM then stops it cleanly with exit 0.
+//! at most the two batches in flight (one being committed in the background while the next is
+//! processed, see `pipeline`) are processed twice. A SIGTERM then stops it cleanly with exit 0.
 #![allow(clippy::disallowed_methods)] // a test reads its own settings (TEST_WORKER_LOG) from the environment
 
 mod common;
@@ -32,7 +33,7 @@ fn start(prefix: &str) -> Child {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn sigkill_then_restart_loses_nothing_and_repeats_at_most_one_batch() {
+async fn sigkill_then_restart_loses_nothing_and_repeats_at_most_the_two_batches_in_flight() {
     let prefix = common::unique_prefix("kill");
     let cfg = common::config(&prefix);
     common::create_topics(&cfg, &[("dead_letter", 3), ("out", 1)]).await;
@@ -87,10 +88,11 @@ async fn sigkill_then_restart_loses_nothing_and_repeats_at_most_one_batch() {
     }
     let duplicates: usize = counts.values().map(|c| c - 1).sum();
     assert!(counts.values().all(|&c| c <= 2), "a message was processed more than twice");
-    // Batches are per partition fetch: the in-flight batch holds at most BATCH records.
+    // A batch holds at most BATCH records, and at most two are uncommitted at any time: the one
+    // finishing in the background and the one being processed.
     assert!(
-        duplicates <= BATCH,
-        "{duplicates} duplicates (more than one batch of {BATCH}); killed after {before_restart} outputs"
+        duplicates <= 2 * BATCH,
+        "{duplicates} duplicates (more than two batches of {BATCH}); killed after {before_restart} outputs"
     );
     for i in 0..N {
         assert!(counts.contains_key(format!("m-{i}").as_bytes()), "m-{i} lost");

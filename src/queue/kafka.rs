@@ -3,7 +3,8 @@
 //! Offsets: `enable.auto.commit=false` and `enable.auto.offset.store=false`. The run loop commits
 //! explicitly, after a batch's side effects succeeded, the offsets it processed (next = last + 1).
 //! A timer never commits a message that was merely received, so a crash re-delivers at most the
-//! batch in flight. Reads are `read_committed`, because upstream roles produce in transactions.
+//! two batches in flight (one finishing in the background, one being processed). Reads are
+//! `read_committed`, because upstream roles produce in transactions.
 //!
 //! Group membership uses Kafka 4's consumer group protocol (KIP-848, `group.protocol=consumer`):
 //! the broker assigns partitions incrementally, a join or a leave never stops the other members,
