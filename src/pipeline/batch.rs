@@ -9,9 +9,19 @@ use super::{Decode, Handler, Outcome, Pipeline, Positions};
 use crate::error::{Cause, ProcessError, WorkerError};
 use crate::model::retry;
 use crate::queue::dead_letter;
-use crate::queue::source::Received;
+use crate::queue::source::{Offsets, Received};
 use crate::queue::Record;
 use crate::telemetry;
+
+/// The first offset of each partition in `batch`: where a redo of it starts.
+pub(super) fn first_offsets(batch: &[Received<'_>]) -> Offsets {
+    let mut first = Offsets::new();
+    for received in batch {
+        let record = received.record();
+        first.entry((record.topic.to_string(), record.partition)).or_insert(record.offset);
+    }
+    first
+}
 
 impl Pipeline {
     /// Processes records in order; returns the positions of what completed, and why it stopped.

@@ -44,10 +44,12 @@ pub(super) struct InFlight {
 }
 
 impl InFlight {
-    /// Waits for the batch to finish; a panicked finishing task counts as undelivered.
-    pub(super) async fn finished(self) -> (Offsets, Finished) {
-        let finished = self.task.await.unwrap_or_else(|e| Finished::Undelivered(format!("finishing task failed: {e}")));
-        (self.first, finished)
+    /// Waits for the batch to finish (cancel-safe: the task goes on); a panicked finishing task
+    /// counts as undelivered. Returns the batch's first offsets once, with how it ended.
+    pub(super) async fn finished(&mut self) -> (Offsets, Finished) {
+        let finished =
+            (&mut self.task).await.unwrap_or_else(|e| Finished::Undelivered(format!("finishing task failed: {e}")));
+        (std::mem::take(&mut self.first), finished)
     }
 }
 
@@ -157,18 +159,11 @@ impl Pipeline {
         let sealed = Sealed { deliveries: self.outbox.take(), persist, next: positions.next };
         // The previous batch first: this one was computed on top of it, so if it failed this
         // one is forgotten too (its outputs may be out already: repeats, like after a crash).
-        if let Some(previous) = in_flight.take() {
-            let (first, finished) = previous.finished().await;
-            match finished {
-                Finished::Committed => redo.reset(),
-                Finished::Stopped => return Step::Stop(Ok(())),
-                Finished::Undelivered(reason) => {
-                    let mut first = first;
-                    for (partition, offset) in positions.first {
-                        first.entry(partition).or_insert(offset);
-                    }
-                    return stop_with(self.redo(handler, &first, reason, interrupted, redo, shutdown).await, fatal);
-                }
+        if let Some(mut previous) = in_flight.take() {
+            let ended = previous.finished().await;
+            if let Some(step) = self.after_previous(handler, ended, &positions.first, interrupted, redo, shutdown).await
+            {
+                return stop_with(step, fatal);
             }
         }
         let phase = phase.next("previous");
@@ -201,6 +196,32 @@ impl Pipeline {
             (_, Some(e)) => Step::Stop(Err(e)),
             (true, None) => Step::Stop(Ok(())),
             (false, None) => Step::Next,
+        }
+    }
+
+    /// What follows the end of the batch in flight: nothing if it was committed; else a stop, or
+    /// a redo from its first offsets and those of `on_top`, a batch computed on top of it.
+    pub(super) async fn after_previous<H: Handler>(
+        &mut self,
+        handler: &mut H,
+        (mut first, finished): (Offsets, Finished),
+        on_top: &Offsets,
+        interrupted: bool,
+        redo: &mut Delays,
+        shutdown: &CancellationToken,
+    ) -> Option<Step> {
+        match finished {
+            Finished::Committed => {
+                redo.reset();
+                None
+            }
+            Finished::Stopped => Some(Step::Stop(Ok(()))),
+            Finished::Undelivered(reason) => {
+                for (partition, offset) in on_top {
+                    first.entry(partition.clone()).or_insert(*offset);
+                }
+                Some(self.redo(handler, &first, reason, interrupted, redo, shutdown).await)
+            }
         }
     }
 

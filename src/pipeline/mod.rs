@@ -196,19 +196,12 @@ impl Pipeline {
             let batch = match self.receive(&consumer, &mut in_flight, &shutdown).await {
                 Next::Batch(batch) => batch,
                 Next::Stop(result) => break result,
-                Next::Finished(first, finished) => match finished {
-                    Finished::Committed => {
-                        redo.reset();
-                        continue;
+                Next::Finished(ended) => {
+                    match self.after_previous(handler, ended, &Offsets::new(), false, &mut redo, &shutdown).await {
+                        None | Some(Step::Next) => continue,
+                        Some(Step::Stop(result)) => break result,
                     }
-                    Finished::Stopped => break Ok(()),
-                    Finished::Undelivered(reason) => {
-                        match self.redo(handler, &first, reason, false, &mut redo, &shutdown).await {
-                            Step::Next => continue,
-                            Step::Stop(result) => break result,
-                        }
-                    }
-                },
+                }
             };
             // Checked after the receive, whose poll ran the rebalance callbacks: nothing of a
             // partition's next owner's work is ever processed on top of stale state.
@@ -216,22 +209,13 @@ impl Pipeline {
                 revocations = consumer.revocations();
                 // The batch in flight was computed on the state being dropped: it is finished
                 // first, so the handler drops only what is stored.
-                if let Some(previous) = in_flight.take() {
-                    let (mut first, finished) = previous.finished().await;
-                    match finished {
-                        Finished::Committed => redo.reset(),
-                        Finished::Stopped => break Ok(()),
-                        Finished::Undelivered(reason) => {
-                            for received in &batch {
-                                let record = received.record();
-                                first.entry((record.topic.to_string(), record.partition)).or_insert(record.offset);
-                            }
-                            drop(batch);
-                            match self.redo(handler, &first, reason, false, &mut redo, &shutdown).await {
-                                Step::Next => continue,
-                                Step::Stop(result) => break result,
-                            }
-                        }
+                if let Some(mut previous) = in_flight.take() {
+                    let ended = previous.finished().await;
+                    let on_top = batch::first_offsets(&batch);
+                    match self.after_previous(handler, ended, &on_top, false, &mut redo, &shutdown).await {
+                        None => {}
+                        Some(Step::Next) => continue,
+                        Some(Step::Stop(result)) => break result,
                     }
                 }
                 handler.revoked();
@@ -252,7 +236,7 @@ impl Pipeline {
         };
         // The batch in flight is settled, persisted and committed (or, if the store is down at
         // shutdown, left to the partition's next owner) before the member leaves.
-        if let Some(in_flight) = in_flight {
+        if let Some(mut in_flight) = in_flight {
             in_flight.finished().await;
         }
         self.health.remove(&self.processing_condition);
@@ -275,10 +259,9 @@ impl Pipeline {
             let received = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Next::Stop(Ok(())),
-                done = finished(in_flight) => {
+                ended = finished(in_flight) => {
                     *in_flight = None;
-                    let (first, finished) = done;
-                    return Next::Finished(first, finished);
+                    return Next::Finished(ended);
                 }
                 m = consumer.recv() => m,
             };
@@ -317,18 +300,14 @@ impl Pipeline {
 enum Next<'c> {
     Batch(Vec<Received<'c>>),
     /// The batch in flight finished while no record was waiting (its first offsets, how).
-    Finished(Offsets, Finished),
+    Finished((Offsets, Finished)),
     Stop(Result<(), WorkerError>),
 }
 
 /// The end of the batch in flight; never, if there is none.
 async fn finished(in_flight: &mut Option<InFlight>) -> (Offsets, Finished) {
     match in_flight {
-        Some(f) => {
-            let finished =
-                (&mut f.task).await.unwrap_or_else(|e| Finished::Undelivered(format!("finishing task failed: {e}")));
-            (std::mem::take(&mut f.first), finished)
-        }
+        Some(f) => f.finished().await,
         None => std::future::pending().await,
     }
 }
