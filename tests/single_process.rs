@@ -218,7 +218,7 @@ async fn two_browser_pages_share_the_demo_task_list_live() {
         .arg(&shot)
         .kill_on_drop(true)
         .output();
-    let out = tokio::time::timeout(Duration::from_secs(120), out).await.expect("browser test within 120 s").unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(240), out).await.expect("browser test within 240 s").unwrap();
     let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     println!("{report}");
     assert!(out.status.success(), "browser test failed:\n{report}\nworker log:\n{}", log_of(dir.path()));
