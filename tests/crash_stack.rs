@@ -42,6 +42,8 @@ struct Scale {
     partitions: i32,
     /// Seconds of undisturbed load before each kill, and after the last restart.
     flow_s: u64,
+    /// Seconds the broker stays down (beyond the group session timeout, members are fenced).
+    broker_down_s: u64,
 }
 
 impl Scale {
@@ -58,6 +60,7 @@ impl Scale {
             seed: var("SEED", 12),
             partitions: var("PARTITIONS", 3),
             flow_s: var("FLOW", 3),
+            broker_down_s: var("BROKER_DOWN", 2),
         }
     }
 }
@@ -226,7 +229,7 @@ async fn sigkill_of_every_role_and_a_broker_restart_lose_and_duplicate_no_delive
     broker.kill();
     let killed = Instant::now();
     event("SIGKILL broker".into());
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(scale.broker_down_s)).await;
     broker.run().await;
     roles.wait_ready().await;
     event(format!("broker restarted, every role ready {:.1} s after the kill", killed.elapsed().as_secs_f64()));

@@ -31,6 +31,7 @@ use crate::model::retry;
 use crate::telemetry::{self, Health};
 
 mod context;
+mod stall;
 
 pub use context::WorkerContext;
 

@@ -43,6 +43,9 @@ table! {
         "Seconds per batch phase: process, end_batch, previous, finish_last, settle, commit_transaction, persist, commit.";
     CONSUMER_LAG: Gauge "nexxus_consumer_lag" ["topic", "partition"] "Consumer lag from librdkafka statistics (every 5 s).";
     REBALANCES: Counter "nexxus_rebalances_total" [] "Consumer group rebalances seen.";
+    /// A hanging transaction (ARCHITECTURE): an owned partition without a fetch position, or whose last stable offset stopped.
+    PARTITION_STALLS: Counter "nexxus_partition_stalls_total" ["kind"]
+        "Owned partitions found stalled: no_position (committed offset unstable) or stable_offset_stuck.";
     RETRIES: Counter "nexxus_retries_total" ["topic"] "Processing retries by input topic (topic=\"persist\" for the store).";
     COMMIT_FAILURES: Counter "nexxus_commit_failures_total" [] "Offset commits that failed (the batch is processed again).";
     /// `-t all`: records dropped from an in-process topic nobody consumes (`dead_letter`).

@@ -63,6 +63,11 @@ pub fn consumer_lag(topic: &str, partition: i32, lag: i64) {
         .set(lag as f64);
 }
 
+/// An owned partition found stalled (`kind`: `no_position`, `stable_offset_stuck`).
+pub fn partition_stalled(kind: &'static str) {
+    metrics::counter!(names::PARTITION_STALLS, "kind" => kind).increment(1);
+}
+
 /// A consumer group rebalance.
 pub fn rebalanced() {
     metrics::counter!(names::REBALANCES).increment(1);

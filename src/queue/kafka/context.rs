@@ -15,6 +15,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::types::RDKafkaErrorCode;
 
+use super::stall::{StallWatch, Verdict};
 use crate::telemetry::{self, Health};
 
 /// Context of every client. Readiness condition names it owns: `kafka:<client>`, and for a
@@ -41,6 +42,9 @@ struct CatchUp {
     /// `auto.offset.reset=earliest`: a partition with no commit starts at its low watermark.
     from_beginning: bool,
     state: Mutex<Owned>,
+    /// `stalled:<client>`: absent unless an owned partition stopped moving (see [`super::stall`]).
+    stalled_condition: String,
+    stalls: Mutex<StallWatch>,
 }
 
 /// How long a member connected to its group coordinator waits for a partition before it counts
@@ -76,7 +80,14 @@ impl WorkerContext {
         let mut context = WorkerContext::new(health, client);
         context.health.require(&context.assigned_condition, "waiting for a partition assignment");
         context.health.require(&condition, "waiting for a partition assignment");
-        context.catch_up = Some(CatchUp { condition, bound, from_beginning, state: Mutex::new(Owned::default()) });
+        context.catch_up = Some(CatchUp {
+            condition,
+            bound,
+            from_beginning,
+            state: Mutex::new(Owned::default()),
+            stalled_condition: format!("stalled:{client}"),
+            stalls: Mutex::new(StallWatch::default()),
+        });
         context
     }
 
@@ -108,6 +119,30 @@ impl CatchUp {
         if let Ok(mut owned) = self.state.lock() {
             for e in tpl.elements() {
                 owned.partitions.remove(&(e.topic().to_string(), e.partition()));
+            }
+        }
+    }
+
+    /// Reports owned partitions that stopped moving, and their recovery; unlike catching up,
+    /// watched for as long as the member runs.
+    fn watch_stalls(&self, health: &Health, stats: &Statistics) {
+        let owned = match self.state.lock() {
+            Ok(owned) => owned.partitions.clone(),
+            Err(_) => return,
+        };
+        let Ok(mut stalls) = self.stalls.lock() else { return };
+        match stalls.observe(&owned, stats, Instant::now()) {
+            None => {}
+            Some(Verdict::Stalled(partitions, reason)) => {
+                for (_, _, stall) in &partitions {
+                    telemetry::partition_stalled(stall.label());
+                }
+                tracing::error!(message = "consumer stalled", %reason);
+                health.fail(&self.stalled_condition, reason);
+            }
+            Some(Verdict::Clear) => {
+                tracing::info!(message = "consumer moving again");
+                health.remove(&self.stalled_condition);
             }
         }
     }
@@ -185,6 +220,7 @@ impl ClientContext for WorkerContext {
             }
         }
         if let Some(catch_up) = &self.catch_up {
+            catch_up.watch_stalls(&self.health, &stats);
             catch_up.observe(&self.health, &self.assigned_condition, &stats);
         }
         let down = &self.brokers_down;
