@@ -13,6 +13,9 @@ use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::{SinkExt, StreamExt};
+use nexxus_worker::model::members::MembersDigest;
+use nexxus_worker::model::transport_message::ChannelRef;
+use nexxus_worker::queue::dead_letter::Envelope;
 use nexxus_worker::registry::Registry;
 use nexxus_worker::transport::jwt::{self, Claims};
 use serde_json::{json, Value};
@@ -497,5 +500,48 @@ async fn wss_with_an_encrypted_pkcs8_key_and_an_intermediate_appended() {
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("TP_SCKT_KEY_PASSPHRASE") && !stderr.contains("not-the-passphrase-9"), "{stderr}");
+    stack.finish().await;
+}
+
+/// A transport message names channels of its own application only: one that names another
+/// application's channel (only a forged or corrupted record can) is dead-lettered before any of
+/// that channel's members is read, that application's subscriber gets nothing, and the
+/// transport goes on with the next message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transport_message_naming_another_applications_channel_is_dead_lettered() {
+    let stack = Stack::new("sock-foreign", false).await;
+    let (a1, a2) = (stack.a1.clone(), stack.a2.clone());
+    let (_s, port) = stack.sockets(0, &[]).await;
+    let exp = now() + 600;
+    let mut own = Client::ready(port, &token(&a1, "d1", None, SECRET1, exp)).await;
+    let mut other = Client::ready(port, &token(&a2, "d1", None, FALLBACK, exp)).await;
+    assert_eq!(other.subscribe(json!({"model":"task","context":"c1"}), None).await["event"], "subscribed");
+    let foreign = ChannelRef { key: format!("blg:{a2}:context:c1:task"), members: MembersDigest::of(["d1"]) };
+    let mut forged = transport_message(&a1, 1, json!({"id":"o1","type":"task","context_id":"c1"}), None);
+    forged["broadcast"] = false.into();
+    forged["channels"] = serde_json::to_value([&foreign]).unwrap();
+    let next = transport_message(&a1, 2, json!({"id":"o2","type":"task"}), None);
+    let producer = common::producer(&stack.cfg);
+    let topic = stack.cfg.topic("sockets_transport");
+    for m in [&forged, &next] {
+        producer.send(&topic, Some(b"o"), m.to_string().as_bytes(), &[]).await.unwrap();
+    }
+    assert_eq!(
+        ids(&own.event().await, "new"),
+        [("o2".to_string(), 2)],
+        "the forged message is skipped, the next one delivered"
+    );
+    let mut reason = String::new();
+    common::wait_until(Duration::from_secs(30), "the forged message in dead_letter", || {
+        let dead = common::read_all(&stack.cfg, &stack.cfg.topic("dead_letter"), 1);
+        let found = dead
+            .into_iter()
+            .filter_map(|(_, payload)| serde_json::from_slice::<Envelope>(&payload).ok())
+            .find(|e| e.reason.contains("is not a channel of application"));
+        found.map(|e| reason = e.reason).is_some()
+    })
+    .await;
+    assert!(reason.contains(&format!("blg:{a2}:context:c1:task")), "{reason}");
+    assert!(other.silent(Duration::from_millis(500)).await.is_ok(), "another application's subscriber got nothing");
     stack.finish().await;
 }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::{Cause, ProcessError, WorkerError};
-use crate::model::{clock, RawTransportMessage, Transport};
+use crate::model::{clock, ChannelKey, RawTransportMessage, Transport};
 use crate::pipeline::{Handler, Pipeline};
 use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
@@ -178,6 +178,14 @@ impl Handler for SocketsTransport {
     async fn handle(&mut self, record: &Record<'_>, _: (), _out: &mut Outbox) -> Result<(), ProcessError> {
         let msg = RawTransportMessage::decode(record.payload)
             .map_err(|e| ProcessError::Poison(Cause::with("not a transport message", e)))?;
+        // A message names channels of its own application only: anything else would read (and
+        // deliver to) another tenant's members. Only a forged or corrupted record does that.
+        if let Some(foreign) = msg.channels.iter().find(|c| !ChannelKey::belongs_to(&c.key, &msg.application_id)) {
+            return Err(ProcessError::Poison(Cause::from(format!(
+                "channel {:.200} is not a channel of application {}",
+                foreign.key, msg.application_id
+            ))));
+        }
         // Before the replay filter records the message: a resolution that fails is retried,
         // and the retry must not be taken for a replay.
         let resolved = match msg.channels.is_empty() {
