@@ -2,10 +2,11 @@
 //! creates, updates and deletes through Kafka to real WebSocket clients while every role runs
 //! as its own process; each of `aggregation`, `write`, `transport_manager` and `track` is
 //! SIGKILLed in turn and restarted 2 s later, then the Kafka broker itself is SIGKILLed and
-//! restarted. Afterwards: no client lost or got twice a delta (the tool audits each client by
+//! restarted once its controller has fenced it (5 s, `CRASH_BROKER_DOWN`). Afterwards: no client lost or got twice a delta (the tool audits each client by
 //! object and version), and the store holds exactly the state the published changes lead to.
 //!
-//! The broker is the test's own (tests/common/broker.rs): the shared one serves every other test.
+//! The broker is the test's own, with its own controller (tests/common/broker.rs, which says why
+//! not one combined node): the shared one serves every other test.
 //! The sockets transport is not killed: clients cannot resume yet. Nothing about speed is
 //! asserted. Sizes are bounded for `make test`; `make crash` (deploy/local/crash.sh) runs the
 //! same test at full size through the `CRASH_*` variables, and keeps the logs of every run.
@@ -42,7 +43,8 @@ struct Scale {
     partitions: i32,
     /// Seconds of undisturbed load before each kill, and after the last restart.
     flow_s: u64,
-    /// Seconds the broker stays down (beyond the group session timeout, members are fenced).
+    /// Seconds the broker stays down: at least until the controller fenced it (see
+    /// tests/common/broker.rs), and beyond the group session timeout members are fenced too.
     broker_down_s: u64,
 }
 
@@ -60,7 +62,7 @@ impl Scale {
             seed: var("SEED", 12),
             partitions: var("PARTITIONS", 3),
             flow_s: var("FLOW", 3),
-            broker_down_s: var("BROKER_DOWN", 2),
+            broker_down_s: var("BROKER_DOWN", Broker::FENCED_AFTER.as_secs()).max(Broker::FENCED_AFTER.as_secs()),
         }
     }
 }

@@ -1,8 +1,17 @@
-//! A test's own Kafka broker, for what must not touch the shared one: a broker restart while
+//! A test's own Kafka cluster, for what must not touch the shared one: a broker restart while
 //! every other test runs on the stack of `make up`. The same distribution and the same
 //! configuration (deploy/local/kafka.sh's `kafka_config`, sourced, so the two never drift), with
-//! its own data directory and free ports; killed and started again at will, removed with the
-//! directory that holds it.
+//! its own data directories and free ports; the broker is killed and started again at will, and
+//! everything is removed with the directory that holds it.
+//!
+//! Two processes, a controller and a broker (KRaft isolated mode, as production runs it), not the
+//! stack's one combined node: a combined node SIGKILLed while a transaction commits restarts
+//! with its own stale metadata, acts as transaction coordinator before it has registered again,
+//! and when its previous registration is fenced skips the commit markers of the partitions that
+//! lost their leader, leaving a hanging transaction (ARCHITECTURE, "Hanging transactions"). The
+//! controller here outlives the broker, so a restarted broker catches up to metadata where its
+//! previous life is fenced and leads nothing until it is registered again; [`Broker::kill`]
+//! callers wait [`Broker::FENCED_AFTER`] before restarting it for that to hold.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -14,23 +23,40 @@ use rdkafka::ClientConfig;
 
 use super::Reaper;
 
-/// Sources the stack's scripts with this broker's directory and ports, then runs `$1`.
+/// Sources the stack's scripts with this cluster's directory and ports, then runs `$1`. The
+/// combined configuration of `kafka_config` is split into a controller (node 1) and a broker
+/// (node 2), each with its own data directory. The controller fences a broker that stopped
+/// heartbeating after 3 s (9 s by default).
 const SCRIPT: &str = r#"
 set -euo pipefail
 source "$ROOT/deploy/local/lib.sh"
 source "$ROOT/deploy/local/kafka.sh"
 KAFKA_DIR=$DIR KAFKA_PORT=$PORT KAFKA_CONTROLLER_PORT=$CONTROLLER_PORT
 [[ -d $KAFKA_HOME/lib ]] || die "no Kafka at $KAFKA_HOME: run make up once (it installs it)"
+run_java() {
+  exec java -Xms128m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true     -Dlog4j2.configurationFile="file:$KAFKA_DIR/log4j2.properties" -Dkafka.logs.dir="$KAFKA_DIR/logs-$1"     -cp "$KAFKA_HOME/lib/*" kafka.Kafka "$KAFKA_DIR/$1.properties"
+}
 case $1 in
   format)
     kafka_config
-    kafka_java kafka.tools.StorageTool format -t "$CLUSTER_ID" -c "$KAFKA_DIR/server.properties" --ignore-formatted
+    grep -v -e '^process.roles=' -e '^node.id=' -e '^listeners=' -e '^advertised.listeners='       -e '^inter.broker.listener.name=' -e '^log.dirs=' "$KAFKA_DIR/server.properties" >"$KAFKA_DIR/common.properties"
+    { cat "$KAFKA_DIR/common.properties"
+      echo "process.roles=controller"; echo "node.id=1"
+      echo "listeners=CONTROLLER://127.0.0.1:$CONTROLLER_PORT"; echo "log.dirs=$KAFKA_DIR/controller-data"
+      echo "broker.session.timeout.ms=3000"
+    } >"$KAFKA_DIR/controller.properties"
+    { cat "$KAFKA_DIR/common.properties"
+      echo "process.roles=broker"; echo "node.id=2"
+      echo "listeners=PLAINTEXT://127.0.0.1:$PORT"; echo "advertised.listeners=PLAINTEXT://127.0.0.1:$PORT"
+      echo "inter.broker.listener.name=PLAINTEXT"; echo "log.dirs=$KAFKA_DIR/data"
+      echo "broker.heartbeat.interval.ms=500"
+    } >"$KAFKA_DIR/broker.properties"
+    for role in controller broker; do
+      kafka_java kafka.tools.StorageTool format -t "$CLUSTER_ID" -c "$KAFKA_DIR/$role.properties" --ignore-formatted
+    done
     ;;
-  run)
-    exec java -Xms256m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
-      -Dlog4j2.configurationFile="file:$KAFKA_DIR/log4j2.properties" -Dkafka.logs.dir="$KAFKA_DIR/logs" \
-      -cp "$KAFKA_HOME/lib/*" kafka.Kafka "$KAFKA_DIR/server.properties"
-    ;;
+  controller) run_java controller ;;
+  broker) run_java broker ;;
 esac
 "#;
 
@@ -38,16 +64,29 @@ pub struct Broker {
     dir: PathBuf,
     port: u16,
     controller_port: u16,
+    controller: Option<Reaper>,
     process: Option<Reaper>,
     /// How many times it was started: each start logs to its own file.
     starts: u32,
 }
 
 impl Broker {
-    /// Formats a new single-node KRaft broker under `dir` and starts it; returns once it answers.
+    /// Time from [`Broker::kill`] until the controller has certainly fenced the killed broker
+    /// (its session, 3 s, expired): restart it no sooner.
+    pub const FENCED_AFTER: Duration = Duration::from_secs(5);
+
+    /// Formats a new KRaft controller and broker under `dir` and starts both; returns once the
+    /// broker answers.
     pub async fn start(dir: &Path) -> Broker {
         let port = super::free_port_block(2);
-        let mut broker = Broker { dir: dir.to_path_buf(), port, controller_port: port + 1, process: None, starts: 0 };
+        let mut broker = Broker {
+            dir: dir.to_path_buf(),
+            port,
+            controller_port: port + 1,
+            controller: None,
+            process: None,
+            starts: 0,
+        };
         std::fs::create_dir_all(&broker.dir).expect("broker directory");
         let out = broker.script("format").output().expect("running the broker's storage format");
         assert!(
@@ -56,6 +95,14 @@ impl Broker {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        let log = std::fs::File::create(broker.dir.join("controller.log")).expect("controller log");
+        let controller = broker
+            .script("controller")
+            .stdout(log.try_clone().expect("controller log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting the private controller");
+        broker.controller = Some(Reaper(controller));
         broker.run().await;
         broker
     }
@@ -65,7 +112,8 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// SIGKILL: no controlled shutdown, logs and coordinators recovered on the next start.
+    /// SIGKILL of the broker (the controller stays): no controlled shutdown, logs and
+    /// coordinators recovered on the next start.
     pub fn kill(&mut self) {
         if let Some(mut p) = self.process.take() {
             let _ = p.0.kill();
@@ -79,7 +127,7 @@ impl Broker {
         self.starts += 1;
         let log = std::fs::File::create(self.dir.join(format!("broker-{}.log", self.starts))).expect("broker log");
         let child = self
-            .script("run")
+            .script("broker")
             .stdout(log.try_clone().expect("broker log"))
             .stderr(log)
             .spawn()
@@ -121,6 +169,10 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.kill();
+        if let Some(mut p) = self.controller.take() {
+            let _ = p.0.kill();
+            let _ = p.0.wait();
+        }
     }
 }
 
