@@ -87,6 +87,7 @@ mod tests {
         t::batch_phase("process", Duration::from_millis(1));
         t::consumer_lag("a", 0, 7);
         t::rebalanced();
+        t::partition_stalled("no_position");
         t::memory_queue_dropped("dead_letter");
         t::supervisor_event("write", "started");
         t::ingress_refused("busy");
