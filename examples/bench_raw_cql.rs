@@ -95,11 +95,10 @@ impl RawWrites {
         let timed = |started: Instant| started.elapsed().as_micros() as u64;
         let links: Vec<_> = writes
             .iter()
-            .flat_map(|w| w.parents.iter().map(move |(pm, pid)| (w, pm.as_str(), pid.as_str())))
-            .map(|(w, pm, pid)| async move {
-                let ts = timestamp_of(w)?;
+            .flat_map(|w| w.parents.iter().map(move |(pm, pid)| (w.row.object.id(), pm.as_str(), pid.as_str())))
+            .map(|(id, pm, pid)| async move {
                 let started = Instant::now();
-                session.execute_unpaged(&self.put_link, (APP, pm, pid, MODEL, w.row.object.id(), ts)).await?;
+                session.execute_unpaged(&self.put_link, (APP, pm, pid, MODEL, id)).await?;
                 Ok::<_, anyhow::Error>(timed(started))
             })
             .collect();
@@ -125,7 +124,6 @@ impl RawWrites {
                     pos.map(|p| p.offset),
                     w.row.deleted,
                     parents,
-                    timestamp_of(w)?,
                 );
                 let started = Instant::now();
                 session.execute_unpaged(&self.put_object, values).await?;
@@ -259,10 +257,4 @@ async fn measure(store: &CqlStore, cfg: &Config, concurrency: usize) -> anyhow::
         println!("{}", round.run().await?);
     }
     Ok(())
-}
-
-/// The write timestamp a persist gives this object's row and links.
-fn timestamp_of(w: &ObjectWrite) -> anyhow::Result<i64> {
-    let (_, version) = w.body_and_version(APP)?;
-    nexxus_worker::store::cql::version_timestamp(version).ok_or_else(|| anyhow::anyhow!("version {version} too large"))
 }

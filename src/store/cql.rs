@@ -39,7 +39,7 @@ use crate::model::{clock, Application};
 mod errors;
 mod schema;
 
-pub use schema::{put_link_cql, put_object_cql, version_timestamp, VERSION_TIMESTAMPS_FROM};
+pub use schema::{put_link_cql, put_object_cql};
 
 use errors::{execution, new_session, next_row, pager, rows, schema_agreement};
 use schema::Prepared;
@@ -89,8 +89,6 @@ type Link = (String, String);
 struct Planned<'a> {
     write: &'a ObjectWrite,
     id: &'a str,
-    /// The write timestamp of the row and of its link changes ([`version_timestamp`]).
-    timestamp: i64,
     /// The links the object holds after the write (none for a tombstone).
     links: BTreeSet<Link>,
     /// Links recorded before that the object no longer holds.
@@ -189,12 +187,7 @@ impl CqlStore {
             Some(known) => known.iter().cloned().collect(),
             None => self.recorded_links(app, write, id).await?,
         };
-        let timestamp = version_timestamp(write.body_and_version(app)?.1).ok_or_else(|| {
-            StoreError::Corrupt(
-                format!("object {app}/{}/{id}: version {} too large", write.model, write.row.object.version).into(),
-            )
-        })?;
-        Ok(Self::plan_links(write, id, timestamp, recorded))
+        Ok(Self::plan_links(write, id, recorded))
     }
 
     /// The links `write`'s row holds now.
@@ -215,7 +208,7 @@ impl CqlStore {
     }
 
     /// Decides the link changes of one write from the links its row recorded.
-    fn plan_links<'a>(write: &'a ObjectWrite, id: &'a str, timestamp: i64, recorded: BTreeSet<Link>) -> Planned<'a> {
+    fn plan_links<'a>(write: &'a ObjectWrite, id: &'a str, recorded: BTreeSet<Link>) -> Planned<'a> {
         let named: BTreeSet<Link> = write.parents.iter().cloned().collect();
         let (links, stale) = if write.row.deleted {
             // The named links too: they may predate the `parents` column of the row.
@@ -224,7 +217,7 @@ impl CqlStore {
             let stale = recorded.difference(&named).cloned().collect();
             (named, stale)
         };
-        Planned { write, id, timestamp, links, stale }
+        Planned { write, id, links, stale }
     }
 
     async fn put_object(&self, app: &str, plan: &Planned<'_>) -> Result<(), StoreError> {
@@ -243,7 +236,6 @@ impl CqlStore {
             pos.map(|p| p.offset),
             w.row.deleted,
             &plan.links,
-            plan.timestamp,
         );
         self.write("writing an object", &self.prepared.put_object, values).await
     }
@@ -281,19 +273,18 @@ impl Store for CqlStore {
         // Links first: a replay skips objects whose row already holds its position, so a row
         // must never be visible before its links are (see `Store::put_objects`). Present links
         // are written again, which repairs any lost earlier; it is an idempotent upsert.
-        let (mut puts, mut removals) = (Vec::new(), Vec::new());
+        let mut link_writes = Vec::new();
         for plan in &plans {
-            let (model, ts) = (plan.write.model.as_str(), plan.timestamp);
             for (parent_model, parent_id) in &plan.links {
-                let values = (app, parent_model.as_str(), parent_id.as_str(), model, plan.id, ts);
-                puts.push(self.write("writing a parent link", &self.prepared.put_link, values));
+                let values = (app, parent_model.as_str(), parent_id.as_str(), plan.write.model.as_str(), plan.id);
+                link_writes.push(self.write("writing a parent link", &self.prepared.put_link, values));
             }
             for (parent_model, parent_id) in &plan.stale {
-                let values = (ts, app, parent_model.as_str(), parent_id.as_str(), model, plan.id);
-                removals.push(self.write("removing a parent link", &self.prepared.delete_link, values));
+                let values = (app, parent_model.as_str(), parent_id.as_str(), plan.write.model.as_str(), plan.id);
+                link_writes.push(self.write("removing a parent link", &self.prepared.delete_link, values));
             }
         }
-        futures::try_join!(self.each(puts), self.each(removals))?;
+        self.each(link_writes).await?;
         self.each(plans.iter().map(|plan| self.put_object(app, plan)).collect()).await?;
         Ok(())
     }

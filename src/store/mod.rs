@@ -154,10 +154,6 @@ pub trait Store: Send + Sync + 'static {
     /// Reads each object's recorded links first, then writes the links, then the objects: the
     /// writer skips a record whose position an object already holds, so an object row must never
     /// land without its links. If the same object appears twice, the last write wins.
-    ///
-    /// Versions order the writes of an object, not their arrival: a write of an older version
-    /// than the stored one changes nothing (row and links), so a writer that lost its partition
-    /// and still writes (a zombie) cannot put an older state back over a newer one.
     fn put_objects(&self, app: &str, writes: &[ObjectWrite]) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// The (child_model, child_id) of every live object linked to this parent, all pages.

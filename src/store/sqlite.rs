@@ -144,16 +144,6 @@ impl Inner {
 
 fn put_object(tx: &rusqlite::Transaction<'_>, app: &str, o: &EncodedObject) -> Result<(), StoreError> {
     let what = |step: &str| format!("{step} of object {app}/{}/{}", o.model, o.id);
-    // Versions order an object's writes (see `Store::put_objects`): an older one changes nothing.
-    let mut stored = tx.prepare_cached(schema::STORED_VERSION).map_err(|e| sql(what("reading the version"), e))?;
-    let newer = stored
-        .query_row(params![app, o.model, o.id], |row| row.get::<_, i64>(0))
-        .optional()
-        .map_err(|e| sql(what("reading the version"), e))?
-        .is_some_and(|version| version > o.version);
-    if newer {
-        return Ok(());
-    }
     let mut clear = tx.prepare_cached(schema::CLEAR_LINKS).map_err(|e| sql(what("clearing the links"), e))?;
     clear.execute(params![app, o.model, o.id]).map_err(|e| sql(what("clearing the links"), e))?;
     // The row before its links: the foreign key checks each link against it.

@@ -21,7 +21,6 @@ macro_rules! for_each_store_test {
         $test!(children_page_and_tombstones_remove_links);
         $test!(links_follow_the_last_write);
         $test!(links_given_by_the_writer_are_trusted_and_kept_exact);
-        $test!(an_older_version_never_replaces_a_newer_one);
         $test!(applications_put_get_list_with_paging);
         $test!(empty_calls_are_no_ops);
         $test!(concurrent_calls_on_one_store);
@@ -168,31 +167,6 @@ pub async fn links_follow_the_last_write<S: Store>(store: &S) {
     store.put_objects(app, std::slice::from_ref(&again)).await.unwrap();
     assert_eq!(store.children(app, "project", "p1").await.unwrap(), vec![key("task", "t1")]);
     assert_eq!(store.get_objects(app, &[key("task", "t1")]).await.unwrap()[&key("task", "t1")], again.row);
-}
-
-/// Versions order an object's writes, not their arrival: what a writer that lost its partition
-/// (a zombie) or a late retry writes of an older version changes neither the row nor the links,
-/// whether the newer state is live or a tombstone.
-pub async fn an_older_version_never_replaces_a_newer_one<S: Store>(store: &S) {
-    let app = "app1";
-    let t1 = || key("task", "t1");
-    let v1 = write("task", object("task", "t1", 1, json!({"n": 1}), Some(1)), false, &[("project", "p1")]);
-    let v3 = write("task", object("task", "t1", 3, json!({"n": 3}), Some(3)), false, &[("project", "p2")]);
-    store.put_objects(app, std::slice::from_ref(&v1)).await.unwrap();
-    store.put_objects(app, std::slice::from_ref(&v3)).await.unwrap();
-    // The zombie's version 1 again, and a version 2 it computed, both after version 3.
-    let v2 = write("task", object("task", "t1", 2, json!({"n": 2}), Some(2)), false, &[("project", "p1")]);
-    store.put_objects(app, std::slice::from_ref(&v1)).await.unwrap();
-    store.put_objects(app, std::slice::from_ref(&v2)).await.unwrap();
-    assert_eq!(store.get_objects(app, &[t1()]).await.unwrap()[&t1()], v3.row, "version 3 stays");
-    assert!(store.children(app, "project", "p1").await.unwrap().is_empty(), "the old parent stays left");
-    assert_eq!(store.children(app, "project", "p2").await.unwrap(), vec![t1()]);
-
-    let v4 = write("task", object("task", "t1", 4, json!({"n": 3}), Some(4)), true, &[]);
-    store.put_objects(app, std::slice::from_ref(&v4)).await.unwrap();
-    store.put_objects(app, std::slice::from_ref(&v3)).await.unwrap();
-    assert_eq!(store.get_objects(app, &[t1()]).await.unwrap()[&t1()], v4.row, "the tombstone stays");
-    assert!(store.children(app, "project", "p2").await.unwrap().is_empty(), "no link comes back");
 }
 
 /// A write that says which links its row holds (the writer knows, for objects it wrote) moves

@@ -43,7 +43,7 @@ impl Prepared {
             put_object: prep(put_object_cql(ks)).await?,
             put_link: prep(put_link_cql(ks)).await?,
             delete_link: prep(format!(
-                "DELETE FROM {ks}.children USING TIMESTAMP ? WHERE app = ? AND parent_model = ? AND parent_id = ? \
+                "DELETE FROM {ks}.children WHERE app = ? AND parent_model = ? AND parent_id = ? \
                  AND child_model = ? AND child_id = ?"
             ))
             .await?,
@@ -77,33 +77,15 @@ pub(super) fn ddl(ks: &str, replication: &str) -> [String; 4] {
 }
 
 /// The upsert of an object row (values: app, model, id, body, version, last topic, partition,
-/// offset, deleted, parents, then the write timestamp of the version, [`version_timestamp`]).
-/// Public so the dependency benchmark writes exactly what a persist does.
+/// offset, deleted, parents). Public so the dependency benchmark writes exactly what a persist does.
 pub fn put_object_cql(ks: &str) -> String {
     format!(
         "INSERT INTO {ks}.objects (app, model, id, body, version, last_topic, last_partition, last_offset, \
-         deleted, parents) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
+         deleted, parents) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     )
 }
 
-/// The upsert of a parent → child link (values: app, parent model, parent id, child model, child
-/// id, then the child's [`version_timestamp`]).
+/// The upsert of a parent → child link (values: app, parent model, parent id, child model, child id).
 pub fn put_link_cql(ks: &str) -> String {
-    format!(
-        "INSERT INTO {ks}.children (app, parent_model, parent_id, child_model, child_id) VALUES (?, ?, ?, ?, ?) \
-         USING TIMESTAMP ?"
-    )
-}
-
-/// Where the write timestamps of versions start: 2^52 µs (the year 2112), above any clock time a
-/// row written without one (before this scheme, or by hand) can hold, so version 1 of an object
-/// already wins over such a row.
-pub const VERSION_TIMESTAMPS_FROM: i64 = 1 << 52;
-
-/// The CQL write timestamp of an object's `version`, for its row and its links: Cassandra keeps,
-/// cell by cell, the write with the highest timestamp, so a write of an older version arriving
-/// after a newer one (a zombie writer, a late retry) changes nothing, in whatever order the
-/// writes land. `None` past 2^62 versions.
-pub fn version_timestamp(version: i64) -> Option<i64> {
-    (0..1 << 62).contains(&version).then(|| VERSION_TIMESTAMPS_FROM + version)
+    format!("INSERT INTO {ks}.children (app, parent_model, parent_id, child_model, child_id) VALUES (?, ?, ?, ?, ?)")
 }

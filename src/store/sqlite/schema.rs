@@ -45,7 +45,6 @@ pub(super) const PUT_OBJECT: &str = "INSERT INTO objects \
      ON CONFLICT (app, model, id) DO UPDATE SET body = excluded.body, version = excluded.version, \
      last_topic = excluded.last_topic, last_partition = excluded.last_partition, \
      last_offset = excluded.last_offset, deleted = excluded.deleted";
-pub(super) const STORED_VERSION: &str = "SELECT version FROM objects WHERE app = ?1 AND model = ?2 AND id = ?3";
 pub(super) const CLEAR_LINKS: &str = "DELETE FROM links WHERE app = ?1 AND child_model = ?2 AND child_id = ?3";
 pub(super) const PUT_LINK: &str = "INSERT OR IGNORE INTO links (app, child_model, child_id, parent_model, parent_id) \
      VALUES (?1, ?2, ?3, ?4, ?5)";
