@@ -95,14 +95,7 @@ impl Broker {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let log = std::fs::File::create(broker.dir.join("controller.log")).expect("controller log");
-        let controller = broker
-            .script("controller")
-            .stdout(log.try_clone().expect("controller log"))
-            .stderr(log)
-            .spawn()
-            .expect("starting the private controller");
-        broker.controller = Some(Reaper(controller));
+        broker.controller = Some(broker.spawn("controller", "controller.log"));
         broker.run().await;
         broker
     }
@@ -125,14 +118,7 @@ impl Broker {
     pub async fn run(&mut self) {
         assert!(self.process.is_none(), "the broker is already running");
         self.starts += 1;
-        let log = std::fs::File::create(self.dir.join(format!("broker-{}.log", self.starts))).expect("broker log");
-        let child = self
-            .script("broker")
-            .stdout(log.try_clone().expect("broker log"))
-            .stderr(log)
-            .spawn()
-            .expect("starting the private broker");
-        self.process = Some(Reaper(child));
+        self.process = Some(self.spawn("broker", &format!("broker-{}.log", self.starts)));
         let started = Instant::now();
         let address = self.address();
         let answers = tokio::task::spawn_blocking(move || {
@@ -151,6 +137,18 @@ impl Broker {
             self.dir.display()
         );
         eprintln!("[crash] private broker on {} up after {:.1} s", self.address(), started.elapsed().as_secs_f64());
+    }
+
+    /// Runs the script's `role` in the background, its output to `log` in the directory.
+    fn spawn(&self, role: &str, log: &str) -> Reaper {
+        let log = std::fs::File::create(self.dir.join(log)).expect("private Kafka log file");
+        let child = self
+            .script(role)
+            .stdout(log.try_clone().expect("private Kafka log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting the private Kafka {role}: {e}"));
+        Reaper(child)
     }
 
     fn script(&self, action: &str) -> Command {
