@@ -20,11 +20,14 @@ fn free_ports(n: u16) -> u16 {
 struct Supervisor {
     proc: common::Reaper,
     port: u16,
+    /// The supervisor's and its children's log (children inherit its stderr), for failures.
+    log: tempfile::NamedTempFile,
 }
 
 impl Supervisor {
     fn start(env: &HashMap<String, String>, plan: &str, extra: &[(&str, &str)]) -> Supervisor {
         let port = free_ports(8);
+        let log = tempfile::NamedTempFile::new().unwrap();
         let child = Command::new(common::BIN)
             .arg("supervise")
             .env_clear()
@@ -33,10 +36,17 @@ impl Supervisor {
             .env("TP_HTTP_PORT", port.to_string())
             .envs(extra.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log.reopen().unwrap())
             .spawn()
             .unwrap();
-        Supervisor { proc: common::Reaper(child), port }
+        Supervisor { proc: common::Reaper(child), port, log }
+    }
+
+    /// The last lines of the log of the supervisor and its children.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log.path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
     fn status(&self) -> Option<Value> {
@@ -199,7 +209,11 @@ async fn sighup_recycles_every_child_without_losing_a_message_then_drain_and_res
     assert!((0..2).all(|i| sup.child("aggregation", i)["pid"].is_null()), "a drained supervisor starts nothing");
     assert_eq!(sup.post("/resume")["state"], "running");
     sup.until("children back", |s| (0..2).all(|i| s.child("aggregation", i)["pid"].is_u64())).await;
-    assert!((0..2).all(|i| sup.child("aggregation", i)["crashes"] == 0), "no stop counted as a crash");
+    assert!(
+        (0..2).all(|i| sup.child("aggregation", i)["crashes"] == 0),
+        "no stop counted as a crash; log:\n{}",
+        sup.log_tail()
+    );
 
     // A supervisor killed with SIGKILL leaves no orphan: its children notice and stop.
     let children: Vec<u64> = (0..2).filter_map(|i| sup.child("aggregation", i)["pid"].as_u64()).collect();
