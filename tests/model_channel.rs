@@ -158,13 +158,3 @@ fn a_move_reaches_old_and_new_parents() {
     let p = ParentRef { model: "project".into(), id: "p1".into() };
     assert_eq!(ch(json!({"model":"task","parent":p})).key("app1", None).unwrap().as_str(), keys[2]);
 }
-
-#[test]
-fn a_key_belongs_to_the_application_it_names_and_no_other() {
-    let key = ch(json!({"model": "item", "id": "1"})).key("app", None).unwrap();
-    assert!(ChannelKey::belongs_to(key.as_str(), "app"));
-    assert!(!ChannelKey::belongs_to(key.as_str(), "ap"), "a prefix of the id is another application");
-    assert!(!ChannelKey::belongs_to(key.as_str(), "other"));
-    assert!(!ChannelKey::belongs_to("blg:app", "app"), "nothing after the application");
-    assert!(!ChannelKey::belongs_to("xyz:app:item", "app"));
-}

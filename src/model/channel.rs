@@ -235,15 +235,6 @@ impl ChannelKey {
         ChannelKey(format!("{}{FILTER_MARK}{}", self.base(), filter.key_suffix()))
     }
 
-    /// Whether `key` is one of `application_id`'s channel keys (`blg:<app>:…`; an application
-    /// id holds no `:`, so the prefix cannot alias another application's).
-    pub fn belongs_to(key: &str, application_id: &str) -> bool {
-        key.strip_prefix(KEY_PREFIX)
-            .and_then(|rest| rest.strip_prefix(':'))
-            .and_then(|rest| rest.strip_prefix(application_id))
-            .is_some_and(|rest| rest.starts_with(':'))
-    }
-
     /// Parses any key of the table above, decoding a filter suffix (ours or Telepat's).
     pub fn parse(key: &str) -> Result<ParsedChannelKey, ModelError> {
         let bad = |reason| ModelError::InvalidChannelKey { key: key.chars().take(200).collect(), reason };

@@ -228,6 +228,14 @@ mod tests {
             }
         }
         assert!(valid > 1000, "only {valid} valid channel keys were generated");
+        // A channel key belongs to the application it names and to no other, not even one whose
+        // id it starts with (ids hold no `:`).
+        let key = Channel { model: "item".into(), id: Some("1".into()), ..Channel::default() }.key(app, None).unwrap();
+        assert!(is_channel_of(key.as_str(), app));
+        assert!(!is_channel_of(key.as_str(), "a"), "a prefix of the id is another application");
+        assert!(!is_channel_of(key.as_str(), "a2"));
+        assert!(!is_channel_of("blg:a1", app), "nothing after the application");
+        assert!(!is_channel_of("xyz:a1:item", app));
         // And every key of another kind is classified as that kind, never as a channel.
         for w in words.iter().filter(|w| validate_ident("id", w).is_ok()) {
             assert_eq!(kind_of(&device(app, w)), Some(Kind::DeviceRecord));

@@ -18,11 +18,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::{Cause, ProcessError, WorkerError};
-use crate::model::{clock, ChannelKey, RawTransportMessage, Transport};
+use crate::model::{clock, RawTransportMessage, Transport};
 use crate::pipeline::{Handler, Pipeline};
 use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
-use crate::registry::Registry;
+use crate::registry::{keys, Registry};
 use crate::runtime::{Worker, WorkerContext};
 use crate::transport::replay::{Replays, REMEMBERED_DELIVERIES};
 use crate::transport::ws::channels::{ChannelViews, Narrowing, Resolved, VIEWED_CHANNELS};
@@ -180,7 +180,7 @@ impl Handler for SocketsTransport {
             .map_err(|e| ProcessError::Poison(Cause::with("not a transport message", e)))?;
         // A message names channels of its own application only: anything else would read (and
         // deliver to) another tenant's members. Only a forged or corrupted record does that.
-        if let Some(foreign) = msg.channels.iter().find(|c| !ChannelKey::belongs_to(&c.key, &msg.application_id)) {
+        if let Some(foreign) = msg.channels.iter().find(|c| !keys::is_channel_of(&c.key, &msg.application_id)) {
             return Err(ProcessError::Poison(Cause::from(format!(
                 "channel {:.200} is not a channel of application {}",
                 foreign.key, msg.application_id
