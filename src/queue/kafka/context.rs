@@ -44,7 +44,6 @@ struct CatchUp {
     state: Mutex<Owned>,
     /// `stalled:<client>`: absent unless an owned partition stopped moving (see [`super::stall`]).
     stalled_condition: String,
-    stalls: Mutex<StallWatch>,
 }
 
 /// How long a member connected to its group coordinator waits for a partition before it counts
@@ -58,6 +57,8 @@ struct Owned {
     coordinator_up_since: Option<Instant>,
     partitions: BTreeSet<(String, i32)>,
     caught_up: bool,
+    /// How long each owned partition has not moved.
+    stalls: StallWatch,
 }
 
 impl WorkerContext {
@@ -86,7 +87,6 @@ impl WorkerContext {
             from_beginning,
             state: Mutex::new(Owned::default()),
             stalled_condition: format!("stalled:{client}"),
-            stalls: Mutex::new(StallWatch::default()),
         });
         context
     }
@@ -126,12 +126,9 @@ impl CatchUp {
     /// Reports owned partitions that stopped moving, and their recovery; unlike catching up,
     /// watched for as long as the member runs.
     fn watch_stalls(&self, health: &Health, stats: &Statistics) {
-        let owned = match self.state.lock() {
-            Ok(owned) => owned.partitions.clone(),
-            Err(_) => return,
-        };
-        let Ok(mut stalls) = self.stalls.lock() else { return };
-        match stalls.observe(&owned, stats, Instant::now()) {
+        let Ok(mut state) = self.state.lock() else { return };
+        let Owned { partitions, stalls, .. } = &mut *state;
+        match stalls.observe(partitions, stats, Instant::now()) {
             None => {}
             Some(Verdict::Stalled(partitions, reason)) => {
                 for (_, _, stall) in &partitions {

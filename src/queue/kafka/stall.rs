@@ -99,8 +99,8 @@ impl StallWatch {
             } else {
                 None
             };
-            if stall.is_some() && stall != track.reported {
-                newly.push((key.0.clone(), key.1, stall.unwrap_or(Stall::NoPosition)));
+            if let Some(kind) = stall.filter(|s| track.reported != Some(*s)) {
+                newly.push((key.0.clone(), key.1, kind));
             }
             track.reported = stall;
         }
