@@ -503,10 +503,10 @@ async fn wss_with_an_encrypted_pkcs8_key_and_an_intermediate_appended() {
     stack.finish().await;
 }
 
-/// A transport message names channels of its own application only: one that names another
-/// application's channel (only a forged or corrupted record can) is dead-lettered before any of
-/// that channel's members is read, that application's subscriber gets nothing, and the
-/// transport goes on with the next message.
+/// A transport message names channels of its own application only, and at most 1,000: one that
+/// names another application's channel, or more channels (only a forged or corrupted record
+/// can), is dead-lettered before any member is read, the other application's subscriber gets
+/// nothing, and the transport goes on with the next message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_transport_message_naming_another_applications_channel_is_dead_lettered() {
     let stack = Stack::new("sock-foreign", false).await;
@@ -520,10 +520,16 @@ async fn a_transport_message_naming_another_applications_channel_is_dead_lettere
     let mut forged = transport_message(&a1, 1, json!({"id":"o1","type":"task","context_id":"c1"}), None);
     forged["broadcast"] = false.into();
     forged["channels"] = serde_json::to_value([&foreign]).unwrap();
+    // One naming more channels than a message may (all of its own application).
+    let mut flood = forged.clone();
+    let own_channels: Vec<ChannelRef> = (0..1_001)
+        .map(|i| ChannelRef { key: format!("blg:{a1}:task:t{i}"), members: MembersDigest::default() })
+        .collect();
+    flood["channels"] = serde_json::to_value(&own_channels).unwrap();
     let next = transport_message(&a1, 2, json!({"id":"o2","type":"task"}), None);
     let producer = common::producer(&stack.cfg);
     let topic = stack.cfg.topic("sockets_transport");
-    for m in [&forged, &next] {
+    for m in [&forged, &flood, &next] {
         producer.send(&topic, Some(b"o"), m.to_string().as_bytes(), &[]).await.unwrap();
     }
     assert_eq!(
@@ -542,6 +548,13 @@ async fn a_transport_message_naming_another_applications_channel_is_dead_lettere
     })
     .await;
     assert!(reason.contains(&format!("blg:{a2}:context:c1:task")), "{reason}");
+    common::wait_until(Duration::from_secs(30), "the message naming 1,001 channels in dead_letter", || {
+        common::read_all(&stack.cfg, &stack.cfg.topic("dead_letter"), 1)
+            .into_iter()
+            .filter_map(|(_, payload)| serde_json::from_slice::<Envelope>(&payload).ok())
+            .any(|e| e.reason.contains("1001 channels named, at most 1000"))
+    })
+    .await;
     assert!(other.silent(Duration::from_millis(500)).await.is_ok(), "another application's subscriber got nothing");
     stack.finish().await;
 }

@@ -25,7 +25,7 @@ use crate::queue::{topic, Record};
 use crate::registry::{keys, Registry};
 use crate::runtime::{Worker, WorkerContext};
 use crate::transport::replay::{Replays, REMEMBERED_DELIVERIES};
-use crate::transport::ws::channels::{ChannelViews, Narrowing, Resolved, VIEWED_CHANNELS};
+use crate::transport::ws::channels::{ChannelViews, Narrowing, Resolved, CHANNELS_PER_MESSAGE, VIEWED_CHANNELS};
 use crate::transport::ws::hub::{Delivered, Hub};
 use crate::transport::ws::limit::DeviceBudgets;
 use crate::transport::ws::protocol;
@@ -180,6 +180,12 @@ impl Handler for SocketsTransport {
             .map_err(|e| ProcessError::Poison(Cause::with("not a transport message", e)))?;
         // A message names channels of its own application only: anything else would read (and
         // deliver to) another tenant's members. Only a forged or corrupted record does that.
+        if msg.channels.len() > CHANNELS_PER_MESSAGE {
+            return Err(ProcessError::Poison(Cause::from(format!(
+                "{} channels named, at most {CHANNELS_PER_MESSAGE}",
+                msg.channels.len()
+            ))));
+        }
         if let Some(foreign) = msg.channels.iter().find(|c| !keys::is_channel_of(&c.key, &msg.application_id)) {
             return Err(ProcessError::Poison(Cause::from(format!(
                 "channel {:.200} is not a channel of application {}",

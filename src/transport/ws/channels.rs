@@ -30,6 +30,11 @@ use crate::registry::{keys, Registry, RegistryError};
 /// message names it). Only channels with many members here are addressed by channel.
 pub const VIEWED_CHANNELS: usize = 10_000;
 
+/// Channels one transport message may name. The transport manager names only the change's
+/// channels with many members on the transport (a handful); more comes from a forged or
+/// corrupted record, whose resolution would read every one from Redis.
+pub const CHANNELS_PER_MESSAGE: usize = 1_000;
+
 pub struct ChannelViews {
     index: u32,
     /// This life's socket token: members with another are an earlier life's, delivered to no one.
