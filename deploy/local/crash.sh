@@ -11,7 +11,8 @@
 # Sizes (environment): CRASH_CLIENTS, CRASH_CHANNELS, CRASH_SUBS (per client), CRASH_FILTERED
 # (fraction of filtered subscriptions), CRASH_RATE (changes/s), CRASH_SEED (objects per channel
 # before the load), CRASH_PARTITIONS (of aggregation, write, transport_manager), CRASH_FLOW
-# (seconds of load before each kill and after the last restart).
+# (seconds of load before each kill and after the last restart), CRASH_BROKER_DOWN (seconds the
+# broker stays down before its restart, which also waits for its controller to fence it).
 # Output: the timeline, the load tool's table, a summary line; every process's log and the
 # tool's results stay in the directory named at the end; the whole output in target/crash.log.
 set -euo pipefail
