@@ -41,7 +41,7 @@ table! {
     /// Seconds per phase of a batch: in line process, end_batch, previous, finish_last; in the background settle, persist, commit; transactional settle, commit_transaction, persist.
     BATCH_PHASE_SECONDS: Histogram "nexxus_batch_phase_seconds" ["phase"]
         "Seconds per batch phase: process, end_batch, previous, finish_last, settle, commit_transaction, persist, commit.";
-    CONSUMER_LAG: Gauge "nexxus_consumer_lag" ["topic", "partition"] "Consumer lag from librdkafka statistics (every 5 s).";
+    CONSUMER_LAG: Gauge "nexxus_consumer_lag" ["topic", "partition"] "Consumer lag from librdkafka statistics (every second).";
     REBALANCES: Counter "nexxus_rebalances_total" [] "Consumer group rebalances seen.";
     /// A hanging transaction (ARCHITECTURE): an owned partition without a fetch position, or whose last stable offset stopped.
     PARTITION_STALLS: Counter "nexxus_partition_stalls_total" ["kind"]
