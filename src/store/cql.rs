@@ -126,12 +126,16 @@ impl CqlStore {
             })?
             .map_err(new_session)?;
 
+        // Schema changes are serialised cluster-wide: on a busy cluster this is the slow part of
+        // a start, so say how long it took.
+        let started = std::time::Instant::now();
         for ddl in schema::ddl(&keyspace, &cfg.scylla_replication.to_cql()) {
             let mut statement = Statement::new(ddl);
             statement.set_request_timeout(Some(opts.schema_timeout));
             session.query_unpaged(statement, ()).await.map_err(execution("creating the schema"))?;
         }
         session.await_schema_agreement().await.map_err(schema_agreement)?;
+        tracing::info!(message = "CQL schema ready", %keyspace, elapsed_ms = started.elapsed().as_millis() as u64);
 
         let prepared = Prepared::new(&session, &keyspace, opts.page_size).await?;
         Ok(CqlStore { session, keyspace, prepared, concurrency: opts.concurrency.max(1) })

@@ -59,11 +59,19 @@ pub async fn start_with(
         .spawn()
         .expect("starting -t all");
     let p = Process { reaper: Reaper(child), http, ws };
+    // On SQLite alone readiness takes a second. With Kafka and a CQL keyspace configured it
+    // includes the keyspace's DDL, which Cassandra applies one statement at a time for every test
+    // creating a keyspace at once: 30 s under a loaded CI run, hence the stack tests' 120 s.
+    let deadline = if extra.iter().any(|(k, _)| *k == "TP_KFK_BROKERS" || *k == "TP_SCYLLA_NODES") {
+        Duration::from_secs(120)
+    } else {
+        Duration::from_secs(30)
+    };
     let started = std::time::Instant::now();
     // Ready: every role's loop runs and the WebSocket listener is bound (before, a client could
     // find the ingress answering and the socket port still closed).
     while http_get(http, "/readyz").map(|(code, _)| code) != Some(200) {
-        assert!(started.elapsed() < Duration::from_secs(30), "-t all not ready: {}", log_of(dir));
+        assert!(started.elapsed() < deadline, "-t all not ready: {}", log_of(dir));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     p
