@@ -7,8 +7,8 @@
 //! cooperative-sticky), batches of up to `TP_BATCH_SIZE` as the pipeline takes them (one record
 //! plus whatever is buffered), and the pipeline's own `Outbox` and `Source` calls:
 //!
-//! - `--mode plain`: produce to `write`; a consumer takes batches and commits each one
-//!   synchronously before the next (`Source::commit`), like every non-transactional role.
+//! - `--mode plain`: produce to `write`; a consumer takes batches and marks each one done
+//!   (`Source::mark_done`, committed every second), like every non-transactional role.
 //! - `--mode txn`: produce to `aggregation`; a transform stage consumes it and, per batch, begins
 //!   a transaction, produces every record to `write`, settles, and commits the transaction with
 //!   the input offsets (`Outbox::commit_transaction`), like the aggregation role; a consumer of

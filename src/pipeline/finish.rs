@@ -83,7 +83,7 @@ impl Committer {
         let phase = phase.next("persist");
         // Delivered and stored: whatever failed before (an output, the store) works again.
         self.health.ok(&self.processing_condition);
-        self.commit(&sealed.next).await;
+        self.mark_done(&sealed.next);
         phase.next("commit");
         Finished::Committed
     }
@@ -111,12 +111,12 @@ impl Committer {
         }
     }
 
-    async fn commit(&self, offsets: &Offsets) {
-        // A commit can fail after a rebalance moved the partition away; the new owner resumes
+    fn mark_done(&self, offsets: &Offsets) {
+        // Marking fails after a rebalance moved the partition away; the new owner resumes
         // from the previous commit and re-processes, which the roles make idempotent.
-        if let Err(error) = self.consumer.commit(offsets).await {
+        if let Err(error) = self.consumer.mark_done(offsets) {
             telemetry::commit_failed();
-            tracing::warn!(message = "offset commit failed", %error);
+            tracing::warn!(message = "offsets not marked done (partition revoked meanwhile?)", %error);
         }
     }
 }

@@ -13,11 +13,11 @@
 //!     await the previous sealed batch -> committed? go on
 //!                                     -> an output failed? rewind to ITS first offsets, forget
 //!                                        this batch too (handler.abort_batch), back off, redo
-//!     in the background: settle every delivery, persist, commit(last offset + 1 per partition)
+//!     in the background: settle every delivery, persist, mark last offset + 1 per partition done
 //! }
 //! ```
-//! At most two batches are uncommitted: the one in flight and the one being processed, so a
-//! crash re-delivers at most those two; a poison message never stops its partition, and nothing
+//! Kafka commits the offsets marked done every second, on revoke and when the loop ends, so a
+//! crash re-delivers at most the last second plus the two batches not marked yet; a poison message never stops its partition, and nothing
 //! is committed whose outputs and store writes are not durable. Roles with a transaction (the
 //! aggregation) settle and commit each batch before taking the next: one transaction is open
 //! at a time per producer.
@@ -238,6 +238,11 @@ impl Pipeline {
         // shutdown, left to the partition's next owner) before the member leaves.
         if let Some(mut in_flight) = in_flight {
             in_flight.finished().await;
+        }
+        // What the commit timer has not sent yet, so the next owner starts where this one ended.
+        if let Err(error) = self.consumer.commit_marked().await {
+            telemetry::commit_failed();
+            tracing::warn!(message = "final offset commit failed", %error);
         }
         self.health.remove(&self.processing_condition);
         self.health.fail(&running, "stopped");

@@ -1,9 +1,10 @@
 //! rdkafka client builders shared by every role.
 //!
-//! Offsets: `enable.auto.commit=false` and `enable.auto.offset.store=false`. The run loop commits
-//! explicitly, after a batch's side effects succeeded, the offsets it processed (next = last + 1).
-//! A timer never commits a message that was merely received, so a crash re-delivers at most the
-//! two batches in flight (one finishing in the background, one being processed). Reads are
+//! Offsets: `enable.auto.offset.store=false`. The run loop stores, after a batch's side effects
+//! succeeded, the offsets it processed (next = last + 1), and librdkafka commits what was stored
+//! every second (`auto.commit.interval.ms`), on revoke and on close. A timer never commits a
+//! message that was merely received, so a crash re-delivers at most the last second's batches
+//! plus the two in flight (one finishing in the background, one being processed). Reads are
 //! `read_committed`, because upstream roles produce in transactions.
 //!
 //! Group membership uses Kafka 4's consumer group protocol (KIP-848, `group.protocol=consumer`):
@@ -75,7 +76,12 @@ pub fn consumer(
     // interval. Every second, so readiness follows a catch-up within about a second.
     c.set("statistics.interval.ms", "1000");
     c.set("group.id", group)
-        .set("enable.auto.commit", "false")
+        // Offsets are stored by the pipeline once a batch's side effects are durable
+        // (`Source::mark_done`) and committed by librdkafka every second, on revoke and on close:
+        // a commit per batch cost the broker a request per batch (BENCHMARKS). The aggregation
+        // stores none: its offsets commit in its transaction, so this commits nothing for it.
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", if from_beginning { "earliest" } else { "latest" })

@@ -196,7 +196,7 @@ impl Outbox {
                         self.append(&topic, key, payload).await;
                     }
                 }
-                return source.commit(offsets).await;
+                return source.mark_done(offsets);
             }
             _ => return Err(QueueError::MixedQueues),
         };

@@ -86,6 +86,7 @@ mod tests {
         t::batch_size(3);
         t::batch_phase("process", Duration::from_millis(1));
         t::consumer_lag("a", 0, 7);
+        t::kafka_requests("write-0", "Produce", 12);
         t::rebalanced();
         t::partition_stalled("no_position");
         t::memory_queue_dropped("dead_letter");

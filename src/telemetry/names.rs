@@ -42,12 +42,15 @@ table! {
     BATCH_PHASE_SECONDS: Histogram "nexxus_batch_phase_seconds" ["phase"]
         "Seconds per batch phase: process, end_batch, previous, finish_last, settle, commit_transaction, persist, commit.";
     CONSUMER_LAG: Gauge "nexxus_consumer_lag" ["topic", "partition"] "Consumer lag from librdkafka statistics (every second).";
+    /// Kafka's CPU follows requests rather than records (BENCHMARKS): which client sends which.
+    KAFKA_REQUESTS: Counter "nexxus_kafka_requests_total" ["client", "request"]
+        "Requests sent to Kafka by client id and request type (librdkafka statistics).";
     REBALANCES: Counter "nexxus_rebalances_total" [] "Consumer group rebalances seen.";
     /// A hanging transaction (ARCHITECTURE): an owned partition without a fetch position, or whose last stable offset stopped.
     PARTITION_STALLS: Counter "nexxus_partition_stalls_total" ["kind"]
         "Owned partitions found stalled: no_position (committed offset unstable) or stable_offset_stuck.";
     RETRIES: Counter "nexxus_retries_total" ["topic"] "Processing retries by input topic (topic=\"persist\" for the store).";
-    COMMIT_FAILURES: Counter "nexxus_commit_failures_total" [] "Offset commits that failed (the batch is processed again).";
+    COMMIT_FAILURES: Counter "nexxus_commit_failures_total" [] "Offsets that could not be stored or committed (their records are processed again).";
     /// `-t all`: records dropped from an in-process topic nobody consumes (`dead_letter`).
     MEMORY_QUEUE_DROPPED: Counter "nexxus_memory_queue_dropped_total" ["topic"]
         "Records dropped from an in-process topic nobody consumes (-t all).";

@@ -63,6 +63,12 @@ pub fn consumer_lag(topic: &str, partition: i32, lag: i64) {
         .set(lag as f64);
 }
 
+/// Requests of one type a Kafka client has sent so far, over every broker.
+pub fn kafka_requests(client: &str, request: &str, total: u64) {
+    metrics::counter!(names::KAFKA_REQUESTS, "client" => client.to_string(), "request" => request.to_string())
+        .absolute(total);
+}
+
 /// An owned partition found stalled (`kind`: `no_position`, `stable_offset_stuck`).
 pub fn partition_stalled(kind: &'static str) {
     metrics::counter!(names::PARTITION_STALLS, "kind" => kind).increment(1);

@@ -82,6 +82,19 @@ pub fn producer(cfg: &Config) -> Producer {
 /// Reads every message of `topic` (full name) from the beginning up to its current end (the
 /// high watermarks when called). Returns (key, payload) pairs in partition order.
 pub fn read_all(cfg: &Config, topic: &str, partitions: i32) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
+    read_records(cfg, topic, partitions).into_iter().map(|r| (r.key, r.payload)).collect()
+}
+
+/// A record as [`read_records`] returns it, with where it lies.
+pub struct ReadRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
+/// Every committed record of `topic` up to its current end, with partition and offset.
+pub fn read_records(cfg: &Config, topic: &str, partitions: i32) -> Vec<ReadRecord> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &cfg.kafka.brokers)
         .set("group.id", format!("reader-{}", unique_prefix("r")))
@@ -111,7 +124,12 @@ pub fn read_all(cfg: &Config, topic: &str, partitions: i32) -> Vec<(Option<Vec<u
     while !done(&consumer) {
         assert!(started.elapsed() < Duration::from_secs(60), "reading {topic} did not reach its end");
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            out.push((m.key().map(<[u8]>::to_vec), m.payload().unwrap_or_default().to_vec()));
+            out.push(ReadRecord {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().unwrap_or_default().to_vec(),
+            });
         }
     }
     out

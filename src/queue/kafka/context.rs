@@ -216,6 +216,15 @@ impl ClientContext for WorkerContext {
                 }
             }
         }
+        let mut requests = std::collections::BTreeMap::<&str, i64>::new();
+        for broker in stats.brokers.values() {
+            for (request, n) in &broker.req {
+                *requests.entry(request).or_default() += n;
+            }
+        }
+        for (request, n) in requests.into_iter().filter(|(_, n)| *n > 0) {
+            telemetry::kafka_requests(&stats.client_id, request, n as u64);
+        }
         if let Some(catch_up) = &self.catch_up {
             catch_up.watch_stalls(&self.health, &stats);
             catch_up.observe(&self.health, &self.assigned_condition, &stats);
