@@ -10,6 +10,7 @@
 #   c  filtered subscriptions (score >= 50) with enter/leave, 1,000 clients × 2 channels (of 100)
 #   d  idle connections, memory per connection (50,000 over three sockets transports with the
 #      stack; 19,000 on the one of `-t all`: the sandbox allows 20,000 open files per process)
+# TOPICS_DIR=<dir> (stack): apply that topic layout instead of ./topics (BENCHMARKS: partitions).
 # Results: target/bench-e2e/<mode>-<scenario>.json and a Markdown file per mode. Every process
 # started here is stopped at the end; nothing runs longer than the scenarios.
 set -euo pipefail
@@ -41,7 +42,8 @@ case $MODE in
     deploy/local/up.sh >&2
     set -a; source deploy/local/stack.env; set +a
     export TP_TOPIC_PREFIX="be$(date +%s)."
-    $W topics apply >&2
+    # TOPICS_DIR: another topic layout (e.g. fewer partitions) than ./topics.
+    $W topics apply ${TOPICS_DIR:+--dir "$TOPICS_DIR"} >&2
     TP_HTTP_PORT=19100 $W -t aggregation -i 0 & pids+=($!)
     TP_HTTP_PORT=19101 $W -t write -i 0 & pids+=($!)
     TP_HTTP_PORT=19102 $W -t track -i 0 & pids+=($!)
