@@ -22,6 +22,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use super::handshake::{close_with, open, CLOSE_WRITE};
 use super::hub::{Inbox, Slot};
 use super::limit::{FrameBudget, Verdict};
+use super::mailbox::Mailbox;
 use super::protocol::{self as p, ClientFrame, ErrorCode, Subscription};
 use super::shared::Shared;
 use crate::model::{DeviceAddress, Transport};
@@ -171,11 +172,11 @@ impl Session {
         let interval = self.shared.ping_interval;
         // Registered once, not per loop turn: a `cancelled()` made anew on every wake-up takes
         // the token's lock each time, and the shutdown token is shared by every connection.
-        let closed = inbox.close.token.clone().cancelled_owned();
+        let closed = inbox.mailbox.token.clone().cancelled_owned();
         let stopping = shutdown.clone().cancelled_owned();
         tokio::pin!(closed, stopping);
         let close_code = |stop: Stop| match stop {
-            Stop::Closed => Some(inbox.close.code()),
+            Stop::Closed => Some(inbox.mailbox.code()),
             Stop::Stopping => Some(p::CLOSE_GOING_AWAY),
             Stop::Stuck => {
                 crate::telemetry::sockets_write_timeout();
@@ -195,12 +196,9 @@ impl Session {
             let step = tokio::select! {
                 () = &mut closed => Err(Stop::Closed),
                 () = &mut stopping => Err(Stop::Stopping),
-                frame = inbox.rx.recv() => match frame {
-                    Some(frame) => {
-                        bounded(write_batch(ws, frame, &mut inbox.rx), interval, &mut closed, &mut stopping).await
-                    }
-                    None => return Some(p::CLOSE_GOING_AWAY),
-                },
+                frame = inbox.mailbox.pop() => {
+                    bounded(write_batch(ws, frame, &inbox.mailbox), interval, &mut closed, &mut stopping).await
+                }
                 incoming = ws.next() => {
                     last_heard = Instant::now();
                     let reply = match incoming {
@@ -307,13 +305,13 @@ fn over_rate(frames_per_sec: u32) -> Utf8Bytes {
 async fn write_batch<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut Ws<S>,
     first: Utf8Bytes,
-    rx: &mut tokio::sync::mpsc::Receiver<Utf8Bytes>,
+    mailbox: &Mailbox,
 ) -> Result<(), WsError> {
     ws.feed(Message::Text(first)).await?;
     for _ in 1..WRITE_BATCH {
-        match rx.try_recv() {
-            Ok(frame) => ws.feed(Message::Text(frame)).await?,
-            Err(_) => break,
+        match mailbox.try_pop() {
+            Some(frame) => ws.feed(Message::Text(frame)).await?,
+            None => break,
         }
     }
     ws.flush().await

@@ -8,47 +8,26 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tokio_util::sync::CancellationToken;
 
+use super::mailbox::Mailbox;
 use super::protocol::{self, CLOSE_TOO_SLOW};
 use crate::model::RawTransportMessage;
-
-/// Asks a connection's task to close with a code; the first code asked for wins.
-#[derive(Default)]
-pub struct CloseSignal {
-    pub token: CancellationToken,
-    code: AtomicU16,
-}
-
-impl CloseSignal {
-    pub fn close(&self, code: u16) {
-        let _ = self.code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
-        self.token.cancel();
-    }
-
-    pub fn code(&self) -> u16 {
-        self.code.load(Ordering::Acquire)
-    }
-}
 
 /// The hub's side of one connection.
 #[derive(Clone)]
 pub struct Handle {
     id: u64,
-    tx: mpsc::Sender<Utf8Bytes>,
-    close: Arc<CloseSignal>,
+    mailbox: Arc<Mailbox>,
 }
 
 /// A connection's side: its queue and its close signal.
 pub struct Inbox {
     pub id: u64,
-    pub rx: mpsc::Receiver<Utf8Bytes>,
-    pub close: Arc<CloseSignal>,
+    pub mailbox: Arc<Mailbox>,
 }
 
 /// Counts of one delivery.
@@ -125,13 +104,12 @@ impl Hub {
 
     /// Adds a connection; `true` if it is the device's first here. Call under [`Hub::stripe`].
     pub fn join(&self, app: &str, device: &str) -> (Inbox, bool) {
-        let (tx, rx) = mpsc::channel(self.queue);
-        let close = Arc::new(CloseSignal::default());
+        let mailbox = Arc::new(Mailbox::new(self.queue));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut apps = self.apps.write().unwrap_or_else(|p| p.into_inner());
         let conns = apps.entry(app.to_owned()).or_default().entry(device.to_owned()).or_default();
-        conns.push(Handle { id, tx, close: close.clone() });
-        (Inbox { id, rx, close }, conns.len() == 1)
+        conns.push(Handle { id, mailbox: mailbox.clone() });
+        (Inbox { id, mailbox }, conns.len() == 1)
     }
 
     /// Removes a connection; `true` if it was the device's last here. Call under [`Hub::stripe`].
@@ -196,15 +174,13 @@ impl Hub {
 
 /// Queues one frame on a connection; a full queue closes it (4008).
 fn queue(h: &Handle, frame: &Utf8Bytes, out: &mut Delivered) {
-    match h.tx.try_send(frame.clone()) {
-        Ok(()) => out.frames += 1,
-        Err(TrySendError::Full(_)) => {
-            if !h.close.token.is_cancelled() {
-                out.dropped += 1;
-            }
-            h.close.close(CLOSE_TOO_SLOW);
+    if h.mailbox.push(frame.clone()) {
+        out.frames += 1;
+    } else {
+        if !h.mailbox.token.is_cancelled() {
+            out.dropped += 1;
         }
-        Err(TrySendError::Closed(_)) => {}
+        h.mailbox.close(CLOSE_TOO_SLOW);
     }
 }
 
@@ -246,22 +222,22 @@ mod tests {
     #[test]
     fn every_connection_of_a_recipient_gets_the_same_bytes_and_no_one_else() {
         let hub = Hub::new("sockets_transport-0".into(), "life".into(), 4, 10);
-        let (mut a1, first) = hub.join("app", "d1");
-        let (mut a2, second) = hub.join("app", "d1");
-        let (mut b, _) = hub.join("app", "d2");
-        let (mut other, _) = hub.join("other", "d1");
+        let (a1, first) = hub.join("app", "d1");
+        let (a2, second) = hub.join("app", "d1");
+        let (b, _) = hub.join("app", "d2");
+        let (other, _) = hub.join("other", "d1");
         assert!(first && !second);
         let batch = empty();
         let d = hub.deliver(&msg("app", &[("d1", "life"), ("d3", "life"), ("d2", "old-life")], false, &batch));
         assert_eq!((d.frames, d.absent, d.dropped), (2, 2, 0));
-        let (x, y) = (a1.rx.try_recv().ok(), a2.rx.try_recv().ok());
+        let (x, y) = (a1.mailbox.try_pop(), a2.mailbox.try_pop());
         assert!(x.is_some() && x == y);
         let same = |f: &Option<Utf8Bytes>| f.as_ref().map(|f| f.as_str().as_ptr());
         assert_eq!(same(&x), same(&y), "one frame shared, not a copy per connection");
-        assert!(b.rx.try_recv().is_err() && other.rx.try_recv().is_err());
+        assert!(b.mailbox.try_pop().is_none() && other.mailbox.try_pop().is_none());
         let d = hub.deliver(&msg("app", &[], true, &batch));
         assert_eq!(d.frames, 3, "a broadcast reaches every connection of its application only");
-        assert!(other.rx.try_recv().is_err());
+        assert!(other.mailbox.try_pop().is_none());
         assert!(!hub.leave("app", "d1", a1.id));
         assert!(hub.leave("app", "d1", a2.id));
         assert_eq!(hub.deliver(&msg("app", &[], true, &batch)).frames, 1, "only d2 is left in the application");
@@ -270,15 +246,15 @@ mod tests {
     #[test]
     fn a_resolved_delivery_reaches_every_connection_of_those_devices_only() {
         let hub = Hub::new("s".into(), "t".into(), 4, 10);
-        let (mut a1, _) = hub.join("app", "a");
-        let (mut a2, _) = hub.join("app", "a");
-        let (mut b, _) = hub.join("app", "b");
-        let (mut other, _) = hub.join("other", "a");
+        let (a1, _) = hub.join("app", "a");
+        let (a2, _) = hub.join("app", "a");
+        let (b, _) = hub.join("app", "b");
+        let (other, _) = hub.join("other", "a");
         let frame = protocol::message(&empty());
         let d = hub.deliver_to("app", &[Arc::from("a"), Arc::from("gone")], &frame);
         assert_eq!((d.frames, d.absent, d.bytes), (2, 1, 2 * frame.len()));
-        assert!(a1.rx.try_recv().is_ok() && a2.rx.try_recv().is_ok());
-        assert!(b.rx.try_recv().is_err() && other.rx.try_recv().is_err());
+        assert!(a1.mailbox.try_pop().is_some() && a2.mailbox.try_pop().is_some());
+        assert!(b.mailbox.try_pop().is_none() && other.mailbox.try_pop().is_none());
         assert_eq!(hub.deliver_to("nobody", &[Arc::from("a")], &frame).absent, 1);
     }
 
@@ -286,15 +262,15 @@ mod tests {
     fn a_full_queue_closes_that_connection_with_4008_only() {
         let hub = Hub::new("s".into(), "t".into(), 2, 10);
         let (slow, _) = hub.join("app", "slow");
-        let (mut fast, _) = hub.join("app", "fast");
+        let (fast, _) = hub.join("app", "fast");
         let batch = empty();
         for _ in 0..3 {
             hub.deliver(&msg("app", &[], true, &batch));
-            while fast.rx.try_recv().is_ok() {}
+            while fast.mailbox.try_pop().is_some() {}
         }
-        assert_eq!(slow.close.code(), CLOSE_TOO_SLOW);
-        assert!(slow.close.token.is_cancelled());
-        assert_eq!(fast.close.code(), 0);
+        assert_eq!(slow.mailbox.code(), CLOSE_TOO_SLOW);
+        assert!(slow.mailbox.token.is_cancelled());
+        assert_eq!(fast.mailbox.code(), 0);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`conn`]: one connection's loop, every write bounded; subscribe and unsubscribe.
 //! - [`Shared`]: what every connection of a transport shares.
 //! - [`limit`]: the per-connection frame budget (`LIMIT_EXCEEDED`, then close 1008).
+//! - [`mailbox`]: a connection's bounded frame queue and close signal, one small allocation.
 //! - [`server`]: the accept loop (plain TCP or TLS), the handshake bound and the connection
 //!   limit.
 
@@ -16,6 +17,7 @@ pub mod conn;
 pub mod handshake;
 pub mod hub;
 pub mod limit;
+pub mod mailbox;
 pub mod protocol;
 pub mod server;
 mod shared;
