@@ -17,6 +17,7 @@
 #![allow(clippy::disallowed_methods)] // a benchmark harness, not the worker: it reads its settings from the command line
 
 #[path = "support/proc.rs"]
+#[allow(dead_code)] // http_get is for the other benchmarks
 mod proc;
 
 use std::collections::BTreeMap;
@@ -125,7 +126,10 @@ async fn parent() -> anyhow::Result<()> {
         secret: arg("--secret").context("--secret")?,
         api_key: arg("--api-key").unwrap_or_default(),
     };
-    anyhow::ensure!(run.pid > 0 && run.ws_port > 0 && run.http_port > 0, "--pid, --ws-port and --http-port are required");
+    anyhow::ensure!(
+        run.pid > 0 && run.ws_port > 0 && run.http_port > 0,
+        "--pid, --ws-port and --http-port are required"
+    );
     let clients = num("--clients", 5_000) as usize;
     let messages = num("--messages", 100);
     let rate = num("--rate", 20).max(1);
@@ -314,7 +318,13 @@ async fn publish(run: &Run, seq: u64) -> anyhow::Result<()> {
 }
 
 /// A minimal HTTP/1.1 request on 127.0.0.1 (one connection per request): status and body.
-async fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> anyhow::Result<(u16, String)> {
+async fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
     let mut request = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
@@ -393,8 +403,10 @@ fn aggregate(reports: &[Value], messages: u64, clients: usize) -> BTreeMap<Strin
     }
     let expected = messages * clients as u64;
     let unique = sum("unique");
-    let mut lat: Vec<u64> =
-        reports.iter().flat_map(|r| r["latency_us"].as_array().into_iter().flatten().filter_map(Value::as_u64)).collect();
+    let mut lat: Vec<u64> = reports
+        .iter()
+        .flat_map(|r| r["latency_us"].as_array().into_iter().flatten().filter_map(Value::as_u64))
+        .collect();
     lat.sort_unstable();
     let pct = |p: f64| -> Value {
         if lat.is_empty() {
@@ -417,9 +429,15 @@ fn aggregate(reports: &[Value], messages: u64, clients: usize) -> BTreeMap<Strin
     out.insert("clients_with_loss".into(), json!(sum("clients_with_loss") + failed));
     out.insert("clients_with_duplicates".into(), json!(sum("clients_with_duplicates")));
     out.insert("unexpected".into(), json!(sum("unexpected")));
-    out.insert("latency_ms".into(), json!({"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "p999": pct(0.999),
-        "max": lat.last().map(|&v| v as f64 / 1000.0)}));
-    out.insert("latency_ms_histogram".into(), json!(buckets.into_iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>()));
+    out.insert(
+        "latency_ms".into(),
+        json!({"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "p999": pct(0.999),
+        "max": lat.last().map(|&v| v as f64 / 1000.0)}),
+    );
+    out.insert(
+        "latency_ms_histogram".into(),
+        json!(buckets.into_iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>()),
+    );
     out
 }
 
@@ -731,7 +749,8 @@ fn report(dir: &str) -> anyhow::Result<String> {
     for ((round, server), (a, b)) in &rows {
         let a = a.as_ref().unwrap_or(&null);
         let b = b.as_ref().unwrap_or(&null);
-        let load = |v: &Value| v["load_before"].get(0).and_then(Value::as_f64).map_or("-".into(), |l| format!("{l:.2}"));
+        let load =
+            |v: &Value| v["load_before"].get(0).and_then(Value::as_f64).map_or("-".into(), |l| format!("{l:.2}"));
         md.push_str(&format!(
             "| {round} | {server} | {}/{} | {} ({}) | {} ({}) | {} / {} |",
             a["unique"],
@@ -796,7 +815,8 @@ fn report(dir: &str) -> anyhow::Result<String> {
     }
     md.push_str("\n## Machine\n\n");
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|m| m.trim_start_matches([' ', '\t', ':']));
+    let model =
+        cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|m| m.trim_start_matches([' ', '\t', ':']));
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let mem = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:")).map(str::trim);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);

@@ -101,6 +101,7 @@ cat >"$WORK/centrifugo.json" <<JSON
   "client": {"token": {"hmac_secret_key": "$SECRET"}, "allowed_origins": ["http://127.0.0.1"]},
   "http_api": {"key": "$API_KEY"},
   "engine": {"type": "memory"},
+  "usage_stats": {"disabled": true},
   "channel": {"namespaces": [{"name": "bench", "allow_subscribe_for_client": true}]}
 }
 JSON
@@ -153,7 +154,8 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 versions="nexxus-worker $(git rev-parse --short HEAD) ($("$BIN" --version 2>/dev/null | head -1));"
-versions+="Centrifugo $("$CF_BIN" version 2>/dev/null | head -1);"
+# A `go install` build carries no release version (it says v0.0.0): name the module version.
+versions+="Centrifugo $CF_VERSION (go install from the module proxy; memory engine, no history);"
 versions+="$(rustc --version);$(go version);kernel $(uname -r)"
 "$CLIENT" --report "$OUT" --versions "$versions" >"$OUT/peers.md"
 log "wrote $OUT/peers.md"
