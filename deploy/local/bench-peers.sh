@@ -155,7 +155,7 @@ done
 
 versions="nexxus-worker $(git rev-parse --short HEAD) ($("$BIN" --version 2>/dev/null | head -1));"
 # A `go install` build carries no release version (it says v0.0.0): name the module version.
-versions+="Centrifugo $CF_VERSION (go install from the module proxy; memory engine, no history);"
+versions+="Centrifugo $CF_VERSION (go install from the module proxy, memory engine, no history);"
 versions+="$(rustc --version);$(go version);kernel $(uname -r)"
 "$CLIENT" --report "$OUT" --versions "$versions" >"$OUT/peers.md"
 log "wrote $OUT/peers.md"
