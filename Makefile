@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 STACK_ENV := deploy/local/stack.env
 
-.PHONY: all build release up down status lint fmt test test-unit test-int test-web browser-deps run run-stack bench bench-e2e bench-limits crash fuzz clean help image compose-up compose-down validate-deploy
+.PHONY: all build release up down status lint fmt test test-unit test-int test-web browser-deps run run-stack bench bench-e2e bench-limits bench-peers crash fuzz clean help image compose-up compose-down validate-deploy
 
 all: build
 
@@ -75,6 +75,9 @@ bench-e2e: ## the load tool against the local stack (every role its own process)
 
 bench-limits: ## what Kafka and Cassandra alone do with the workers' clients, three runs (BENCHMARKS.md, "Dependency limits")
 	deploy/local/bench-limits.sh
+
+bench-peers: ## side by side with Centrifugo: fan-out and idle memory (BENCHMARKS.md)
+	deploy/local/bench-peers.sh
 
 crash: ## the crash test at full size: every role SIGKILLed in turn and a broker restart under load, 0 lost, 0 duplicates, exact state (deploy/local/crash.sh)
 	deploy/local/crash.sh
