@@ -569,21 +569,27 @@ fn event_of(frame: &Value) -> Option<&str> {
     frame.get("event").and_then(Value::as_str)
 }
 
+/// The next text frame; other frames are skipped, a close or an error ends the wait.
+async fn next_text(ws: &mut Ws) -> anyhow::Result<tokio_tungstenite::tungstenite::Utf8Bytes> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => return Ok(t),
+            Some(Ok(Message::Close(c))) => anyhow::bail!("closed: {c:?}"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => anyhow::bail!("closed"),
+        }
+    }
+}
+
 /// Ours: the next frame for which `want` holds (others are skipped).
 async fn await_frame(ws: &mut Ws, limit: Duration, want: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
     tokio::time::timeout(limit, async {
         loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) => {
-                    let frame: Value = serde_json::from_str(&t).with_context(|| format!("not JSON: {t}"))?;
-                    if want(&frame) {
-                        return Ok(frame);
-                    }
-                }
-                Some(Ok(Message::Close(c))) => anyhow::bail!("closed: {c:?}"),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e.into()),
-                None => anyhow::bail!("closed"),
+            let t = next_text(ws).await?;
+            let frame: Value = serde_json::from_str(&t).with_context(|| format!("not JSON: {t}"))?;
+            if want(&frame) {
+                return Ok(frame);
             }
         }
     })
@@ -596,23 +602,16 @@ async fn await_frame(ws: &mut Ws, limit: Duration, want: impl Fn(&Value) -> bool
 async fn await_reply(ws: &mut Ws, limit: Duration, id: u64) -> anyhow::Result<Value> {
     tokio::time::timeout(limit, async {
         loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) => {
-                    for line in t.lines().map(str::trim).filter(|l| !l.is_empty()) {
-                        if line == "{}" {
-                            ws.send(Message::text("{}")).await?;
-                            continue;
-                        }
-                        let reply: Value = serde_json::from_str(line).with_context(|| format!("not JSON: {line}"))?;
-                        if reply.get("id").and_then(Value::as_u64) == Some(id) {
-                            return Ok(reply);
-                        }
-                    }
+            let t = next_text(ws).await?;
+            for line in t.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                if line == "{}" {
+                    ws.send(Message::text("{}")).await?;
+                    continue;
                 }
-                Some(Ok(Message::Close(c))) => anyhow::bail!("closed: {c:?}"),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e.into()),
-                None => anyhow::bail!("closed"),
+                let reply: Value = serde_json::from_str(line).with_context(|| format!("not JSON: {line}"))?;
+                if reply.get("id").and_then(Value::as_u64) == Some(id) {
+                    return Ok(reply);
+                }
             }
         }
     })
