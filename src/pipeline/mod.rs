@@ -17,8 +17,9 @@
 //! }
 //! ```
 //! Kafka commits the offsets marked done every second, on revoke and when the loop ends, so a
-//! crash re-delivers at most the last second plus the two batches not marked yet; a poison message never stops its partition, and nothing
-//! is committed whose outputs and store writes are not durable. Roles with a transaction (the
+//! crash re-delivers at most the last second plus the two batches not marked yet; a poison
+//! message never stops its partition, and nothing is committed whose outputs and store writes
+//! are not durable. Roles with a transaction (the
 //! aggregation) settle and commit each batch before taking the next: one transaction is open
 //! at a time per producer.
 
@@ -239,10 +240,13 @@ impl Pipeline {
         if let Some(mut in_flight) = in_flight {
             in_flight.finished().await;
         }
-        // What the commit timer has not sent yet, so the next owner starts where this one ended.
-        if let Err(error) = self.consumer.commit_marked().await {
-            telemetry::commit_failed();
-            tracing::warn!(message = "final offset commit failed", %error);
+        // What the commit timer has not sent yet, so the next owner starts where this one ended
+        // (a transactional pipeline's offsets are committed in its transactions).
+        if !self.transactional {
+            if let Err(error) = self.consumer.commit_marked().await {
+                telemetry::commit_failed();
+                tracing::warn!(message = "final offset commit failed", %error);
+            }
         }
         self.health.remove(&self.processing_condition);
         self.health.fail(&running, "stopped");

@@ -1,6 +1,7 @@
 //! What a pipeline consumes from: a Kafka consumer group member, or a group of the in-process
 //! queue. Both give records in order per partition, take "next offset" per partition once a
-//! batch's side effects are durable, and rewind to redo a batch; the pipeline does not know which one it has.
+//! batch's side effects are durable, and rewind to redo a batch; the pipeline does not know
+//! which one it has.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -59,14 +59,9 @@ pub async fn start_with(
         .spawn()
         .expect("starting -t all");
     let p = Process { reaper: Reaper(child), http, ws };
-    // On SQLite alone readiness takes a second. With Kafka and a CQL keyspace configured it
-    // includes the keyspace's DDL, which Cassandra applies one statement at a time for every test
-    // creating a keyspace at once: 30 s under a loaded CI run, hence the stack tests' 120 s.
-    let deadline = if extra.iter().any(|(k, _)| *k == "TP_KFK_BROKERS" || *k == "TP_SCYLLA_NODES") {
-        Duration::from_secs(120)
-    } else {
-        Duration::from_secs(30)
-    };
+    // On SQLite alone readiness takes a second; with Kafka and a CQL keyspace configured it
+    // includes the keyspace's DDL, which took 30 s in a loaded CI run: the stack tests' 120 s.
+    let deadline = Duration::from_secs(120);
     let started = std::time::Instant::now();
     // Ready: every role's loop runs and the WebSocket listener is bound (before, a client could
     // find the ingress answering and the socket port still closed).

@@ -141,6 +141,8 @@ impl Session {
         };
         crate::telemetry::socket_opened();
         let code = self.serve(&mut ws, &mut inbox, &shutdown).await;
+        // Until it leaves the hub (after the registry steps), nothing more is queued for it.
+        inbox.mailbox.close(code.unwrap_or(p::CLOSE_GOING_AWAY));
         if let Some(code) = code {
             Box::pin(close_with(&mut ws, code)).await;
         }

@@ -172,14 +172,16 @@ impl Hub {
     }
 }
 
-/// Queues one frame on a connection; a full queue closes it (4008).
+/// Queues one frame on a connection; a full queue closes it (4008). A connection already
+/// closing (asked by the hub, or its loop ended) gets nothing more and is not counted again.
 fn queue(h: &Handle, frame: &Utf8Bytes, out: &mut Delivered) {
+    if h.mailbox.token.is_cancelled() {
+        return;
+    }
     if h.mailbox.push(frame.clone()) {
         out.frames += 1;
     } else {
-        if !h.mailbox.token.is_cancelled() {
-            out.dropped += 1;
-        }
+        out.dropped += 1;
         h.mailbox.close(CLOSE_TOO_SLOW);
     }
 }
@@ -271,6 +273,10 @@ mod tests {
         assert_eq!(slow.mailbox.code(), CLOSE_TOO_SLOW);
         assert!(slow.mailbox.token.is_cancelled());
         assert_eq!(fast.mailbox.code(), 0);
+        // Closing: nothing more is queued for it, and it is not counted as dropped again.
+        let d = hub.deliver(&msg("app", &[], true, &batch));
+        assert_eq!((d.frames, d.dropped), (1, 0));
+        assert_eq!(std::iter::from_fn(|| slow.mailbox.try_pop()).count(), 2, "only what it took before");
     }
 
     #[test]
