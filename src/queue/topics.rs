@@ -153,6 +153,8 @@ impl std::fmt::Display for Report {
 }
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `apply` waits for what it created to show in metadata; see [`await_visible`].
+const VISIBLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Creates missing topics and compares existing ones with their declaration. Idempotent.
 pub async fn apply(cfg: &Config, files: &[TopicFile], fix: bool) -> Result<Vec<Report>, WorkerError> {
@@ -194,35 +196,57 @@ pub async fn apply(cfg: &Config, files: &[TopicFile], fix: bool) -> Result<Vec<R
 
 /// CreateTopics answers when the controller has the topic, before every broker's metadata has
 /// it: a producer started right after `apply` could still be told it does not exist. Returning
-/// only once metadata shows every partition with a leader makes `apply` a real barrier.
+/// only once metadata shows every partition with a leader makes `apply` a real barrier. A broker
+/// busy creating hundreds of partitions for other clients took more than 30 s in a loaded CI
+/// run, so the wait is longer than one admin call and its failure says what was still missing.
 async fn await_visible(
     admin: &Arc<AdminClient<DefaultClientContext>>,
-    mut pending: Vec<String>,
+    created: Vec<String>,
 ) -> Result<(), WorkerError> {
-    let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + VISIBLE_TIMEOUT;
+    let mut pending: BTreeMap<String, String> =
+        created.into_iter().map(|t| (t, "not in metadata yet".to_string())).collect();
     while !pending.is_empty() {
         let probe = admin.clone();
         let md = tokio::task::spawn_blocking(move || probe.inner().fetch_metadata(None, ADMIN_TIMEOUT))
             .await
             .map_err(|e| WorkerError::Fatal(format!("metadata task: {e}")))?
             .map_err(WorkerError::kafka("fetching metadata"))?;
-        pending.retain(|name| {
-            !md.topics().iter().any(|t| {
-                t.name() == name
-                    && t.error().is_none()
-                    && !t.partitions().is_empty()
-                    && t.partitions().iter().all(|p| p.error().is_none() && p.leader() >= 0)
-            })
-        });
+        for t in md.topics() {
+            if let Some(state) = pending.get_mut(t.name()) {
+                *state = unready(t).unwrap_or_default();
+            }
+        }
+        pending.retain(|_, state| !state.is_empty());
         if pending.is_empty() {
             break;
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(WorkerError::Fatal(format!("created topics not visible in metadata after 30 s: {pending:?}")));
+            let what: Vec<String> = pending.iter().map(|(t, s)| format!("{t} ({s})")).collect();
+            return Err(WorkerError::Fatal(format!(
+                "created topics not visible in metadata after {} s: {}",
+                VISIBLE_TIMEOUT.as_secs(),
+                what.join(", ")
+            )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
+}
+
+/// Why a topic's metadata is not yet usable, or `None` when every partition has a leader.
+fn unready(t: &rdkafka::metadata::MetadataTopic) -> Option<String> {
+    if let Some(e) = t.error() {
+        return Some(format!("topic error: {}", rdkafka::types::RDKafkaErrorCode::from(e)));
+    }
+    if t.partitions().is_empty() {
+        return Some("no partitions yet".into());
+    }
+    t.partitions().iter().find_map(|p| match p.error() {
+        Some(e) => Some(format!("partition {} error: {}", p.id(), rdkafka::types::RDKafkaErrorCode::from(e))),
+        None if p.leader() < 0 => Some(format!("partition {} has no leader", p.id())),
+        None => None,
+    })
 }
 
 /// A replication factor above the broker count cannot be created; a development cluster of one

@@ -17,6 +17,8 @@ pub struct Process {
     pub reaper: Reaper,
     pub http: u16,
     pub ws: u16,
+    /// Where `worker.log` is, so a failed stop can show why.
+    pub dir: std::path::PathBuf,
 }
 
 /// Starts `-t all` on `dir/nexxus.db` with nothing but `extra` configured, and waits until its
@@ -58,7 +60,7 @@ pub async fn start_with(
         .stderr(log)
         .spawn()
         .expect("starting -t all");
-    let p = Process { reaper: Reaper(child), http, ws };
+    let p = Process { reaper: Reaper(child), http, ws, dir: dir.to_path_buf() };
     // On SQLite alone readiness takes a second; with Kafka and a CQL keyspace configured it
     // includes the keyspace's DDL, which took 30 s in a loaded CI run: the stack tests' 120 s.
     let deadline = Duration::from_secs(120);
@@ -77,7 +79,15 @@ impl Process {
     pub fn stop(mut self) -> Option<i32> {
         let pid = nix::unistd::Pid::from_raw(self.reaper.0.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        self.reaper.0.wait().unwrap().code()
+        let code = self.reaper.0.wait().unwrap().code();
+        if code != Some(0) {
+            // Printed, not returned: the caller's assertion fails and the test output shows why.
+            let log = log_of(&self.dir);
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("-t all exited {code:?}; the end of its log:");
+            tail.iter().rev().for_each(|l| eprintln!("{l}"));
+        }
+        code
     }
 
     pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &Value) -> (u16, Value) {
