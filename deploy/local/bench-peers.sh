@@ -11,7 +11,8 @@
 #   app's jwt_secret in the URL, then a `subscribe` frame; Centrifugo: `connect` command with an
 #   HS256 connection JWT, then `subscribe` to `bench:fan`) and subscribe to one channel. After a
 #   warm-up publication, MESSAGES publications of the same ~300-byte JSON object go out at RATE
-#   per second over each server's HTTP API (ours: `POST /events`, an update replacing one field of
+#   per second, each on schedule whether or not the previous one was answered (Centrifugo answers
+#   a publish after its fan-out; waiting would offer it less load), over each server's HTTP API (ours: `POST /events`, an update replacing one field of
 #   one object whose channel the clients subscribed; Centrifugo: `POST /api/publish`). The object
 #   carries a sequence number and the sender's wall clock in ns (`bench_sent_ns`, stamped before
 #   the HTTP request): latency = receive time − send time per delivery, over every first delivery
@@ -34,6 +35,7 @@
 #   deploy/local/bench-peers.sh
 #   ROUNDS=1 CLIENTS=1000 IDLE=2000 IDLE_SECS=10 deploy/local/bench-peers.sh
 #   NO_BUILD=1 deploy/local/bench-peers.sh      # reuse the built binaries
+#   SERVERS=nexxus MODES=fanout ROUNDS=1 deploy/local/bench-peers.sh   # one side, one mode
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -47,6 +49,9 @@ RATE=${RATE:-20}
 IDLE=${IDLE:-15000}
 IDLE_SECS=${IDLE_SECS:-30}
 DRAIN=${DRAIN:-5}
+# Subsets, for profiling one side: SERVERS="nexxus" MODES="fanout".
+SERVERS=${SERVERS:-nexxus centrifugo}
+MODES=${MODES:-fanout idle}
 # Ports on 127.0.0.1 only, away from the ones other things use on this machine.
 NX_SCKT_PORT=${NX_SCKT_PORT:-24611}
 NX_HTTP_PORT=${NX_HTTP_PORT:-24612}
@@ -147,9 +152,11 @@ run() { # round, server, mode, clients, net
 
 net=0
 for round in $(seq 1 "$ROUNDS"); do
-  for server in nexxus centrifugo; do
-    net=$((net + 1)); run "$round" "$server" fanout "$CLIENTS" "$net"
-    net=$((net + 1)); run "$round" "$server" idle "$IDLE" "$net"
+  for server in $SERVERS; do
+    for mode in $MODES; do
+      net=$((net + 1))
+      if [[ $mode == fanout ]]; then run "$round" "$server" fanout "$CLIENTS" "$net"; else run "$round" "$server" idle "$IDLE" "$net"; fi
+    done
   done
 done
 
