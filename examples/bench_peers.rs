@@ -30,7 +30,7 @@ use base64::Engine;
 use futures::{SinkExt, StreamExt};
 use hmac::{Hmac, Mac};
 use nexxus_worker::transport::jwt::{self, Claims};
-use proc::{cpu_ticks, rss_kib};
+use proc::{cpu_split_ticks, cpu_ticks, rss_kib};
 use serde_json::{json, Value};
 use sha2::Sha256;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -173,7 +173,8 @@ async fn parent() -> anyhow::Result<()> {
         // A warm-up publication (seq 0, not measured) primes every path first.
         publish(&run, 0).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let cpu_before = cpu_ticks(run.pid);
+        let (user_before, system_before) = cpu_split_ticks(run.pid);
+        let cpu_before = user_before + system_before;
         let started = Instant::now();
         let interval = Duration::from_secs_f64(1.0 / rate as f64);
         // Each publication starts on its schedule, whether or not the previous one was answered:
@@ -197,7 +198,10 @@ async fn parent() -> anyhow::Result<()> {
         }
         let published_s = started.elapsed().as_secs_f64();
         tokio::time::sleep(Duration::from_secs(drain_secs)).await;
-        let cpu_s = cpu_ticks(run.pid).saturating_sub(cpu_before) as f64 / TICKS_PER_SECOND;
+        let (user_after, system_after) = cpu_split_ticks(run.pid);
+        let cpu_s = (user_after + system_after).saturating_sub(cpu_before) as f64 / TICKS_PER_SECOND;
+        let system_s = system_after.saturating_sub(system_before) as f64 / TICKS_PER_SECOND;
+        let user_s = user_after.saturating_sub(user_before) as f64 / TICKS_PER_SECOND;
         let window_s = started.elapsed().as_secs_f64();
         let rss_after = rss_kib(run.pid);
         check_alive(&run)?;
@@ -211,6 +215,8 @@ async fn parent() -> anyhow::Result<()> {
         o.insert("publish_start_late_ms".into(), json!(round2(late_ms)));
         o.insert("fanout_window_s".into(), json!(round2(window_s)));
         o.insert("fanout_cpu_s".into(), json!(cpu_s));
+        o.insert("fanout_user_s".into(), json!(user_s));
+        o.insert("fanout_system_s".into(), json!(system_s));
         o.insert("rss_after_fanout_kib".into(), json!(rss_after));
         for (k, v) in agg {
             o.insert(k, v);
@@ -730,6 +736,7 @@ fn report(dir: &str) -> anyhow::Result<String> {
         ("max ms", |a, _| a["latency_ms"]["max"].as_f64(), 1),
         ("publish s", |a, _| a["published_s"].as_f64(), 1),
         ("fan-out CPU s", |a, _| a["fanout_cpu_s"].as_f64(), 2),
+        ("of which user s", |a, _| a["fanout_user_s"].as_f64(), 2),
         ("RSS with clients MiB", |a, _| a["rss_connected_kib"].as_f64().map(|k| k / 1024.0), 1),
         ("idle KiB/conn", |_, b| b["idle_kib_per_conn"].as_f64(), 2),
         ("idle CPU µs/s per conn", |_, b| b["idle_cpu_us_per_conn_s"].as_f64(), 3),
@@ -744,7 +751,8 @@ fn report(dir: &str) -> anyhow::Result<String> {
          Idle: {} subscribed connections held for {} s. Method: deploy/local/bench-peers.sh. \
          Each publication starts on schedule, answered or not; \"publish s\": time until the HTTP \
          API had answered every publication (the schedule is {} s); \
-         \"fan-out CPU s\": server CPU from the first publication to the end of the drain.\n\n",
+         \"fan-out CPU s\": server CPU from the first publication to the end of the drain \
+         (\"of which user s\": outside the kernel).\n\n",
         fan["clients"],
         fan["messages"],
         fan["rate"],

@@ -12,10 +12,17 @@ pub fn rss_kib(pid: u32) -> u64 {
 
 /// User + system CPU time of `pid` in clock ticks (1/100 s on Linux).
 pub fn cpu_ticks(pid: u32) -> u64 {
+    let (user, system) = cpu_split_ticks(pid);
+    user + system
+}
+
+/// A process's (user, system) CPU in clock ticks: for a server whose cost is mostly its
+/// sockets, system time is the kernel's share and user time its own code's.
+pub fn cpu_split_ticks(pid: u32) -> (u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
-    fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+    let field = |i: usize| fields.get(i).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0);
+    (field(11), field(12))
 }
 
 /// The whole response (headers and body) of `GET path` on 127.0.0.1:`port`.

@@ -110,7 +110,9 @@ impl Worker for SocketsTransport {
     }
 
     async fn drain(self, ctx: &WorkerContext) {
+        // In this order: a connection joining the hub after `close_all` sees the cancellation.
         self.connections.cancel();
+        self.hub.close_all(protocol::CLOSE_GOING_AWAY);
         if tokio::time::timeout(ctx.config.shutdown_grace, self.tracker.wait()).await.is_err() {
             tracing::warn!(message = "connections still open at the end of the grace period", open = self.hub.open());
         }

@@ -1,13 +1,13 @@
 //! One client connection: the opening ([`super::handshake`]), then a single loop that reads
 //! frames, writes queued deliveries, pings, and closes when asked.
 //!
-//! Every write of the loop is bounded: raced against the connection's close signal and the
-//! process's shutdown, and given at most one ping interval. A client that stops reading is
-//! therefore closed (4008) within its queue bound (the hub's signal) or a ping interval (the
-//! write timeout), whichever comes first, and shutdown reaches every connection at once.
+//! Every write of the loop is bounded: raced against the connection's close signal (its
+//! mailbox's, which process shutdown also uses: [`super::hub::Hub::close_all`]) and given at
+//! most one ping interval. A client that stops reading is therefore closed (4008) within its
+//! queue bound (the hub's signal) or a ping interval (the write timeout), whichever comes
+//! first, and shutdown reaches every connection at once.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,12 +17,12 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 
 use super::handshake::{close_with, open, CLOSE_WRITE};
 use super::hub::{Inbox, Slot};
 use super::limit::{FrameBudget, Verdict};
-use super::mailbox::Mailbox;
+use super::mailbox::{Mailbox, Next};
 use super::protocol::{self as p, ClientFrame, ErrorCode, Subscription};
 use super::shared::Shared;
 use crate::model::{DeviceAddress, Transport};
@@ -65,28 +65,19 @@ struct Session {
 
 /// Why the loop stopped a write or a registry step.
 enum Stop {
-    /// The hub asked (4008).
-    Closed,
-    /// Process shutdown (1001).
-    Stopping,
+    /// Asked to close, with this code (the hub: 4008; shutdown: 1001).
+    Closed(u16),
     /// The write did not finish within a ping interval: the peer is not reading (4008).
     Stuck,
     /// The peer is gone.
     Gone,
 }
 
-type Cancelled<'a> = Pin<&'a mut WaitForCancellationFutureOwned>;
-
-/// Runs `step`, unless the connection is asked to close or the process stops first.
-async fn race<T>(
-    step: impl Future<Output = T>,
-    closed: &mut Cancelled<'_>,
-    stopping: &mut Cancelled<'_>,
-) -> Result<T, Stop> {
+/// Runs `step`, unless the connection is asked to close first.
+async fn race<T>(step: impl Future<Output = T>, mailbox: &Mailbox) -> Result<T, Stop> {
     tokio::select! {
         biased;
-        () = closed.as_mut() => Err(Stop::Closed),
-        () = stopping.as_mut() => Err(Stop::Stopping),
+        code = mailbox.closed() => Err(Stop::Closed(code)),
         r = step => Ok(r),
     }
 }
@@ -95,10 +86,9 @@ async fn race<T>(
 async fn bounded(
     write: impl Future<Output = Result<(), WsError>>,
     limit: Duration,
-    closed: &mut Cancelled<'_>,
-    stopping: &mut Cancelled<'_>,
+    mailbox: &Mailbox,
 ) -> Result<(), Stop> {
-    match race(tokio::time::timeout(limit, write), closed, stopping).await? {
+    match race(tokio::time::timeout(limit, write), mailbox).await? {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(Stop::Gone),
         Err(_) => Err(Stop::Stuck),
@@ -139,8 +129,13 @@ impl Session {
             }
             inbox
         };
+        // Shutdown closes the connections the hub holds; one that joined after that is
+        // closed here (the drain cancels the token before it calls `close_all`).
+        if shutdown.is_cancelled() {
+            inbox.mailbox.close(p::CLOSE_GOING_AWAY);
+        }
         crate::telemetry::socket_opened();
-        let code = self.serve(&mut ws, &mut inbox, &shutdown).await;
+        let code = self.serve(&mut ws, &mut inbox).await;
         // Until it leaves the hub (after the registry steps), nothing more is queued for it.
         inbox.mailbox.close(code.unwrap_or(p::CLOSE_GOING_AWAY));
         if let Some(code) = code {
@@ -165,21 +160,11 @@ impl Session {
     }
 
     /// The connection's loop; returns the close code to send, `None` if the peer is gone.
-    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
-        &self,
-        ws: &mut Ws<S>,
-        inbox: &mut Inbox,
-        shutdown: &CancellationToken,
-    ) -> Option<u16> {
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(&self, ws: &mut Ws<S>, inbox: &mut Inbox) -> Option<u16> {
         let interval = self.shared.ping_interval;
-        // Registered once, not per loop turn: a `cancelled()` made anew on every wake-up takes
-        // the token's lock each time, and the shutdown token is shared by every connection.
-        let closed = inbox.mailbox.token.clone().cancelled_owned();
-        let stopping = shutdown.clone().cancelled_owned();
-        tokio::pin!(closed, stopping);
+        let mailbox = &*inbox.mailbox;
         let close_code = |stop: Stop| match stop {
-            Stop::Closed => Some(inbox.mailbox.code()),
-            Stop::Stopping => Some(p::CLOSE_GOING_AWAY),
+            Stop::Closed(code) => Some(code),
             Stop::Stuck => {
                 crate::telemetry::sockets_write_timeout();
                 Some(p::CLOSE_TOO_SLOW)
@@ -187,7 +172,7 @@ impl Session {
             Stop::Gone => None,
         };
         let ready = p::ready(&self.claims.device_id, &self.shared.hub.server);
-        if let Err(stop) = bounded(ws.send(Message::Text(ready)), interval, &mut closed, &mut stopping).await {
+        if let Err(stop) = bounded(ws.send(Message::Text(ready)), interval, mailbox).await {
             return close_code(stop);
         }
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
@@ -196,16 +181,15 @@ impl Session {
             FrameBudget::new(self.shared.budgets.clone(), &self.claims.application_id, &self.claims.device_id);
         loop {
             let step = tokio::select! {
-                () = &mut closed => Err(Stop::Closed),
-                () = &mut stopping => Err(Stop::Stopping),
-                frame = inbox.mailbox.pop() => {
-                    bounded(write_batch(ws, frame, &inbox.mailbox), interval, &mut closed, &mut stopping).await
-                }
+                next = mailbox.next() => match next {
+                    Next::Frame(frame) => bounded(write_batch(ws, frame, mailbox), interval, mailbox).await,
+                    Next::Close(code) => Err(Stop::Closed(code)),
+                },
                 incoming = ws.next() => {
                     last_heard = Instant::now();
                     let reply = match incoming {
                         Some(Ok(Message::Text(text))) => match budget.frame() {
-                            Verdict::Allow => match race(Box::pin(self.on_text(&text)), &mut closed, &mut stopping).await {
+                            Verdict::Allow => match race(Box::pin(self.on_text(&text)), mailbox).await {
                                 Ok((reply, false)) => Ok(Some(reply)),
                                 Ok((reply, true)) => match budget.refused() {
                                     Verdict::Close => return self.policy_close(ws).await,
@@ -227,7 +211,7 @@ impl Session {
                     };
                     match reply {
                         Ok(Some(reply)) => {
-                            bounded(ws.send(Message::Text(reply)), interval, &mut closed, &mut stopping).await
+                            bounded(ws.send(Message::Text(reply)), interval, mailbox).await
                         }
                         Ok(None) => Ok(()),
                         Err(stop) => Err(stop),
@@ -238,7 +222,7 @@ impl Session {
                         crate::telemetry::sockets_dead_peer();
                         return Some(p::CLOSE_DEAD_PEER);
                     }
-                    bounded(ws.send(Message::Ping(Default::default())), interval, &mut closed, &mut stopping).await
+                    bounded(ws.send(Message::Ping(Default::default())), interval, mailbox).await
                 }
             };
             if let Err(stop) = step {

@@ -128,6 +128,13 @@ impl Hub {
         last
     }
 
+    /// Asks every connection to close with `code` (shutdown: 1001). A connection that joins
+    /// after this checks the shutdown itself (see `conn`).
+    pub fn close_all(&self, code: u16) {
+        let apps = self.apps.read().unwrap_or_else(|p| p.into_inner());
+        apps.values().flat_map(HashMap::values).flatten().for_each(|h| h.mailbox.close(code));
+    }
+
     /// Queues `msg` for its recipients on this transport (or, for a broadcast, every connection
     /// of its application).
     pub fn deliver(&self, msg: &RawTransportMessage<'_>) -> Delivered {
@@ -175,7 +182,7 @@ impl Hub {
 /// Queues one frame on a connection; a full queue closes it (4008). A connection already
 /// closing (asked by the hub, or its loop ended) gets nothing more and is not counted again.
 fn queue(h: &Handle, frame: &Utf8Bytes, out: &mut Delivered) {
-    if h.mailbox.token.is_cancelled() {
+    if h.mailbox.is_closing() {
         return;
     }
     if h.mailbox.push(frame.clone()) {
@@ -271,12 +278,22 @@ mod tests {
             while fast.mailbox.try_pop().is_some() {}
         }
         assert_eq!(slow.mailbox.code(), CLOSE_TOO_SLOW);
-        assert!(slow.mailbox.token.is_cancelled());
+        assert!(slow.mailbox.is_closing());
         assert_eq!(fast.mailbox.code(), 0);
         // Closing: nothing more is queued for it, and it is not counted as dropped again.
         let d = hub.deliver(&msg("app", &[], true, &batch));
         assert_eq!((d.frames, d.dropped), (1, 0));
         assert_eq!(std::iter::from_fn(|| slow.mailbox.try_pop()).count(), 2, "only what it took before");
+    }
+
+    #[test]
+    fn close_all_asks_every_connection_of_every_application() {
+        let hub = Hub::new("s".into(), "t".into(), 4, 8);
+        let inboxes = [hub.join("a1", "d1").0, hub.join("a1", "d2").0, hub.join("a2", "d1").0];
+        inboxes[1].mailbox.close(CLOSE_TOO_SLOW);
+        hub.close_all(1001);
+        let codes: Vec<u16> = inboxes.iter().map(|i| i.mailbox.code()).collect();
+        assert_eq!(codes, [1001, CLOSE_TOO_SLOW, 1001], "a close already asked for keeps its code");
     }
 
     #[test]
