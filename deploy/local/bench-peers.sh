@@ -35,6 +35,7 @@
 #   deploy/local/bench-peers.sh
 #   ROUNDS=1 CLIENTS=1000 IDLE=2000 IDLE_SECS=10 deploy/local/bench-peers.sh
 #   NO_BUILD=1 deploy/local/bench-peers.sh      # reuse the built binaries
+#   NO_BUILD=1 NEXXUS_WORKER_BIN=/tmp/other/nexxus-worker deploy/local/bench-peers.sh   # another build
 #   SERVERS=nexxus MODES=fanout ROUNDS=1 deploy/local/bench-peers.sh   # one side, one mode
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -58,7 +59,7 @@ NX_HTTP_PORT=${NX_HTTP_PORT:-24612}
 CF_PORT=${CF_PORT:-24621}
 OUT=target/bench-peers
 TARGET=${CARGO_TARGET_DIR:-target}
-BIN=$TARGET/release/nexxus-worker
+BIN=${NEXXUS_WORKER_BIN:-$TARGET/release/nexxus-worker}
 CLIENT=$TARGET/release/examples/bench_peers
 SECRET=peers-bench-hmac-secret-$RANDOM$RANDOM
 API_KEY=peers-bench-api-key-$RANDOM$RANDOM
