@@ -17,7 +17,6 @@
 #![allow(clippy::disallowed_methods)] // a benchmark harness, not the worker: it reads its settings from the command line
 
 #[path = "support/proc.rs"]
-#[allow(dead_code)] // http_get is for the other benchmarks
 mod proc;
 
 use std::collections::BTreeMap;
@@ -30,7 +29,7 @@ use base64::Engine;
 use futures::{SinkExt, StreamExt};
 use hmac::{Hmac, Mac};
 use nexxus_worker::transport::jwt::{self, Claims};
-use proc::{cpu_split_ticks, cpu_ticks, rss_kib};
+use proc::{bucket_quantile, cpu_split_ticks, cpu_ticks, http_get, rss_kib};
 use serde_json::{json, Value};
 use sha2::Sha256;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -205,6 +204,7 @@ async fn parent() -> anyhow::Result<()> {
         let window_s = started.elapsed().as_secs_f64();
         let rss_after = rss_kib(run.pid);
         check_alive(&run)?;
+        let stages = (run.server == Server::Nexxus).then(|| stage_quantiles(run.http_port));
         let reports = collect(children).await?;
         let agg = aggregate(&reports, messages, clients);
         let o = result.as_object_mut().context("result object")?;
@@ -220,6 +220,9 @@ async fn parent() -> anyhow::Result<()> {
         o.insert("rss_after_fanout_kib".into(), json!(rss_after));
         for (k, v) in agg {
             o.insert(k, v);
+        }
+        if let Some(stages) = stages {
+            o.insert("stages_ms".into(), stages);
         }
     } else {
         let cpu_before = cpu_ticks(run.pid);
@@ -251,6 +254,21 @@ async fn parent() -> anyhow::Result<()> {
     }
     eprintln!("{}", brief);
     Ok(())
+}
+
+/// Where ours spent a delivery's time, from its own histograms (bucket bounds, in ms): the
+/// change's timestamp to frames queued on the connections, and the store write of each batch.
+/// The rest of the client's latency is the socket writes and the clients' reading.
+fn stage_quantiles(http_port: u16) -> Value {
+    let metrics = http_get(http_port, "/metrics").unwrap_or_default();
+    let q = |name: &str, labels: &str, q: f64| bucket_quantile(&metrics, name, labels, q).map(|s| round2(s * 1e3));
+    let queued = "nexxus_sockets_delivery_latency_seconds";
+    let phase = "nexxus_batch_phase_seconds";
+    json!({
+        "queued_p50": q(queued, "", 0.5), "queued_p99": q(queued, "", 0.99), "queued_max": q(queued, "", 1.0),
+        "persist_p50": q(phase, "phase=\"persist\"", 0.5), "persist_p99": q(phase, "phase=\"persist\"", 0.99),
+        "persist_max": q(phase, "phase=\"persist\"", 1.0),
+    })
 }
 
 fn round2(v: f64) -> f64 {
@@ -737,6 +755,8 @@ fn report(dir: &str) -> anyhow::Result<String> {
         ("publish s", |a, _| a["published_s"].as_f64(), 1),
         ("fan-out CPU s", |a, _| a["fanout_cpu_s"].as_f64(), 2),
         ("of which user s", |a, _| a["fanout_user_s"].as_f64(), 2),
+        ("queued p99 ms", |a, _| a["stages_ms"]["queued_p99"].as_f64(), 0),
+        ("store write max ms", |a, _| a["stages_ms"]["persist_max"].as_f64(), 0),
         ("RSS with clients MiB", |a, _| a["rss_connected_kib"].as_f64().map(|k| k / 1024.0), 1),
         ("idle KiB/conn", |_, b| b["idle_kib_per_conn"].as_f64(), 2),
         ("idle CPU µs/s per conn", |_, b| b["idle_cpu_us_per_conn_s"].as_f64(), 3),
@@ -752,7 +772,9 @@ fn report(dir: &str) -> anyhow::Result<String> {
          Each publication starts on schedule, answered or not; \"publish s\": time until the HTTP \
          API had answered every publication (the schedule is {} s); \
          \"fan-out CPU s\": server CPU from the first publication to the end of the drain \
-         (\"of which user s\": outside the kernel).\n\n",
+         (\"of which user s\": outside the kernel); ours only, from its own histograms (bucket \
+         bounds): \"queued p99 ms\", change timestamp to frames queued on the connections, and \
+         \"store write max ms\", the slowest batch's SQLite write.\n\n",
         fan["clients"],
         fan["messages"],
         fan["rate"],
