@@ -16,6 +16,8 @@
 //! - `--report <dir>`: the Markdown table of every `run-*.json` in `<dir>`.
 #![allow(clippy::disallowed_methods)] // a benchmark harness, not the worker: it reads its settings from the command line
 
+#[path = "support/histogram_text.rs"]
+mod histogram_text;
 #[path = "support/proc.rs"]
 mod proc;
 
@@ -27,9 +29,10 @@ use anyhow::Context;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use futures::{SinkExt, StreamExt};
+use histogram_text::bucket_quantile;
 use hmac::{Hmac, Mac};
 use nexxus_worker::transport::jwt::{self, Claims};
-use proc::{bucket_quantile, cpu_split_ticks, cpu_ticks, http_get, rss_kib};
+use proc::{cpu_split_ticks, cpu_ticks, http_get, rss_kib};
 use serde_json::{json, Value};
 use sha2::Sha256;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
