@@ -8,10 +8,11 @@
 //! first, and shutdown reaches every connection at once.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::Poll;
 
-use futures::{SinkExt, StreamExt};
+use futures::{Sink, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
@@ -38,23 +39,34 @@ type Ws<S> = WebSocketStream<S>;
 /// Serves one accepted stream until it closes. `slot` is `None` when the connection limit is
 /// reached: the upgrade is then refused with 503. The opening must end by `deadline`; the
 /// handshake `permit` is released as soon as it does.
-pub async fn serve<S>(
+///
+/// A plain function returning an `async move` block, not an `async fn`: an `async fn` keeps its
+/// arguments twice in its state (as captured and as moved into locals), and this state lives as
+/// long as the connection (memory per idle connection bounds a transport's capacity).
+#[expect(clippy::manual_async_fn, reason = "an async fn would hold its arguments twice")]
+pub fn serve<S>(
     stream: S,
     shared: Arc<Shared>,
     slot: Option<Slot>,
     shutdown: CancellationToken,
     deadline: Instant,
     permit: OwnedSemaphorePermit,
-) where
+) -> impl Future<Output = ()>
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    // The opening's state is freed before the connection's life starts: an idle connection
-    // holds only its loop (memory per connection is what bounds a transport's capacity).
-    let opened = Box::pin(open(stream, &shared, slot.is_none(), deadline, &shutdown)).await;
-    drop(permit);
-    if let Some((ws, claims)) = opened {
-        let session = Session { shared, claims };
-        Box::pin(session.run(ws, shutdown, slot)).await;
+    async move {
+        // The opening's state is freed before the connection's life starts, and so is its
+        // result: the block ends before the loop is awaited.
+        let run = {
+            let opened = Box::pin(open(stream, &shared, slot.is_none(), deadline, &shutdown)).await;
+            drop(permit);
+            match opened {
+                Some((ws, claims)) => Box::pin(Session { shared, claims }.run(ws, shutdown, slot)),
+                None => return,
+            }
+        };
+        run.await;
     }
 }
 
@@ -73,26 +85,30 @@ enum Stop {
     Gone,
 }
 
-/// Runs `step`, unless the connection is asked to close first.
-async fn race<T>(step: impl Future<Output = T>, mailbox: &Mailbox) -> Result<T, Stop> {
-    tokio::select! {
-        biased;
-        code = mailbox.closed() => Err(Stop::Closed(code)),
-        r = step => Ok(r),
-    }
+/// Runs `step` unless the connection is asked to close first: a `Result<_, Stop>`. Macros, not
+/// async fns, so each call builds its futures inside the loop's own state, once: as async fns,
+/// each level also kept its argument a second time, and the loop's largest state (a write) was
+/// 928 bytes that every idle connection holds (`-Zprint-type-sizes`).
+macro_rules! raced {
+    ($mailbox:expr, $step:expr) => {
+        tokio::select! {
+            biased;
+            code = $mailbox.closed() => Err(Stop::Closed(code)),
+            r = $step => Ok(r),
+        }
+    };
 }
 
-/// Runs a write, raced as [`race`] does and bounded by `limit`.
-async fn bounded(
-    write: impl Future<Output = Result<(), WsError>>,
-    limit: Duration,
-    mailbox: &Mailbox,
-) -> Result<(), Stop> {
-    match race(tokio::time::timeout(limit, write), mailbox).await? {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(Stop::Gone),
-        Err(_) => Err(Stop::Stuck),
-    }
+/// A write, raced as [`raced!`] does and bounded by `limit`: a `Result<(), Stop>`.
+macro_rules! bounded {
+    ($mailbox:expr, $limit:expr, $write:expr) => {
+        match raced!($mailbox, tokio::time::timeout($limit, $write)) {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(_))) => Err(Stop::Gone),
+            Ok(Err(_)) => Err(Stop::Stuck),
+            Err(stop) => Err(stop),
+        }
+    };
 }
 
 impl Session {
@@ -105,58 +121,63 @@ impl Session {
         }
     }
 
-    async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    /// The connection's life after its opening. Returns an `async move` block rather than being
+    /// an `async fn`, so its arguments are held once (see [`serve`]).
+    #[expect(clippy::manual_async_fn, reason = "an async fn would hold its arguments twice")]
+    fn run<S: AsyncRead + AsyncWrite + Unpin>(
         self,
         mut ws: Ws<S>,
         shutdown: CancellationToken,
         slot: Option<Slot>,
-    ) {
-        let (app, dev) = (self.claims.application_id.clone(), self.claims.device_id.clone());
-        let hub = self.shared.hub.clone();
-        let mut inbox = {
+    ) -> impl Future<Output = ()> {
+        async move {
+            let (app, dev) = (self.claims.application_id.clone(), self.claims.device_id.clone());
+            let hub = self.shared.hub.clone();
+            let mut inbox = {
+                let _device = hub.stripe(&app, &dev).lock().await;
+                let (inbox, first) = hub.join(&app, &dev);
+                if first {
+                    let address = self.address();
+                    if let Err(e) = Box::pin(self.shared.registry.attach_socket(&address)).await {
+                        hub.leave(&app, &dev, inbox.id);
+                        tracing::warn!(message = "socket not attached: registry unavailable", error = %e);
+                        let frame = Message::Text(p::error(ErrorCode::Unavailable, &e.to_string()));
+                        let _ = tokio::time::timeout(CLOSE_WRITE, ws.send(frame)).await;
+                        close_with(&mut ws, p::CLOSE_UNAVAILABLE).await;
+                        return;
+                    }
+                }
+                inbox
+            };
+            // Shutdown closes the connections the hub holds; one that joined after that is
+            // closed here (the drain cancels the token before it calls `close_all`).
+            if shutdown.is_cancelled() {
+                inbox.mailbox.close(p::CLOSE_GOING_AWAY);
+            }
+            crate::telemetry::socket_opened();
+            let code = self.serve(&mut ws, &mut inbox).await;
+            // Until it leaves the hub (after the registry steps), nothing more is queued for it.
+            inbox.mailbox.close(code.unwrap_or(p::CLOSE_GOING_AWAY));
+            if let Some(code) = code {
+                Box::pin(close_with(&mut ws, code)).await;
+            }
+            // The socket goes now, not after the registry steps: a peer that stopped reading
+            // should not keep its buffers.
+            drop(ws);
+            crate::telemetry::socket_closed();
             let _device = hub.stripe(&app, &dev).lock().await;
-            let (inbox, first) = hub.join(&app, &dev);
-            if first {
+            if hub.leave(&app, &dev, inbox.id) {
                 let address = self.address();
-                if let Err(e) = Box::pin(self.shared.registry.attach_socket(&address)).await {
-                    hub.leave(&app, &dev, inbox.id);
-                    tracing::warn!(message = "socket not attached: registry unavailable", error = %e);
-                    let frame = Message::Text(p::error(ErrorCode::Unavailable, &e.to_string()));
-                    let _ = tokio::time::timeout(CLOSE_WRITE, ws.send(frame)).await;
-                    close_with(&mut ws, p::CLOSE_UNAVAILABLE).await;
-                    return;
+                match Box::pin(self.shared.registry.detach_socket(&address)).await {
+                    Ok(()) => self.shared.views.detached(&address),
+                    // The next start of this index purges it.
+                    Err(e) => {
+                        tracing::warn!(message = "socket entries left behind: registry unavailable", device = dev, error = %e)
+                    }
                 }
             }
-            inbox
-        };
-        // Shutdown closes the connections the hub holds; one that joined after that is
-        // closed here (the drain cancels the token before it calls `close_all`).
-        if shutdown.is_cancelled() {
-            inbox.mailbox.close(p::CLOSE_GOING_AWAY);
+            drop(slot);
         }
-        crate::telemetry::socket_opened();
-        let code = self.serve(&mut ws, &mut inbox).await;
-        // Until it leaves the hub (after the registry steps), nothing more is queued for it.
-        inbox.mailbox.close(code.unwrap_or(p::CLOSE_GOING_AWAY));
-        if let Some(code) = code {
-            Box::pin(close_with(&mut ws, code)).await;
-        }
-        // The socket goes now, not after the registry steps: a peer that stopped reading
-        // should not keep its buffers.
-        drop(ws);
-        crate::telemetry::socket_closed();
-        let _device = hub.stripe(&app, &dev).lock().await;
-        if hub.leave(&app, &dev, inbox.id) {
-            let address = self.address();
-            match Box::pin(self.shared.registry.detach_socket(&address)).await {
-                Ok(()) => self.shared.views.detached(&address),
-                // The next start of this index purges it.
-                Err(e) => {
-                    tracing::warn!(message = "socket entries left behind: registry unavailable", device = dev, error = %e)
-                }
-            }
-        }
-        drop(slot);
     }
 
     /// The connection's loop; returns the close code to send, `None` if the peer is gone.
@@ -172,7 +193,7 @@ impl Session {
             Stop::Gone => None,
         };
         let ready = p::ready(&self.claims.device_id, &self.shared.hub.server);
-        if let Err(stop) = bounded(ws.send(Message::Text(ready)), interval, mailbox).await {
+        if let Err(stop) = bounded!(mailbox, interval, ws.send(Message::Text(ready))) {
             return close_code(stop);
         }
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
@@ -182,14 +203,14 @@ impl Session {
         loop {
             let step = tokio::select! {
                 next = mailbox.next() => match next {
-                    Next::Frame(frame) => bounded(write_batch(ws, frame, mailbox), interval, mailbox).await,
+                    Next::Frame(frame) => bounded!(mailbox, interval, write_batch(ws, frame, mailbox)),
                     Next::Close(code) => Err(Stop::Closed(code)),
                 },
                 incoming = ws.next() => {
                     last_heard = Instant::now();
                     let reply = match incoming {
                         Some(Ok(Message::Text(text))) => match budget.frame() {
-                            Verdict::Allow => match race(Box::pin(self.on_text(&text)), mailbox).await {
+                            Verdict::Allow => match raced!(mailbox, Box::pin(self.on_text(&text))) {
                                 Ok((reply, false)) => Ok(Some(reply)),
                                 Ok((reply, true)) => match budget.refused() {
                                     Verdict::Close => return self.policy_close(ws).await,
@@ -211,7 +232,7 @@ impl Session {
                     };
                     match reply {
                         Ok(Some(reply)) => {
-                            bounded(ws.send(Message::Text(reply)), interval, mailbox).await
+                            bounded!(mailbox, interval, ws.send(Message::Text(reply)))
                         }
                         Ok(None) => Ok(()),
                         Err(stop) => Err(stop),
@@ -222,7 +243,7 @@ impl Session {
                         crate::telemetry::sockets_dead_peer();
                         return Some(p::CLOSE_DEAD_PEER);
                     }
-                    bounded(ws.send(Message::Ping(Default::default())), interval, mailbox).await
+                    bounded!(mailbox, interval, ws.send(Message::Ping(Default::default())))
                 }
             };
             if let Err(stop) = step {
@@ -288,17 +309,30 @@ fn over_rate(frames_per_sec: u32) -> Utf8Bytes {
 }
 
 /// Writes `first` and whatever else is already queued (up to a batch), then flushes once.
-async fn write_batch<S: AsyncRead + AsyncWrite + Unpin>(
-    ws: &mut Ws<S>,
+/// Poll-based, so its state is a frame and a count rather than nested `feed` and `flush` futures.
+fn write_batch<'a, S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &'a mut Ws<S>,
     first: Utf8Bytes,
-    mailbox: &Mailbox,
-) -> Result<(), WsError> {
-    ws.feed(Message::Text(first)).await?;
-    for _ in 1..WRITE_BATCH {
-        match mailbox.try_pop() {
-            Some(frame) => ws.feed(Message::Text(frame)).await?,
-            None => break,
+    mailbox: &'a Mailbox,
+) -> impl Future<Output = Result<(), WsError>> + 'a {
+    let mut next = Some(first);
+    let mut fed = 0usize;
+    std::future::poll_fn(move |cx| loop {
+        if next.is_none() && fed < WRITE_BATCH {
+            next = mailbox.try_pop();
         }
-    }
-    ws.flush().await
+        let Some(frame) = next.take() else {
+            return Pin::new(&mut *ws).poll_flush(cx);
+        };
+        match Pin::new(&mut *ws).poll_ready(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {
+                next = Some(frame);
+                return Poll::Pending;
+            }
+        }
+        Pin::new(&mut *ws).start_send(Message::Text(frame))?;
+        fed += 1;
+    })
 }
