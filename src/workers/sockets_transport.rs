@@ -110,7 +110,6 @@ impl Worker for SocketsTransport {
     }
 
     async fn drain(self, ctx: &WorkerContext) {
-        // In this order: a connection joining the hub after `close_all` sees the cancellation.
         self.connections.cancel();
         self.hub.close_all(protocol::CLOSE_GOING_AWAY);
         if tokio::time::timeout(ctx.config.shutdown_grace, self.tracker.wait()).await.is_err() {

@@ -21,7 +21,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use super::handshake::{close_with, open, CLOSE_WRITE};
-use super::hub::{Inbox, Slot};
+use super::hub::{Handle, Slot};
 use super::limit::{FrameBudget, Verdict};
 use super::mailbox::{Mailbox, Next};
 use super::protocol::{self as p, ClientFrame, ErrorCode, Subscription};
@@ -62,7 +62,7 @@ where
             let opened = Box::pin(open(stream, &shared, slot.is_none(), deadline, &shutdown)).await;
             drop(permit);
             match opened {
-                Some((ws, claims)) => Box::pin(Session { shared, claims }.run(ws, shutdown, slot)),
+                Some((ws, claims)) => Box::pin(Session { shared, claims }.run(ws, slot)),
                 None => return,
             }
         };
@@ -124,16 +124,11 @@ impl Session {
     /// The connection's life after its opening. Returns an `async move` block rather than being
     /// an `async fn`, so its arguments are held once (see [`serve`]).
     #[expect(clippy::manual_async_fn, reason = "an async fn would hold its arguments twice")]
-    fn run<S: AsyncRead + AsyncWrite + Unpin>(
-        self,
-        mut ws: Ws<S>,
-        shutdown: CancellationToken,
-        slot: Option<Slot>,
-    ) -> impl Future<Output = ()> {
+    fn run<S: AsyncRead + AsyncWrite + Unpin>(self, mut ws: Ws<S>, slot: Option<Slot>) -> impl Future<Output = ()> {
         async move {
             let (app, dev) = (self.claims.application_id.clone(), self.claims.device_id.clone());
             let hub = self.shared.hub.clone();
-            let mut inbox = {
+            let inbox = {
                 let _device = hub.stripe(&app, &dev).lock().await;
                 let (inbox, first) = hub.join(&app, &dev);
                 if first {
@@ -149,13 +144,8 @@ impl Session {
                 }
                 inbox
             };
-            // Shutdown closes the connections the hub holds; one that joined after that is
-            // closed here (the drain cancels the token before it calls `close_all`).
-            if shutdown.is_cancelled() {
-                inbox.mailbox.close(p::CLOSE_GOING_AWAY);
-            }
             crate::telemetry::socket_opened();
-            let code = self.serve(&mut ws, &mut inbox).await;
+            let code = self.serve(&mut ws, &inbox).await;
             // Until it leaves the hub (after the registry steps), nothing more is queued for it.
             inbox.mailbox.close(code.unwrap_or(p::CLOSE_GOING_AWAY));
             if let Some(code) = code {
@@ -181,7 +171,7 @@ impl Session {
     }
 
     /// The connection's loop; returns the close code to send, `None` if the peer is gone.
-    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(&self, ws: &mut Ws<S>, inbox: &mut Inbox) -> Option<u16> {
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(&self, ws: &mut Ws<S>, inbox: &Handle) -> Option<u16> {
         let interval = self.shared.ping_interval;
         let mailbox = &*inbox.mailbox;
         let close_code = |stop: Stop| match stop {

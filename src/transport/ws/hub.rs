@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -17,15 +17,10 @@ use super::mailbox::Mailbox;
 use super::protocol::{self, CLOSE_TOO_SLOW};
 use crate::model::RawTransportMessage;
 
-/// The hub's side of one connection.
+/// One connection as the hub holds it: its id (to leave by) and its mailbox (frames and the
+/// close signal). The connection's task holds a clone.
 #[derive(Clone)]
 pub struct Handle {
-    id: u64,
-    mailbox: Arc<Mailbox>,
-}
-
-/// A connection's side: its queue and its close signal.
-pub struct Inbox {
     pub id: u64,
     pub mailbox: Arc<Mailbox>,
 }
@@ -59,6 +54,8 @@ pub struct Hub {
     next_id: AtomicU64,
     open: Arc<AtomicUsize>,
     max_open: usize,
+    /// The code [`Hub::close_all`] asked for (0: open); connections joining later get it too.
+    closing: AtomicU16,
 }
 
 /// One accepted socket counted against the connection limit until dropped.
@@ -82,6 +79,7 @@ impl Hub {
             next_id: AtomicU64::new(1),
             open: Arc::default(),
             max_open,
+            closing: AtomicU16::new(0),
         }
     }
 
@@ -103,13 +101,20 @@ impl Hub {
     }
 
     /// Adds a connection; `true` if it is the device's first here. Call under [`Hub::stripe`].
-    pub fn join(&self, app: &str, device: &str) -> (Inbox, bool) {
-        let mailbox = Arc::new(Mailbox::new(self.queue));
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+    /// A connection joining after [`Hub::close_all`] is asked to close at once.
+    pub fn join(&self, app: &str, device: &str) -> (Handle, bool) {
+        let handle =
+            Handle { id: self.next_id.fetch_add(1, Ordering::Relaxed), mailbox: Arc::new(Mailbox::new(self.queue)) };
         let mut apps = self.apps.write().unwrap_or_else(|p| p.into_inner());
+        // Read under the write lock, and `close_all` sets it before taking the read lock: a
+        // join either is seen by `close_all` or sees the code.
+        match self.closing.load(Ordering::Acquire) {
+            0 => {}
+            code => handle.mailbox.close(code),
+        }
         let conns = apps.entry(app.to_owned()).or_default().entry(device.to_owned()).or_default();
-        conns.push(Handle { id, mailbox: mailbox.clone() });
-        (Inbox { id, mailbox }, conns.len() == 1)
+        conns.push(handle.clone());
+        (handle, conns.len() == 1)
     }
 
     /// Removes a connection; `true` if it was the device's last here. Call under [`Hub::stripe`].
@@ -128,9 +133,9 @@ impl Hub {
         last
     }
 
-    /// Asks every connection to close with `code` (shutdown: 1001). A connection that joins
-    /// after this checks the shutdown itself (see `conn`).
+    /// Asks every connection to close with `code` (shutdown: 1001), those joining later too.
     pub fn close_all(&self, code: u16) {
+        let _ = self.closing.compare_exchange(0, code.max(1), Ordering::AcqRel, Ordering::Acquire);
         let apps = self.apps.read().unwrap_or_else(|p| p.into_inner());
         apps.values().flat_map(HashMap::values).flatten().for_each(|h| h.mailbox.close(code));
     }
@@ -289,11 +294,13 @@ mod tests {
     #[test]
     fn close_all_asks_every_connection_of_every_application() {
         let hub = Hub::new("s".into(), "t".into(), 4, 8);
-        let inboxes = [hub.join("a1", "d1").0, hub.join("a1", "d2").0, hub.join("a2", "d1").0];
-        inboxes[1].mailbox.close(CLOSE_TOO_SLOW);
+        let handles = [hub.join("a1", "d1").0, hub.join("a1", "d2").0, hub.join("a2", "d1").0];
+        handles[1].mailbox.close(CLOSE_TOO_SLOW);
         hub.close_all(1001);
-        let codes: Vec<u16> = inboxes.iter().map(|i| i.mailbox.code()).collect();
+        let codes: Vec<u16> = handles.iter().map(|i| i.mailbox.code()).collect();
         assert_eq!(codes, [1001, CLOSE_TOO_SLOW, 1001], "a close already asked for keeps its code");
+        let (late, _) = hub.join("a1", "d3");
+        assert_eq!(late.mailbox.code(), 1001, "a connection joining during shutdown is closed too");
     }
 
     #[test]
