@@ -126,6 +126,7 @@ fn fan_out_input(n: usize) -> (ChangeEvent, Routes) {
         timestamp: 1_700_000_000_000_001,
         channels: channels.clone(),
         broadcast: false,
+        ephemeral: false,
     };
     let mut members: HashMap<String, Vec<String>> = HashMap::new();
     let transports = ["sockets_transport-0", "sockets_transport-1", "ios_transport"];

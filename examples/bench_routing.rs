@@ -96,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
                 timestamp: 1,
                 channels: vec![channel(c).key(&app, None).expect("valid channel")],
                 broadcast: false,
+                ephemeral: false,
             }
         })
         .collect();

@@ -53,6 +53,9 @@ pub enum Command {
         /// Topic before TP_TOPIC_PREFIX.
         #[arg(long, default_value = "aggregation")]
         topic: String,
+        /// Each line is a broadcast (an ephemeral object, never stored), sent to transport_manager.
+        #[arg(long, conflicts_with = "topic")]
+        broadcast: bool,
         /// Input file; `-` or nothing reads stdin.
         file: Option<PathBuf>,
     },

@@ -122,10 +122,15 @@ async fn dispatch(cli: Cli, config: Arc<Config>) -> Result<(), WorkerError> {
             }
             Ok(())
         }
-        Some(Command::Publish { topic, file }) => {
-            let lines = publish::read_lines(file.as_deref())?;
+        Some(Command::Publish { topic, broadcast, file }) => {
+            let mut lines = publish::read_lines(file.as_deref())?;
+            let mut topic = topic.as_str();
+            if broadcast {
+                lines = publish::broadcasts(lines)?;
+                topic = topic::TRANSPORT_MANAGER;
+            }
             let producer = Producer::new(&config, &Arc::new(Health::new()), "nexxus-publish")?;
-            let full = config.topic(&topic);
+            let full = config.topic(topic);
             producer.check_topic(&full).await?;
             let n = publish::publish(&producer, &full, lines).await?;
             eprintln!("published {n} messages to {full}");

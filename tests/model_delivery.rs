@@ -115,6 +115,7 @@ fn event(op: ChangeOp, before: Option<Value>, after: Option<Value>) -> ChangeEve
         timestamp: 100,
         channels: vec![key("blg:app1:context:c1:task")],
         broadcast: false,
+        ephemeral: false,
     }
 }
 

@@ -44,6 +44,7 @@ fn event() -> ChangeEvent {
         timestamp: 100,
         channels: [A, B, C].into_iter().map(|k| ChannelKey::from_stored(k.into())).collect(),
         broadcast: false,
+        ephemeral: false,
     }
 }
 
@@ -267,7 +268,7 @@ fn a_channel_addressed_delivery_narrows_to_the_bytes_a_device_list_carries() {
             })
             .collect();
         let delivery = serde_json::value::RawValue::from_string(by_channel[0].raw.clone()).unwrap();
-        let narrowing = Narrowing::of(&delivery).unwrap();
+        let narrowing = Narrowing::of(false, &delivery).unwrap();
         let mut compared = 0;
         for (g, keys) in held.iter().enumerate() {
             let listed = got.iter().find(|m| m.devices.contains(&format!("g{g}")));
@@ -285,4 +286,86 @@ fn a_channel_addressed_delivery_narrows_to_the_bytes_a_device_list_carries() {
         }
         assert!(compared >= 4, "{compared}");
     }
+}
+
+/// A broadcast's object: a create never stored, at version 0.
+fn ephemeral() -> ChangeEvent {
+    let object = obj(json!({"type":"task","id":"b1","context_id":"c1","status":"open","typing":true}));
+    ChangeEvent {
+        op: ChangeOp::Create,
+        id: "b1".into(),
+        before: None,
+        after: Some(object),
+        patches: Vec::new(),
+        version: 0,
+        ephemeral: true,
+        ..event()
+    }
+}
+
+/// Planned messages of a broadcast, read as a sockets transport reads them: destination,
+/// devices, channels named, and the delivery.
+fn planned_broadcast(
+    members: &[(&str, Vec<String>)],
+    filtered_of_a: &[String],
+) -> Vec<(String, Vec<String>, usize, Value)> {
+    let mut routes = Routes { members: HashMap::new(), filtered: HashMap::new(), round_trips: 1 };
+    routes.members.extend(members.iter().map(|(k, d)| ((*k).to_string(), d.clone())));
+    routes.filtered.insert(A.to_string(), filtered_of_a.to_vec());
+    let event = ephemeral();
+    let messages = plan(&event, &mut RouteTable::new(routes), &mut FilterCache::default()).unwrap();
+    messages
+        .into_iter()
+        .map(|m| {
+            let raw = RawTransportMessage::decode(&m.payload).unwrap();
+            assert!(raw.ephemeral && !raw.broadcast);
+            assert_eq!((raw.object_id.as_str(), raw.version), ("b1", 0));
+            let devices = raw.devices.iter().map(|r| r.device_id.clone()).collect();
+            (m.destination, devices, raw.channels.len(), serde_json::from_str(raw.message.get()).unwrap())
+        })
+        .collect()
+}
+
+fn broadcast_of(subscriptions: &[&str]) -> Value {
+    json!({"object":{"type":"task","id":"b1","context_id":"c1","status":"open","typing":true},
+           "subscriptions":subscriptions,"application_id":"app1","timestamp":100})
+}
+
+#[test]
+fn a_broadcast_reaches_connected_subscribers_whose_filters_match_and_no_push_device() {
+    let open = filtered(A, json!({"and":[{"is":{"status":"open"}}]}));
+    let closed = filtered(A, json!({"and":[{"is":{"status":"closed"}}]}));
+    let members = [
+        (
+            A,
+            vec![device("sockets_transport-0", "d1"), device("ios_transport", "i1"), device("android_transport", "a1")],
+        ),
+        (B, vec![device("sockets_transport-0", "d1"), device("sockets_transport-1", "d2")]),
+        (open.as_str(), vec![device("sockets_transport-0", "d3")]),
+        (closed.as_str(), vec![device("sockets_transport-0", "d4")]),
+    ];
+    let mut got = planned_broadcast(&members, &[open.clone(), closed.clone()]);
+    got.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    let expected = vec![
+        ("sockets_transport-0".to_string(), vec!["d1".to_string()], 0, broadcast_of(&[A, B])),
+        ("sockets_transport-0".into(), vec!["d3".into()], 0, broadcast_of(&[open.as_str()])),
+        ("sockets_transport-1".into(), vec!["d2".into()], 0, broadcast_of(&[B])),
+    ];
+    assert_eq!(got, expected, "d4's filter does not match; push devices are not woken for a broadcast");
+
+    // Many devices on one transport: one message naming the channels, narrowed there per device.
+    let many: Vec<String> = (0..40).map(|i| device("sockets_transport-0", &format!("m{i:02}"))).collect();
+    let got = planned_broadcast(&[(A, many.clone()), (B, many[..5].to_vec())], &[]);
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].1.len(), got[0].2, &got[0].3), (0, 2, &broadcast_of(&[A, B])));
+    let channels: Vec<_> = [A, B]
+        .iter()
+        .map(|k| nexxus_worker::model::transport_message::ChannelRef {
+            key: k.to_string(),
+            members: MembersDigest::default(),
+        })
+        .collect();
+    let raw = serde_json::value::RawValue::from_string(got[0].3.to_string()).unwrap();
+    let narrowed = Narrowing::of(true, &raw).unwrap().to(&channels, &[0]).unwrap();
+    assert_eq!(serde_json::from_str::<Value>(narrowed.get()).unwrap(), broadcast_of(&[A]));
 }

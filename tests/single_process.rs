@@ -278,6 +278,15 @@ async fn with_kafka_cql_and_redis_configured_every_role_uses_them() {
         }
     }
     assert!(!got.is_empty(), "no delivery through Kafka: {}", log_of(dir.path()));
+    // A broadcast published over Kafka goes to the transport manager and reaches the subscriber.
+    let line = json!({"application_id": app, "object": {"type": "task", "list_id": "l1", "typing": true}});
+    let input = dir.path().join("broadcast.jsonl");
+    std::fs::write(&input, format!("{line}\n")).unwrap();
+    let published =
+        Command::new(common::BIN).args(["publish", "--broadcast"]).arg(&input).env_clear().envs(&env).output().unwrap();
+    assert!(published.status.success(), "publish --broadcast: {}", String::from_utf8_lossy(&published.stderr));
+    let frame = c.event().await;
+    assert_eq!((&frame["event"], &frame["data"]["object"]), (&json!("broadcast"), &line["object"]), "{frame}");
     // The writer emits before it persists (ARCHITECTURE: effectively once), so the delivery can
     // come a moment before the row is readable.
     let started = std::time::Instant::now();

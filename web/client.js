@@ -308,8 +308,23 @@ export class Client extends Emitter {
       }
       case 'message':
         return this._onMessage(data);
+      case 'broadcast':
+        return this._onBroadcast(data);
       default:
         return this._report({ type: 'bad_frame', message: `unknown event ${JSON.stringify(event)}` });
+    }
+  }
+
+  /** A broadcast (an ephemeral object, never stored): to the client, and to each subscription its
+   * `subscriptions` names. It changes no collection. */
+  _onBroadcast(data) {
+    if (!isPlainObject(data) || !isPlainObject(data.object) || !Array.isArray(data.subscriptions)) {
+      return this._report({ type: 'bad_frame', message: 'broadcast without an object and its subscriptions', detail: data });
+    }
+    const event = { object: data.object, subscriptions: data.subscriptions, timestamp: data.timestamp };
+    this._emit('broadcast', event);
+    for (const sub of this._subs) {
+      if (sub.key && data.subscriptions.includes(sub.key)) sub._emit('broadcast', event);
     }
   }
 

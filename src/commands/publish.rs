@@ -1,6 +1,8 @@
 //! `nexxus-worker publish [--topic T] [FILE|-]`: produces JSON lines, keyed by the object or
 //! device id when the message names one, so per-object ordering holds from the first hop.
 //! Every line is checked before anything is sent: a bad line aborts the whole input.
+//! `--broadcast`: each line is a broadcast request (`model::broadcast`), produced to
+//! `transport_manager` as its ephemeral event.
 
 use std::io::Read;
 use std::path::Path;
@@ -10,6 +12,7 @@ use serde_json::Value;
 
 use crate::error::WorkerError;
 use crate::model::key::message_key;
+use crate::model::{broadcast_id, clock, decode_broadcast_object};
 use crate::queue::kafka::Producer;
 
 /// How many produces may be in flight at once.
@@ -38,6 +41,24 @@ pub fn read_lines(input: Option<&Path>) -> Result<Vec<(Option<String>, String)>,
             return Err(WorkerError::Data(format!("line {}: expected a JSON object", n + 1)));
         }
         out.push((message_key(&value), line.to_string()));
+    }
+    Ok(out)
+}
+
+/// Each line, a broadcast request, as the `transport_manager` event it becomes (keyed by the
+/// object's id, or the broadcast's own). Its model is checked against the schema by the
+/// transport manager, which dead-letters one it does not know.
+pub fn broadcasts(lines: Vec<(Option<String>, String)>) -> Result<Vec<(Option<String>, String)>, WorkerError> {
+    let mut out = Vec::with_capacity(lines.len());
+    for (n, (_, line)) in lines.into_iter().enumerate() {
+        let bad = |e: &dyn std::fmt::Display| WorkerError::Data(format!("broadcast {}: {e}", n + 1));
+        let value: Value = serde_json::from_str(&line).map_err(|e| bad(&e))?;
+        let request = decode_broadcast_object(value.as_object().ok_or_else(|| bad(&"expected a JSON object"))?)
+            .map_err(|e| bad(&e))?;
+        let id = broadcast_id(clock::now_nanos());
+        let key = request.partition_key(&id).to_owned();
+        let event = request.into_event(id, clock::now_micros());
+        out.push((Some(key), serde_json::to_string(&event).map_err(|e| bad(&e))?));
     }
     Ok(out)
 }
@@ -73,5 +94,22 @@ mod tests {
         assert_eq!(err.to_string(), "bad input: line 3: expected a JSON object");
         std::fs::write(&path, "{\"op\":\"create\"}\n{oops\n").unwrap();
         assert!(read_lines(Some(&path)).unwrap_err().to_string().starts_with("bad input: line 2: not JSON"));
+    }
+
+    #[test]
+    fn broadcast_lines_become_ephemeral_events_keyed_by_object() {
+        let line = |s: &str| (None, s.to_string());
+        let events = broadcasts(vec![
+            line(r#"{"application_id":"a","object":{"type":"cursor","id":"o1","context_id":"c1"}}"#),
+            line(r#"{"application_id":"a","to":"application","object":{"type":"notice"}}"#),
+        ])
+        .unwrap();
+        let decoded: Vec<Value> = events.iter().map(|(_, e)| serde_json::from_str(e).unwrap()).collect();
+        assert_eq!(events[0].0.as_deref(), Some("o1"));
+        assert_eq!(events[1].0.as_deref(), decoded[1]["id"].as_str(), "no object id: the broadcast's own");
+        assert!(decoded.iter().all(|e| e["ephemeral"] == true && e["version"] == 0 && e["op"] == "create"));
+        assert_eq!((decoded[0]["broadcast"].clone(), decoded[1]["broadcast"].clone()), (false.into(), true.into()));
+        let err = broadcasts(vec![line(r#"{"application_id":"a"}"#)]).unwrap_err().to_string();
+        assert_eq!(err, "bad input: broadcast 1: `object` is missing");
     }
 }

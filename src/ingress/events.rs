@@ -1,4 +1,4 @@
-//! `POST /events` and `POST /track`: one message or a JSON array of them, checked as the
+//! `POST /events`, `POST /track` and `POST /broadcast`: one message or a JSON array of them, checked as the
 //! consuming role will decode them, then produced keyed by object (or device) id, in order.
 //!
 //! All or nothing at the door: if any message is rejected the answer is 400 with a reason per
@@ -24,7 +24,8 @@ use crate::apps::Apps;
 use crate::model::clock;
 use crate::model::key::message_key;
 use crate::model::{
-    check_track_command, decode_aggregation_object, decode_track_object, ModelError, DEFAULT_MAX_MESSAGE_BYTES,
+    broadcast_id, check_broadcast, check_track_command, decode_aggregation_object, decode_broadcast_object,
+    decode_track_object, ModelError, DEFAULT_MAX_MESSAGE_BYTES,
 };
 use crate::queue::outbox::{Outbox, Sink};
 use crate::queue::topic;
@@ -36,6 +37,7 @@ const QUEUE_WAIT: Duration = Duration::from_secs(10);
 enum Kind {
     Events,
     Track,
+    Broadcast,
 }
 
 pub async fn post_events(State(ingress): State<Arc<Ingress>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -44,6 +46,11 @@ pub async fn post_events(State(ingress): State<Arc<Ingress>>, headers: HeaderMap
 
 pub async fn post_track(State(ingress): State<Arc<Ingress>>, headers: HeaderMap, body: Bytes) -> Response {
     accept(&ingress, &headers, &body, Kind::Track).await
+}
+
+/// `POST /broadcast`: ephemeral objects (`model::broadcast`), straight to the transport manager.
+pub async fn post_broadcast(State(ingress): State<Arc<Ingress>>, headers: HeaderMap, body: Bytes) -> Response {
+    accept(&ingress, &headers, &body, Kind::Broadcast).await
 }
 
 async fn accept(ingress: &Ingress, headers: &HeaderMap, body: &[u8], kind: Kind) -> Response {
@@ -90,6 +97,7 @@ async fn accept(ingress: &Ingress, headers: &HeaderMap, body: &[u8], kind: Kind)
     let name = match kind {
         Kind::Events => topic::AGGREGATION,
         Kind::Track => topic::TRACK,
+        Kind::Broadcast => topic::TRANSPORT_MANAGER,
     };
     match send_all(&backend.sink, &ingress.config.topic(name), records).await {
         Ok(n) => (StatusCode::ACCEPTED, Json(json!({ "accepted": n }))).into_response(),
@@ -189,6 +197,17 @@ fn check<'a>(kind: Kind, item: &'a RawValue, apps: &Apps) -> Result<(Option<Stri
             let app = apps.require(command.application_id()).map_err(|e| e.to_string())?;
             // The track role's rule, here too, so the client hears it instead of a dead letter.
             check_track_command(&command, &app).map_err(|e| e.to_string())?;
+        }
+        Kind::Broadcast => {
+            let request = decode_broadcast_object(map).map_err(|e| e.to_string())?;
+            let app = apps.require(&request.application_id).map_err(|e| e.to_string())?;
+            check_broadcast(&request, &app).map_err(|e| e.to_string())?;
+            let id = broadcast_id(clock::now_nanos());
+            let key = request.partition_key(&id).to_owned();
+            let event = request.into_event(id, clock::now_micros());
+            // Our own type, of string-keyed maps, strings and integers: it always encodes.
+            let bytes = serde_json::to_string(&event).map_err(|e| format!("encoding the broadcast: {e}"))?;
+            return Ok((Some(key), Cow::Owned(bytes)));
         }
     }
     Ok((message_key(&value), text))

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `POST /events` | one AggregatorMessage or an array → `aggregation` ([`events`]) |
 //! | `POST /track` | one track command or an array → `track` ([`events`]) |
+//! | `POST /broadcast` | one ephemeral object or an array → `transport_manager`, never stored ([`events`], `model::broadcast`) |
 //! | `GET /dead_letter` | the newest dead letters of the in-process queue ([`events`]) |
 //! | `PUT /apps/{id}` | store an application and announce it ([`apps`]) |
 //! | `GET /objects?channel=` | a snapshot of a channel's objects, for a device token ([`apps`]) |
@@ -120,6 +121,7 @@ pub fn router(ingress: Arc<Ingress>) -> Router {
     Router::new()
         .route("/events", post(events::post_events))
         .route("/track", post(events::post_track))
+        .route("/broadcast", post(events::post_broadcast))
         .route("/dead_letter", get(events::get_dead_letters))
         .route("/apps/{id}", put(apps::put_app))
         .route("/objects", get(apps::get_objects))

@@ -44,6 +44,7 @@
 //! ([`super::channel::affected_channels_for_change`]); the transport manager adds the filtered
 //! variants it knows and tests them on `before`/`after`. `broadcast: true` (context admin
 //! operations) means: every device of the application, whatever it subscribed to.
+//! `ephemeral: true` (absent otherwise) marks a broadcast's object ([`super::broadcast`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -255,4 +256,8 @@ pub struct ChangeEvent {
     pub channels: Vec<ChannelKey>,
     #[serde(default)]
     pub broadcast: bool,
+    /// A broadcast's ephemeral object ([`super::broadcast`]): never stored, version 0, its
+    /// channels derived by the transport manager, delivered to connected sockets only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ephemeral: bool,
 }

@@ -28,6 +28,7 @@
 //! | `acl`      | the author check (`validateAuthor`) |
 //! | `event`    | our topics' records: [`WriteRecord`] (`write`), [`ChangeEvent`] (`transport_manager`) |
 //! | `delivery` | [`Delta`], `{new,updated,deleted}` grouping, push payload splitting |
+//! | `broadcast` | ephemeral objects: requests, their `transport_manager` event, what a device receives |
 //! | `retry`    | [`retry::Backoff`]: the waits between attempts, and the named policy of every place that retries |
 //! | `clock`    | the wall clock (seconds, ms, µs, ns since the epoch), read in one place |
 //! | `key`      | partition keys: one object's records share its id, a track command its device's |
@@ -37,6 +38,7 @@
 //! Nothing here panics on input: decoders return [`ModelError`], evaluation returns `false`.
 
 pub mod acl;
+pub mod broadcast;
 pub mod channel;
 pub mod clock;
 pub mod delivery;
@@ -56,6 +58,10 @@ pub mod track;
 pub mod transport_message;
 
 pub use acl::{validate_author, AclKind};
+pub use broadcast::{
+    broadcast_channels, broadcast_id, check_broadcast, decode_broadcast_object, Audience, BroadcastDelivery,
+    BroadcastRequest,
+};
 pub use channel::{affected_channels, affected_channels_for_change, Channel, ChannelKey, ParentRef, ParsedChannelKey};
 pub use delivery::{
     plan_deliveries, split_push, transition_for, DeliveryBatch, Delta, DeltaOp, PushPayload, DEFAULT_PUSH_LIMIT,

@@ -26,6 +26,7 @@ use serde_json::value::RawValue;
 
 pub use super::members::MembersDigest;
 
+use super::broadcast::BroadcastDelivery;
 use super::delivery::{DeliveryBatch, DeltaOp};
 
 /// One recipient of a [`TransportMessage`].
@@ -99,6 +100,11 @@ impl EncodedBatch {
         serde_json::value::to_raw_value(batch).map(EncodedBatch)
     }
 
+    /// A broadcast's delivery, carried by a message with `ephemeral: true`.
+    pub fn encode_broadcast(delivery: &BroadcastDelivery) -> Result<Self, serde_json::Error> {
+        serde_json::value::to_raw_value(delivery).map(EncodedBatch)
+    }
+
     pub fn as_raw(&self) -> &RawValue {
         &self.0
     }
@@ -111,6 +117,8 @@ pub struct TransportHeader<'a> {
     pub object_id: &'a str,
     pub version: u64,
     pub timestamp: u64,
+    /// A broadcast's delivery ([`BroadcastDelivery`]) rather than a [`DeliveryBatch`].
+    pub ephemeral: bool,
 }
 
 /// Whom a [`TransportMessage`] addresses: `devices`, `channels` (sockets only) or, with
@@ -139,6 +147,8 @@ pub fn encode_transport_message(
         #[serde(skip_serializing_if = "<[ChannelRef]>::is_empty")]
         channels: &'a [ChannelRef],
         broadcast: bool,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        ephemeral: bool,
         message: &'a RawValue,
     }
     serde_json::to_vec(&Wire {
@@ -149,6 +159,7 @@ pub fn encode_transport_message(
         devices: to.devices,
         channels: to.channels,
         broadcast: to.broadcast,
+        ephemeral: header.ephemeral,
         message: batch.as_raw(),
     })
 }
@@ -166,6 +177,9 @@ pub struct RawTransportMessage<'a> {
     pub channels: Vec<ChannelRef>,
     #[serde(default)]
     pub broadcast: bool,
+    /// `message` is a [`BroadcastDelivery`], framed as `broadcast` (sockets transports only).
+    #[serde(default)]
+    pub ephemeral: bool,
     #[serde(borrow)]
     pub message: &'a RawValue,
 }
@@ -176,9 +190,25 @@ impl<'a> RawTransportMessage<'a> {
     /// is what a full decode would refuse, short of the insides of objects and patches.
     pub fn decode(bytes: &'a [u8]) -> Result<Self, serde_json::Error> {
         let msg: RawTransportMessage<'a> = serde_json::from_slice(bytes)?;
-        serde_json::from_str::<BatchShape>(msg.message.get())?;
+        match msg.ephemeral {
+            false => serde_json::from_str::<BatchShape>(msg.message.get()).map(drop)?,
+            true => serde_json::from_str::<BroadcastShape>(msg.message.get()).map(drop)?,
+        }
         Ok(msg)
     }
+}
+
+/// [`BroadcastDelivery`] read for its shape only.
+#[derive(Deserialize)]
+struct BroadcastShape {
+    #[serde(rename = "object")]
+    _object: AnyObject,
+    #[serde(rename = "subscriptions")]
+    _subscriptions: Vec<AnyString>,
+    #[serde(rename = "application_id")]
+    _application_id: AnyString,
+    #[serde(rename = "timestamp")]
+    _timestamp: u64,
 }
 
 /// [`DeliveryBatch`] read for its shape only: nothing is allocated for objects or patches.
@@ -289,7 +319,8 @@ mod tests {
             broadcast: false,
             message: batch.clone(),
         };
-        let header = TransportHeader { application_id: "app1", object_id: "t1", version: 7, timestamp: 9 };
+        let header =
+            TransportHeader { application_id: "app1", object_id: "t1", version: 7, timestamp: 9, ephemeral: false };
         let encoded = EncodedBatch::encode(&batch).map_err(|e| e.to_string());
         let bytes = encoded.and_then(|b| {
             encode_transport_message(&header, Addressed { devices: &devices, channels: &[], broadcast: false }, &b)
@@ -320,7 +351,8 @@ mod tests {
             broadcast: false,
             message: batch.clone(),
         };
-        let header = TransportHeader { application_id: "app1", object_id: "t1", version: 7, timestamp: 9 };
+        let header =
+            TransportHeader { application_id: "app1", object_id: "t1", version: 7, timestamp: 9, ephemeral: false };
         let to = Addressed { devices: &[], channels: &channels, broadcast: false };
         let bytes = EncodedBatch::encode(&batch)
             .and_then(|b| encode_transport_message(&header, to, &b))

@@ -150,15 +150,15 @@ impl SocketsTransport {
         let mut narrowing = None;
         for (held, devices) in resolved.groups {
             let frame = if held.len() == msg.channels.len() {
-                protocol::message(msg.message)
+                protocol::delivery(msg.ephemeral, msg.message)
             } else {
                 let narrowed = narrowing
-                    .get_or_insert_with(|| Narrowing::of(msg.message))
+                    .get_or_insert_with(|| Narrowing::of(msg.ephemeral, msg.message))
                     .as_ref()
                     .map_err(|e| e.to_string())
                     .and_then(|n| n.to(&msg.channels, &held).map_err(|e| e.to_string()));
                 match narrowed {
-                    Ok(delivery) => protocol::message(&delivery),
+                    Ok(delivery) => protocol::delivery(msg.ephemeral, &delivery),
                     // The transport manager wrote it with these types: a bug, not the devices' loss alone.
                     Err(error) => {
                         tracing::error!(message = "delivery not narrowed, skipped", object = msg.object_id, error);

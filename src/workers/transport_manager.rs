@@ -21,7 +21,7 @@ use std::sync::Arc;
 use crate::error::{ProcessError, WorkerError};
 use crate::model::acl::{channel_carries_readable, read_access, ReadAccess};
 use crate::model::transport_message::Addressed;
-use crate::model::{plan_deliveries, ChangeEvent, ChannelKey, DeliveryBatch, EncodedBatch, Recipient, Transition};
+use crate::model::{broadcast_channels, plan_deliveries, ChangeEvent, ChannelKey, Recipient, Transition};
 use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
 use crate::registry::Registry;
@@ -32,7 +32,7 @@ use crate::runtime::{Worker, WorkerContext};
 
 mod plan;
 
-use plan::{encode, encoding, DEVICES_PER_MESSAGE};
+use plan::{encode, encode_delivery, DEVICES_PER_MESSAGE};
 pub use plan::{plan, FilterCache, Planned, RouteTable, SOCKETS_BY_CHANNEL_MIN};
 
 pub struct TransportManager {
@@ -83,6 +83,7 @@ impl TransportManager {
 
     /// A broadcast reaches every device of its application, and no other: push devices through
     /// their provider topics, connected sockets through the `sockets_transport` broadcast topic.
+    /// A broadcast's ephemeral object reaches the connected sockets only.
     async fn broadcast(&mut self, event: &ChangeEvent, out: &mut Outbox) -> Result<(), ProcessError> {
         let readable = self
             .apps
@@ -95,26 +96,42 @@ impl TransportManager {
             )));
         }
         let entries: Vec<(ChannelKey, Option<Transition>)> = event.channels.iter().map(|c| (c.clone(), None)).collect();
-        let batch: DeliveryBatch = plan_deliveries(event, &entries).into_iter().collect();
-        let batch = EncodedBatch::encode(&batch).map_err(encoding("a delivery"))?;
-        let devices = self.registry.app_devices(&event.application_id).await?;
-        let mut push: BTreeMap<String, Vec<Recipient>> = BTreeMap::new();
-        for device in devices.iter().filter(|d| d.application_id == event.application_id) {
-            for a in
-                device.addresses().into_iter().filter(|a| !matches!(a.transport, crate::model::Transport::Sockets(_)))
-            {
-                push.entry(a.transport.name()).or_default().push(Recipient { device_id: a.device_id, token: a.token });
+        let batch = encode_delivery(event, plan_deliveries(event, &entries).into_iter())?;
+        if !event.ephemeral {
+            let devices = self.registry.app_devices(&event.application_id).await?;
+            let mut push: BTreeMap<String, Vec<Recipient>> = BTreeMap::new();
+            for device in devices.iter().filter(|d| d.application_id == event.application_id) {
+                let addresses = device.addresses().into_iter();
+                for a in addresses.filter(|a| !matches!(a.transport, crate::model::Transport::Sockets(_))) {
+                    push.entry(a.transport.name())
+                        .or_default()
+                        .push(Recipient { device_id: a.device_id, token: a.token });
+                }
             }
-        }
-        for (destination, recipients) in push {
-            for chunk in recipients.chunks(DEVICES_PER_MESSAGE) {
-                let to = Addressed { devices: chunk, channels: &[], broadcast: false };
-                send(out, &self.prefix, &destination, &event.id, &encode(event, to, &batch)?).await?;
+            for (destination, recipients) in push {
+                for chunk in recipients.chunks(DEVICES_PER_MESSAGE) {
+                    let to = Addressed { devices: chunk, channels: &[], broadcast: false };
+                    send(out, &self.prefix, &destination, &event.id, &encode(event, to, &batch)?).await?;
+                }
             }
         }
         let to = Addressed { devices: &[], channels: &[], broadcast: true };
         send(out, &self.prefix, topic::SOCKETS_BROADCAST, &event.id, &encode(event, to, &batch)?).await
     }
+}
+
+/// The channels of a broadcast's object, derived here from the application's schema (the
+/// producer's list is never trusted for it); `None` for a stored change, which carries its own.
+fn ephemeral_channels(apps: &Apps, event: &ChangeEvent) -> Option<Result<Vec<ChannelKey>, ProcessError>> {
+    if !event.ephemeral {
+        return None;
+    }
+    let app = match apps.require(&event.application_id) {
+        Ok(app) => app,
+        Err(e) => return Some(Err(e.into())),
+    };
+    let object = event.after.as_ref()?;
+    Some(broadcast_channels(&app, object).map_err(|e| ProcessError::poison(format!("broadcast: {e}"))))
 }
 
 /// `event` with only the channels its readers may hold, or `None` when every channel may carry
@@ -154,13 +171,18 @@ impl Handler for TransportManager {
 
     /// One pipelined lookup for every channel of the batch.
     async fn prepare(&mut self, batch: &[&ChangeEvent]) {
+        // A broadcast's channels are derived from its object; a stored change carries its own.
+        let derived: Vec<Vec<ChannelKey>> = batch
+            .iter()
+            .filter(|e| !e.broadcast)
+            .filter_map(|e| ephemeral_channels(&self.apps, e).and_then(Result::ok))
+            .collect();
+        let carried = batch.iter().filter(|e| !e.broadcast && !e.ephemeral).map(|e| &e.channels);
         let mut channels: Vec<ChannelKey> = Vec::new();
         let mut seen = HashSet::new();
-        for event in batch.iter().filter(|e| !e.broadcast) {
-            for c in &event.channels {
-                if seen.insert(c.as_str()) {
-                    channels.push(c.clone());
-                }
+        for c in carried.chain(&derived).flatten() {
+            if seen.insert(c.as_str()) {
+                channels.push(c.clone());
             }
         }
         self.routes = None;
@@ -175,8 +197,14 @@ impl Handler for TransportManager {
         }
     }
 
-    async fn handle(&mut self, _: &Record<'_>, event: ChangeEvent, out: &mut Outbox) -> Result<(), ProcessError> {
+    async fn handle(&mut self, _: &Record<'_>, mut event: ChangeEvent, out: &mut Outbox) -> Result<(), ProcessError> {
         self.apps.require(&event.application_id)?;
+        match ephemeral_channels(&self.apps, &event) {
+            Some(channels) => event.channels = channels?,
+            // A broadcast needs its object.
+            None if event.ephemeral => return Err(ProcessError::poison("broadcast without an object (`after`)")),
+            None => {}
+        }
         if event.broadcast {
             self.broadcast(&event, out).await
         } else {

@@ -160,6 +160,7 @@ impl<S: Store> Write<S> {
             timestamp,
             channels,
             broadcast: false,
+            ephemeral: false,
         })
     }
 

@@ -262,6 +262,24 @@ test('routes a delta only to the subscriptions its `subscriptions` names', async
   env.client.close();
 });
 
+test('a broadcast reaches the client and the subscriptions it names, and changes no collection', async () => {
+  const env = setup();
+  const { sub } = await live(env);
+  const [toClient, toSub] = [[], []];
+  env.client.on('broadcast', (b) => toClient.push(b));
+  sub.on('broadcast', (b) => toSub.push(b.object.typing));
+  const ws = FakeSocket.last();
+  const cursor = { type: 'task', list_id: 'demo', typing: 'u1' };
+  ws.receive({ event: 'broadcast', data: { object: cursor, subscriptions: [KEY], application_id: 'demo', timestamp: 5 } });
+  ws.receive({ event: 'broadcast', data: { object: { type: 'task', text: 'all' }, subscriptions: [], application_id: 'demo', timestamp: 6 } });
+  ws.receive({ event: 'broadcast', data: { object: 'not an object', subscriptions: [] } });
+  assert.deepEqual(toClient.map((b) => b.timestamp), [5, 6]);
+  assert.deepEqual(toSub, ['u1']);
+  assert.equal(sub.objects.size, 0);
+  assert.deepEqual(env.errors.map((e) => e.type), ['bad_frame']);
+  env.client.close();
+});
+
 test('reconnects with capped exponential backoff, resubscribes and resyncs', async () => {
   let objects = [[task('t1'), 1]];
   const env = setup({ fetchHandler: () => snapshot(objects) });

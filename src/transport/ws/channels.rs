@@ -23,7 +23,7 @@ use serde_json::value::RawValue;
 
 use crate::model::members::{sockets_index, MembersDigest};
 use crate::model::transport_message::ChannelRef;
-use crate::model::{ChannelKey, DeliveryBatch, DeviceAddress, Transport};
+use crate::model::{BroadcastDelivery, ChannelKey, DeliveryBatch, DeviceAddress, Transport};
 use crate::registry::{keys, Registry, RegistryError};
 
 /// Channels viewed at once; the least recently addressed is forgotten (and read again when a
@@ -166,12 +166,18 @@ impl ChannelViews {
 }
 
 /// A channel-addressed delivery, decoded once to be narrowed for devices holding only some of
-/// its channels.
-pub struct Narrowing(DeliveryBatch);
+/// its channels: Telepat's grouping, or a broadcast's object.
+pub enum Narrowing {
+    Changes(DeliveryBatch),
+    Broadcast(BroadcastDelivery),
+}
 
 impl Narrowing {
-    pub fn of(delivery: &RawValue) -> Result<Self, serde_json::Error> {
-        serde_json::from_str(delivery.get()).map(Narrowing)
+    pub fn of(ephemeral: bool, delivery: &RawValue) -> Result<Self, serde_json::Error> {
+        match ephemeral {
+            false => serde_json::from_str(delivery.get()).map(Narrowing::Changes),
+            true => serde_json::from_str(delivery.get()).map(Narrowing::Broadcast),
+        }
     }
 
     /// The delivery for a device holding the channels at `held` (positions in `channels`):
@@ -179,10 +185,15 @@ impl Narrowing {
     /// deltas with the same rule and encodes them with the same types.
     pub fn to(&self, channels: &[ChannelRef], held: &[usize]) -> Result<Box<RawValue>, serde_json::Error> {
         let holds = |k: &ChannelKey| held.iter().any(|&j| channels.get(j).is_some_and(|c| c.key == k.as_str()));
-        let b = &self.0;
-        let batch: DeliveryBatch =
-            b.new.iter().chain(&b.updated).chain(&b.deleted).filter_map(|d| d.narrowed(holds)).collect();
-        serde_json::value::to_raw_value(&batch)
+        match self {
+            Narrowing::Changes(b) => {
+                let batch: DeliveryBatch =
+                    b.new.iter().chain(&b.updated).chain(&b.deleted).filter_map(|d| d.narrowed(holds)).collect();
+                serde_json::value::to_raw_value(&batch)
+            }
+            // `held` is never empty, and every named channel is one of the delivery's.
+            Narrowing::Broadcast(d) => serde_json::value::to_raw_value(&d.narrowed(holds).unwrap_or_else(|| d.clone())),
+        }
     }
 }
 

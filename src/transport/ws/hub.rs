@@ -143,7 +143,7 @@ impl Hub {
     /// Queues `msg` for its recipients on this transport (or, for a broadcast, every connection
     /// of its application).
     pub fn deliver(&self, msg: &RawTransportMessage<'_>) -> Delivered {
-        let frame = protocol::message(msg.message);
+        let frame = protocol::delivery(msg.ephemeral, msg.message);
         let mut out = Delivered::default();
         let apps = self.apps.read().unwrap_or_else(|p| p.into_inner());
         let Some(devices) = apps.get(&msg.application_id) else {
@@ -225,6 +225,7 @@ mod tests {
             devices: to.iter().map(|(d, t)| Recipient { device_id: (*d).into(), token: (*t).into() }).collect(),
             channels: Vec::new(),
             broadcast,
+            ephemeral: false,
             message: batch,
         }
     }

@@ -130,10 +130,28 @@ pub fn error(code: ErrorCode, message: &str) -> Utf8Bytes {
 /// per transport message and shared by every receiving connection. The bytes are those of
 /// `frame("message", batch)` for the same batch, without decoding it.
 pub fn message(batch: &RawValue) -> Utf8Bytes {
-    const HEAD: &str = r#"{"event":"message","data":"#;
-    let mut text = String::with_capacity(HEAD.len() + batch.get().len() + 1);
-    text.push_str(HEAD);
-    text.push_str(batch.get());
+    wrap(r#"{"event":"message","data":"#, batch)
+}
+
+/// `{"event":"broadcast","data":<delivery>}`: a broadcast's object (`model::broadcast`), around
+/// its bytes as they arrived.
+pub fn broadcast(delivery: &RawValue) -> Utf8Bytes {
+    wrap(r#"{"event":"broadcast","data":"#, delivery)
+}
+
+/// The frame of a transport message's delivery: `broadcast` for an ephemeral object, else
+/// `message`.
+pub fn delivery(ephemeral: bool, delivery: &RawValue) -> Utf8Bytes {
+    match ephemeral {
+        true => broadcast(delivery),
+        false => message(delivery),
+    }
+}
+
+fn wrap(head: &str, data: &RawValue) -> Utf8Bytes {
+    let mut text = String::with_capacity(head.len() + data.get().len() + 1);
+    text.push_str(head);
+    text.push_str(data.get());
     text.push('}');
     Utf8Bytes::from(text)
 }

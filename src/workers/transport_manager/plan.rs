@@ -20,8 +20,8 @@ use crate::error::{Cause, ProcessError};
 use crate::model::members::{sockets_index, MembersDigest};
 use crate::model::transport_message::{Addressed, ChannelRef};
 use crate::model::{
-    encode_transport_message, plan_deliveries, transition_for, ChangeEvent, ChannelKey, DeliveryBatch, Delta,
-    DeviceAddress, EncodedBatch, Filter, Recipient, Transition, Transport, TransportHeader,
+    encode_transport_message, plan_deliveries, transition_for, BroadcastDelivery, ChangeEvent, ChannelKey,
+    DeliveryBatch, Delta, DeviceAddress, EncodedBatch, Filter, Recipient, Transition, Transport, TransportHeader,
 };
 use crate::registry::Routes;
 
@@ -172,7 +172,8 @@ pub fn plan<'a>(
     let by_channel_devices: usize = by_channel.iter().filter_map(|i| on_sockets.get(i)).sum();
     crate::telemetry::devices_per_change(holders.len() + by_channel_devices);
 
-    let mut deliveries = Deliveries { deltas: &deltas, places: &places, by_held: HashMap::new(), encoded: Vec::new() };
+    let mut deliveries =
+        Deliveries { event, deltas: &deltas, places: &places, by_held: HashMap::new(), encoded: Vec::new() };
     // (destination topic, delivery) → recipients.
     let mut groups: BTreeMap<(String, usize), Vec<Recipient>> = BTreeMap::new();
     for (member, mut held) in holders {
@@ -185,6 +186,10 @@ pub fn plan<'a>(
         };
         // Keys are per application already; this guards against a corrupted set.
         if address.application_id != event.application_id {
+            continue;
+        }
+        // A broadcast is for connected devices: no push provider is woken for it.
+        if event.ephemeral && !matches!(address.transport, Transport::Sockets(_)) {
             continue;
         }
         held.sort_unstable();
@@ -223,6 +228,7 @@ pub fn plan<'a>(
 /// A change's deliveries by the set of channels (places) their receivers hold, each narrowed
 /// and serialised once.
 struct Deliveries<'d, 'a> {
+    event: &'d ChangeEvent,
     deltas: &'d [Delta],
     places: &'d HashMap<&'a str, usize>,
     by_held: HashMap<Vec<usize>, usize>,
@@ -236,8 +242,8 @@ impl Deliveries<'_, '_> {
             return Ok(d);
         }
         let holds = |k: &ChannelKey| self.places.get(k.as_str()).is_some_and(|p| held.binary_search(p).is_ok());
-        let batch: DeliveryBatch = self.deltas.iter().filter_map(|d| d.narrowed(holds)).collect();
-        self.encoded.push(EncodedBatch::encode(&batch).map_err(encoding("a delivery"))?);
+        let narrowed = self.deltas.iter().filter_map(|d| d.narrowed(holds));
+        self.encoded.push(encode_delivery(self.event, narrowed)?);
         self.by_held.insert(held, self.encoded.len() - 1);
         Ok(self.encoded.len() - 1)
     }
@@ -249,12 +255,35 @@ pub(super) fn encoding(what: &'static str) -> impl Fn(serde_json::Error) -> Proc
     move |e| ProcessError::Fatal(Cause::with(format_args!("encoding {what}"), e))
 }
 
+/// The delivery of `event` made of `deltas`: Telepat's grouping, or for a broadcast's object its
+/// one create delta as a [`BroadcastDelivery`].
+pub(super) fn encode_delivery(
+    event: &ChangeEvent,
+    mut deltas: impl Iterator<Item = Delta>,
+) -> Result<EncodedBatch, ProcessError> {
+    let encoded = match event.ephemeral {
+        false => EncodedBatch::encode(&deltas.collect::<DeliveryBatch>()),
+        true => {
+            // No delta: a broadcast to the whole application of an object on no channel.
+            let delivery = deltas.next().map(|d| BroadcastDelivery::of(&d)).unwrap_or_else(|| BroadcastDelivery {
+                object: event.after.clone().unwrap_or_default(),
+                subscriptions: Vec::new(),
+                application_id: event.application_id.clone(),
+                timestamp: event.timestamp,
+            });
+            EncodedBatch::encode_broadcast(&delivery)
+        }
+    };
+    encoded.map_err(encoding("a delivery"))
+}
+
 pub(super) fn encode(event: &ChangeEvent, to: Addressed<'_>, batch: &EncodedBatch) -> Result<Vec<u8>, ProcessError> {
     let header = TransportHeader {
         application_id: &event.application_id,
         object_id: &event.id,
         version: event.version,
         timestamp: event.timestamp,
+        ephemeral: event.ephemeral,
     };
     encode_transport_message(&header, to, batch).map_err(encoding("a transport message"))
 }
