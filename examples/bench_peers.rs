@@ -9,7 +9,8 @@
 //!   deliveries, losses and duplicates per client, latency (receive time minus the `bench_sent_ns`
 //!   the object carries), server CPU and RSS; `--mode idle` holds `--clients` subscribed
 //!   connections for `--idle-secs` and reports memory and CPU per connection. One JSON result
-//!   goes to `--out`.
+//!   goes to `--out`. `--via broadcast` (ours): publish with `POST /broadcast`, never stored,
+//!   reported as server `nexxus-broadcast`.
 //! - `--client`: a child process holding up to 9,500 connections from its own source address
 //!   (the per-process file limit and the ephemeral port range bound one process, as in
 //!   `bench_sockets`); it prints `ready <n>`, then a JSON report when `report` arrives on stdin.
@@ -115,6 +116,8 @@ struct Run {
     http_port: u16,
     secret: String,
     api_key: String,
+    /// Ours: publish with `POST /broadcast` (never stored) instead of an update through the store.
+    via_broadcast: bool,
 }
 
 async fn parent() -> anyhow::Result<()> {
@@ -128,7 +131,9 @@ async fn parent() -> anyhow::Result<()> {
         http_port: num("--http-port", 0) as u16,
         secret: arg("--secret").context("--secret")?,
         api_key: arg("--api-key").unwrap_or_default(),
+        via_broadcast: arg("--via").as_deref() == Some("broadcast"),
     };
+    anyhow::ensure!(!run.via_broadcast || run.server == Server::Nexxus, "--via broadcast is ours only");
     anyhow::ensure!(
         run.pid > 0 && run.ws_port > 0 && run.http_port > 0,
         "--pid, --ws-port and --http-port are required"
@@ -166,7 +171,7 @@ async fn parent() -> anyhow::Result<()> {
     check_alive(&run)?;
 
     let mut result = json!({
-        "server": server.name(), "mode": mode, "round": round, "clients": clients,
+        "server": if run.via_broadcast { "nexxus-broadcast" } else { server.name() }, "mode": mode, "round": round, "clients": clients,
         "load_before": load, "rss_base_kib": rss_base, "rss_connected_kib": rss_connected,
         "connect_s": round2(connect_s), "accept_cpu_s": accept_cpu_s,
         "accept_cpu_us_per_conn": round2(accept_cpu_s * 1e6 / clients.max(1) as f64),
@@ -337,9 +342,16 @@ fn object(seq: u64) -> Value {
     })
 }
 
-/// One publication over the server's HTTP API (an update of one object for ours).
+/// One publication over the server's HTTP API (an update of one object for ours, or with
+/// `--via broadcast` a broadcast of it).
 async fn publish(run: &Run, seq: u64) -> anyhow::Result<()> {
     match run.server {
+        Server::Nexxus if run.via_broadcast => {
+            let body = json!({"application_id": APP, "object": {"type": "task", "id": OBJECT_ID,
+                "list_id": LIST_ID, "context_id": LIST_ID, "payload": object(seq)}});
+            let (status, text) = http(run.http_port, "POST", "/broadcast", &[], &body.to_string()).await?;
+            anyhow::ensure!(status == 202, "POST /broadcast: {status} {text}");
+        }
         Server::Nexxus => {
             let body = json!({"op": "update", "application_id": APP, "patches": [
                 {"op": "replace", "path": format!("task/{OBJECT_ID}/payload"), "value": object(seq)}]});
@@ -853,8 +865,9 @@ fn report(dir: &str) -> anyhow::Result<String> {
         md.push('\n');
         medians.insert(server.clone(), meds);
     }
-    if let (Some(n), Some(c)) = (medians.get("nexxus"), medians.get("centrifugo")) {
-        md.push_str("| **nexxus/centrifugo** | |");
+    for ours in ["nexxus", "nexxus-broadcast"] {
+        let (Some(n), Some(c)) = (medians.get(ours), medians.get("centrifugo")) else { continue };
+        md.push_str(&format!("| **{ours}/centrifugo** | |"));
         for (a, b) in n.iter().zip(c) {
             let ratio = match (a, b) {
                 (Some(a), Some(b)) if *b != 0.0 => format!("{:.2}×", a / b),

@@ -50,8 +50,9 @@ RATE=${RATE:-20}
 IDLE=${IDLE:-15000}
 IDLE_SECS=${IDLE_SECS:-30}
 DRAIN=${DRAIN:-5}
-# Subsets, for profiling one side: SERVERS="nexxus" MODES="fanout".
-SERVERS=${SERVERS:-nexxus centrifugo}
+# Subsets, for profiling one side: SERVERS="nexxus" MODES="fanout". `nexxus-broadcast` is the
+# same server publishing with POST /broadcast (never stored): fan-out only.
+SERVERS=${SERVERS:-nexxus nexxus-broadcast centrifugo}
 MODES=${MODES:-fanout idle}
 # Ports on 127.0.0.1 only, away from the ones other things use on this machine.
 NX_SCKT_PORT=${NX_SCKT_PORT:-24611}
@@ -120,7 +121,7 @@ start_server() { # server name, log file
     port_free "$p" || { log "port $p is in use: set NX_SCKT_PORT/NX_HTTP_PORT/CF_PORT"; exit 1; }
   done
   case $1 in
-    nexxus)
+    nexxus | nexxus-broadcast)
       rm -f "$WORK"/nexxus.db*
       env TP_SQLITE_PATH="$WORK/nexxus.db" TP_HTTP_HOST=127.0.0.1 TP_SCKT_HOST=127.0.0.1 \
         TP_HTTP_PORT="$NX_HTTP_PORT" TP_SCKT_PORT="$NX_SCKT_PORT" TP_LOG_LEVEL=warn \
@@ -136,11 +137,14 @@ start_server() { # server name, log file
 run() { # round, server, mode, clients, net
   local round=$1 server=$2 mode=$3 clients=$4 net=$5 ws http
   local name=run-$round-$server-$mode
-  if [[ $server == nexxus ]]; then ws=$NX_SCKT_PORT http=$NX_HTTP_PORT; else ws=$CF_PORT http=$CF_PORT; fi
+  local client_server=$server via=store
+  # nexxus-broadcast: the same server, publishing with POST /broadcast (never stored).
+  if [[ $server == nexxus-broadcast ]]; then client_server=nexxus via=broadcast; fi
+  if [[ $server == nexxus* ]]; then ws=$NX_SCKT_PORT http=$NX_HTTP_PORT; else ws=$CF_PORT http=$CF_PORT; fi
   start_server "$server" "$OUT/$name.server.log"
   echo "$name: $(uptime)" >>"$OUT/uptime.log"
   log "round $round, $server, $mode, $clients clients (load:$(cut -d' ' -f1-3 /proc/loadavg))"
-  if ! "$CLIENT" --server "$server" --mode "$mode" --pid "$SERVER_PID" --ws-port "$ws" --http-port "$http" \
+  if ! "$CLIENT" --server "$client_server" --via "$via" --mode "$mode" --pid "$SERVER_PID" --ws-port "$ws" --http-port "$http" \
     --secret "$SECRET" --api-key "$API_KEY" --clients "$clients" --messages "$MESSAGES" --rate "$RATE" \
     --idle-secs "$IDLE_SECS" --drain-secs "$DRAIN" --net "$net" --round "$round" \
     --out "$OUT/$name.json" 2>>"$OUT/$name.client.log"; then
@@ -155,6 +159,7 @@ net=0
 for round in $(seq 1 "$ROUNDS"); do
   for server in $SERVERS; do
     for mode in $MODES; do
+      [[ $server == nexxus-broadcast && $mode == idle ]] && continue # the same server as nexxus
       net=$((net + 1))
       if [[ $mode == fanout ]]; then run "$round" "$server" fanout "$CLIENTS" "$net"; else run "$round" "$server" idle "$IDLE" "$net"; fi
     done
