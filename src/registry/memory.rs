@@ -15,12 +15,74 @@ use super::RegistryError;
 
 #[derive(Clone, Default)]
 pub struct MemoryDb {
-    keys: Arc<Mutex<HashMap<String, Entry>>>,
+    keys: Arc<Mutex<HashMap<Box<str>, Entry>>>,
 }
 
+/// Compact on purpose: with `-t all`, every connected device keeps a few keys and set members
+/// here (its record, its subscription list, its address in each channel and index), so their
+/// layout is part of the memory per idle connection. Boxed slices instead of `String`/`Vec`
+/// (no spare capacity, 8 bytes less each), and small sets as a list: most sets (a device's
+/// subscriptions) hold one or two members, and an empty-capacity `HashSet` costs a 4-bucket
+/// table plus its hasher for the first.
 enum Entry {
-    Text(Vec<u8>),
-    Set(HashSet<Vec<u8>>),
+    Text(Box<[u8]>),
+    Set(Members),
+}
+
+/// Sets of up to [`FEW`] members are a list (a linear search over a handful beats hashing);
+/// larger ones a hash set.
+enum Members {
+    Few(Vec<Box<[u8]>>),
+    Many(Box<HashSet<Box<[u8]>>>),
+}
+
+const FEW: usize = 8;
+
+impl Members {
+    fn insert(&mut self, member: Box<[u8]>) -> bool {
+        match self {
+            Members::Few(list) if list.contains(&member) => false,
+            Members::Few(list) if list.len() < FEW => {
+                list.reserve_exact(1);
+                list.push(member);
+                true
+            }
+            Members::Few(list) => {
+                let mut set: HashSet<Box<[u8]>> = std::mem::take(list).into_iter().collect();
+                set.insert(member);
+                *self = Members::Many(Box::new(set));
+                true
+            }
+            Members::Many(set) => set.insert(member),
+        }
+    }
+
+    fn remove(&mut self, member: &[u8]) -> bool {
+        match self {
+            Members::Few(list) => match list.iter().position(|m| **m == *member) {
+                Some(at) => {
+                    list.swap_remove(at);
+                    true
+                }
+                None => false,
+            },
+            Members::Many(set) => set.remove(member),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Members::Few(list) => list.len(),
+            Members::Many(set) => set.len(),
+        }
+    }
+
+    fn iter(&self) -> Box<dyn Iterator<Item = &[u8]> + '_> {
+        match self {
+            Members::Few(list) => Box::new(list.iter().map(|m| &**m)),
+            Members::Many(set) => Box::new(set.iter().map(|m| &**m)),
+        }
+    }
 }
 
 impl MemoryDb {
@@ -60,7 +122,7 @@ impl MemoryDb {
 
     /// Every key (tests).
     pub fn keys(&self) -> Vec<String> {
-        self.keys.lock().map(|k| k.keys().cloned().collect()).unwrap_or_default()
+        self.keys.lock().map(|k| k.keys().map(|key| key.to_string()).collect()).unwrap_or_default()
     }
 
     /// Number of keys (tests).
@@ -82,13 +144,13 @@ fn args(cmd: &Cmd) -> impl Iterator<Item = Vec<u8>> + '_ {
 }
 
 /// One command on the map; `values` are its arguments after the key.
-fn apply(keys: &mut HashMap<String, Entry>, name: &str, key: &str, values: Vec<Vec<u8>>) -> Result<Value, String> {
+fn apply(keys: &mut HashMap<Box<str>, Entry>, name: &str, key: &str, values: Vec<Vec<u8>>) -> Result<Value, String> {
     let wrong_type = || format!("{WRONGTYPE} {name} on {key}");
     Ok(match name {
         "PING" => Value::SimpleString("PONG".into()),
         "GET" => match keys.get(key) {
             None => Value::Nil,
-            Some(Entry::Text(v)) => Value::BulkString(v.clone()),
+            Some(Entry::Text(v)) => Value::BulkString(v.to_vec()),
             Some(Entry::Set(_)) => return Err(wrong_type()),
         },
         "SET" => {
@@ -100,11 +162,11 @@ fn apply(keys: &mut HashMap<String, Entry>, name: &str, key: &str, values: Vec<V
                 Some(o) if o.eq_ignore_ascii_case(b"GET") && args.next().is_none() => true,
                 Some(o) => return Err(format!("SET option {} is not supported", String::from_utf8_lossy(&o))),
             };
-            let previous = match keys.insert(key.to_string(), Entry::Text(value)) {
+            let previous = match keys.insert(key.into(), Entry::Text(value.into())) {
                 None => Value::Nil,
-                Some(Entry::Text(old)) => Value::BulkString(old),
+                Some(Entry::Text(old)) => Value::BulkString(old.into()),
                 Some(old @ Entry::Set(_)) => {
-                    keys.insert(key.to_string(), old);
+                    keys.insert(key.into(), old);
                     return Err(wrong_type());
                 }
             };
@@ -117,16 +179,16 @@ fn apply(keys: &mut HashMap<String, Entry>, name: &str, key: &str, values: Vec<V
         "DEL" => Value::Int(i64::from(keys.remove(key).is_some())),
         "EXISTS" => Value::Int(i64::from(keys.contains_key(key))),
         "SADD" => {
-            let entry = keys.entry(key.to_string()).or_insert_with(|| Entry::Set(HashSet::new()));
+            let entry = keys.entry(key.into()).or_insert_with(|| Entry::Set(Members::Few(Vec::new())));
             let Entry::Set(set) = entry else { return Err(wrong_type()) };
-            let added = values.into_iter().map(|m| set.insert(m)).filter(|&new| new).count();
+            let added = values.into_iter().map(|m| set.insert(m.into())).filter(|&new| new).count();
             Value::Int(added as i64)
         }
         "SREM" => {
             let (removed, now_empty) = match keys.get_mut(key) {
                 None => (0, false),
                 Some(Entry::Text(_)) => return Err(wrong_type()),
-                Some(Entry::Set(set)) => (values.iter().filter(|m| set.remove(*m)).count(), set.is_empty()),
+                Some(Entry::Set(set)) => (values.iter().filter(|m| set.remove(m)).count(), set.len() == 0),
             };
             // Redis deletes a set when its last member goes.
             if now_empty {
@@ -136,7 +198,7 @@ fn apply(keys: &mut HashMap<String, Entry>, name: &str, key: &str, values: Vec<V
         }
         "SMEMBERS" => match keys.get(key) {
             None => Value::Array(Vec::new()),
-            Some(Entry::Set(set)) => Value::Array(set.iter().cloned().map(Value::BulkString).collect()),
+            Some(Entry::Set(set)) => Value::Array(set.iter().map(|m| Value::BulkString(m.to_vec())).collect()),
             Some(Entry::Text(_)) => return Err(wrong_type()),
         },
         "SCARD" => match keys.get(key) {
@@ -206,5 +268,26 @@ mod tests {
         db.run("t", &[Op::new("SET", "k").arg("v")]).unwrap();
         let err = db.run("t", &[Op::new("SADD", "k").arg("x")]).unwrap_err();
         assert!(matches!(err, RegistryError::Corrupt(ref m) if m.to_string().contains("WRONGTYPE")), "{err}");
+    }
+
+    #[test]
+    fn a_set_keeps_redis_semantics_across_its_small_and_large_forms() {
+        let db = MemoryDb::default();
+        let add = |m: String| db.run("t", &[Op::new("SADD", "s").arg(m)]).unwrap()[0].clone();
+        for i in 0..20 {
+            assert_eq!(add(format!("m{i}")), Value::Int(1));
+            assert_eq!(add(format!("m{i}")), Value::Int(0), "a member once, in either form");
+        }
+        let all = db.run("t", &[Op::new("SMEMBERS", "s"), Op::new("SCARD", "s")]).unwrap();
+        let mut want: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+        want.sort();
+        assert_eq!((members(&all[0]), all[1].clone()), (want, Value::Int(20)));
+        let removed = (0..20).filter(|i| i % 2 == 0).map(|i| Op::new("SREM", "s").arg(format!("m{i}")));
+        assert!(db.run("t", &removed.collect::<Vec<_>>()).unwrap().iter().all(|r| *r == Value::Int(1)));
+        let left = db.run("t", &[Op::new("SCARD", "s"), Op::new("SREM", "s").arg("m0")]).unwrap();
+        assert_eq!(left, vec![Value::Int(10), Value::Int(0)]);
+        let small = db.run("t", &[Op::new("SADD", "f").arg("a").arg("b"), Op::new("SREM", "f").arg("a")]).unwrap();
+        assert_eq!(small, vec![Value::Int(2), Value::Int(1)]);
+        assert_eq!(members(&db.run("t", &[Op::new("SMEMBERS", "f")]).unwrap()[0]), vec!["b"]);
     }
 }

@@ -120,11 +120,11 @@ impl Worker for SocketsTransport {
 
 /// Small buffers: most connections are idle most of the time, and memory per idle
 /// connection is what limits how many one process holds. Client frames are small (a pong is
-/// 6 bytes, a subscribe a few hundred); a larger one grows the buffer for its own length. The
-/// read buffer is allocated whole for every connection: 256 bytes instead of 1 KiB.
+/// 6 bytes, a subscribe about a hundred); a larger one grows the buffer for its own length. The
+/// read buffer is allocated whole for every connection: 128 bytes instead of 1 KiB.
 fn ws_config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(256)
+        .read_buffer_size(128)
         .write_buffer_size(0)
         .max_write_buffer_size(1 << 20)
         .max_message_size(Some(max_message))

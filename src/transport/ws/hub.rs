@@ -38,7 +38,10 @@ pub struct Delivered {
     pub absent: usize,
 }
 
-type Devices = HashMap<String, Vec<Handle>>;
+/// A device's connections: usually one, so its list starts with room for one (a `Vec` grows
+/// to four slots on its first push), and its key is a boxed `str` (no spare capacity): both
+/// are held per idle connection.
+type Devices = HashMap<Box<str>, Vec<Handle>>;
 
 pub struct Hub {
     /// `sockets_transport-<i>`.
@@ -112,7 +115,8 @@ impl Hub {
             0 => {}
             code => handle.mailbox.close(code),
         }
-        let conns = apps.entry(app.to_owned()).or_default().entry(device.to_owned()).or_default();
+        let conns =
+            apps.entry(app.to_owned()).or_default().entry(device.into()).or_insert_with(|| Vec::with_capacity(1));
         conns.push(handle.clone());
         (handle, conns.len() == 1)
     }
@@ -154,7 +158,7 @@ impl Hub {
             devices.values().flatten().for_each(|h| queue(h, &frame, &mut out));
         } else {
             for r in &msg.devices {
-                match devices.get(&r.device_id).filter(|_| r.token == self.token) {
+                match devices.get(r.device_id.as_str()).filter(|_| r.token == self.token) {
                     Some(conns) => conns.iter().for_each(|h| queue(h, &frame, &mut out)),
                     None => out.absent += 1,
                 }
