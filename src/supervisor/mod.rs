@@ -5,8 +5,8 @@
 //! transport keeps its index, hence its topic, across restarts). Crashed children are replaced
 //! with backoff until `TP_SUPERVISE_MAX_CRASHES` crashes within a minute, then given up on
 //! loudly; a child exiting 64 (configuration error) is given up on at once. Children are
-//! recycled every `TP_RECYCLE_RATE_MS` (0 = never) and all on SIGHUP (start the new, then drain
-//! the old). SIGUSR1 or `POST /drain` stops every child and starts none; SIGUSR2 or
+//! recycled every `TP_RECYCLE_RATE_MS` (0 = never) and all on SIGHUP (the old stops listening,
+//! the new starts on its port while the old drains). SIGUSR1 or `POST /drain` stops every child and starts none; SIGUSR2 or
 //! `POST /resume` starts them again; SIGTERM/SIGINT stop every child gracefully and exit.
 //! `GET /status` lists the children. Children get their own HTTP port: the supervisor's plus
 //! one plus the slot number (off when the supervisor's is off).
@@ -144,6 +144,7 @@ pub async fn run(config: Arc<Config>, plan: &str, child_args: Vec<String>) -> Re
                 exe: exe.clone(),
                 args: child_args.clone(),
                 env: vec![("TP_HTTP_PORT".into(), http_port.to_string())],
+                http: config.http_port.map(|_| (config.http_host.clone(), http_port)),
                 grace: config.shutdown_grace,
                 recycle: (!config.supervise.recycle_rate.is_zero()).then_some(config.supervise.recycle_rate),
                 max_crashes: config.supervise.max_crashes,

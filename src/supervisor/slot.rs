@@ -50,11 +50,21 @@ pub struct Slot {
     /// Arguments after `-t <role> -i <index>` (e.g. `-c file`) and extra environment.
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// The child's HTTP endpoint (`TP_HTTP_HOST`, its own `TP_HTTP_PORT`), `None` when off: a
+    /// recycled child's replacement waits for the old one to let go of it.
+    pub http: Option<(String, u16)>,
     pub grace: Duration,
     pub recycle: Option<Duration>,
     pub max_crashes: usize,
     pub crash_window: Duration,
     pub status: Arc<Mutex<SlotStatus>>,
+}
+
+/// Asks a child to stop (SIGTERM).
+fn terminate(child: &Child) {
+    if let Some(pid) = child.id() {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    }
 }
 
 fn event(role: Role, what: &'static str) {
@@ -84,10 +94,13 @@ impl Slot {
     }
 
     /// SIGTERM, then SIGKILL after the grace period.
-    async fn stop(&self, mut child: Child) {
-        if let Some(pid) = child.id() {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-        }
+    async fn stop(&self, child: Child) {
+        terminate(&child);
+        self.reap(child).await;
+    }
+
+    /// Waits for a child asked to stop, and kills it after the grace period.
+    async fn reap(&self, mut child: Child) {
         if tokio::time::timeout(self.grace + Duration::from_secs(2), child.wait()).await.is_err() {
             tracing::warn!(message = "child did not stop in time, killing it", child = self.name());
             let _ = child.kill().await;
@@ -200,9 +213,23 @@ impl Slot {
             self.stop(old).await;
             return self.spawn_or_wait().await;
         }
+        // The old child lets go of its HTTP port first when asked to stop, then drains; the new
+        // one binds that same port, so it starts once the port is free (else it would fail to
+        // bind and be counted as a crash), while the old one is still draining.
+        terminate(&old);
+        self.until_http_port_free().await;
         let new = self.spawn_or_wait().await;
-        self.stop(old).await;
+        self.reap(old).await;
         new
+    }
+
+    /// Until nothing listens on the child's HTTP port, at most the grace period.
+    async fn until_http_port_free(&self) {
+        let Some((host, port)) = self.http.as_ref().filter(|(_, p)| *p != 0) else { return };
+        let deadline = Instant::now() + self.grace;
+        while std::net::TcpListener::bind((host.as_str(), *port)).is_err() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn spawn_or_wait(&self) -> Child {
