@@ -247,37 +247,10 @@ async fn with_kafka_cql_and_redis_configured_every_role_uses_them() {
     let app = unique_app("stack");
     assert_eq!(p.request("PUT", &format!("/apps/{app}"), &[], &app_doc(&app)).0, 200);
     // Over Kafka the roles learn of the application from `system`, a moment later.
-    let started = std::time::Instant::now();
-    let mut c = loop {
-        // The sockets transport listens once its consumer joined; the ingress may answer first.
-        let url = format!("ws://127.0.0.1:{}/?token={}", p.ws, token(&app, "d1"));
-        if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await {
-            if let Some(Ok(m)) = futures::StreamExt::next(&mut ws).await {
-                if m.to_text().unwrap_or_default().contains("\"ready\"") {
-                    break Client(ws);
-                }
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no ready from the sockets transport: {}",
-            log_of(dir.path())
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let mut c = ready_client(&p, &app, "d1").await;
     assert_eq!(c.subscribe(list_channel(), None).await["event"], "subscribed");
-    // The aggregation and write roles follow `system` too: retry until the create goes through.
-    let mut got = Vec::new();
-    for attempt in 0..30 {
-        // 400 "unknown application" until the ingress's own `system` follower has it.
-        let (code, body) = p.post("/events", &json!([create(&app, Some("k1"), "via kafka")]));
-        assert!(code == 202 || (code == 400 && body.to_string().contains("unknown application")), "{code} {body}");
-        if c.silent(Duration::from_millis(700)).await.is_err() {
-            got.push(attempt);
-            break;
-        }
-    }
-    assert!(!got.is_empty(), "no delivery through Kafka: {}", log_of(dir.path()));
+    let frame = post_until_delivered(&p, &mut c, &json!([create(&app, Some("k1"), "via kafka")])).await;
+    assert_eq!(frame["event"], "message", "{frame}");
     // A broadcast published over Kafka goes to the transport manager and reaches the subscriber.
     let line = json!({"application_id": app, "object": {"type": "task", "list_id": "l1", "typing": true}});
     let input = dir.path().join("broadcast.jsonl");

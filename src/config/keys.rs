@@ -72,6 +72,20 @@ pub const KEYS: &[Key] = &[
     ),
     key("topic_prefix", "TP_TOPIC_PREFIX", Kind::Text, Some(""), "prefix added to every topic name"),
     key(
+        "aggregation_output",
+        "TP_AGGREGATION_OUTPUT",
+        Kind::Text,
+        Some("write"),
+        "topic (before TP_TOPIC_PREFIX) the aggregation produces to: a custom worker's input (docs/custom-workers.md); Kafka only",
+    ),
+    key(
+        "write_output",
+        "TP_WRITE_OUTPUT",
+        Kind::Text,
+        Some("transport_manager"),
+        "topic (before TP_TOPIC_PREFIX) the writer sends change events to: a custom worker's input (docs/custom-workers.md); Kafka only",
+    ),
+    key(
         "batch_size",
         "TP_BATCH_SIZE",
         Kind::Count,

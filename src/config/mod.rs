@@ -153,6 +153,16 @@ pub struct KafkaConfig {
     pub brokers: String,
     pub opts: KafkaOpts,
     pub topic_prefix: String,
+    /// Where the aggregation and the writer produce (before the prefix): `write` and
+    /// `transport_manager`, or a custom worker's input topic between stages.
+    pub outputs: StageOutputs,
+}
+
+/// The topics two stages produce to, so a worker outside this binary can sit between them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StageOutputs {
+    pub aggregation: String,
+    pub write: String,
 }
 
 #[derive(Clone, Debug, Default)]

@@ -107,6 +107,10 @@ impl Config {
                     &get("topic_prefix").text_or_default()?,
                     &get("topic_prefix").origin(),
                 )?,
+                outputs: StageOutputs {
+                    aggregation: stage_output(&get("aggregation_output"), msg_que)?,
+                    write: stage_output(&get("write_output"), msg_que)?,
+                },
             },
             batch_size,
             aggregation_linger: Duration::from_millis(get("aggregation_linger_ms").count_or_default()?),
@@ -208,6 +212,24 @@ fn check_ingress_policy(
         }
     }
     Ok(())
+}
+
+/// A stage's output topic: a topic name, and only over Kafka when it is not the default (the
+/// in-process queue of `-t all` has no way out to a worker in another process).
+fn stage_output(field: &Field<'_>, queue: QueueKind) -> Result<String, ConfigError> {
+    let topic = field.text_or_default()?;
+    let origin = field.origin();
+    if topic.is_empty() {
+        return Err(invalid(&origin, "must name a topic"));
+    }
+    let topic = parse::topic_prefix(&topic, &origin)?;
+    if queue == QueueKind::Memory && Some(topic.as_str()) != field.default {
+        return Err(invalid(
+            &origin,
+            "needs Kafka (TP_KFK_BROKERS): the in-process queue of -t all cannot hand records to a worker in another process",
+        ));
+    }
+    Ok(topic)
 }
 
 const DEFAULT_BROKERS: &str = "127.0.0.1:9092";

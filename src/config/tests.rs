@@ -261,3 +261,18 @@ fn every_default_parses_and_is_the_value_a_bare_load_gets() {
     assert_eq!((d.device_subscriptions, d.channel_filters), (c.limits.device_subscriptions, c.limits.channel_filters));
     assert_eq!((d.device_subscriptions, d.channel_filters), (1000, 100));
 }
+
+#[test]
+fn a_stage_output_names_a_topic_and_needs_kafka() {
+    let c = Config::load(&Overrides::default(), &env(&[("TP_WRITE_OUTPUT", "enrich")])).unwrap();
+    assert_eq!((c.kafka.outputs.aggregation.as_str(), c.kafka.outputs.write.as_str()), ("write", "enrich"));
+    let all = Overrides { single_process: true, ..Default::default() };
+    let embedded = err(&all, &[("TP_AGGREGATION_OUTPUT", "check")]);
+    assert!(embedded.contains("TP_AGGREGATION_OUTPUT") && embedded.contains("needs Kafka"), "{embedded}");
+    let c = Config::load(&all, &env(&[("TP_KFK_BROKERS", "k:9092"), ("TP_WRITE_OUTPUT", "enrich")])).unwrap();
+    assert_eq!(c.kafka.outputs.write, "enrich");
+    assert!(Config::load(&all, &env(&[])).is_ok(), "the defaults are fine without Kafka");
+    for bad in ["", "a b", "x/y"] {
+        assert!(err(&Overrides::default(), &[("TP_WRITE_OUTPUT", bad)]).contains("TP_WRITE_OUTPUT"), "{bad:?}");
+    }
+}

@@ -54,7 +54,8 @@ impl Worker for Aggregation {
         .await?
         .transactional()
         .with_linger(cfg.aggregation_linger);
-        let handler = Aggregation::new(apps, cfg.topic(topic::WRITE), !cfg.aggregation_linger.is_zero());
+        let handler =
+            Aggregation::new(apps, cfg.topic(&cfg.kafka.outputs.aggregation), !cfg.aggregation_linger.is_zero());
         Ok((handler, pipeline))
     }
 }

@@ -101,7 +101,7 @@ impl<S: Store> Write<S> {
             store,
             apps,
             worker: worker.to_string(),
-            events_topic: cfg.topic(topic::TRANSPORT_MANAGER),
+            events_topic: cfg.topic(&cfg.kafka.outputs.write),
             write_topic: cfg.topic(topic::WRITE),
             dead_letter_topic: cfg.topic(topic::DEAD_LETTER),
             cache: BTreeMap::new(),

@@ -130,6 +130,37 @@ impl Process {
     }
 }
 
+/// Over Kafka the sockets transport listens once its consumer joined and knows the application
+/// from `system`: connects until `ready` (60 s at most).
+pub async fn ready_client(p: &Process, app: &str, device: &str) -> Client {
+    let started = std::time::Instant::now();
+    loop {
+        let url = format!("ws://127.0.0.1:{}/?token={}", p.ws, token(app, device));
+        if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await {
+            if let Some(Ok(m)) = futures::StreamExt::next(&mut ws).await {
+                if m.to_text().unwrap_or_default().contains("\"ready\"") {
+                    return Client(ws);
+                }
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no ready from the sockets transport: {}", log_of(&p.dir));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Posts `events` until a frame reaches `client` (the roles follow `system` and learn of the
+/// application a moment later; until the ingress has it, 400 "unknown application"). The frame.
+pub async fn post_until_delivered(p: &Process, client: &mut Client, events: &Value) -> Value {
+    for _ in 0..30 {
+        let (code, body) = p.post("/events", events);
+        assert!(code == 202 || (code == 400 && body.to_string().contains("unknown application")), "{code} {body}");
+        if let Err(frame) = client.silent(Duration::from_millis(700)).await {
+            return frame;
+        }
+    }
+    panic!("no delivery through Kafka: {}", log_of(&p.dir))
+}
+
 pub fn log_of(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("worker.log")).unwrap_or_default()
 }
