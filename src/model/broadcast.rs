@@ -25,6 +25,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -152,7 +153,7 @@ pub fn broadcast_id(now_nanos: u128) -> String {
 }
 
 /// What a device receives for a broadcast: the `data` of its `broadcast` frame.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct BroadcastDelivery {
     pub object: Map<String, Value>,
     pub subscriptions: Vec<ChannelKey>,

@@ -18,6 +18,7 @@
 //! `filter`, no model or parent model may be one of [`super::schema::RESERVED_MODELS`], and a
 //! parent model may not be `context`.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -186,7 +187,7 @@ impl Channel {
 }
 
 /// A channel key string, as stored in Redis and sent to clients in `subscriptions`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(transparent)]
 pub struct ChannelKey(String);
 

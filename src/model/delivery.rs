@@ -13,6 +13,7 @@
 //! matches its filter (for an author filter, it may belong to someone else). `updated`
 //! carries one delta per patch, Telepat's shape, with that patch's own `version`.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -26,7 +27,7 @@ use super::schema::AppSchema;
 pub const DEFAULT_PUSH_LIMIT: usize = 4096;
 
 /// The delta's `op` as clients know it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeltaOp {
     Create,
@@ -35,7 +36,7 @@ pub enum DeltaOp {
 }
 
 /// `{"op","object"|"patch","subscriptions","application_id","timestamp","version"}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Delta {
     pub op: DeltaOp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -124,7 +125,7 @@ pub fn plan_deliveries(event: &ChangeEvent, channels: &[(ChannelKey, Option<Tran
 }
 
 /// Telepat's grouping of deltas by kind, the `data` of a `message` frame or a push.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 pub struct DeliveryBatch {
     pub new: Vec<Delta>,
     pub updated: Vec<Delta>,

@@ -46,6 +46,7 @@
 //! operations) means: every device of the application, whatever it subscribed to.
 //! `ephemeral: true` (absent otherwise) marks a broadcast's object ([`super::broadcast`]).
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -55,7 +56,7 @@ use super::message::{AggregatorMessage, ObjectRef, Patch};
 use super::object::SourcePosition;
 
 /// What a change does to an object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ChangeOp {
     Create,
@@ -64,7 +65,7 @@ pub enum ChangeOp {
 }
 
 /// The body of a `write` record, tagged by `op`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Change {
     Create {
@@ -88,7 +89,7 @@ pub enum Change {
 }
 
 /// One further update message carried by a coalesced record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct MergedUpdate {
     pub patches: Vec<Patch>,
     #[serde(default)]
@@ -98,7 +99,7 @@ pub struct MergedUpdate {
 }
 
 /// The deleted parent a cascading delete comes from, and how deep in the cascade it is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Cascade {
     pub model: String,
     pub id: String,
@@ -115,7 +116,7 @@ pub struct UpdateUnit<'a> {
 }
 
 /// A validated change of one object, on the `write` topic.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct WriteRecord {
     pub application_id: String,
     pub model: String,
@@ -238,7 +239,7 @@ impl WriteRecord {
 }
 
 /// An applied change, on the `transport_manager` topic.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ChangeEvent {
     pub application_id: String,
     pub op: ChangeOp,

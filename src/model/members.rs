@@ -56,6 +56,20 @@ impl Serialize for MembersDigest {
     }
 }
 
+impl schemars::JsonSchema for MembersDigest {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "MembersDigest".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^[0-9a-f]{32}$",
+            "description": "the order-free digest of a channel's members on one sockets transport"
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for MembersDigest {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;

@@ -5,6 +5,7 @@
 //! any variant"), because that text becomes the `dead_letter` reason. Unknown fields are
 //! ignored so that newer producers do not break older workers.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
@@ -30,7 +31,7 @@ const TOO_MANY_OBJECTS: &str = "patches of at most 100 distinct objects";
 pub const IMMUTABLE_FIELDS: [&str; 6] = ["id", "type", "created", "modified", "application_id", "context_id"];
 
 /// A patch operation of Telepat's dialect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PatchOp {
     Replace,
@@ -116,6 +117,20 @@ impl Serialize for PatchPath {
     }
 }
 
+impl JsonSchema for PatchPath {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "PatchPath".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^[^/]+/[^/]+/[^/]+$",
+            "description": "`<model>/<object id>/<field>`; the field is not one of the immutable ones"
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for PatchPath {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -124,7 +139,7 @@ impl<'de> Deserialize<'de> for PatchPath {
 }
 
 /// One patch: `{"op","path","value","user_id"?}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Patch {
     pub op: PatchOp,
     pub path: PatchPath,

@@ -6,6 +6,7 @@
 //! (the `write` topic position: all changes of one object pass through one `write` partition,
 //! in order), and skips the store write for positions at or before it.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -14,7 +15,7 @@ use super::message::{CreateMessage, Patch};
 use super::patch::apply_patch;
 
 /// A record's place in the log.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 pub struct SourcePosition {
     pub topic: String,
     pub partition: i32,

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -38,7 +39,7 @@ pub fn is_reserved(model: &str) -> bool {
 }
 
 /// `{"parentModel":"project"}`: objects carry the parent id in `<parentModel>_id`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct BelongsTo {
     #[serde(rename = "parentModel")]
     pub parent_model: String,
@@ -54,7 +55,7 @@ impl BelongsTo {
 }
 
 /// One model of an application schema.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 pub struct ModelSchema {
     #[serde(rename = "belongsTo", default, skip_serializing_if = "Vec::is_empty")]
     pub belongs_to: Vec<BelongsTo>,
@@ -75,7 +76,7 @@ pub type AppSchema = BTreeMap<String, ModelSchema>;
 
 /// APNs credentials: token auth (`key` .p8 PEM + `key_id` + `team_id`) or certificate auth
 /// (`certificate` PEM chain + `private_key` PEM, optionally encrypted with `passphrase`).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApnCredentials {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -128,7 +129,7 @@ impl std::fmt::Debug for ApnCredentials {
 }
 
 /// FCM HTTP v1 credentials: the Google service-account JSON, passed as is to the OAuth client.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FcmCredentials {
     /// The endpoint is the operator's `TP_FCM_URL`; the service account's `token_uri` must be
@@ -159,7 +160,7 @@ impl std::fmt::Debug for FcmCredentials {
 }
 
 /// An application as stored by `app put` and announced on `system`.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Application {
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -20,6 +20,7 @@
 //! as the transport manager read them; the transport resolves them to its own connections
 //! (see `transport::ws::channels`).
 
+use schemars::JsonSchema;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
@@ -30,7 +31,7 @@ use super::broadcast::BroadcastDelivery;
 use super::delivery::{DeliveryBatch, DeltaOp};
 
 /// One recipient of a [`TransportMessage`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Recipient {
     pub device_id: String,
     /// Push token (ios/android) or socket token (sockets).
@@ -67,7 +68,7 @@ pub struct Recipient {
 /// manager read them, so the transport knows whether its own view of the channel is that one.
 /// A sockets transport older than this field ignores it and delivers such a message to no
 /// one: upgrade the sockets transports before the transport manager.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TransportMessage {
     pub application_id: String,
     pub object_id: String,
@@ -84,7 +85,7 @@ pub struct TransportMessage {
 
 /// A channel a message is addressed to, with a digest of its members on the destination
 /// transport as the transport manager read them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ChannelRef {
     pub key: String,
     pub members: MembersDigest,

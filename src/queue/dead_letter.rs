@@ -11,6 +11,7 @@
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -21,7 +22,7 @@ use crate::error::ProcessError;
 use crate::model::clock;
 use crate::telemetry;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Envelope {
     pub source: Source,
     /// `<type>-<index>` of the worker that rejected it.
@@ -43,7 +44,7 @@ pub struct Envelope {
 }
 
 /// What is kept of a payload too large to set aside whole.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Truncated {
     /// The original payload's size in bytes.
     pub size: usize,
@@ -58,7 +59,7 @@ pub const PAYLOAD_MAX: usize = 512 * 1024;
 /// Longest reason kept, in bytes; reasons can quote the input they refuse.
 pub const REASON_MAX: usize = 1024;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Source {
     pub topic: String,
     pub partition: i32,
