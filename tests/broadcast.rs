@@ -116,3 +116,36 @@ async fn a_broadcast_reaches_whom_a_create_would_and_nothing_is_stored() {
     assert_eq!(deltas(&mut plain, 1).await, vec![("new".into(), "t1".into(), 1, json!("real"))]);
     assert_eq!(p.stop(), Some(0), "{}", log_of(dir.path()));
 }
+
+/// With 32 or more members on the transport the transport manager addresses the broadcast by
+/// channel, and the transport narrows it for each device to the channels it holds.
+#[tokio::test]
+async fn a_broadcast_to_a_large_audience_is_narrowed_per_device_by_the_transport() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = unique_app("bcast-many");
+    let p = start(dir.path(), None, &[]).await;
+    p.put_app(&doc(&app));
+    let open = json!({"and": [{"is": {"status": "open"}}]});
+    let mut plain = Vec::new();
+    for i in 0..40 {
+        let mut c = Client::ready(p.ws, &token(&app, &format!("p{i}"))).await;
+        subscribed(&mut c, list_channel(), None).await;
+        plain.push(c);
+    }
+    let mut both = Client::ready(p.ws, &token(&app, "both")).await;
+    let list = subscribed(&mut both, list_channel(), None).await;
+    let filtered = subscribed(&mut both, list_channel(), Some(open.clone())).await;
+    let mut only_filtered = Client::ready(p.ws, &token(&app, "only-filtered")).await;
+    subscribed(&mut only_filtered, list_channel(), Some(open)).await;
+
+    let cursor = json!({"type": "task", "list_id": "l1", "status": "open", "x": 7});
+    p.post_ok("/broadcast", &json!({"application_id": app, "object": cursor}));
+    for c in &mut plain {
+        assert_eq!(broadcast(c).await, (cursor.clone(), vec![list.clone()]));
+    }
+    assert_eq!(broadcast(&mut both).await, (cursor.clone(), vec![list, filtered.clone()]), "once, with both channels");
+    assert_eq!(broadcast(&mut only_filtered).await, (cursor, vec![filtered]));
+    assert_eq!(both.silent(QUIET).await, Ok(()));
+    assert!(p.metric("nexxus_transport_channel_messages_total") >= 1.0, "addressed by channel, not by device lists");
+    assert_eq!(p.stop(), Some(0));
+}
