@@ -111,6 +111,9 @@ pub enum WorkerError {
         #[source]
         source: std::io::Error,
     },
+    /// A dependency refused us for good at start (credentials, certificate): exit 69.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     #[error("worker stopped: {0}")]
     Fatal(String),
     /// The process was told to stop (SIGTERM, SIGINT) before this step finished, e.g. while a
@@ -136,7 +139,7 @@ impl WorkerError {
         match self {
             WorkerError::Config(_) | WorkerError::Usage(_) => 64,
             WorkerError::Data(_) => 65,
-            WorkerError::Kafka { .. } | WorkerError::Io { .. } => 69,
+            WorkerError::Kafka { .. } | WorkerError::Io { .. } | WorkerError::Unavailable(_) => 69,
             WorkerError::Fatal(_) => 70,
             WorkerError::Cancelled(_) => 0,
         }

@@ -59,9 +59,49 @@ redis_cluster() {
   wait_until "redis cluster" "$REDIS_TIMEOUT" "$REDIS_DIR/cluster-create.log" cluster_ok
 }
 
+# The TLS node's certificates (a throw-away CA and a server certificate for 127.0.0.1) and its
+# ACL user's password, generated once under the stack's ignored folder.
+REDIS_TLS_DIR="$REDIS_DIR/tls-certs"
+REDIS_TLS_USER=nexxus
+
+redis_tls_material() {
+  local t=$REDIS_TLS_DIR
+  [[ -s $t/server.crt && -s $t/password ]] && return 0
+  mkdir -p "$t"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=nexxus local test CA" \
+    -keyout "$t/ca.key" -out "$t/ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout "$t/server.key" -out "$t/server.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$t/san.ext"
+  openssl x509 -req -in "$t/server.csr" -CA "$t/ca.crt" -CAkey "$t/ca.key" -CAcreateserial -days 3650 \
+    -extfile "$t/san.ext" -out "$t/server.crt" 2>/dev/null
+  openssl rand -hex 16 >"$t/password"
+  chmod 600 "$t"/*.key "$t/password"
+}
+
+redis_tls_ping() {
+  redis-cli --tls --cacert "$REDIS_TLS_DIR/ca.crt" -h 127.0.0.1 -p "$REDIS_TLS_PORT" \
+    --user "$REDIS_TLS_USER" --pass "$(cat "$REDIS_TLS_DIR/password")" --no-auth-warning ping 2>/dev/null | grep -q PONG
+}
+
+redis_tls_node() {
+  local d="$REDIS_DIR/tls" pw
+  redis_tls_material
+  if live_pid "$d/redis.pid" "redis-server" >/dev/null && redis_tls_ping; then return 0; fi
+  ports_free "$REDIS_TLS_PORT"
+  mkdir -p "$d"
+  pw=$(cat "$REDIS_TLS_DIR/password")
+  (cd "$d" && close_fds && exec redis-server --port 0 --tls-port "$REDIS_TLS_PORT" --bind 127.0.0.1 \
+    --tls-cert-file "$REDIS_TLS_DIR/server.crt" --tls-key-file "$REDIS_TLS_DIR/server.key" \
+    --tls-ca-cert-file "$REDIS_TLS_DIR/ca.crt" --tls-auth-clients no \
+    --user default off --user "$REDIS_TLS_USER" on ">$pw" "~*" "&*" "+@all" \
+    --save '' --appendonly no --daemonize yes --pidfile "$d/redis.pid" --logfile "$d/redis.log" --dir "$d" </dev/null)
+  wait_until "redis tls" "$REDIS_TIMEOUT" "$d/redis.log" redis_tls_ping
+}
+
 redis_up() {
   redis_install
   redis_node single "$REDIS_PORT"
+  redis_tls_node
   redis_cluster
 }
 

@@ -109,6 +109,13 @@ pub const KEYS: &[Key] = &[
         "redis:// or rediss:// URL; a comma list of nodes means Redis Cluster (default: from host and port)",
     ),
     key(
+        "redis_ca_file",
+        "TP_REDIS_CA_FILE",
+        Kind::Text,
+        None,
+        "PEM file of the CA that signs the Redis servers' certificates, for rediss:// (default: the system's roots)",
+    ),
+    key(
         "scylla_nodes",
         "TP_SCYLLA_NODES",
         Kind::Text,

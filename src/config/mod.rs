@@ -7,6 +7,9 @@
 
 mod keys;
 mod parse;
+
+/// A URL with any user information replaced by `***`, for logs and errors (one rule for all).
+pub use parse::redact_url;
 mod resolve;
 
 use std::collections::{BTreeMap, HashMap};
@@ -102,6 +105,8 @@ pub struct Config {
     /// Aggregation coalescing window; zero means no coalescing.
     pub aggregation_linger: Duration,
     pub redis_url: String,
+    /// The CA to trust for `rediss://` (PEM); the system's roots when `None`.
+    pub redis_ca_file: Option<PathBuf>,
     pub scylla_nodes: Vec<String>,
     pub scylla_keyspace: String,
     pub scylla_replication: Replication,

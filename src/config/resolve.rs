@@ -115,6 +115,7 @@ impl Config {
             batch_size,
             aggregation_linger: Duration::from_millis(get("aggregation_linger_ms").count_or_default()?),
             redis_url,
+            redis_ca_file: get("redis_ca_file").text()?.filter(|p| !p.is_empty()).map(PathBuf::from),
             scylla_nodes,
             scylla_keyspace: parse::identifier(
                 &get("scylla_keyspace").text_or_default()?,

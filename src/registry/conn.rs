@@ -28,6 +28,7 @@ use redis::{ErrorKind, Pipeline, RedisError, Value};
 
 use super::memory::MemoryDb;
 use super::op::{Op, WRONGTYPE};
+use super::secure;
 use super::RegistryError;
 use crate::error::Cause;
 
@@ -63,15 +64,20 @@ enum Prepared {
 
 impl Conn {
     /// Connects to one node (`redis://host:port[/db]`, `rediss://` for TLS) or, given a comma
-    /// list of URLs, to the cluster they belong to.
-    pub async fn connect(url: &str) -> Result<Conn, RegistryError> {
+    /// list of URLs, to the cluster they belong to. `ca_pem`: the CA to trust for `rediss://`
+    /// instead of the system's roots. Errors show the URL without its password.
+    pub async fn connect(url: &str, ca_pem: Option<&[u8]>) -> Result<Conn, RegistryError> {
+        secure::install_crypto();
+        let shown = crate::config::redact_url(url);
         let urls: Vec<&str> = url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
         let inner = match urls.as_slice() {
             [] => return Err(RegistryError::Unavailable("empty Redis URL".into())),
             [one] => {
-                let client = redis::Client::open(*one).map_err(|e| {
-                    RegistryError::Unavailable(Cause::with(format_args!("invalid Redis URL `{one}`"), e))
-                })?;
+                let client = match secure::certificates(ca_pem) {
+                    Some(certs) => redis::Client::build_with_tls(*one, certs),
+                    None => redis::Client::open(*one),
+                }
+                .map_err(|e| RegistryError::Unavailable(Cause::with(format_args!("invalid Redis URL `{shown}`"), e)))?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(CONNECT_TIMEOUT))
                     .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -80,31 +86,31 @@ impl Conn {
                 let connecting = ConnectionManager::new_with_config(client, config);
                 let manager = tokio::time::timeout(CONNECT_TIMEOUT * 2, connecting)
                     .await
-                    .map_err(|_| RegistryError::Unavailable(format!("connecting to Redis at {one}: timed out").into()))?
-                    .map_err(|e| {
-                        RegistryError::Unavailable(Cause::with(format_args!("connecting to Redis at {one}"), e))
-                    })?;
+                    .map_err(|_| {
+                        RegistryError::Unavailable(format!("connecting to Redis at {shown}: timed out").into())
+                    })?
+                    .map_err(|e| secure::connect_failure(&format!("Redis at {shown}"), e))?;
                 Inner::Single(manager)
             }
             many => {
-                let client = ClusterClientBuilder::new(many.to_vec())
+                let mut builder = ClusterClientBuilder::new(many.to_vec())
                     .connection_timeout(CONNECT_TIMEOUT)
                     .response_timeout(RESPONSE_TIMEOUT)
                     .overall_response_timeout(Some(RESPONSE_TIMEOUT * 2))
-                    .retries(3)
-                    .build()
-                    .map_err(|e| {
-                        RegistryError::Unavailable(Cause::with(format_args!("invalid Redis Cluster URLs `{url}`"), e))
-                    })?;
+                    .retries(3);
+                if let Some(certs) = secure::certificates(ca_pem) {
+                    builder = builder.certs(certs);
+                }
+                let client = builder.build().map_err(|e| {
+                    RegistryError::Unavailable(Cause::with(format_args!("invalid Redis Cluster URLs `{shown}`"), e))
+                })?;
                 // redis-rs#1953: the initial connection can hang; bound it.
                 let conn = tokio::time::timeout(CONNECT_TIMEOUT * 2, client.get_async_connection())
                     .await
                     .map_err(|_| {
-                        RegistryError::Unavailable(format!("connecting to Redis Cluster {url}: timed out").into())
+                        RegistryError::Unavailable(format!("connecting to Redis Cluster {shown}: timed out").into())
                     })?
-                    .map_err(|e| {
-                        RegistryError::Unavailable(Cause::with(format_args!("connecting to Redis Cluster {url}"), e))
-                    })?;
+                    .map_err(|e| secure::connect_failure(&format!("Redis Cluster {shown}"), e))?;
                 Inner::Cluster(conn)
             }
         };

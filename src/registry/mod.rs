@@ -43,6 +43,7 @@ pub mod memory;
 pub mod op;
 mod repair;
 mod route;
+pub mod secure;
 mod sockets;
 mod subscription;
 mod values;
@@ -64,6 +65,10 @@ pub enum RegistryError {
     /// lost node), after the one retry. Also a URL that cannot be used at connect time.
     #[error("redis unavailable: {0}")]
     Unavailable(#[source] Cause),
+    /// The server refused our credentials, or we refused its certificate: retrying cannot fix
+    /// it (a worker starting exits 69 naming the setting; a running one retries, not ready).
+    #[error("redis refused: {0}")]
+    Refused(#[source] Cause),
     /// A stored value does not parse or a key holds another type than the registry stores.
     #[error("redis registry data is corrupt: {0}")]
     Corrupt(#[source] Cause),
@@ -77,7 +82,7 @@ impl From<RegistryError> for ProcessError {
     /// that is not what it should be) rejects that message, and the partition moves on.
     fn from(e: RegistryError) -> Self {
         match e {
-            RegistryError::Unavailable(_) => ProcessError::Transient(Cause::of(e)),
+            RegistryError::Unavailable(_) | RegistryError::Refused(_) => ProcessError::Transient(Cause::of(e)),
             RegistryError::Corrupt(_) | RegistryError::LimitExceeded(_) => ProcessError::Poison(Cause::of(e)),
         }
     }
@@ -101,7 +106,13 @@ impl Registry {
     /// URLs, with bounded connect and response timeouts ([`conn::CONNECT_TIMEOUT`],
     /// [`conn::RESPONSE_TIMEOUT`]).
     pub async fn connect(url: &str) -> Result<Registry, RegistryError> {
-        Ok(Registry { conn: Conn::connect(url).await?, limits: Limits::default() })
+        Self::connect_trusting(url, None).await
+    }
+
+    /// [`Registry::connect`], trusting the CA `ca_pem` (PEM) for `rediss://` instead of the
+    /// system's roots.
+    pub async fn connect_trusting(url: &str, ca_pem: Option<&[u8]>) -> Result<Registry, RegistryError> {
+        Ok(Registry { conn: Conn::connect(url, ca_pem).await?, limits: Limits::default() })
     }
 
     /// The same registry, enforcing `limits` on subscriptions.

@@ -98,7 +98,10 @@ impl WorkerContext {
                     shutdown,
                     "store:cql",
                     || MainStore::connect(&self.config),
-                    |e| matches!(e, StoreError::Unavailable(_)),
+                    |e| match e {
+                        StoreError::Unavailable(_) => None,
+                        e => Some(WorkerError::Fatal(format!("store:cql: {e}"))),
+                    },
                 )
                 .await
             }
@@ -117,12 +120,25 @@ impl WorkerContext {
         if let Some(registry) = &self.shared.registry {
             return Ok(registry.clone().with_limits(limits));
         }
+        // An unreadable CA file is the operator's to fix: exit 64 naming the variable.
+        let ca = match &self.config.redis_ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| WorkerError::Usage(format!("TP_REDIS_CA_FILE {}: {e}", path.display())))?,
+            ),
+            None => None,
+        };
         let registry = self
             .dependency(
                 shutdown,
                 "registry:redis",
-                || Registry::connect(&self.config.redis_url),
-                |e| matches!(e, RegistryError::Unavailable(_)),
+                || Registry::connect_trusting(&self.config.redis_url, ca.as_deref()),
+                |e| match e {
+                    RegistryError::Unavailable(_) => None,
+                    // Wrong credentials or an untrusted certificate: waiting does not fix them.
+                    RegistryError::Refused(_) => Some(WorkerError::Unavailable(e.to_string())),
+                    e => Some(WorkerError::Fatal(format!("registry:redis: {e}"))),
+                },
             )
             .await?;
         Ok(registry.with_limits(limits))
@@ -130,14 +146,14 @@ impl WorkerContext {
 
     /// Connects to a dependency, retrying with backoff (readiness condition `condition` false)
     /// while it is unreachable: a dependency that starts after the worker is normal in an
-    /// orchestrated deployment. Errors `transient` rejects stop the worker; a shutdown while
-    /// waiting is [`WorkerError::Cancelled`].
+    /// orchestrated deployment. An error `permanent` maps to a [`WorkerError`] stops the worker
+    /// with it; a shutdown while waiting is [`WorkerError::Cancelled`].
     async fn dependency<T, E, F, Fut>(
         &self,
         shutdown: &CancellationToken,
         condition: &str,
         attempt: F,
-        transient: impl Fn(&E) -> bool,
+        permanent: impl Fn(&E) -> Option<WorkerError>,
     ) -> Result<T, WorkerError>
     where
         E: std::fmt::Display,
@@ -153,8 +169,10 @@ impl WorkerContext {
                     self.health.ok(condition);
                     return Ok(client);
                 }
-                Err(e) if !transient(&e) => return Err(WorkerError::Fatal(format!("{condition}: {e}"))),
                 Err(e) => {
+                    if let Some(stop) = permanent(&e) {
+                        return Err(stop);
+                    }
                     self.health.fail(condition, e.to_string());
                     tracing::warn!(message = "dependency not reachable, retrying", condition, error = %e, retry_in_ms = delay.as_millis() as u64);
                 }
