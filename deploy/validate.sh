@@ -300,6 +300,8 @@ expect "production: a ServiceMonitor" "$prod_out" '^kind: ServiceMonitor$' 1
 expect "production: TLS for sockets" "$prod_out" 'name: TP_SCKT_SSL' 1
 expect "production: TLS secret mounted" "$prod_out" 'secretName: nexxus-sockets-tls' 1
 expect "production: existing Secret" "$prod_out" 'name: nexxus-worker-env' 8
+expect "production: the Redis CA in every worker" "$prod_out" 'value: /etc/nexxus/redis-ca/ca.crt' 7
+expect "production: the Redis CA from its ConfigMap" "$prod_out" 'name: nexxus-redis-ca' 7
 # terminationGracePeriodSeconds above TP_SHUTDOWN_GRACE_MS, in every workload.
 for f in "$default_out" "$prod_out"; do
   ms=$(awk -F'"' '/TP_SHUTDOWN_GRACE_MS:/ { print $2; exit }' "$f")
@@ -326,6 +328,8 @@ must_fail_template() { # DESCRIPTION EXPECTED-MESSAGE ARGS...
 must_fail_template "more sockets pods than socket topics" "exceeds topics.socketsIndexes" --set roles.sockets_transport.replicaCount=5
 must_fail_template "a secret in the ConfigMap" "is secret" --set config.TP_JWT_SECRET=x
 must_fail_template "a secret in a role's env" "set it in secret" --set roles.write.env.TP_KAFKA_OPTS=x
+must_fail_template "a Redis CA from both a Secret and a ConfigMap" "not both" --set redisCa.secretName=a --set redisCa.configMapName=b
+must_fail_template "TP_REDIS_CA_FILE in config" "is set by the chart" --set config.TP_REDIS_CA_FILE=/x
 must_fail_template "TLS without a certificate Secret" "needs roles.sockets_transport.tls.secretName" --set roles.sockets_transport.tls.enabled=true
 # values.schema.json: a misspelt or unknown key, a value out of range
 must_fail_template "a misspelt value (roles.write.replicas)" "additional properties 'replicas' not allowed" --set roles.write.replicas=3

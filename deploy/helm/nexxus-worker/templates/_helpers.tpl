@@ -202,6 +202,10 @@ spec:
         {{- end }}
         {{- end }}
         {{- end }}
+        {{- if or $v.redisCa.secretName $v.redisCa.configMapName }}
+        - name: TP_REDIS_CA_FILE
+          value: /etc/nexxus/redis-ca/{{ $v.redisCa.key }}
+        {{- end }}
         {{- range $name, $value := $r.env }}
         - name: {{ $name }}
           value: {{ $value | toString | quote }}
@@ -243,6 +247,11 @@ spec:
           mountPath: /etc/nexxus/tls
           readOnly: true
         {{- end }}
+        {{- if or $v.redisCa.secretName $v.redisCa.configMapName }}
+        - name: redis-ca
+          mountPath: /etc/nexxus/redis-ca
+          readOnly: true
+        {{- end }}
   volumes:
     - name: tmp
       emptyDir:
@@ -252,6 +261,16 @@ spec:
       secret:
         secretName: {{ $r.tls.secretName }}
         defaultMode: 0440
+    {{- end }}
+    {{- if $v.redisCa.secretName }}
+    - name: redis-ca
+      secret:
+        secretName: {{ $v.redisCa.secretName }}
+        defaultMode: 0440
+    {{- else if $v.redisCa.configMapName }}
+    - name: redis-ca
+      configMap:
+        name: {{ $v.redisCa.configMapName }}
     {{- end }}
   {{- with ($r.nodeSelector | default $v.nodeSelector) }}
   nodeSelector:
@@ -302,7 +321,10 @@ Checks of values that Kubernetes would accept but the workers would not.
 {{- define "nexxus.validate" -}}
 {{- $v := .Values -}}
 {{- $secretKeys := list "TP_JWT_SECRET" "TP_KAFKA_OPTS" "TP_SCKT_KEY_PASSPHRASE" "TP_INGRESS_TOKEN" "TP_ADMIN_TOKEN" -}}
-{{- $derived := list "TP_HTTP_PORT" "TP_SCKT_PORT" "TP_SCKT_SSL" "TP_SCKT_KEY_SSL" "TP_SCKT_CERT_FILE" "TP_SCKT_CERT_SSL" "TP_SCKT_CA_CERT" -}}
+{{- $derived := list "TP_HTTP_PORT" "TP_SCKT_PORT" "TP_SCKT_SSL" "TP_SCKT_KEY_SSL" "TP_SCKT_CERT_FILE" "TP_SCKT_CERT_SSL" "TP_SCKT_CA_CERT" "TP_REDIS_CA_FILE" -}}
+{{- if and $v.redisCa.secretName $v.redisCa.configMapName -}}
+{{- fail "redisCa: set secretName or configMapName, not both" -}}
+{{- end -}}
 {{- range $k, $_ := $v.config -}}
 {{- if not (hasPrefix "TP_" $k) -}}
 {{- fail (printf "config.%s: only TP_* variables belong in config" $k) -}}
@@ -311,7 +333,7 @@ Checks of values that Kubernetes would accept but the workers would not.
 {{- fail (printf "config.%s is secret: set it in secret.values or in secret.existingSecret" $k) -}}
 {{- end -}}
 {{- if has $k $derived -}}
-{{- fail (printf "config.%s is set by the chart (http.port, roles.sockets_transport.containerPort / .tls)" $k) -}}
+{{- fail (printf "config.%s is set by the chart (http.port, roles.sockets_transport.containerPort / .tls, redisCa)" $k) -}}
 {{- end -}}
 {{- end -}}
 {{- range $k, $_ := $v.secret.values -}}
