@@ -103,7 +103,7 @@ async fn a_broadcast_reaches_whom_a_create_would_and_nothing_is_stored() {
     }
 
     // To the whole application: every connected device, on no channel.
-    let notice = json!({"type": "task", "text": "maintenance at 5"});
+    let notice = json!({"type": "task", "list_id": "l1", "text": "maintenance at 5"});
     assert_eq!(post(json!({"application_id": app, "to": "application", "object": notice})).0, 202);
     for c in [&mut plain, &mut open, &mut closed, &mut other, &mut u1, &mut u2] {
         assert_eq!(broadcast(c).await, (notice.clone(), vec![]));

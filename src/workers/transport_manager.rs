@@ -95,7 +95,12 @@ impl TransportManager {
                 event.model
             )));
         }
-        let entries: Vec<(ChannelKey, Option<Transition>)> = event.channels.iter().map(|c| (c.clone(), None)).collect();
+        // A broadcast's object sent to the whole application names no channel: the devices
+        // receive it whatever they hold.
+        let entries: Vec<(ChannelKey, Option<Transition>)> = match event.ephemeral {
+            true => Vec::new(),
+            false => event.channels.iter().map(|c| (c.clone(), None)).collect(),
+        };
         let batch = encode_delivery(event, plan_deliveries(event, &entries).into_iter())?;
         if !event.ephemeral {
             let devices = self.registry.app_devices(&event.application_id).await?;
