@@ -12,6 +12,7 @@ use nexxus_worker::registry::{Registry, RegistryError};
 
 struct Tls {
     url: String,
+    cluster_url: String,
     ca: Vec<u8>,
     ca_path: String,
     password: String,
@@ -23,7 +24,8 @@ fn tls() -> Tls {
     let ca_path = env["NEXXUS_REDIS_TLS_CA"].clone();
     let password = url.split_once("://").and_then(|(_, r)| r.split_once('@')).map(|(u, _)| u).unwrap_or_default();
     let password = password.split_once(':').map(|(_, p)| p.to_string()).unwrap_or_default();
-    Tls { ca: std::fs::read(&ca_path).unwrap(), url, ca_path, password }
+    let cluster_url = env["NEXXUS_REDIS_TLS_CLUSTER_URL"].clone();
+    Tls { ca: std::fs::read(&ca_path).unwrap(), url, cluster_url, ca_path, password }
 }
 
 #[tokio::test]
@@ -45,6 +47,23 @@ async fn the_registry_works_over_tls_with_an_acl_user_and_refuses_what_it_must()
     assert!(matches!(err, RegistryError::Refused(_)), "{text}");
     assert!(text.contains("TP_REDIS_CA_FILE") && !text.contains(&t.password), "{text}");
     assert!(started.elapsed() < Duration::from_secs(20), "refused, not retried until a timeout");
+}
+
+/// A Redis Cluster over TLS (client connections and cluster bus) with the same ACL user: the
+/// registry routes across its nodes, and an untrusted certificate is refused the same way.
+#[tokio::test]
+async fn the_registry_works_with_a_tls_cluster() {
+    let t = tls();
+    let registry =
+        Registry::connect_trusting(&t.cluster_url, Some(&t.ca)).await.expect("rediss:// cluster with the CA");
+    assert!(registry.is_cluster());
+    // Keys of many slots, so every node is reached.
+    for app in (0..20).map(|i| format!("tls-cluster-app-{i}")) {
+        assert!(registry.app_devices(&app).await.unwrap().is_empty());
+    }
+    let err = Registry::connect(&t.cluster_url).await.err().expect("the stack's CA is not in the system's roots");
+    assert!(matches!(err, RegistryError::Refused(_)), "{err}");
+    assert!(err.to_string().contains("TP_REDIS_CA_FILE") && !err.to_string().contains(&t.password), "{err}");
 }
 
 /// A worker at start: exit 69 with one line naming the setting, never the password, never a

@@ -78,31 +78,69 @@ redis_tls_material() {
   chmod 600 "$t"/*.key "$t/password"
 }
 
-redis_tls_ping() {
-  redis-cli --tls --cacert "$REDIS_TLS_DIR/ca.crt" -h 127.0.0.1 -p "$REDIS_TLS_PORT" \
-    --user "$REDIS_TLS_USER" --pass "$(cat "$REDIS_TLS_DIR/password")" --no-auth-warning ping 2>/dev/null | grep -q PONG
+# redis_tls_cli PORT ARGS...: redis-cli over TLS as the ACL user.
+redis_tls_cli() {
+  local port=$1
+  shift
+  redis-cli --tls --cacert "$REDIS_TLS_DIR/ca.crt" -h 127.0.0.1 -p "$port" \
+    --user "$REDIS_TLS_USER" --pass "$(cat "$REDIS_TLS_DIR/password")" --no-auth-warning "$@"
 }
 
+redis_tls_ping() { redis_tls_cli "${1:-$REDIS_TLS_PORT}" ping 2>/dev/null | grep -q PONG; }
+
+# redis_tls_node NAME PORT [extra redis-server args]: a TLS-only node with the ACL user.
 redis_tls_node() {
-  local d="$REDIS_DIR/tls" pw
+  local name=$1 port=$2 d="$REDIS_DIR/$1" pw
+  shift 2
   redis_tls_material
-  if live_pid "$d/redis.pid" "redis-server" >/dev/null && redis_tls_ping; then return 0; fi
-  ports_free "$REDIS_TLS_PORT"
+  if live_pid "$d/redis.pid" "redis-server" >/dev/null && redis_tls_ping "$port"; then return 0; fi
+  ports_free "$port"
   mkdir -p "$d"
   pw=$(cat "$REDIS_TLS_DIR/password")
-  (cd "$d" && close_fds && exec redis-server --port 0 --tls-port "$REDIS_TLS_PORT" --bind 127.0.0.1 \
+  (cd "$d" && close_fds && exec redis-server --port 0 --tls-port "$port" --bind 127.0.0.1 \
     --tls-cert-file "$REDIS_TLS_DIR/server.crt" --tls-key-file "$REDIS_TLS_DIR/server.key" \
     --tls-ca-cert-file "$REDIS_TLS_DIR/ca.crt" --tls-auth-clients no \
     --user default off --user "$REDIS_TLS_USER" on ">$pw" "~*" "&*" "+@all" \
-    --save '' --appendonly no --daemonize yes --pidfile "$d/redis.pid" --logfile "$d/redis.log" --dir "$d" </dev/null)
-  wait_until "redis tls" "$REDIS_TIMEOUT" "$d/redis.log" redis_tls_ping
+    --save '' --appendonly no --daemonize yes --pidfile "$d/redis.pid" --logfile "$d/redis.log" --dir "$d" "$@" </dev/null)
+  wait_until "redis $name" "$REDIS_TIMEOUT" "$d/redis.log" redis_tls_ping "$port"
+}
+
+tls_cluster_ok() {
+  local p
+  for p in "${REDIS_TLS_CLUSTER_PORTS[@]}"; do
+    [[ $(redis_tls_cli "$p" cluster info 2>/dev/null) == *cluster_state:ok* ]] || return 1
+  done
+}
+
+# The same cluster as redis_cluster, over TLS (client and cluster bus) with the ACL user.
+redis_tls_cluster() {
+  local p addrs=() known i
+  for p in "${REDIS_TLS_CLUSTER_PORTS[@]}"; do
+    redis_tls_node "tls-cluster-$p" "$p" --tls-cluster yes --cluster-enabled yes \
+      --cluster-config-file nodes.conf --cluster-node-timeout 5000 --masteruser "$REDIS_TLS_USER" \
+      --masterauth "$(cat "$REDIS_TLS_DIR/password")"
+    addrs+=("127.0.0.1:$p")
+  done
+  known=$(redis_tls_cli "${REDIS_TLS_CLUSTER_PORTS[0]}" cluster info | tr -d '\r' | sed -n 's/^cluster_known_nodes://p')
+  if [[ $known == "${#REDIS_TLS_CLUSTER_PORTS[@]}" ]]; then
+    for ((i = 0; i < 15; i++)); do tls_cluster_ok && return 0; sleep 1; done
+  fi
+  log "redis: creating the TLS cluster on ${addrs[*]}"
+  for p in "${REDIS_TLS_CLUSTER_PORTS[@]}"; do
+    redis_tls_cli "$p" flushall >/dev/null
+    redis_tls_cli "$p" cluster reset hard >/dev/null
+  done
+  redis_tls_cli "${REDIS_TLS_CLUSTER_PORTS[0]}" --cluster create "${addrs[@]}" --cluster-replicas 0 --cluster-yes \
+    >"$REDIS_DIR/tls-cluster-create.log" 2>&1 || { cat "$REDIS_DIR/tls-cluster-create.log" >&2; return 1; }
+  wait_until "redis tls cluster" "$REDIS_TIMEOUT" "$REDIS_DIR/tls-cluster-create.log" tls_cluster_ok
 }
 
 redis_up() {
   redis_install
   redis_node single "$REDIS_PORT"
-  redis_tls_node
+  redis_tls_node tls "$REDIS_TLS_PORT"
   redis_cluster
+  redis_tls_cluster
 }
 
 redis_down() {

@@ -53,6 +53,7 @@ TP_REDIS_URL=redis://127.0.0.1:$REDIS_PORT
 NEXXUS_REDIS_CLUSTER_URL=${cluster_urls%,}
 NEXXUS_REDIS_TLS_URL=rediss://$REDIS_TLS_USER:$(cat "$REDIS_TLS_DIR/password")@127.0.0.1:$REDIS_TLS_PORT
 NEXXUS_REDIS_TLS_CA=$REDIS_TLS_DIR/ca.crt
+NEXXUS_REDIS_TLS_CLUSTER_URL=$(for p in "${REDIS_TLS_CLUSTER_PORTS[@]}"; do printf 'rediss://%s:%s@127.0.0.1:%s,' "$REDIS_TLS_USER" "$(cat "$REDIS_TLS_DIR/password")" "$p"; done | sed 's/,$//')
 EOF
 mv "$ENV_FILE.tmp" "$ENV_FILE"
 log "stack up in $((SECONDS - T0))s; wrote ${ENV_FILE#"$ROOT"/}"
