@@ -59,23 +59,31 @@ redis_cluster() {
   wait_until "redis cluster" "$REDIS_TIMEOUT" "$REDIS_DIR/cluster-create.log" cluster_ok
 }
 
-# The TLS node's certificates (a throw-away CA and a server certificate for 127.0.0.1) and its
-# ACL user's password, generated once under the stack's ignored folder.
-REDIS_TLS_DIR="$REDIS_DIR/tls-certs"
+# The TLS nodes' certificates (a throw-away CA and a server certificate for 127.0.0.1) and their
+# ACL user's password, generated once in the cache every clone shares (like the installed jars),
+# so a clone finding another clone's TLS nodes running can use them as they are.
+REDIS_TLS_DIR="$CACHE/redis-tls"
 REDIS_TLS_USER=nexxus
 
 redis_tls_material() {
-  local t=$REDIS_TLS_DIR
-  [[ -s $t/server.crt && -s $t/password ]] && return 0
-  mkdir -p "$t"
-  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=nexxus local test CA" \
-    -keyout "$t/ca.key" -out "$t/ca.crt" 2>/dev/null
-  openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout "$t/server.key" -out "$t/server.csr" 2>/dev/null
-  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$t/san.ext"
-  openssl x509 -req -in "$t/server.csr" -CA "$t/ca.crt" -CAkey "$t/ca.key" -CAcreateserial -days 3650 \
-    -extfile "$t/san.ext" -out "$t/server.crt" 2>/dev/null
-  openssl rand -hex 16 >"$t/password"
-  chmod 600 "$t"/*.key "$t/password"
+  [[ -s $REDIS_TLS_DIR/server.crt && -s $REDIS_TLS_DIR/password ]] && return 0
+  mkdir -p "$CACHE"
+  (
+    flock 9 # one clone generates; the others wait and use the result
+    [[ -s $REDIS_TLS_DIR/server.crt && -s $REDIS_TLS_DIR/password ]] && exit 0
+    local t
+    t=$(mktemp -d "$CACHE/redis-tls.XXXXXX")
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=nexxus local test CA" \
+      -keyout "$t/ca.key" -out "$t/ca.crt" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout "$t/server.key" -out "$t/server.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$t/san.ext"
+    openssl x509 -req -in "$t/server.csr" -CA "$t/ca.crt" -CAkey "$t/ca.key" -CAcreateserial -days 3650 \
+      -extfile "$t/san.ext" -out "$t/server.crt" 2>/dev/null
+    openssl rand -hex 16 >"$t/password"
+    chmod 600 "$t"/*.key "$t/password"
+    rm -rf "$REDIS_TLS_DIR"
+    mv "$t" "$REDIS_TLS_DIR"
+  ) 9>"$CACHE/.redis-tls.lock"
 }
 
 # redis_tls_cli PORT ARGS...: redis-cli over TLS as the ACL user.
@@ -94,6 +102,11 @@ redis_tls_node() {
   shift 2
   redis_tls_material
   if live_pid "$d/redis.pid" "redis-server" >/dev/null && redis_tls_ping "$port"; then return 0; fi
+  # Another clone's TLS node (same shared certificates and password) is used as is.
+  if port_open "$port" && redis_tls_ping "$port"; then
+    log "redis: adopting the TLS server already serving 127.0.0.1:$port"
+    return 0
+  fi
   ports_free "$port"
   mkdir -p "$d"
   pw=$(cat "$REDIS_TLS_DIR/password")
