@@ -11,8 +11,8 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use serde_json::Value;
 
 use crate::error::WorkerError;
+use crate::model::decode_broadcast_object;
 use crate::model::key::message_key;
-use crate::model::{broadcast_id, clock, decode_broadcast_object};
 use crate::queue::kafka::Producer;
 
 /// How many produces may be in flight at once.
@@ -55,9 +55,7 @@ pub fn broadcasts(lines: Vec<(Option<String>, String)>) -> Result<Vec<(Option<St
         let value: Value = serde_json::from_str(&line).map_err(|e| bad(&e))?;
         let request = decode_broadcast_object(value.as_object().ok_or_else(|| bad(&"expected a JSON object"))?)
             .map_err(|e| bad(&e))?;
-        let id = broadcast_id(clock::now_nanos());
-        let key = request.partition_key(&id).to_owned();
-        let event = request.into_event(id, clock::now_micros());
+        let (key, event) = request.accept();
         out.push((Some(key), serde_json::to_string(&event).map_err(|e| bad(&e))?));
     }
     Ok(out)

@@ -24,8 +24,8 @@ use crate::apps::Apps;
 use crate::model::clock;
 use crate::model::key::message_key;
 use crate::model::{
-    broadcast_id, check_broadcast, check_track_command, decode_aggregation_object, decode_broadcast_object,
-    decode_track_object, ModelError, DEFAULT_MAX_MESSAGE_BYTES,
+    check_broadcast, check_track_command, decode_aggregation_object, decode_broadcast_object, decode_track_object,
+    ModelError, DEFAULT_MAX_MESSAGE_BYTES,
 };
 use crate::queue::outbox::{Outbox, Sink};
 use crate::queue::topic;
@@ -202,9 +202,7 @@ fn check<'a>(kind: Kind, item: &'a RawValue, apps: &Apps) -> Result<(Option<Stri
             let request = decode_broadcast_object(map).map_err(|e| e.to_string())?;
             let app = apps.require(&request.application_id).map_err(|e| e.to_string())?;
             check_broadcast(&request, &app).map_err(|e| e.to_string())?;
-            let id = broadcast_id(clock::now_nanos());
-            let key = request.partition_key(&id).to_owned();
-            let event = request.into_event(id, clock::now_micros());
+            let (key, event) = request.accept();
             // Our own type, of string-keyed maps, strings and integers: it always encodes.
             let bytes = serde_json::to_string(&event).map_err(|e| format!("encoding the broadcast: {e}"))?;
             return Ok((Some(key), Cow::Owned(bytes)));

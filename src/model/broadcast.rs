@@ -111,6 +111,14 @@ impl BroadcastRequest {
         }
     }
 
+    /// Accepted now: its key and its `transport_manager` event, under a fresh [`broadcast_id`]
+    /// and the current time (the ingress and `publish --broadcast` both call this).
+    pub fn accept(self) -> (String, ChangeEvent) {
+        let id = broadcast_id(super::clock::now_nanos());
+        let key = self.partition_key(&id).to_owned();
+        (key, self.into_event(id, super::clock::now_micros()))
+    }
+
     /// The partition key: the object's id when it names one (broadcasts about one object stay
     /// in order), else the broadcast's own id.
     pub fn partition_key<'a>(&'a self, id: &'a str) -> &'a str {

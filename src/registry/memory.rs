@@ -81,10 +81,12 @@ impl Members {
         }
     }
 
-    fn iter(&self) -> Box<dyn Iterator<Item = &[u8]> + '_> {
+    /// The members as an `SMEMBERS` reply.
+    fn reply(&self) -> Value {
+        let bulk = |m: &[u8]| Value::BulkString(m.to_vec());
         match self {
-            Members::Few(list) => Box::new(list.iter().map(|m| &**m)),
-            Members::Many(set) => Box::new(set.iter().map(|m| &**m)),
+            Members::Few(list) => Value::Array(list.iter().map(|m| bulk(m)).collect()),
+            Members::Many(set) => Value::Array(set.iter().map(|m| bulk(m)).collect()),
         }
     }
 }
@@ -202,7 +204,7 @@ fn apply(keys: &mut HashMap<Box<str>, Entry>, name: &str, key: &str, values: Vec
         }
         "SMEMBERS" => match keys.get(key) {
             None => Value::Array(Vec::new()),
-            Some(Entry::Set(set)) => Value::Array(set.iter().map(|m| Value::BulkString(m.to_vec())).collect()),
+            Some(Entry::Set(set)) => set.reply(),
             Some(Entry::Text(_)) => return Err(wrong_type()),
         },
         "SCARD" => match keys.get(key) {

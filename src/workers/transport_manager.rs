@@ -21,7 +21,7 @@ use std::sync::Arc;
 use crate::error::{ProcessError, WorkerError};
 use crate::model::acl::{channel_carries_readable, read_access, ReadAccess};
 use crate::model::transport_message::Addressed;
-use crate::model::{broadcast_channels, plan_deliveries, ChangeEvent, ChannelKey, Recipient, Transition};
+use crate::model::{broadcast_channels, plan_deliveries, Application, ChangeEvent, ChannelKey, Recipient, Transition};
 use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
 use crate::registry::Registry;
@@ -126,17 +126,10 @@ impl TransportManager {
 }
 
 /// The channels of a broadcast's object, derived here from the application's schema (the
-/// producer's list is never trusted for it); `None` for a stored change, which carries its own.
-fn ephemeral_channels(apps: &Apps, event: &ChangeEvent) -> Option<Result<Vec<ChannelKey>, ProcessError>> {
-    if !event.ephemeral {
-        return None;
-    }
-    let app = match apps.require(&event.application_id) {
-        Ok(app) => app,
-        Err(e) => return Some(Err(e.into())),
-    };
-    let object = event.after.as_ref()?;
-    Some(broadcast_channels(&app, object).map_err(|e| ProcessError::poison(format!("broadcast: {e}"))))
+/// producer's list is never trusted for it).
+fn ephemeral_channels(app: &Application, event: &ChangeEvent) -> Result<Vec<ChannelKey>, ProcessError> {
+    let object = event.after.as_ref().ok_or_else(|| ProcessError::poison("broadcast without an object (`after`)"))?;
+    broadcast_channels(app, object).map_err(|e| ProcessError::poison(format!("broadcast: {e}")))
 }
 
 /// `event` with only the channels its readers may hold, or `None` when every channel may carry
@@ -179,8 +172,8 @@ impl Handler for TransportManager {
         // A broadcast's channels are derived from its object; a stored change carries its own.
         let derived: Vec<Vec<ChannelKey>> = batch
             .iter()
-            .filter(|e| !e.broadcast)
-            .filter_map(|e| ephemeral_channels(&self.apps, e).and_then(Result::ok))
+            .filter(|e| e.ephemeral && !e.broadcast)
+            .filter_map(|e| ephemeral_channels(&*self.apps.get(&e.application_id)?, e).ok())
             .collect();
         let carried = batch.iter().filter(|e| !e.broadcast && !e.ephemeral).map(|e| &e.channels);
         let mut channels: Vec<ChannelKey> = Vec::new();
@@ -203,12 +196,9 @@ impl Handler for TransportManager {
     }
 
     async fn handle(&mut self, _: &Record<'_>, mut event: ChangeEvent, out: &mut Outbox) -> Result<(), ProcessError> {
-        self.apps.require(&event.application_id)?;
-        match ephemeral_channels(&self.apps, &event) {
-            Some(channels) => event.channels = channels?,
-            // A broadcast needs its object.
-            None if event.ephemeral => return Err(ProcessError::poison("broadcast without an object (`after`)")),
-            None => {}
+        let app = self.apps.require(&event.application_id)?;
+        if event.ephemeral {
+            event.channels = ephemeral_channels(&app, &event)?;
         }
         if event.broadcast {
             self.broadcast(&event, out).await
