@@ -186,6 +186,27 @@ pub const KEYS: &[Key] = &[
         "server ping interval; a peer silent for two intervals is dropped",
     ),
     key(
+        "resume_window_ms",
+        "TP_RESUME_WINDOW_MS",
+        Kind::Millis,
+        Some("86400000"),
+        "how far back a subscription may resume (older cursors: RESYNC_REQUIRED); channel tombstones are kept this long plus the overlap",
+    ),
+    key(
+        "resume_overlap_ms",
+        "TP_RESUME_OVERLAP_MS",
+        Kind::Millis,
+        Some("60000"),
+        "a resume's catch-up starts this long before its cursor: the bound on clock skew and on a change's delay between the store and the sockets",
+    ),
+    key(
+        "snapshot_settle_ms",
+        "TP_SNAPSHOT_SETTLE_MS",
+        Kind::Millis,
+        Some("2000"),
+        "after a snapshot, a catch-up this much later sends what was stored late (a writer stores a change after routing it)",
+    ),
+    key(
         "sckt_handshake_timeout_ms",
         "TP_SCKT_HANDSHAKE_TIMEOUT_MS",
         Kind::Millis,

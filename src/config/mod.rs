@@ -185,10 +185,41 @@ pub struct SocketsConfig {
     pub max_message_bytes: usize,
     pub ping_interval: Duration,
     pub handshake_timeout: Duration,
+    /// Snapshots and resumes of subscriptions.
+    pub resume: ResumeConfig,
     /// Connections in the handshake at once.
     pub max_handshakes: usize,
     /// Client frames per second per connection (bursts of twice as many).
     pub frames_per_sec: u32,
+}
+
+/// Snapshot on subscribe and resume after a disconnect (`docs/protocol.md`).
+#[derive(Clone, Debug)]
+pub struct ResumeConfig {
+    /// How far back a cursor may be (older: `RESYNC_REQUIRED`).
+    pub window: Duration,
+    /// A catch-up starts this long before its cursor.
+    pub overlap: Duration,
+    /// The delay of the catch-up that follows a snapshot.
+    pub settle: Duration,
+}
+
+impl Default for ResumeConfig {
+    fn default() -> Self {
+        ResumeConfig {
+            window: Duration::from_secs(24 * 3600),
+            overlap: Duration::from_secs(60),
+            settle: Duration::from_secs(2),
+        }
+    }
+}
+
+impl ResumeConfig {
+    /// How long the stores keep channel tombstones: every cursor the window accepts, minus the
+    /// overlap, still finds the deletions after it.
+    pub fn tombstone_retention(&self) -> Duration {
+        self.window + self.overlap
+    }
 }
 
 /// Bounds of the HTTP listener (health, metrics, ingress).

@@ -139,6 +139,11 @@ impl Config {
                 max_message_bytes: at_least_one("sckt_max_message")?,
                 ping_interval: Duration::from_millis(at_least_one("sckt_ping_ms")? as u64),
                 handshake_timeout: Duration::from_millis(at_least_one("sckt_handshake_timeout_ms")? as u64),
+                resume: crate::config::ResumeConfig {
+                    window: Duration::from_millis(at_least_one("resume_window_ms")? as u64),
+                    overlap: Duration::from_millis(get("resume_overlap_ms").count_or_default()?),
+                    settle: Duration::from_millis(get("snapshot_settle_ms").count_or_default()?),
+                },
                 max_handshakes: at_least_one("sckt_max_handshakes")?,
                 frames_per_sec: u32::try_from(at_least_one("sckt_frames_per_sec")?)
                     .map_err(|_| invalid(&get("sckt_frames_per_sec").origin(), "too large"))?,

@@ -25,7 +25,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::error::{Cause, ProcessError};
-use crate::model::{Application, StoredObject};
+use crate::model::{Application, ChannelKey, StoredObject};
 
 pub use cql::{CqlOptions, CqlStore};
 pub use sqlite::SqliteStore;
@@ -105,13 +105,47 @@ pub struct ObjectRow {
 /// `recorded` is the set of links the stored row holds before this write, when the caller knows
 /// it (the writer does, for an object it wrote itself): a store that would otherwise read it back
 /// to find the links to remove (CQL) then skips that read. `None`: the store reads it.
+///
+/// `index` keeps the channel index ([`Store::channel_page`], [`Store::channel_changes`]) current:
+/// the channels the object is on after the write, and those it left.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObjectWrite {
     pub model: String,
     pub row: ObjectRow,
     pub parents: Vec<(String, String)>,
     pub recorded: Option<Vec<(String, String)>>,
+    pub index: ChannelIndexWrite,
 }
+
+/// An object write's effect on the channel index, computed by the writer from the schema.
+///
+/// `channels`: the unfiltered channels (never a `{model, id}` one: an object's own channel is
+/// its row) the object is on after the write; each gets a live entry with the object's body and
+/// version. Empty for a tombstone. `left`: channels the object was on before the write and is
+/// no longer (a delete: all of them; an update that moved it to another parent: the old one);
+/// each gets a tombstone entry, kept for the resume window. `changed_at`: the writer's clock
+/// (milliseconds since the epoch) when it sealed the write, the time catch-ups select by.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ChannelIndexWrite {
+    pub channels: Vec<ChannelKey>,
+    pub left: Vec<ChannelKey>,
+    pub changed_at: u64,
+}
+
+/// One object's entry in a channel's index. `body` is `None` for a tombstone (the object was
+/// deleted, or left the channel, at `version`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelRow {
+    pub model: String,
+    pub id: String,
+    pub body: Option<serde_json::Map<String, serde_json::Value>>,
+    pub version: u64,
+    pub changed_at: u64,
+}
+
+/// How long channel tombstones are kept: the resume window plus the catch-up overlap. A store
+/// keeps them at least this long and may drop them after.
+pub const DEFAULT_TOMBSTONE_RETENTION: std::time::Duration = std::time::Duration::from_secs(24 * 3600 + 60);
 
 impl ObjectWrite {
     /// The (model, id) this write targets.
@@ -155,6 +189,28 @@ pub trait Store: Send + Sync + 'static {
     /// writer skips a record whose position an object already holds, so an object row must never
     /// land without its links. If the same object appears twice, the last write wins.
     fn put_objects(&self, app: &str, writes: &[ObjectWrite]) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// A page of a channel's live objects, ordered by id, starting after `after` (an id), at most
+    /// `limit` entries. `channel` is an unfiltered key other than a `{model, id}` one.
+    fn channel_page(
+        &self,
+        app: &str,
+        channel: &ChannelKey,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<ChannelRow>, StoreError>> + Send;
+
+    /// The current entry (live or tombstone) of every object of `channel` whose entry changed at
+    /// or after `since` (milliseconds, the writers' clocks), each object once, in any order; `None`
+    /// if more than `limit` objects changed (the caller then asks for a fresh snapshot). Reads are
+    /// bounded by the changes since `since`, not by the channel's size.
+    fn channel_changes(
+        &self,
+        app: &str,
+        channel: &ChannelKey,
+        since: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Option<Vec<ChannelRow>>, StoreError>> + Send;
 
     /// The (child_model, child_id) of every live object linked to this parent, all pages.
     fn children(
@@ -253,6 +309,26 @@ impl Store for MainStore {
 
     async fn put_objects(&self, app: &str, writes: &[ObjectWrite]) -> Result<(), StoreError> {
         each_store!(self, s => s.put_objects(app, writes))
+    }
+
+    async fn channel_page(
+        &self,
+        app: &str,
+        channel: &ChannelKey,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ChannelRow>, StoreError> {
+        each_store!(self, s => s.channel_page(app, channel, after, limit))
+    }
+
+    async fn channel_changes(
+        &self,
+        app: &str,
+        channel: &ChannelKey,
+        since: u64,
+        limit: usize,
+    ) -> Result<Option<Vec<ChannelRow>>, StoreError> {
+        each_store!(self, s => s.channel_changes(app, channel, since, limit))
     }
 
     async fn children(&self, app: &str, parent_model: &str, parent_id: &str) -> Result<Vec<ObjectId>, StoreError> {
