@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use nexxus_worker::apps::Apps;
 use nexxus_worker::config::Config;
-use nexxus_worker::model::{Application, StoredObject};
+use nexxus_worker::model::{Application, ChannelKey, StoredObject};
 use nexxus_worker::pipeline::Pipeline;
 use nexxus_worker::queue::outbox::Sink;
 use nexxus_worker::store::cql::CqlStore;
-use nexxus_worker::store::{ObjectId, ObjectRow, ObjectWrite, Store, StoreError};
+use nexxus_worker::store::{ChannelRow, ObjectId, ObjectRow, ObjectWrite, Store, StoreError};
 use nexxus_worker::telemetry::Health;
 use nexxus_worker::workers::write::Write;
 use serde_json::json;
@@ -48,6 +48,26 @@ impl Store for Switchable {
     async fn children(&self, app: &str, model: &str, id: &str) -> Result<Vec<ObjectId>, StoreError> {
         self.check()?;
         self.inner.children(app, model, id).await
+    }
+    async fn channel_page(
+        &self,
+        app: &str,
+        channel: &ChannelKey,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ChannelRow>, StoreError> {
+        self.check()?;
+        self.inner.channel_page(app, channel, after, limit).await
+    }
+    async fn channel_changes(
+        &self,
+        app: &str,
+        channel: &ChannelKey,
+        since: u64,
+        limit: usize,
+    ) -> Result<Option<Vec<ChannelRow>>, StoreError> {
+        self.check()?;
+        self.inner.channel_changes(app, channel, since, limit).await
     }
     async fn put_application(&self, app: &Application) -> Result<(), StoreError> {
         self.inner.put_application(app).await

@@ -1,4 +1,5 @@
-// nexxus client: live collections over the nexxus-worker WebSocket protocol (CONTRACT section 7).
+// nexxus client: live collections over the nexxus-worker WebSocket protocol (CONTRACT section 7,
+// with the snapshot and resume frames of docs/protocol.md).
 // A dependency-free ES module: no build step, runs in current browsers and in Node 20+ (give it a
 // WebSocket constructor there). Usage and semantics: docs/client.md.
 
@@ -10,24 +11,25 @@
  *   subscriptions: string[], application_id: string, timestamp: number, version: number}} Delta
  * @typedef {'connecting'|'connected'|'reconnecting'|'closed'} Status
  * @typedef {{type: string, message: string, code?: string|number, subscription?: Subscription, detail?: any}} ClientError
- * @typedef {{created: string[], updated: string[], deleted: string[], reason: 'delta'|'snapshot'}} Change
+ * @typedef {{created: string[], updated: string[], deleted: string[], reason: 'delta'|'snapshot'|'catchup'}} Change
  * @typedef {{
  *   wsUrl: string,
  *   token?: string,
  *   getToken?: () => Promise<string>|string,
- *   fetchSnapshot?: boolean,
- *   httpBase?: string,
+ *   snapshots?: boolean,
  *   WebSocket?: any,
- *   fetch?: typeof fetch,
  *   onStatus?: (status: Status, detail: object) => void,
  *   onError?: (error: ClientError) => void,
  *   backoff?: {initialMs?: number, maxMs?: number, factor?: number, jitter?: number},
  *   readyTimeoutMs?: number,
+ *   gapTimeoutMs?: number,
  *   maxTombstones?: number,
  * }} ConnectOptions
  */
 
 const DEFAULT_BACKOFF = { initialMs: 500, maxMs: 30000, factor: 2, jitter: 0.5 };
+/** Patches kept per subscription while they wait for a full state to cover their gap. */
+const MAX_HELD = 1000;
 
 /** Connects and returns a client that keeps reconnecting until `close()`.
  * @param {ConnectOptions} options */
@@ -62,9 +64,9 @@ export class Client extends Emitter {
     this.options = options;
     this._WS = options.WebSocket || globalThis.WebSocket;
     if (!this._WS) throw new TypeError('connect: no WebSocket constructor (pass options.WebSocket)');
-    this._fetch = options.fetch || (globalThis.fetch && globalThis.fetch.bind(globalThis));
-    this._httpBase = options.httpBase ?? (globalThis.location?.origin || null);
-    this._snapshots = options.fetchSnapshot !== false && !!this._httpBase && !!this._fetch;
+    // In-band snapshots and resumes (docs/protocol.md); `fetchSnapshot` is the option's former name.
+    this._snapshots = (options.snapshots ?? options.fetchSnapshot) !== false;
+    this._gapTimeoutMs = options.gapTimeoutMs ?? 5000;
     this._backoff = { ...DEFAULT_BACKOFF, ...(options.backoff || {}) };
     this._token = options.token || null;
     this._tokenStale = !this._token;
@@ -76,7 +78,11 @@ export class Client extends Emitter {
     this._subs = new Set();
     /** Subscriptions ended while offline, still stored server-side: unsubscribed on the next ready. */
     this._orphans = [];
-    this._pending = []; // replies expected on this connection, in order: {type, sub?}
+    this._pending = []; // replies expected on this connection, in order: {type, sub?, mode?}
+    /** Per channel key, on this connection: snapshots and resume catch-ups answered with
+     * `subscribed` whose `snapshot_end` / `catchup_end` has not arrived yet.
+     * @type {Map<string, {snap: number, catchup: number}>} */
+    this._streams = new Map();
     this._ws = null;
     this._ready = false;
     this._attempt = 0;
@@ -106,6 +112,8 @@ export class Client extends Emitter {
     const ws = this._ws;
     this._ws = null;
     this._ready = false;
+    this._pending = [];
+    this._streams = new Map();
     if (ws) { try { ws.close(1000); } catch { /* already closed */ } }
     for (const sub of this._subs) sub._disconnected();
     this._setStatus('closed', { reason: 'closed by client' });
@@ -148,6 +156,7 @@ export class Client extends Emitter {
     this._ws = ws;
     this._ready = false;
     this._pending = [];
+    this._streams = new Map();
     let closeCode = 0; // a TOKEN_EXPIRED/UNAUTHORIZED error frame names the reason before the close
     clearTimeout(this._readyTimer);
     const readyTimer = this._readyTimer = setTimeout(() => {
@@ -176,6 +185,7 @@ export class Client extends Emitter {
       this._ws = null;
       this._ready = false;
       this._pending = [];
+      this._streams = new Map();
       const code = ev?.code === 4001 || ev?.code === 4002 ? ev.code : closeCode || ev?.code || 0;
       this._onClose(code, ev?.reason || '');
     };
@@ -199,6 +209,7 @@ export class Client extends Emitter {
     this._ws = null;
     this._ready = false;
     this._pending = [];
+    this._streams = new Map();
     for (const sub of this._subs) sub._disconnected();
     this._retry(detail);
   }
@@ -236,10 +247,24 @@ export class Client extends Emitter {
     }
   }
 
+  /** Sends `subscribe` for `sub`: with `resume` when it holds a cursor (and needs no fresh
+   * snapshot), otherwise with `snapshot: true`; without either when snapshots are off. */
   _sendSubscribe(sub) {
     const data = { channel: sub.channel };
     if (sub.filters) data.filters = sub.filters;
-    if (this._send('subscribe', data)) this._pending.push({ type: 'subscribe', sub });
+    let mode = 'plain';
+    if (this._snapshots) {
+      if (sub.cursor && !sub._needSnapshot) {
+        data.resume = sub.cursor;
+        mode = 'resume';
+      } else {
+        data.snapshot = true;
+        mode = 'snapshot';
+      }
+    }
+    if (!this._send('subscribe', data)) return;
+    this._pending.push({ type: 'subscribe', sub, mode });
+    sub._requestSent(mode);
   }
 
   _sendUnsubscribe(channel, filters) {
@@ -255,6 +280,23 @@ export class Client extends Emitter {
     if (same) return;
     if (this._ready) this._sendUnsubscribe(sub.channel, sub.filters);
     else this._orphans.push({ channel: sub.channel, filters: sub.filters, identity: sub._identity });
+  }
+
+  /** The open snapshots and catch-ups of a channel key on this connection. */
+  _stream(key) {
+    let s = this._streams.get(key);
+    if (!s) this._streams.set(key, s = { snap: 0, catchup: 0 });
+    return s;
+  }
+
+  /** The subscriptions a snapshot/catch-up frame is for: every one with its channel key (two
+   * subscriptions with the same channel and filters share the key). Null if the frame has none. */
+  _subsOfFrame(event, data) {
+    if (typeof data.channel !== 'string') {
+      this._report({ type: 'bad_frame', message: `${event} without a channel key`, detail: data });
+      return null;
+    }
+    return [...this._subs].filter((s) => s.key === data.channel);
   }
 
   _onFrame({ event, data }) {
@@ -280,11 +322,18 @@ export class Client extends Emitter {
         if (!head || head.type !== want) {
           return this._report({ type: 'protocol', message: `unexpected ${event} frame`, detail: data });
         }
+        const key = typeof data.channel === 'string' ? data.channel : null;
+        if (event === 'unsubscribed') {
+          // Nothing of this channel is expected any more.
+          if (key && ![...this._subs].some((s) => s.key === key)) this._streams.delete(key);
+          return;
+        }
+        // The snapshot or catch-up this answer opens follows it, whoever is still interested.
+        if (key && head.mode === 'snapshot') this._stream(key).snap++;
+        if (key && head.mode === 'resume') this._stream(key).catchup++;
         if (head.sub && this._subs.has(head.sub)) {
-          if (typeof data.channel !== 'string') {
-            return this._report({ type: 'bad_frame', message: 'subscribed without a channel key', detail: data });
-          }
-          head.sub._subscribed(data.channel);
+          if (!key) return this._report({ type: 'bad_frame', message: 'subscribed without a channel key', detail: data });
+          head.sub._subscribed(key, head.mode);
         }
         return;
       }
@@ -294,6 +343,11 @@ export class Client extends Emitter {
         // Before ready an error is about the connection; after it, the answer to the oldest request.
         if (this._ready && this._pending.length && code !== 'TOKEN_EXPIRED' && code !== 'UNAUTHORIZED') {
           const head = this._pending.shift();
+          if (code === 'RESYNC_REQUIRED' && head.type === 'subscribe') {
+            // The cursor cannot be resumed; the channel is subscribed nonetheless: take a snapshot.
+            if (head.sub && this._subs.has(head.sub)) head.sub._resyncRequired(data.channel);
+            return;
+          }
           if (head.sub && this._subs.has(head.sub)) {
             if (code !== 'UNAVAILABLE') return head.sub._failed(code, message);
             // The server's registry is unavailable for now: ask again later on this connection.
@@ -310,9 +364,93 @@ export class Client extends Emitter {
         return this._onMessage(data);
       case 'broadcast':
         return this._onBroadcast(data);
+      case 'snapshot': {
+        const subs = this._subsOfFrame(event, data);
+        const items = subs && this._items(event, data.objects);
+        if (!items) return;
+        for (const sub of subs) sub._snapshotPage(items);
+        return;
+      }
+      case 'catchup': {
+        const subs = this._subsOfFrame(event, data);
+        const items = subs && this._items(event, data.objects);
+        const gone = items && this._gone(data.deleted);
+        if (!gone) return;
+        for (const sub of subs) sub._catchupPage(items, gone);
+        return;
+      }
+      case 'snapshot_end':
+      case 'catchup_end': {
+        const subs = this._subsOfFrame(event, data);
+        if (!subs) return;
+        const cursor = typeof data.cursor === 'string' && data.cursor ? data.cursor : null;
+        if (!cursor) this._report({ type: 'bad_frame', message: `${event} without a cursor`, detail: data });
+        const s = this._stream(data.channel);
+        const kind = event === 'snapshot_end' ? 'snap' : 'catchup';
+        if (s[kind] > 0) s[kind]--;
+        for (const sub of subs) {
+          if (event === 'snapshot_end') sub._snapshotEnd(cursor);
+          else sub._catchupEnd(cursor);
+        }
+        return;
+      }
+      case 'resync_required': {
+        // Not an answer: a snapshot broke off half sent, or the settle catch-up after one failed
+        // (the server's store); what the channel's subscriptions hold may be incomplete.
+        const subs = this._subsOfFrame(event, data);
+        if (!subs) return;
+        const s = this._stream(data.channel);
+        const broken = s.snap > 0; // a snapshot is open: it is the one that broke off
+        if (broken) s.snap--;
+        this._report({ type: 'server', code: 'RESYNC_REQUIRED', message: typeof data.message === 'string' ? data.message : 'resync required' });
+        for (const sub of subs) sub._syncBroken(broken);
+        return;
+      }
+      case 'cursor': {
+        if (typeof data.cursor !== 'string' || !data.cursor) {
+          return this._report({ type: 'bad_frame', message: 'cursor frame without a cursor', detail: data });
+        }
+        for (const sub of this._subs) sub._cursorFrame(data.cursor);
+        return;
+      }
       default:
         return this._report({ type: 'bad_frame', message: `unknown event ${JSON.stringify(event)}` });
     }
+  }
+
+  /** The valid `[{object, version}]` items of a snapshot or catch-up page as `{id, object,
+   * version}`; malformed ones are reported and skipped. Null if `objects` is not a list. */
+  _items(event, list) {
+    if (list === undefined) return [];
+    if (!Array.isArray(list)) {
+      this._report({ type: 'bad_frame', message: `${event}.objects is not an array` });
+      return null;
+    }
+    const items = [];
+    for (const item of list) {
+      const obj = item?.object;
+      const v = item?.version;
+      if (!isPlainObject(obj) || typeof obj.id !== 'string' || !Number.isSafeInteger(v) || v < 1) {
+        this._report({ type: 'bad_frame', message: `ignored a malformed ${event} object`, detail: item });
+        continue;
+      }
+      items.push({ id: obj.id, object: obj, version: v });
+    }
+    return items;
+  }
+
+  /** The valid `deleted` entries `{id, model, version}` of a catch-up page. */
+  _gone(list) {
+    if (list === undefined) return [];
+    if (!Array.isArray(list)) {
+      this._report({ type: 'bad_frame', message: 'catchup.deleted is not an array' });
+      return null;
+    }
+    return list.filter((d) => {
+      const ok = isPlainObject(d) && typeof d.id === 'string' && Number.isSafeInteger(d.version) && d.version >= 1;
+      if (!ok) this._report({ type: 'bad_frame', message: 'ignored a malformed catchup deletion', detail: d });
+      return ok;
+    });
   }
 
   /** A broadcast (an ephemeral object, never stored): to the client, and to each subscription its
@@ -360,32 +498,6 @@ export class Client extends Emitter {
     }
     for (const sub of touched) sub._flush('delta');
   }
-
-  // --- snapshots ---------------------------------------------------------------------------
-
-  /** GET /objects for a channel; returns the parsed body, or throws an Error with `.status`. */
-  async _getObjects(channel, retriedAuth = false) {
-    const url = this._httpBase.replace(/\/+$/, '') + '/objects?channel=' + encodeURIComponent(JSON.stringify(channel));
-    const res = await this._fetch(url, { headers: { Authorization: `Bearer ${this._token}` } });
-    if ((res.status === 401) && !retriedAuth && this.options.getToken) {
-      const t = await this.options.getToken();
-      if (typeof t === 'string' && t) this._token = t;
-      return this._getObjects(channel, true);
-    }
-    let body = null;
-    try { body = await res.json(); } catch { /* not JSON */ }
-    if (!res.ok) {
-      const err = new Error(`GET /objects: HTTP ${res.status}${body?.error ? `: ${body.error}` : ''}`);
-      err.status = res.status;
-      throw err;
-    }
-    if (!body || !Array.isArray(body.objects)) {
-      const err = new Error('GET /objects: the answer has no objects array');
-      err.status = 0;
-      throw err;
-    }
-    return body;
-  }
 }
 
 /** A live collection of the objects on one channel (optionally filtered). */
@@ -406,13 +518,25 @@ export class Subscription extends Emitter {
     this.versions = new Map();
     /** @type {Map<string, number>} id → version of its deletion (or of leaving the filter) */
     this.tombstones = new Map();
+    /** The latest resume cursor of this subscription (opaque), or null: sent as `resume` when
+     * the client reconnects. */
+    this.cursor = null;
     this._identity = canonical({ channel, filters });
-    this._syncGen = 0; // increases per resync; an answer for an older one is dropped
-    this._syncing = false;
-    this._touched = new Set(); // ids changed by deltas while a snapshot is in flight
-    this._gaps = []; // [id, version] of deltas that could not be applied
-    this._resyncTimer = null;
-    this._resyncAttempt = 0;
+    this._requested = null; // the mode of the subscribe sent and not completed: 'snapshot'|'resume'|'plain'
+    this._needSnapshot = false; // the next subscribe asks for a snapshot even with a cursor
+    this._again = false; // resync() while a request was in flight: take a snapshot after it
+    this._snapWait = 0; // snapshot_end frames to wait for before this subscription's snapshot is whole
+    this._resumeWait = 0; // catchup_end frames to wait for before its resume is complete
+    this._seen = null; // ids in the snapshot pages, while _snapWait > 0
+    this._touched = new Set(); // ids changed otherwise while a snapshot is in flight
+    this._settleWait = false; // its snapshot is done, the settle catch-up not yet
+    this._snapDoneAt = 0;
+    this._completeEpoch = -1; // the connection on which a snapshot or resume completed
+    /** Gaps: id → {since, asked, max, patches}: the patches that could not apply yet, in version
+     * order; `max` the highest version seen; `asked` once a snapshot was requested after it. */
+    this._held = new Map();
+    this._heldCount = 0;
+    this._gapTimer = null;
     this._subscribeAttempt = 0;
     this._changes = { created: new Set(), updated: new Set(), deleted: new Set() };
     this._maxTombstones = client.options.maxTombstones ?? 10000;
@@ -434,56 +558,181 @@ export class Subscription extends Emitter {
   unsubscribe() {
     if (this.state === 'closed') return;
     this.state = 'closed';
-    clearTimeout(this._resyncTimer);
-    this._syncGen++;
+    this._stopGapTimer();
     this.client._removeSub(this);
     this._rejectReady(new Error('unsubscribed'));
   }
 
-  /** Fetches the channel's objects again (what a gap or a reconnect does by itself). */
+  /** Asks the server for the channel's snapshot again now (what an uncovered gap does by itself).
+   * Offline, the next connection takes a snapshot instead of resuming. */
   resync() {
-    if (this.state === 'closed' || !this.key) return;
-    if (!this.client._snapshots || this._noSnapshot) {
-      this._setLive();
-      return;
-    }
-    if (this._syncing) {
+    if (this.state === 'closed' || this.state === 'failed' || !this.client._snapshots) return;
+    this._stopGapTimer();
+    this._needSnapshot = true;
+    if (this._requested) {
       this._again = true;
       return;
     }
-    clearTimeout(this._resyncTimer);
-    this._resyncTimer = null;
-    this._syncing = true;
-    this._again = false;
+    if (this.client._ready) this.client._sendSubscribe(this);
+  }
+
+  // --- requests and their answers ------------------------------------------------------------
+
+  /** A `subscribe` went out in `mode`. */
+  _requestSent(mode) {
+    this._requested = mode;
+    if (mode === 'snapshot') {
+      this._needSnapshot = false;
+      this._again = false;
+      this._settleWait = false;
+      for (const e of this._held.values()) e.asked = true;
+      this._stopGapTimer();
+    }
+    if (this.state === 'live' && mode !== 'plain') this.state = 'syncing';
+  }
+
+  _subscribed(key, mode) {
+    this.key = key;
+    this._subscribeAttempt = 0;
+    if (mode === 'plain') {
+      this._requested = null;
+      this._emit('subscribed', key);
+      return this._setLive();
+    }
+    this.state = 'syncing';
+    const s = this.client._stream(key);
+    if (mode === 'snapshot') {
+      if (!this._snapWait) {
+        this._seen = new Set();
+        this._touched = new Set();
+      }
+      // Complete at the end of every snapshot of this key open now, its own the last.
+      this._snapWait = s.snap;
+    } else {
+      this._resumeWait = s.catchup;
+    }
+    this._emit('subscribed', key);
+  }
+
+  /** `RESYNC_REQUIRED` answered the resume: the cursor is useless; subscribe with a snapshot. */
+  _resyncRequired(key) {
+    if (typeof key === 'string') this.key = key;
+    this.cursor = null;
+    this._requested = null;
+    this._needSnapshot = true;
+    this.client._sendSubscribe(this);
+  }
+
+  _failed(code, message) {
+    this.state = 'failed';
+    this._stopGapTimer();
+    this.client._subs.delete(this);
+    const err = { type: 'subscribe', code, message, subscription: this };
+    this._emit('error', err);
+    this.client._report(err);
+    this._rejectReady(Object.assign(new Error(`${code}: ${message}`), { code }));
+  }
+
+  /** The connection is gone: snapshots and catch-ups in flight are dropped; the next connection
+   * resumes from the cursor (or takes a snapshot). Objects stay as they were. */
+  _disconnected() {
+    this._stopGapTimer();
+    this._requested = null;
+    this._snapWait = 0;
+    this._resumeWait = 0;
+    this._seen = null;
     this._touched = new Set();
-    this._gaps = [];
-    if (this.state !== 'live') this.state = 'syncing';
-    const gen = ++this._syncGen;
-    const epoch = this.client._epoch;
-    this.client._getObjects(this.channel).then(
-      (body) => {
-        if (gen !== this._syncGen || this.state === 'closed') return;
-        this._syncing = false;
-        if (epoch !== this.client._epoch) return; // reconnected meanwhile: that connection resyncs
-        this._resyncAttempt = 0;
-        this._applySnapshot(body.objects);
-        this._setLive();
-        if (this._again || this._uncoveredGap()) this._scheduleResync();
-      },
-      (err) => {
-        if (gen !== this._syncGen || this.state === 'closed') return;
-        this._syncing = false;
-        if (err?.status === 400) {
-          // This channel shape has no snapshot: live changes only.
-          this.client._report({ type: 'snapshot', code: 400, subscription: this, message: `${err.message} (live changes only)` });
-          this._noSnapshot = true;
-          this._setLive();
-          return;
-        }
-        this.client._report({ type: 'snapshot', code: err?.status, subscription: this, message: String(err?.message || err) });
-        this._scheduleResync();
-      },
-    );
+    this._settleWait = false;
+    for (const e of this._held.values()) e.asked = false; // no snapshot will answer for them
+  }
+
+  /** Cursors of this connection apply once the subscription is whole on it. */
+  _takesCursors() {
+    return this._completeEpoch === this.client._epoch && this._resumeWait === 0;
+  }
+
+  _snapshotPage(items) {
+    for (const { id, object, version } of items) {
+      if (this._seen) this._seen.add(id);
+      this._applyFull(id, object, version);
+    }
+    this._flush('snapshot');
+  }
+
+  _snapshotEnd(cursor) {
+    if (this._snapWait > 0) {
+      if (--this._snapWait === 0) this._snapshotDone(cursor);
+      return;
+    }
+    if (cursor && this._takesCursors()) this.cursor = cursor;
+  }
+
+  /** The whole snapshot is in: objects held but in none of its pages, and untouched meanwhile,
+   * are gone. */
+  _snapshotDone(cursor) {
+    const seen = this._seen || new Set();
+    const touched = this._touched;
+    this._seen = null;
+    this._touched = new Set();
+    for (const id of [...this.objects.keys()]) {
+      if (!seen.has(id) && !touched.has(id)) this._bury(id, this.versions.get(id) || 0);
+    }
+    this._flush('snapshot');
+    if (cursor) this.cursor = cursor;
+    this._settleWait = true;
+    this._snapDoneAt = Date.now();
+    this._completed();
+  }
+
+  _catchupPage(items, gone) {
+    for (const { id, object, version } of items) this._applyFull(id, object, version);
+    for (const { id, version } of gone) this._applyGone(id, version);
+    this._flush('catchup');
+  }
+
+  _catchupEnd(cursor) {
+    if (this._resumeWait > 0) {
+      if (--this._resumeWait === 0) {
+        if (cursor) this.cursor = cursor;
+        this._completed();
+      }
+      return;
+    }
+    if (cursor && this._takesCursors()) this.cursor = cursor;
+    if (this._settleWait) {
+      // The settle catch-up after the snapshot: gaps it did not cover take a snapshot.
+      this._settleWait = false;
+      this._checkGaps('settle');
+    }
+  }
+
+  /** `resync_required` for this key: a snapshot broke off (`broken`: it will not end), or a
+   * settle catch-up failed. Takes a fresh snapshot when this subscription may lack something. */
+  _syncBroken(broken) {
+    if (broken) {
+      // Pages of another subscription's snapshot only added newer states; a later snapshot of
+      // its own is still to come when it waits for more than this one.
+      if (this._snapWait === 0 || --this._snapWait > 0) return;
+      // Its own snapshot broke off: not whole, so no removal pass.
+      this._seen = null;
+      this._touched = new Set();
+      this._requested = null;
+    }
+    this._settleWait = false;
+    this.resync();
+  }
+
+  _cursorFrame(cursor) {
+    if (this._takesCursors()) this.cursor = cursor;
+  }
+
+  /** A snapshot or a resume is complete on this connection. */
+  _completed() {
+    this._completeEpoch = this.client._epoch;
+    this._requested = null;
+    this._setLive();
+    if (this._again) this.resync();
+    else this._armGapTimer();
   }
 
   _setLive() {
@@ -493,75 +742,60 @@ export class Subscription extends Emitter {
     this._resolveReady(this);
   }
 
-  _scheduleResync() {
-    if (this._resyncTimer || this.state === 'closed') return;
-    const delay = backoffDelay(this.client._backoff, this._resyncAttempt++);
-    this._resyncTimer = setTimeout(() => { this._resyncTimer = null; this.resync(); }, delay);
-  }
-
-  _uncoveredGap() {
-    return this._gaps.some(([id, v]) => this.version(id) < v && (this.tombstones.get(id) || 0) < v);
-  }
-
-  _subscribed(key) {
-    this.key = key;
-    this._subscribeAttempt = 0;
-    this._emit('subscribed', key);
-    if (this._noSnapshot || !this.client._snapshots) return this._setLive();
-    this.resync();
-  }
-
-  _failed(code, message) {
-    this.state = 'failed';
-    this.client._subs.delete(this);
-    const err = { type: 'subscribe', code, message, subscription: this };
-    this._emit('error', err);
-    this.client._report(err);
-    this._rejectReady(Object.assign(new Error(`${code}: ${message}`), { code }));
-  }
-
-  /** The connection is gone: snapshots in flight are dropped; the next connection resubscribes
-   * and resyncs. Objects stay as they were (a `live` subscription shows its last state). */
-  _disconnected() {
-    clearTimeout(this._resyncTimer);
-    this._resyncTimer = null;
-    this._syncGen++;
-    this._syncing = false;
-  }
+  // --- applying changes ----------------------------------------------------------------------
 
   /** Applies one delta of kind `new`, `updated` or `deleted`. */
   _applyDelta(kind, delta) {
     const v = delta.version;
-    if (kind === 'updated') {
-      const [, id, field] = delta.patch.path.split('/');
-      if ((this.tombstones.get(id) || 0) >= v) return; // a change of an object already gone
-      const have = this.versions.get(id);
-      if (have !== undefined && v <= have) return; // duplicate
-      if (have === undefined || v > have + 1) return this._gap(id, v);
-      const next = { ...this.objects.get(id) };
-      try {
-        applyPatch(next, field, delta.patch);
-      } catch (e) {
-        this.client._report({ type: 'patch', subscription: this, message: `${delta.patch.path}: ${e.message}`, detail: delta });
-        return this._gap(id, v);
-      }
-      this.objects.set(id, next);
-      this.versions.set(id, v);
-      this._touch(id, 'updated');
-      return;
-    }
-    const id = delta.object.id;
-    if ((this.tombstones.get(id) || 0) >= v) return; // stale: deleted (or left) at or after it
+    if (kind === 'new') return this._applyFull(delta.object.id, delta.object, v);
+    if (kind === 'deleted') return this._applyGone(delta.object.id, v);
+    const id = delta.patch.path.split('/')[1];
+    if ((this.tombstones.get(id) || 0) >= v) return; // a change of an object already gone
     const have = this.versions.get(id);
-    if (have !== undefined && v <= have) return; // duplicate or stale
-    if (kind === 'new') {
-      this.objects.set(id, { ...delta.object });
+    if (have !== undefined && v <= have) return; // duplicate
+    if (have === undefined || v > have + 1) return this._hold(id, delta, true);
+    if (!this._patch(id, delta)) return this._hold(id, delta, false);
+    this._drain(id);
+  }
+
+  /** A full state (snapshot or catch-up object, `new` delta): taken when its version is above the
+   * one held and the tombstone's; then the patches kept for the object that follow it apply. */
+  _applyFull(id, object, v) {
+    const have = this.versions.get(id);
+    if ((this.tombstones.get(id) || 0) < v && (have === undefined || v > have)) {
+      this.objects.set(id, { ...object });
       this.versions.set(id, v);
       this.tombstones.delete(id);
       this._touch(id, have === undefined ? 'created' : 'updated');
-    } else {
+    }
+    this._drain(id);
+  }
+
+  /** A deletion (or leaving the channel/filter) at version `v` (delta or catch-up entry): removes
+   * the object when `v` is at or above the version held, and leaves a tombstone at `v`. */
+  _applyGone(id, v) {
+    if ((this.tombstones.get(id) || 0) < v) {
+      const have = this.versions.get(id);
+      if (have !== undefined && v < have) return; // a newer state is held
       this._bury(id, v);
     }
+    this._drain(id);
+  }
+
+  /** Applies one patch at the version held plus one; false (reported) if it cannot. */
+  _patch(id, delta) {
+    const field = delta.patch.path.split('/')[2];
+    const next = { ...this.objects.get(id) };
+    try {
+      applyPatch(next, field, delta.patch);
+    } catch (e) {
+      this.client._report({ type: 'patch', subscription: this, message: `${delta.patch.path}: ${e.message}`, detail: delta });
+      return false;
+    }
+    this.objects.set(id, next);
+    this.versions.set(id, delta.version);
+    this._touch(id, 'updated');
+    return true;
   }
 
   _bury(id, v) {
@@ -570,7 +804,7 @@ export class Subscription extends Emitter {
     this.tombstones.delete(id); // re-inserted last: the Map's order is the pruning order
     this.tombstones.set(id, v);
     while (this.tombstones.size > this._maxTombstones) this.tombstones.delete(this.tombstones.keys().next().value);
-    if (this._syncing) this._touched.add(id);
+    if (this._snapWait) this._touched.add(id);
     if (had) {
       this._changes.created.delete(id);
       this._changes.updated.delete(id);
@@ -579,43 +813,120 @@ export class Subscription extends Emitter {
   }
 
   _touch(id, how) {
-    if (this._syncing) this._touched.add(id);
+    if (this._snapWait) this._touched.add(id);
     this._changes.deleted.delete(id);
     if (how === 'created' || this._changes.created.has(id)) this._changes.created.add(id);
     else this._changes.updated.add(id);
   }
 
-  _gap(id, v) {
-    this._gaps.push([id, v]);
+  // --- gaps ----------------------------------------------------------------------------------
+
+  /** A patch that cannot apply yet (above the held version plus one, an object not held, or one
+   * that failed): kept (`keep`) until a full state covers its gap. */
+  _hold(id, delta, keep) {
+    const v = delta.version;
+    let e = this._held.get(id);
+    let overflow = false;
+    if (!e && this._held.size >= MAX_HELD) {
+      overflow = true;
+    } else {
+      if (!e) this._held.set(id, e = { since: Date.now(), asked: false, max: 0, patches: [] });
+      if (v > e.max) e.max = v;
+      if (keep && !e.patches.some((p) => p.version === v)) {
+        if (this._heldCount >= MAX_HELD) {
+          overflow = true;
+        } else {
+          const at = e.patches.findIndex((p) => p.version > v);
+          e.patches.splice(at < 0 ? e.patches.length : at, 0, delta);
+          this._heldCount++;
+        }
+      }
+    }
     this._emit('gap', { id, version: v, have: this.version(id) });
-    if (!this._syncing && this.client._snapshots && !this._noSnapshot) this.resync();
+    // Too many to keep: a snapshot is cheaper than tracking them.
+    if (overflow) return this._requested ? undefined : this.resync();
+    this._armGapTimer();
   }
 
-  /** Merges a snapshot `[{object, version}]`: newer versions win, tombstones block stale ones. */
-  _applySnapshot(items) {
-    const seen = new Set();
-    for (const item of items) {
-      const obj = item && item.object;
-      const v = item && item.version;
-      if (!isPlainObject(obj) || typeof obj.id !== 'string' || !Number.isSafeInteger(v)) {
-        this.client._report({ type: 'snapshot', subscription: this, message: 'ignored a malformed snapshot item', detail: item });
-        continue;
-      }
-      if (this.filters && !matchesFilter(this.filters, obj)) continue;
-      const id = obj.id;
-      seen.add(id);
-      if ((this.tombstones.get(id) || 0) >= v) continue;
+  /** After the held version (or tombstone) of `id` changed: drops the kept patches it covers and
+   * applies those that now follow it, in order. */
+  _drain(id) {
+    const e = this._held.get(id);
+    if (!e) return;
+    const floor = () => Math.max(this.versions.get(id) ?? 0, this.tombstones.get(id) || 0);
+    while (e.patches.length) {
+      const p = e.patches[0];
       const have = this.versions.get(id);
-      if (have !== undefined && have >= v) continue;
-      this.objects.set(id, { ...obj });
-      this.versions.set(id, v);
-      this.tombstones.delete(id);
-      this._touch(id, have === undefined ? 'created' : 'updated');
+      if (p.version <= floor()) {
+        e.patches.shift();
+        this._heldCount--;
+      } else if (have !== undefined && p.version === have + 1) {
+        e.patches.shift();
+        this._heldCount--;
+        this._patch(id, p); // one that fails leaves the gap open (max stays above)
+      } else {
+        break;
+      }
     }
-    for (const id of [...this.objects.keys()]) {
-      if (!seen.has(id) && !this._touched.has(id)) this._bury(id, this.versions.get(id) || 0);
+    if (e.max <= floor()) this._dropHeld(id);
+  }
+
+  _dropHeld(id) {
+    const e = this._held.get(id);
+    if (!e) return;
+    this._heldCount -= e.patches.length;
+    this._held.delete(id);
+  }
+
+  _uncovered(id, e) {
+    return e.max > Math.max(this.versions.get(id) ?? 0, this.tombstones.get(id) || 0);
+  }
+
+  _stopGapTimer() {
+    clearTimeout(this._gapTimer);
+    this._gapTimer = null;
+  }
+
+  /** Checks the gaps when the next one is due (`gapTimeoutMs` after it, or after the snapshot
+   * requested for it). Not while a request is in flight: its completion arms it again. */
+  _armGapTimer() {
+    if (this._gapTimer || !this._held.size || !this.client._snapshots || this._requested || !this.client._ready) return;
+    if (this.state === 'closed' || this.state === 'failed') return;
+    const timeout = this.client._gapTimeoutMs;
+    let due = Infinity;
+    for (const e of this._held.values()) due = Math.min(due, (e.asked ? this._snapDoneAt : e.since) + timeout);
+    this._gapTimer = setTimeout(() => {
+      this._gapTimer = null;
+      this._checkGaps('timer');
+    }, Math.max(0, due - Date.now()));
+  }
+
+  /** Gaps still open after the settle catch-up (`settle`) or their timeout (`timer`) take a
+   * snapshot; those a snapshot was already taken for are given up (reported). */
+  _checkGaps(trigger) {
+    this._stopGapTimer();
+    if (this.state === 'closed' || this.state === 'failed' || !this.client._snapshots) return;
+    if (this._requested || !this.client._ready) return;
+    const now = Date.now();
+    const timeout = this.client._gapTimeoutMs;
+    let resync = false;
+    for (const [id, e] of [...this._held]) {
+      if (!this._uncovered(id, e)) {
+        this._dropHeld(id);
+      } else if (e.asked) {
+        if (trigger === 'settle' || now - this._snapDoneAt >= timeout) {
+          this._dropHeld(id);
+          this.client._report({
+            type: 'gap', subscription: this, detail: { id, version: e.max, have: this.version(id) },
+            message: `${id}: version ${e.max} is in no snapshot or catch-up; its kept patches are dropped`,
+          });
+        }
+      } else if (trigger === 'settle' || now - e.since >= timeout) {
+        resync = true;
+      }
     }
-    this._flush('snapshot');
+    if (resync) this.resync();
+    else this._armGapTimer();
   }
 
   /** Emits one `change` event for what changed since the last one. */
@@ -723,7 +1034,8 @@ function canonical(v) {
 }
 
 /** Evaluates a Telepat filter on an object as the server does (src/model/filter/eval.rs).
- * Used for snapshots of filtered subscriptions (the server filters deltas itself). */
+ * The client does not use it: the server filters deltas, snapshots and catch-ups itself. Kept for
+ * applications that want to test an object against a subscription's filter. */
 export function matchesFilter(filter, obj) {
   if (!isPlainObject(filter) || !isPlainObject(obj)) return false;
   const connector = 'and' in filter ? 'and' : 'or';

@@ -14,8 +14,9 @@ use serde_json::{json, Value};
 use super::{bearer, error, Backend, Ingress};
 use crate::model::{Application, Channel, Filter};
 use crate::queue::outbox::Sink;
-use crate::store::{ObjectId, Store};
+use crate::store::Store;
 use crate::transport::auth::{self, Refusal};
+use crate::transport::snapshot::ChannelRead;
 
 /// Longest channel listing a snapshot returns; beyond it the answer says `truncated`.
 const MAX_SNAPSHOT: usize = 10_000;
@@ -72,7 +73,7 @@ pub struct ObjectsQuery {
 
 /// The live objects on a channel with their versions, for the bearer of a device token of the
 /// channel's application (the socket's rules: own application, own user, known model).
-/// Channels of one object (`model` + `id`) and of a parent's children (`parent` + `model`).
+/// Every channel shape, filtered ones included.
 pub async fn get_objects(
     State(ingress): State<Arc<Ingress>>,
     Query(q): Query<ObjectsQuery>,
@@ -124,6 +125,8 @@ pub async fn get_objects(
     }
 }
 
+/// The channel's first [`MAX_SNAPSHOT`] matching objects in id order, and whether there were
+/// more: the sockets' snapshot read ([`ChannelRead`]), every channel shape.
 async fn snapshot(
     backend: &Backend,
     app: &str,
@@ -132,37 +135,16 @@ async fn snapshot(
 ) -> Result<(Vec<Value>, bool), (StatusCode, String)> {
     let store = backend.store.as_ref().ok_or((StatusCode::SERVICE_UNAVAILABLE, "no main store".to_string()))?;
     let unavailable = |e: crate::store::StoreError| (StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-    let mut ids: Vec<ObjectId> = match (&channel.id, &channel.parent, &channel.context, &channel.user) {
-        (Some(id), None, None, None) => vec![(channel.model.clone(), id.clone())],
-        (None, Some(parent), None, _) => store
-            .children(app, &parent.model, &parent.id)
-            .await
-            .map_err(unavailable)?
-            .into_iter()
-            .filter(|(model, _)| *model == channel.model)
-            .collect(),
-        _ => {
-            let reason =
-                "snapshots cover one object (model + id) or a parent's children (parent + model, user optional)";
-            return Err((StatusCode::BAD_REQUEST, reason.to_string()));
+    let read = ChannelRead { store, app, channel, filter };
+    let mut pages = read.snapshot();
+    let mut objects = Vec::new();
+    while let Some(page) = pages.next(&read).await.map_err(unavailable)? {
+        for (object, version) in page {
+            if objects.len() == MAX_SNAPSHOT {
+                return Ok((objects, true));
+            }
+            objects.push(json!({ "object": object, "version": version }));
         }
-    };
-    ids.sort();
-    let truncated = ids.len() > MAX_SNAPSHOT;
-    ids.truncate(MAX_SNAPSHOT);
-    let rows = store.get_objects(app, &ids).await.map_err(unavailable)?;
-    let objects = ids
-        .iter()
-        .filter_map(|id| rows.get(id))
-        .filter(|row| !row.deleted && filter.is_none_or(|f| f.matches(&row.object.object)))
-        // A user-scoped channel holds that user's objects (as `affected_channels` routes them).
-        .filter(|row| {
-            channel
-                .user
-                .as_ref()
-                .is_none_or(|u| row.object.object.get("user_id").and_then(Value::as_str) == Some(u.as_str()))
-        })
-        .map(|row| json!({ "object": row.object.object, "version": row.object.version }))
-        .collect();
-    Ok((objects, truncated))
+    }
+    Ok((objects, false))
 }

@@ -28,6 +28,7 @@
 //! | `acl`      | the author check (`validateAuthor`) |
 //! | `event`    | our topics' records: [`WriteRecord`] (`write`), [`ChangeEvent`] (`transport_manager`) |
 //! | `delivery` | [`Delta`], `{new,updated,deleted}` grouping, push payload splitting |
+//! | `snapshot` | snapshots and resumes: the channels an object is indexed under, cursors, what an index entry is to a subscription |
 //! | `broadcast` | ephemeral objects: requests, their `transport_manager` event, what a device receives |
 //! | `retry`    | [`retry::Backoff`]: the waits between attempts, and the named policy of every place that retries |
 //! | `clock`    | the wall clock (seconds, ms, µs, ns since the epoch), read in one place |
@@ -54,6 +55,7 @@ pub mod object;
 pub mod patch;
 pub mod retry;
 pub mod schema;
+pub mod snapshot;
 pub mod track;
 pub mod transport_message;
 

@@ -107,6 +107,8 @@ mod tests {
         t::sockets_frames_out(1);
         t::sockets_bytes_out(100);
         t::sockets_queue_drops(0);
+        t::sockets_snapshot(3);
+        t::sockets_catchup(2);
         t::sockets_absent_recipients(0);
         t::sockets_replay_suppressed();
         t::sockets_channel_reads(1);

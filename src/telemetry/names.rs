@@ -84,6 +84,9 @@ table! {
     SOCKETS_FRAMES_OUT: Counter "nexxus_sockets_frames_out_total" [] "Frames queued to sockets.";
     SOCKETS_BYTES_OUT: Counter "nexxus_sockets_bytes_out_total" [] "Bytes queued to sockets.";
     SOCKETS_QUEUE_DROPS: Counter "nexxus_sockets_queue_drops_total" [] "Connections closed because their queue was full.";
+    SOCKETS_SNAPSHOT_OBJECTS: Counter "nexxus_sockets_snapshot_objects_total" [] "Objects sent in subscribe snapshots.";
+    SOCKETS_CATCHUP_ENTRIES: Counter "nexxus_sockets_catchup_entries_total" []
+        "Entries (current states and deletions) sent in resume and settle catch-ups.";
     SOCKETS_ABSENT_RECIPIENTS: Counter "nexxus_sockets_absent_recipients_total" []
         "Recipients no longer connected or addressed to an earlier life of the transport.";
     SOCKETS_CHANNEL_READS: Counter "nexxus_sockets_channel_reads_total" []

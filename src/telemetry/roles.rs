@@ -86,6 +86,16 @@ pub fn sockets_queue_drops(connections: usize) {
     metrics::counter!(names::SOCKETS_QUEUE_DROPS).increment(connections as u64);
 }
 
+/// Objects sent by one subscribe snapshot.
+pub fn sockets_snapshot(objects: usize) {
+    metrics::counter!(names::SOCKETS_SNAPSHOT_OBJECTS).increment(objects as u64);
+}
+
+/// Entries sent by one catch-up.
+pub fn sockets_catchup(entries: usize) {
+    metrics::counter!(names::SOCKETS_CATCHUP_ENTRIES).increment(entries as u64);
+}
+
 /// Recipients no longer connected, or addressed to an earlier life of the transport.
 pub fn sockets_absent_recipients(recipients: usize) {
     metrics::counter!(names::SOCKETS_ABSENT_RECIPIENTS).increment(recipients as u64);

@@ -56,6 +56,7 @@ impl Worker for SocketsTransport {
         // Bad TLS files are a configuration error: exit 64 before connecting to anything.
         let tls = crate::transport::tls::acceptor(&cfg.sockets)?;
         let registry = ctx.registry(shutdown).await?;
+        let store = ctx.store(shutdown).await?;
         let apps = ctx.apps(shutdown).await?;
         let producer = ctx.queue.sink(cfg, &ctx.health, &name)?;
         let own = topic::sockets(ctx.index);
@@ -87,6 +88,8 @@ impl Worker for SocketsTransport {
             ping_interval: s.ping_interval,
             budgets: budgets.clone(),
             views: views.clone(),
+            store,
+            resume: s.resume.clone(),
         });
         let handshakes = Handshakes { max: s.max_handshakes, timeout: s.handshake_timeout };
         let server = Server::bind(&s.host, s.port, tls, shared, handshakes).await?;

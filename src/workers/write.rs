@@ -38,13 +38,15 @@ use serde_json::{Map, Value};
 
 use crate::config::Config;
 use crate::error::{Cause, ProcessError, WorkerError};
+use crate::model::snapshot::{indexed_channels, left_channels};
 use crate::model::{
     affected_channels_for_change, micros_to_secs, validate_author, AclKind, Application, Change, ChangeEvent, ChangeOp,
     SourcePosition, StoredObject, WriteRecord,
 };
+use crate::model::{clock, ChannelKey};
 use crate::queue::outbox::Outbox;
 use crate::queue::{topic, Record};
-use crate::store::{MainStore, ObjectRow, ObjectWrite, Store};
+use crate::store::{ChannelIndexWrite, MainStore, ObjectRow, ObjectWrite, Store};
 
 use crate::apps::Apps;
 use crate::pipeline::{Handler, Persist, Pipeline};
@@ -72,6 +74,10 @@ pub struct Write<S = MainStore> {
     /// The links each object's row holds once this writer's writes so far are stored (known for
     /// the objects it wrote itself), so the store need not read them back to find stale ones.
     links: HashMap<Key, Vec<(String, String)>>,
+    /// The channels each cached object is indexed under once this writer's writes so far are
+    /// stored (from the row read, then from each write), so a write knows the channels it
+    /// leaves without reading the index back.
+    indexed: HashMap<Key, Vec<ChannelKey>>,
 }
 
 /// Bound of the writer's cache, in objects. Beyond it, at the end of a batch, every object whose
@@ -108,6 +114,7 @@ impl<S: Store> Write<S> {
             dirty: HashSet::new(),
             unsettled: Default::default(),
             links: HashMap::new(),
+            indexed: HashMap::new(),
         }
     }
 
@@ -118,8 +125,24 @@ impl<S: Store> Write<S> {
         let id = (key.1.clone(), key.2.clone());
         let mut rows = self.store.get_objects(&key.0, std::slice::from_ref(&id)).await.map_err(ProcessError::from)?;
         let row = rows.remove(&id);
-        self.cache.insert(key.clone(), row.clone());
+        self.cached(key.clone(), row.clone());
         Ok(row)
+    }
+
+    /// Caches a row read from the store, with the channels it is indexed under.
+    fn cached(&mut self, key: Key, row: Option<ObjectRow>) {
+        let channels = row.as_ref().map_or_else(Vec::new, |row| self.channels_of(&key, row));
+        self.indexed.insert(key.clone(), channels);
+        self.cache.insert(key, row);
+    }
+
+    /// The channels the index holds `row` under: none for a tombstone.
+    fn channels_of(&self, key: &Key, row: &ObjectRow) -> Vec<ChannelKey> {
+        let Some(app) = self.apps.get(&key.0) else { return Vec::new() };
+        match row.deleted {
+            true => Vec::new(),
+            false => indexed_channels(&key.0, &key.1, &row.object.object, &app.schema),
+        }
     }
 
     fn stage(&mut self, key: Key, row: ObjectRow) {
@@ -267,7 +290,7 @@ impl<S: Store> Handler for Write<S> {
             if let Ok(mut rows) = self.store.get_objects(&app, &ids).await {
                 for id in ids {
                     let row = rows.remove(&id);
-                    self.cache.insert((app.clone(), id.0, id.1), row);
+                    self.cached((app.clone(), id.0, id.1), row);
                 }
             }
         }
@@ -282,16 +305,21 @@ impl<S: Store> Handler for Write<S> {
     fn seal(&mut self) -> Option<Persist> {
         let dirty = std::mem::take(&mut self.dirty);
         let mut by_app: BTreeMap<String, Vec<ObjectWrite>> = BTreeMap::new();
+        let changed_at = u64::try_from(clock::now_millis()).unwrap_or_default();
         for key in &dirty {
             if let Some(Some(row)) = self.cache.get(key) {
                 let parents = if row.deleted { Vec::new() } else { self.parents(&key.0, &key.1, row) };
                 // A tombstone's row keeps no links once written.
                 let recorded = self.links.insert(key.clone(), parents.clone());
+                let channels = self.channels_of(key, row);
+                let before = self.indexed.insert(key.clone(), channels.clone()).unwrap_or_default();
+                let left = left_channels(&before, &channels);
                 by_app.entry(key.0.clone()).or_default().push(ObjectWrite {
                     model: key.1.clone(),
                     row: row.clone(),
                     parents,
                     recorded,
+                    index: ChannelIndexWrite { channels, left, changed_at },
                 });
             }
         }
@@ -301,6 +329,7 @@ impl<S: Store> Handler for Write<S> {
             let [a, b] = &self.unsettled;
             self.cache.retain(|key, _| a.contains(key) || b.contains(key));
             self.links.retain(|key, _| a.contains(key) || b.contains(key));
+            self.indexed.retain(|key, _| a.contains(key) || b.contains(key));
         }
         if by_app.is_empty() {
             return None;
@@ -328,5 +357,6 @@ impl<S: Store> Handler for Write<S> {
         self.dirty.clear();
         self.unsettled = Default::default();
         self.links.clear();
+        self.indexed.clear();
     }
 }

@@ -8,6 +8,7 @@ pub mod broker;
 pub mod push_fakes;
 pub mod stack;
 pub mod store_suite;
+pub mod view;
 pub mod ws;
 
 use std::collections::{BTreeMap, HashMap};

@@ -44,6 +44,18 @@ impl Client {
         }
     }
 
+    /// The next text frame within 20 s, parsed, with its length in bytes; `Value::Null` if the
+    /// connection ended.
+    pub async fn sized(&mut self) -> (Value, usize) {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), self.0.next()).await.expect("a frame within 20 s") {
+                Some(Ok(Message::Text(t))) => return (serde_json::from_str(&t).unwrap(), t.len()),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return (Value::Null, 0),
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
     /// No text frame for `quiet`.
     pub async fn silent(&mut self, quiet: Duration) -> Result<(), Value> {
         match tokio::time::timeout(quiet, self.0.next()).await {

@@ -24,9 +24,11 @@ use super::handshake::{close_with, open, CLOSE_WRITE};
 use super::hub::{Handle, Slot};
 use super::limit::{FrameBudget, Verdict};
 use super::mailbox::{Mailbox, Next};
-use super::protocol::{self as p, ClientFrame, ErrorCode, Subscription};
+use super::protocol::{self as p, ClientFrame, ErrorCode, Subscription, Sync};
 use super::shared::Shared;
-use crate::model::{DeviceAddress, Transport};
+use super::sync::{self, SyncJob};
+use crate::model::snapshot::Cursor;
+use crate::model::{Channel, ChannelKey, DeviceAddress, Filter, Transport};
 use crate::registry::RegistryError;
 use crate::transport::auth;
 use crate::transport::jwt::Claims;
@@ -76,7 +78,7 @@ struct Session {
 }
 
 /// Why the loop stopped a write or a registry step.
-enum Stop {
+pub(super) enum Stop {
     /// Asked to close, with this code (the hub: 4008; shutdown: 1001).
     Closed(u16),
     /// The write did not finish within a ping interval: the peer is not reading (4008).
@@ -200,6 +202,8 @@ impl Session {
         }
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         let mut last_heard = Instant::now();
+        // Whether a snapshot or a resume completed on this connection (then it gets cursors).
+        let mut resumable = false;
         let mut budget =
             FrameBudget::new(self.shared.budgets.clone(), &self.claims.application_id, &self.claims.device_id);
         loop {
@@ -213,10 +217,17 @@ impl Session {
                     let reply = match incoming {
                         Some(Ok(Message::Text(text))) => match budget.frame() {
                             Verdict::Allow => match raced!(mailbox, Box::pin(self.on_text(&text))) {
-                                Ok((reply, false)) => Ok(Some(reply)),
-                                Ok((reply, true)) => match budget.refused() {
+                                Ok(Answer::Reply(reply, false)) => Ok(Some(reply)),
+                                Ok(Answer::Reply(reply, true)) => match budget.refused() {
                                     Verdict::Close => return self.policy_close(ws).await,
                                     _ => Ok(Some(reply)),
+                                },
+                                Ok(Answer::Sync(job)) => match Box::pin(sync::run(&self.shared, &self.claims.application_id, ws, &inbox.mailbox, *job)).await {
+                                    Ok(synced) => {
+                                        resumable |= synced;
+                                        Ok(None)
+                                    }
+                                    Err(stop) => Err(stop),
                                 },
                                 Err(stop) => Err(stop),
                             },
@@ -245,7 +256,14 @@ impl Session {
                         crate::telemetry::sockets_dead_peer();
                         return Some(p::CLOSE_DEAD_PEER);
                     }
-                    bounded!(mailbox, interval, ws.send(Message::Ping(Default::default())))
+                    match bounded!(mailbox, interval, ws.send(Message::Ping(Default::default()))) {
+                        // A newer resume point for the subscriptions taken with a snapshot or a resume.
+                        Ok(()) if resumable => {
+                            let cursor = p::cursor(&Cursor(now_ms()).encode());
+                            bounded!(mailbox, interval, ws.send(Message::Text(cursor)))
+                        }
+                        other => other,
+                    }
                 }
             };
             if let Err(stop) = step {
@@ -263,18 +281,44 @@ impl Session {
         Some(p::CLOSE_POLICY)
     }
 
-    /// The reply to a text frame, and whether it was a limit refusal.
-    async fn on_text(&self, text: &str) -> (Utf8Bytes, bool) {
+    /// The answer to a text frame.
+    async fn on_text(&self, text: &str) -> Answer {
         match p::parse(text) {
-            Err(e) => (p::error(ErrorCode::BadRequest, &e), false),
-            Ok(ClientFrame::BindDevice { .. }) => (p::error(ErrorCode::BadRequest, "already bound"), false),
-            Ok(ClientFrame::Subscribe(s)) => self.change(s, true).await,
-            Ok(ClientFrame::Unsubscribe(s)) => self.change(s, false).await,
+            Err(e) => Answer::Reply(p::error(ErrorCode::BadRequest, &e), false),
+            Ok(ClientFrame::BindDevice { .. }) => {
+                Answer::Reply(p::error(ErrorCode::BadRequest, "already bound"), false)
+            }
+            Ok(ClientFrame::Subscribe(s)) if s.sync != Sync::Live => {
+                // Before the subscription exists: every change after it is in the snapshot,
+                // the live stream, or the catch-up from this cursor.
+                let issued = Cursor(now_ms());
+                let (channel, filter, sync) = (s.channel.clone(), s.filter.clone(), s.sync.clone());
+                match self.change(s, true).await {
+                    (reply, false) if reply.as_str().starts_with(SUBSCRIBED) => {
+                        let key = self.key_of(&channel, filter.as_ref());
+                        Answer::Sync(Box::new(SyncJob { key, channel, filter, sync, issued }))
+                    }
+                    (reply, refused) => Answer::Reply(reply, refused),
+                }
+            }
+            Ok(ClientFrame::Subscribe(s)) => {
+                let (reply, refused) = self.change(s, true).await;
+                Answer::Reply(reply, refused)
+            }
+            Ok(ClientFrame::Unsubscribe(s)) => {
+                let (reply, refused) = self.change(s, false).await;
+                Answer::Reply(reply, refused)
+            }
         }
     }
 
+    fn key_of(&self, channel: &Channel, filter: Option<&Filter>) -> String {
+        channel.key(&self.claims.application_id, filter).map(ChannelKey::into_string).unwrap_or_default()
+    }
+
     /// A subscribe or unsubscribe: authorized, then applied with every address of the device
-    /// (its push token too, as the track role would).
+    /// (its push token too, as the track role would); the reply, and whether it was a limit
+    /// refusal.
     async fn change(&self, s: Subscription, subscribe: bool) -> (Utf8Bytes, bool) {
         let app = &self.claims.application_id;
         match auth::authorize_channel(&self.claims, &self.shared.apps, &s.channel, s.application_id.as_deref()) {
@@ -300,6 +344,21 @@ impl Session {
             Err(e) => (p::error(ErrorCode::Unavailable, &e.to_string()), false),
         }
     }
+}
+
+/// What a text frame gets back.
+enum Answer {
+    /// One frame, and whether it was a limit refusal.
+    Reply(Utf8Bytes, bool),
+    /// A subscription made, whose snapshot or catch-up is to be sent ([`Session::sync`]).
+    Sync(Box<SyncJob>),
+}
+
+/// The start of every `subscribed` reply.
+const SUBSCRIBED: &str = r#"{"event":"subscribed""#;
+
+fn now_ms() -> u64 {
+    u64::try_from(crate::model::clock::now_millis()).unwrap_or_default()
 }
 
 fn over_rate(frames_per_sec: u32) -> Utf8Bytes {

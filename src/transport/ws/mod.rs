@@ -18,8 +18,10 @@ pub mod handshake;
 pub mod hub;
 pub mod limit;
 pub mod mailbox;
+mod pages;
 pub mod protocol;
 pub mod server;
 mod shared;
+mod sync;
 
 pub use shared::Shared;

@@ -39,6 +39,8 @@ pub enum ErrorCode {
     /// A frame over the connection's rate, or a subscription over the device's or channel's
     /// limit.
     LimitExceeded,
+    /// A resume the server cannot honour: take a snapshot (`docs/protocol.md`).
+    ResyncRequired,
 }
 
 impl ErrorCode {
@@ -50,6 +52,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "BAD_REQUEST",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::LimitExceeded => "LIMIT_EXCEEDED",
+            ErrorCode::ResyncRequired => "RESYNC_REQUIRED",
         }
     }
 }
@@ -68,6 +71,33 @@ pub struct Subscription {
     pub channel: Channel,
     pub filter: Option<Filter>,
     pub application_id: Option<String>,
+    pub sync: Sync,
+}
+
+/// What a `subscribe` asks for beyond the live deltas (`docs/protocol.md`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sync {
+    /// Live deltas only (the contract's subscribe).
+    Live,
+    /// `"snapshot": true`: the channel's current objects first.
+    Snapshot,
+    /// `"resume": <cursor>`: what changed since the cursor first.
+    Resume(String),
+}
+
+fn sync_of(data: &Map<String, Value>) -> Result<Sync, String> {
+    let snapshot = match data.get("snapshot") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => true,
+        Some(_) => return Err("`snapshot` must be a boolean".into()),
+    };
+    match (snapshot, data.get("resume")) {
+        (false, None | Some(Value::Null)) => Ok(Sync::Live),
+        (true, None | Some(Value::Null)) => Ok(Sync::Snapshot),
+        (false, Some(Value::String(cursor))) if cursor.len() <= 64 => Ok(Sync::Resume(cursor.clone())),
+        (false, Some(_)) => Err("`resume` must be a cursor the server gave (a string)".into()),
+        (true, Some(_)) => Err("`snapshot` and `resume` exclude each other".into()),
+    }
 }
 
 /// Parses a client text frame; the error is the `BAD_REQUEST` message.
@@ -97,8 +127,10 @@ pub fn parse(text: &str) -> Result<ClientFrame, String> {
                 Some(Value::String(a)) => Some(a.clone()),
                 Some(_) => return Err("`application_id` must be a string".into()),
             };
-            let s = Subscription { channel, filter, application_id };
-            Ok(if event == "subscribe" { ClientFrame::Subscribe(s) } else { ClientFrame::Unsubscribe(s) })
+            let subscribe = event == "subscribe";
+            let sync = if subscribe { sync_of(&data)? } else { Sync::Live };
+            let s = Subscription { channel, filter, application_id, sync };
+            Ok(if subscribe { ClientFrame::Subscribe(s) } else { ClientFrame::Unsubscribe(s) })
         }
         other => Err(format!("unknown event `{other}` (bind_device, subscribe, unsubscribe)")),
     }
@@ -124,6 +156,22 @@ pub fn subscribed(event: &str, channel_key: &str) -> Utf8Bytes {
 
 pub fn error(code: ErrorCode, message: &str) -> Utf8Bytes {
     frame("error", json!({"code": code.as_str(), "message": message}))
+}
+
+/// An `error` answering a subscribe in place of `subscribed`, naming its channel.
+pub fn channel_error(code: ErrorCode, message: &str, channel_key: &str) -> Utf8Bytes {
+    frame("error", json!({"code": code.as_str(), "message": message, "channel": channel_key}))
+}
+
+/// `snapshot_end` or `catchup_end`: the channel's `count` objects are sent; resume from `cursor`.
+pub fn sync_end(event: &str, channel_key: &str, cursor: &str, count: usize) -> Utf8Bytes {
+    frame(event, json!({"channel": channel_key, "cursor": cursor, "count": count}))
+}
+
+/// `{"event":"cursor","data":{"cursor":...}}`: a newer resume point for the connection's
+/// resumable subscriptions.
+pub fn cursor(cursor: &str) -> Utf8Bytes {
+    frame("cursor", json!({ "cursor": cursor }))
 }
 
 /// The `message` frame around a delivery as the transport manager serialised it: built once

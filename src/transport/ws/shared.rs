@@ -10,7 +10,9 @@ use super::channels::ChannelViews;
 use super::hub::Hub;
 use super::limit::DeviceBudgets;
 use crate::apps::Apps;
+use crate::config::ResumeConfig;
 use crate::registry::Registry;
+use crate::store::MainStore;
 
 /// What every connection of a transport shares.
 pub struct Shared {
@@ -28,4 +30,7 @@ pub struct Shared {
     /// The channels this transport resolves itself, kept current by its connections'
     /// subscribes, unsubscribes and detaches.
     pub views: Arc<ChannelViews>,
+    /// Snapshots and catch-ups are read from it (`docs/protocol.md`).
+    pub store: MainStore,
+    pub resume: ResumeConfig,
 }

@@ -1,0 +1,211 @@
+//! A subscription's snapshot or catch-up (`docs/protocol.md`), sent on the connection that
+//! asked, right after the subscription was made.
+//!
+//! Deliveries for the channel queue in the connection's mailbox meanwhile and are written after
+//! `snapshot_end` / `catchup_end`: a client applies the state first, then the changes after it.
+//! A writer routes a change before it stores it, so a change routed just before the subscription
+//! existed and stored just after the snapshot was read is in neither: one catch-up, the settle,
+//! follows every snapshot a little later, queued through the mailbox like a delivery.
+
+use std::sync::Arc;
+
+use futures::SinkExt;
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+use super::conn::Stop;
+use super::mailbox::Mailbox;
+use super::pages::{Kind, Pager};
+use super::protocol::{self as p, ErrorCode, Sync};
+use super::shared::Shared;
+use crate::model::snapshot::{resume_since, Cursor, CATCHUP_LIMIT};
+use crate::model::{Channel, Filter};
+use crate::store::MainStore;
+use crate::transport::snapshot::ChannelRead;
+
+/// The settle catch-up reaches back this far before the snapshot: the writers' clocks may be
+/// behind this server's by up to it.
+const SETTLE_SKEW_MS: u64 = 1_000;
+
+/// A subscription just made that asked for more than live deltas.
+pub struct SyncJob {
+    /// Its channel key (filtered if it is), as `subscribed` names it.
+    pub key: String,
+    pub channel: Channel,
+    pub filter: Option<Filter>,
+    pub sync: Sync,
+    /// Taken before the subscription was made.
+    pub issued: Cursor,
+}
+
+/// Sends the answer to `job`'s subscribe and its snapshot or catch-up; `true` when the
+/// subscription now has a cursor (the connection is then sent newer ones).
+pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    app: &str,
+    ws: &mut WebSocketStream<S>,
+    mailbox: &Arc<Mailbox>,
+    job: SyncJob,
+) -> Result<bool, Stop> {
+    let mut out = Out { ws, mailbox, limit: shared.ping_interval };
+    let read = ChannelRead { store: &shared.store, app, channel: &job.channel, filter: job.filter.as_ref() };
+    match &job.sync {
+        Sync::Live => out.send(p::subscribed("subscribed", &job.key)).await.map(|()| false),
+        Sync::Resume(cursor) => resume(out, &shared.resume, &read, &job, cursor).await,
+        Sync::Snapshot => {
+            let sent = snapshot(out, &read, &job).await?;
+            if sent {
+                let since = job.issued.0.saturating_sub(SETTLE_SKEW_MS);
+                settle(shared, app, &job, since, mailbox.clone());
+            }
+            Ok(sent)
+        }
+    }
+}
+
+/// Writes to the connection, each write raced against its close signal and bounded in time.
+struct Out<'a, S> {
+    ws: &'a mut WebSocketStream<S>,
+    mailbox: &'a Mailbox,
+    limit: std::time::Duration,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Out<'_, S> {
+    async fn send(&mut self, frame: Utf8Bytes) -> Result<(), Stop> {
+        tokio::select! {
+            biased;
+            code = self.mailbox.closed() => Err(Stop::Closed(code)),
+            sent = tokio::time::timeout(self.limit, self.ws.send(Message::Text(frame))) => match sent {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(Stop::Gone),
+                Err(_) => Err(Stop::Stuck),
+            },
+        }
+    }
+}
+
+async fn snapshot<S: AsyncRead + AsyncWrite + Unpin>(
+    mut out: Out<'_, S>,
+    read: &ChannelRead<'_>,
+    job: &SyncJob,
+) -> Result<bool, Stop> {
+    let mut snapshot = read.snapshot();
+    // The first page is read before answering, so a store that is down refuses the subscribe
+    // (UNAVAILABLE, retried by the client) instead of breaking a snapshot half sent.
+    let first = match snapshot.next(read).await {
+        Ok(page) => page,
+        Err(e) => {
+            tracing::warn!(message = "snapshot refused: store unavailable", error = %e);
+            out.send(p::channel_error(ErrorCode::Unavailable, &e.to_string(), &job.key)).await?;
+            return Ok(false);
+        }
+    };
+    out.send(p::subscribed("subscribed", &job.key)).await?;
+    let mut pager = Pager::new(Kind::Snapshot, &job.key);
+    let mut page = first;
+    while let Some(objects) = page {
+        for (object, version) in &objects {
+            if let Some(frame) = pager.object(object, *version) {
+                out.send(frame).await?;
+            }
+        }
+        page = match snapshot.next(read).await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::warn!(message = "snapshot broken off: store unavailable", error = %e);
+                out.send(resync_required(&job.key, &format!("the snapshot broke off: {e}"))).await?;
+                return Ok(false);
+            }
+        };
+    }
+    if let Some(frame) = pager.finish() {
+        out.send(frame).await?;
+    }
+    crate::telemetry::sockets_snapshot(pager.total);
+    out.send(p::sync_end("snapshot_end", &job.key, &job.issued.encode(), pager.total)).await?;
+    Ok(true)
+}
+
+async fn resume<S: AsyncRead + AsyncWrite + Unpin>(
+    mut out: Out<'_, S>,
+    cfg: &crate::config::ResumeConfig,
+    read: &ChannelRead<'_>,
+    job: &SyncJob,
+    cursor: &str,
+) -> Result<bool, Stop> {
+    let refuse = |why: &str| p::channel_error(ErrorCode::ResyncRequired, why, &job.key);
+    let since = match resume_since(cursor, job.issued.0, cfg.window, cfg.overlap) {
+        Ok(since) => since,
+        Err(why) => {
+            out.send(refuse(why)).await?;
+            return Ok(false);
+        }
+    };
+    let entries = match read.changes(since, CATCHUP_LIMIT).await {
+        Ok(Some(entries)) => entries,
+        Ok(None) => {
+            out.send(refuse("more objects changed since the cursor than a catch-up sends (10,000)")).await?;
+            return Ok(false);
+        }
+        Err(e) => {
+            out.send(p::channel_error(ErrorCode::Unavailable, &e.to_string(), &job.key)).await?;
+            return Ok(false);
+        }
+    };
+    out.send(p::subscribed("subscribed", &job.key)).await?;
+    let (frames, total) = catchup_frames(&job.key, &entries);
+    for frame in frames {
+        out.send(frame).await?;
+    }
+    crate::telemetry::sockets_catchup(total);
+    out.send(p::sync_end("catchup_end", &job.key, &job.issued.encode(), total)).await?;
+    Ok(true)
+}
+
+fn catchup_frames(key: &str, entries: &[crate::model::snapshot::Entry]) -> (Vec<Utf8Bytes>, usize) {
+    let mut pager = Pager::new(Kind::Catchup, key);
+    let mut frames: Vec<Utf8Bytes> = entries.iter().filter_map(|e| pager.entry(e)).collect();
+    frames.extend(pager.finish());
+    (frames, pager.total)
+}
+
+/// `{"event":"resync_required","data":{"channel","message"}}`: what the client holds for the
+/// channel may be incomplete (a snapshot or settle that broke off); it subscribes with a snapshot.
+fn resync_required(key: &str, message: &str) -> Utf8Bytes {
+    let text =
+        json!({"event": "resync_required", "data": {"channel": key, "code": "RESYNC_REQUIRED", "message": message}});
+    Utf8Bytes::from(text.to_string())
+}
+
+/// The catch-up after a snapshot, `settle` later, through the mailbox (after whatever was
+/// delivered meanwhile). Its own task: the connection's loop goes on.
+fn settle(shared: &Shared, app: &str, job: &SyncJob, since: u64, mailbox: Arc<Mailbox>) {
+    let (store, delay): (MainStore, _) = (shared.store.clone(), shared.resume.settle);
+    let (app, key, channel, filter) = (app.to_owned(), job.key.clone(), job.channel.clone(), job.filter.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        if mailbox.is_closing() {
+            return;
+        }
+        let issued = Cursor(u64::try_from(crate::model::clock::now_millis()).unwrap_or_default());
+        let read = ChannelRead { store: &store, app: &app, channel: &channel, filter: filter.as_ref() };
+        let frames = match read.changes(since, CATCHUP_LIMIT).await {
+            Ok(Some(entries)) => {
+                let (mut frames, total) = catchup_frames(&key, &entries);
+                frames.push(p::sync_end("catchup_end", &key, &issued.encode(), total));
+                frames
+            }
+            Ok(None) => vec![resync_required(&key, "too many changes while the snapshot was sent")],
+            Err(e) => vec![resync_required(&key, &format!("the catch-up after the snapshot failed: {e}"))],
+        };
+        for frame in frames {
+            if !mailbox.push(frame) {
+                crate::telemetry::sockets_queue_drops(1);
+                mailbox.close(p::CLOSE_TOO_SLOW);
+                return;
+            }
+        }
+    });
+}
