@@ -292,6 +292,7 @@ impl<S: Store> Handler for Write<S> {
                     row: row.clone(),
                     parents,
                     recorded,
+                    index: Default::default(),
                 });
             }
         }
