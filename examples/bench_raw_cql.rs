@@ -60,6 +60,7 @@ fn write(index: u64, version: u64, links: u64) -> ObjectWrite {
         row: ObjectRow { object: StoredObject { object, version, last_applied: Some(position) }, deleted: false },
         parents: (0..links).map(|l| (format!("project{l}"), format!("p{}", index % 100))).collect(),
         recorded: None,
+        index: Default::default(),
     }
 }
 

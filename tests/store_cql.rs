@@ -6,10 +6,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::store_suite::{self, key};
+use common::store_suite::{self, context_channel, key, task_on};
 use nexxus_worker::config::{Config, Overrides};
 use nexxus_worker::store::{CqlOptions, CqlStore, Store, StoreError};
 use scylla::statement::Statement;
+use serde_json::json;
 
 fn keyspace(name: &str) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
@@ -93,6 +94,18 @@ async fn corrupt_rows_are_errors_not_panics() {
     assert!(matches!(store.get_application("x").await, Err(StoreError::Corrupt(_))));
     // A listing leaves the bad row out (every role loads it at start) rather than fail whole.
     assert!(store.list_applications().await.unwrap().iter().all(|a| a.id != "x"));
+
+    // A channel entry written by hand without its columns spoils the reads that meet it.
+    let c1 = context_channel("a", "c1");
+    let insert =
+        format!("INSERT INTO {ks}.channel_objects (app, channel, id, body) VALUES ('a', '{c1}', 'part', '{{}}')");
+    session.query_unpaged(insert, ()).await.unwrap();
+    let insert = format!("INSERT INTO {ks}.channel_log (app, channel, changed_at, id) VALUES ('a', '{c1}', 5, 'part')");
+    session.query_unpaged(insert, ()).await.unwrap();
+    let page = store.channel_page("a", &c1, None, 10).await;
+    assert!(matches!(&page, Err(StoreError::CorruptRow(m)) if m.to_string().contains("/part")), "{page:?}");
+    assert!(matches!(store.channel_changes("a", &c1, 0, 10).await, Err(StoreError::CorruptRow(_))));
+    assert!(store.channel_page("a", &context_channel("a", "c2"), None, 10).await.unwrap().is_empty());
     drop_keyspace(store).await;
 }
 
@@ -121,4 +134,64 @@ async fn silent_node_is_unavailable_within_the_connect_timeout() {
     let result = CqlStore::connect_with(&cfg, opts).await;
     assert!(matches!(result, Err(StoreError::Unavailable(_))), "{:?}", result.err());
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn channel_tombstones_expire_after_the_retention() {
+    let retention = Duration::from_secs(1);
+    let store = store("expiry", CqlOptions { tombstone_retention: retention, ..CqlOptions::default() }).await;
+    store_suite::channel_tombstones_expire_after_the_retention(&store, retention).await;
+    // The change log has only key columns, so no TTL() to read: its rows are seen to go instead.
+    let cql = format!("SELECT id FROM {}.channel_log", store.keyspace());
+    let rows = store.session().query_unpaged(cql, ()).await.unwrap().into_rows_result().unwrap();
+    let ids: Vec<String> = rows.rows::<(String,)>().unwrap().map(|r| r.unwrap().0).collect();
+    assert_eq!(ids, ["later"], "the earlier log rows expired");
+    drop_keyspace(store).await;
+}
+
+/// Tombstones carry the retention as TTL (`connect` takes it from the resume settings); live
+/// entries carry none, also when they replace a tombstone.
+#[tokio::test]
+async fn tombstones_expire_live_entries_do_not() {
+    let ks = keyspace("ttl");
+    let mut cfg = config(&ks);
+    cfg.sockets.resume.window = Duration::from_secs(3600);
+    cfg.sockets.resume.overlap = Duration::from_secs(60);
+    let store = CqlStore::connect(&cfg).await.unwrap();
+    let c1 = context_channel("app1", "c1");
+    let writes =
+        [task_on("live", 1, &[&c1], &[], 10), task_on("gone", 1, &[], &[&c1], 10), task_on("back", 1, &[], &[&c1], 10)];
+    store.put_objects("app1", &writes).await.unwrap();
+    store.put_objects("app1", &[task_on("back", 2, &[&c1], &[], 20)]).await.unwrap();
+    let cql = format!("SELECT id, TTL(model), TTL(body), TTL(version), TTL(changed_at) FROM {ks}.channel_objects");
+    let rows = store.session().query_unpaged(cql, ()).await.unwrap().into_rows_result().unwrap();
+    type Ttls = (String, Option<i32>, Option<i32>, Option<i32>, Option<i32>);
+    let ttls: Vec<Ttls> = rows.rows::<Ttls>().unwrap().map(|r| r.unwrap()).collect();
+    let of = |id: &str| ttls.iter().find(|t| t.0 == id).map(|t| [t.1, t.2, t.3, t.4]);
+    assert_eq!(of("live"), Some([None; 4]), "{ttls:?}");
+    assert_eq!(of("back"), Some([None; 4]), "re-entry lifts the TTL: {ttls:?}");
+    let near = |t: &Option<i32>| t.is_some_and(|t| (3600..=3660).contains(&t));
+    let gone = of("gone").unwrap_or_default();
+    // A tombstone's body is null: no cell, no TTL.
+    assert!(near(&gone[0]) && gone[1].is_none() && near(&gone[2]) && near(&gone[3]), "{ttls:?}");
+    drop_keyspace(store).await;
+}
+
+/// A catch-up reads a bounded part of the change log: an object rewritten far more often than
+/// the limit allows makes it answer "too many" (take a snapshot) rather than read on.
+#[tokio::test]
+async fn a_catch_up_reads_a_bounded_part_of_the_change_log() {
+    let store = store("bounded", CqlOptions { page_size: 50, ..CqlOptions::default() }).await;
+    let c1 = context_channel("app1", "c1");
+    for version in 1..=40 {
+        store.put_objects("app1", &[task_on("hot", version, &[&c1], &[], 100 + version)]).await.unwrap();
+    }
+    assert_eq!(store.channel_changes("app1", &c1, 0, 1).await.unwrap(), None);
+    let rows = store.channel_changes("app1", &c1, 0, 10).await.unwrap().expect("40 log rows fit 10 changes");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].version, rows[0].changed_at, rows[0].body.as_ref().map(|b| b["title"].clone())),
+        (40, 140, Some(json!("hot v40")))
+    );
+    drop_keyspace(store).await;
 }

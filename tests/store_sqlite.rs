@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::store_suite::{self, key, object, write};
 use nexxus_worker::store::{SqliteStore, Store};
 use serde_json::json;
@@ -75,4 +77,26 @@ async fn bad_rows_are_skipped_or_blamed_on_their_own_message() {
     let err = store.get_objects("good", &[key("task", "t1")]).await.unwrap_err();
     assert!(matches!(err, StoreError::CorruptRow(_)), "{err:?}");
     assert!(matches!(ProcessError::from(err), ProcessError::Poison(_)));
+}
+
+#[tokio::test]
+async fn channel_tombstones_expire_after_the_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let retention = Duration::from_secs(1);
+    let store = open(&dir).with_tombstone_retention(retention);
+    store_suite::channel_tombstones_expire_after_the_retention(&store, retention).await;
+}
+
+/// The index is in the file too, and an existing file opened by this build gains the table.
+#[tokio::test]
+async fn the_channel_index_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store_suite::channel_entries_follow_moves_reentries_and_deletes(&store).await;
+    let p2 = store_suite::project_channel("app1", "p2");
+    let before = store.channel_changes("app1", &p2, 0, 10).await.unwrap();
+    drop(store);
+    let store = open(&dir);
+    assert_eq!(store.channel_changes("app1", &p2, 0, 10).await.unwrap(), before);
+    assert_eq!(store.channel_page("app1", &p2, None, 10).await.unwrap().len(), 1);
 }

@@ -8,6 +8,7 @@
 //!              parents set<frozen<tuple<text, text>>> (the links this object holds in `children`)
 //! children     ((app, parent_model, parent_id), child_model, child_id)
 //! applications (id) body text (Application JSON), updated_at timestamp
+//! channel_objects, channel_log: the channel index (`channels.rs`)
 //! ```
 //!
 //! Every statement is prepared once at connect, idempotent (so the driver may retry it) and runs
@@ -21,7 +22,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -31,11 +32,13 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, Statement};
 use scylla::value::CqlTimestamp;
 
-use super::{last_write_per_object, ObjectId, ObjectRow, ObjectWrite, Store, StoreError};
+use super::index::IndexEntries;
+use super::{ChannelRow, ObjectId, ObjectRow, ObjectWrite, Store, StoreError};
 use crate::config::Config;
 use crate::error::Cause;
-use crate::model::{clock, Application};
+use crate::model::{clock, Application, ChannelKey};
 
+mod channels;
 mod errors;
 mod schema;
 
@@ -57,6 +60,8 @@ pub struct CqlOptions {
     pub schema_timeout: Duration,
     /// Statements in flight at once within one `get_objects` / `put_objects` call.
     pub concurrency: usize,
+    /// How long channel tombstones and change-log rows live (their TTL).
+    pub tombstone_retention: Duration,
 }
 
 impl Default for CqlOptions {
@@ -67,6 +72,7 @@ impl Default for CqlOptions {
             request_timeout: Duration::from_secs(5),
             schema_timeout: Duration::from_secs(30),
             concurrency: 64,
+            tombstone_retention: super::DEFAULT_TOMBSTONE_RETENTION,
         }
     }
 }
@@ -77,6 +83,8 @@ pub struct CqlStore {
     keyspace: String,
     prepared: Prepared,
     concurrency: usize,
+    /// Seconds, as `USING TTL` takes them.
+    tombstone_ttl: i32,
 }
 
 /// `objects` columns after the key, in the order `get_object` selects them.
@@ -85,10 +93,14 @@ type ObjectColumns = (String, i64, Option<String>, Option<i32>, Option<i64>, boo
 /// A (parent_model, parent_id) link.
 type Link = (String, String);
 
-/// One object write with what it does to the `children` links.
+/// One object write with what it does to the `children` links and the channel index.
 struct Planned<'a> {
     write: &'a ObjectWrite,
     id: &'a str,
+    /// The row's JSON, which live channel entries hold too, and version.
+    body: String,
+    version: i64,
+    index: &'a IndexEntries,
     /// The links the object holds after the write (none for a tombstone).
     links: BTreeSet<Link>,
     /// Links recorded before that the object no longer holds.
@@ -96,9 +108,12 @@ struct Planned<'a> {
 }
 
 impl CqlStore {
-    /// Connects with the default [`CqlOptions`].
+    /// Connects with the default [`CqlOptions`], but for the tombstone retention, which the
+    /// configured resume window decides.
     pub async fn connect(cfg: &Config) -> Result<CqlStore, StoreError> {
-        Self::connect_with(cfg, CqlOptions::default()).await
+        let opts =
+            CqlOptions { tombstone_retention: cfg.sockets.resume.tombstone_retention(), ..CqlOptions::default() };
+        Self::connect_with(cfg, opts).await
     }
 
     /// Connects to `cfg.scylla_nodes`, creates the keyspace and tables if missing, waits for
@@ -138,7 +153,13 @@ impl CqlStore {
         tracing::info!(message = "CQL schema ready", %keyspace, elapsed_ms = started.elapsed().as_millis() as u64);
 
         let prepared = Prepared::new(&session, &keyspace, opts.page_size).await?;
-        Ok(CqlStore { session, keyspace, prepared, concurrency: opts.concurrency.max(1) })
+        Ok(CqlStore {
+            session,
+            keyspace,
+            prepared,
+            concurrency: opts.concurrency.max(1),
+            tombstone_ttl: channels::tombstone_ttl(opts.tombstone_retention),
+        })
     }
 
     /// The keyspace holding the tables, as the server names it (lower case).
@@ -186,12 +207,19 @@ impl CqlStore {
 
     /// Decides the link changes of one write from the links its row recorded (read back unless
     /// the write says what they are).
-    async fn plan<'a>(&self, app: &str, write: &'a ObjectWrite, id: &'a str) -> Result<Planned<'a>, StoreError> {
+    async fn plan<'a>(
+        &self,
+        app: &str,
+        (write, id, index): (&'a ObjectWrite, &'a str, &'a IndexEntries),
+    ) -> Result<Planned<'a>, StoreError> {
+        // Before any read: a write that cannot be encoded fails the call before anything lands.
+        let (body, version) = write.body_and_version(app)?;
         let recorded = match &write.recorded {
             Some(known) => known.iter().cloned().collect(),
             None => self.recorded_links(app, write, id).await?,
         };
-        Ok(Self::plan_links(write, id, recorded))
+        let (links, stale) = Self::plan_links(write, recorded);
+        Ok(Planned { write, id, body, version, index, links, stale })
     }
 
     /// The links `write`'s row holds now.
@@ -211,30 +239,27 @@ impl CqlStore {
             .unwrap_or_default())
     }
 
-    /// Decides the link changes of one write from the links its row recorded.
-    fn plan_links<'a>(write: &'a ObjectWrite, id: &'a str, recorded: BTreeSet<Link>) -> Planned<'a> {
+    /// The links one write keeps and those it drops, from the links its row recorded.
+    fn plan_links(write: &ObjectWrite, recorded: BTreeSet<Link>) -> (BTreeSet<Link>, BTreeSet<Link>) {
         let named: BTreeSet<Link> = write.parents.iter().cloned().collect();
-        let (links, stale) = if write.row.deleted {
+        if write.row.deleted {
             // The named links too: they may predate the `parents` column of the row.
             (BTreeSet::new(), recorded.union(&named).cloned().collect())
         } else {
             let stale = recorded.difference(&named).cloned().collect();
             (named, stale)
-        };
-        Planned { write, id, links, stale }
+        }
     }
 
     async fn put_object(&self, app: &str, plan: &Planned<'_>) -> Result<(), StoreError> {
         let (w, id) = (plan.write, plan.id);
-        let o = &w.row.object;
-        let (body, version) = w.body_and_version(app)?;
-        let pos = o.last_applied.as_ref();
+        let pos = w.row.object.last_applied.as_ref();
         let values = (
             app,
             &w.model,
             id,
-            body,
-            version,
+            &plan.body,
+            plan.version,
             pos.map(|p| p.topic.as_str()),
             pos.map(|p| p.partition),
             pos.map(|p| p.offset),
@@ -263,34 +288,56 @@ impl Store for CqlStore {
     }
 
     async fn put_objects(&self, app: &str, writes: &[ObjectWrite]) -> Result<(), StoreError> {
-        let writes = last_write_per_object(writes);
+        let writes = super::index::last_writes(app, writes)?;
         // Check every id before writing anything, so a bad call writes nothing.
         let mut keyed = Vec::with_capacity(writes.len());
-        for w in writes {
+        for (w, index) in &writes {
             let id = w.row.object.id();
             if id.is_empty() || w.model.is_empty() {
                 return Err(StoreError::Corrupt(format!("object of model {:?} in {app} has no id", w.model).into()));
             }
-            keyed.push((w, id));
+            keyed.push((*w, id, index));
         }
-        let plans = self.each(keyed.iter().map(|&(w, id)| self.plan(app, w, id)).collect()).await?;
-        // Links first: a replay skips objects whose row already holds its position, so a row
-        // must never be visible before its links are (see `Store::put_objects`). Present links
-        // are written again, which repairs any lost earlier; it is an idempotent upsert.
-        let mut link_writes = Vec::new();
+        let plans = self.each(keyed.iter().map(|&planned| self.plan(app, planned)).collect()).await?;
+        // Links and channel entries first: a replay skips objects whose row already holds its
+        // position, so a row must never be visible before they are (see `Store::put_objects`).
+        // Present links and entries are written again, which repairs any lost earlier; each is
+        // an idempotent upsert. Boxed: the statements take differently typed values.
+        let mut before_rows: channels::Pending<'_> = Vec::new();
         for plan in &plans {
             for (parent_model, parent_id) in &plan.links {
                 let values = (app, parent_model.as_str(), parent_id.as_str(), plan.write.model.as_str(), plan.id);
-                link_writes.push(self.write("writing a parent link", &self.prepared.put_link, values));
+                before_rows.push(self.write("writing a parent link", &self.prepared.put_link, values).boxed());
             }
             for (parent_model, parent_id) in &plan.stale {
                 let values = (app, parent_model.as_str(), parent_id.as_str(), plan.write.model.as_str(), plan.id);
-                link_writes.push(self.write("removing a parent link", &self.prepared.delete_link, values));
+                before_rows.push(self.write("removing a parent link", &self.prepared.delete_link, values).boxed());
             }
+            self.index_writes(app, plan, &mut before_rows);
         }
-        self.each(link_writes).await?;
+        self.each(before_rows).await?;
         self.each(plans.iter().map(|plan| self.put_object(app, plan)).collect()).await?;
         Ok(())
+    }
+
+    async fn channel_page(
+        &self,
+        app: &str,
+        channel: &ChannelKey,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ChannelRow>, StoreError> {
+        self.page(app, channel, after, limit).await
+    }
+
+    async fn channel_changes(
+        &self,
+        app: &str,
+        channel: &ChannelKey,
+        since: u64,
+        limit: usize,
+    ) -> Result<Option<Vec<ChannelRow>>, StoreError> {
+        self.changes(app, channel, since, limit).await
     }
 
     async fn children(&self, app: &str, parent_model: &str, parent_id: &str) -> Result<Vec<ObjectId>, StoreError> {

@@ -16,8 +16,10 @@
 //! |----------|------|
 //! | `cql`    | [`CqlStore`]: Cassandra / ScyllaDB through the `scylla` driver |
 //! | `sqlite` | [`SqliteStore`]: one embedded SQLite file (WAL), no server needed |
+//! | `index`  | the channel index entries a `put_objects` call writes, alike in both stores |
 
 pub mod cql;
+mod index;
 pub mod sqlite;
 
 use std::collections::HashMap;
@@ -182,12 +184,14 @@ pub trait Store: Send + Sync + 'static {
         ids: &[ObjectId],
     ) -> impl Future<Output = Result<HashMap<ObjectId, ObjectRow>, StoreError>> + Send;
 
-    /// Upserts objects (body JSON, version, last_applied position, deleted flag) and their parent
-    /// links. Idempotent. A tombstone (deleted=true) also removes the object's own parent links.
+    /// Upserts objects (body JSON, version, last_applied position, deleted flag), their parent
+    /// links and their channel index entries ([`ObjectWrite::index`]). Idempotent. A tombstone
+    /// (deleted=true) also removes the object's own parent links.
     ///
-    /// Reads each object's recorded links first, then writes the links, then the objects: the
-    /// writer skips a record whose position an object already holds, so an object row must never
-    /// land without its links. If the same object appears twice, the last write wins.
+    /// Reads each object's recorded links first, then writes the links and index entries, then
+    /// the objects: the writer skips a record whose position an object already holds, so an
+    /// object row must never land without its links and entries. If the same object appears
+    /// twice, the last write wins (and channels only an earlier write put it on are left).
     fn put_objects(&self, app: &str, writes: &[ObjectWrite]) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// A page of a channel's live objects, ordered by id, starting after `after` (an id), at most
@@ -203,7 +207,10 @@ pub trait Store: Send + Sync + 'static {
     /// The current entry (live or tombstone) of every object of `channel` whose entry changed at
     /// or after `since` (milliseconds, the writers' clocks), each object once, in any order; `None`
     /// if more than `limit` objects changed (the caller then asks for a fresh snapshot). Reads are
-    /// bounded by the changes since `since`, not by the channel's size.
+    /// bounded by the changes since `since`, not by the channel's size; to stay bounded, a store
+    /// that reads a log of writes (CQL) also answers `None` when a few objects were rewritten far
+    /// more often than `limit`. `since` is expected within the tombstone retention: older
+    /// deletions may have expired, and with them what a store knew about them.
     fn channel_changes(
         &self,
         app: &str,
@@ -275,21 +282,33 @@ pub enum MainStore {
 }
 
 impl MainStore {
-    /// The store `TP_MAIN_DB` names, in one attempt (commands; workers retry around it).
+    /// The store `TP_MAIN_DB` names, in one attempt (commands; workers retry around it), keeping
+    /// channel tombstones as long as the configured resume window needs them.
     pub async fn connect(cfg: &crate::config::Config) -> Result<MainStore, StoreError> {
         match cfg.main_db {
             crate::config::StoreKind::Scylla => CqlStore::connect(cfg).await.map(|s| MainStore::Cql(Arc::new(s))),
-            crate::config::StoreKind::Sqlite => MainStore::open_sqlite(&cfg.sqlite_path).await,
+            crate::config::StoreKind::Sqlite => {
+                MainStore::open_sqlite_with(&cfg.sqlite_path, cfg.sockets.resume.tombstone_retention()).await
+            }
         }
     }
 
-    /// Opens (creating it if needed) the SQLite file, off the async threads.
+    /// Opens (creating it if needed) the SQLite file, off the async threads, with the default
+    /// [`DEFAULT_TOMBSTONE_RETENTION`].
     pub async fn open_sqlite(path: &std::path::Path) -> Result<MainStore, StoreError> {
+        MainStore::open_sqlite_with(path, DEFAULT_TOMBSTONE_RETENTION).await
+    }
+
+    /// [`MainStore::open_sqlite`], keeping channel tombstones for `tombstone_retention`.
+    pub async fn open_sqlite_with(
+        path: &std::path::Path,
+        tombstone_retention: std::time::Duration,
+    ) -> Result<MainStore, StoreError> {
         let path = path.to_path_buf();
         tokio::task::spawn_blocking(move || SqliteStore::open(&path))
             .await
             .map_err(|e| StoreError::Unavailable(Cause::with("opening the SQLite store", e)))?
-            .map(|s| MainStore::Sqlite(Arc::new(s)))
+            .map(|s| MainStore::Sqlite(Arc::new(s.with_tombstone_retention(tombstone_retention))))
     }
 }
 

@@ -10,6 +10,7 @@
 //! links        (app, child_model, child_id, parent_model, parent_id), the child → objects;
 //!              index links_by_parent (app, parent_model, parent_id, child_model, child_id)
 //! applications (id) → body TEXT (Application JSON, as the CQL store writes it), updated_at INTEGER (ms)
+//! channel_objects (app, channel, id) → each object's entry in each channel's index (`channels.rs`)
 //! ```
 //!
 //! The semantics are the CQL store's: tombstones stay readable, a write replaces the object's
@@ -26,6 +27,7 @@
 //! seeing the last committed transaction. Every call runs on tokio's blocking pool, never on a
 //! runtime worker thread.
 
+mod channels;
 mod errors;
 mod rows;
 mod schema;
@@ -39,9 +41,9 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::{last_write_per_object, ObjectId, ObjectRow, ObjectWrite, Store, StoreError};
+use super::{ChannelRow, ObjectId, ObjectRow, ObjectWrite, Store, StoreError, DEFAULT_TOMBSTONE_RETENTION};
 use crate::error::Cause;
-use crate::model::{clock, Application};
+use crate::model::{clock, Application, ChannelKey};
 use errors::sql;
 use rows::{decode_application, decode_object, encode_application, encode_object, EncodedObject};
 
@@ -55,6 +57,7 @@ const IDLE_READERS: usize = 4;
 /// The SQLite store. Cheap to share behind an `Arc`; every method may be called concurrently.
 pub struct SqliteStore {
     inner: Arc<Inner>,
+    tombstone_retention: Duration,
 }
 
 struct Inner {
@@ -62,6 +65,7 @@ struct Inner {
     busy_timeout: Duration,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    purged: channels::PurgeClock,
 }
 
 impl SqliteStore {
@@ -78,9 +82,14 @@ impl SqliteStore {
         }
         let mut writer = schema::connect(path, busy_timeout, true)?;
         schema::prepare(&mut writer, path)?;
-        let inner =
-            Inner { path: path.to_owned(), busy_timeout, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) };
-        Ok(SqliteStore { inner: Arc::new(inner) })
+        let inner = Inner {
+            path: path.to_owned(),
+            busy_timeout,
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+            purged: channels::PurgeClock::default(),
+        };
+        Ok(SqliteStore { inner: Arc::new(inner), tombstone_retention: DEFAULT_TOMBSTONE_RETENTION })
     }
 
     /// The database file.
@@ -142,8 +151,11 @@ impl Inner {
     }
 }
 
-fn put_object(tx: &rusqlite::Transaction<'_>, app: &str, o: &EncodedObject) -> Result<(), StoreError> {
+fn put_object(tx: &rusqlite::Transaction<'_>, app: &str, o: &EncodedObject, expires_at: i64) -> Result<(), StoreError> {
     let what = |step: &str| format!("{step} of object {app}/{}/{}", o.model, o.id);
+    // Inside one transaction the order of the rows is invisible to readers; the CQL store's
+    // order (entries, then the row) is kept all the same.
+    channels::put_entries(tx, app, o, expires_at)?;
     let mut clear = tx.prepare_cached(schema::CLEAR_LINKS).map_err(|e| sql(what("clearing the links"), e))?;
     clear.execute(params![app, o.model, o.id]).map_err(|e| sql(what("clearing the links"), e))?;
     // The row before its links: the foreign key checks each link against it.
@@ -191,16 +203,42 @@ impl Store for SqliteStore {
 
     async fn put_objects(&self, app: &str, writes: &[ObjectWrite]) -> Result<(), StoreError> {
         // Check and encode every write before the transaction, so a bad call writes nothing.
-        let encoded: Vec<EncodedObject> =
-            last_write_per_object(writes).into_iter().map(|w| encode_object(app, w)).collect::<Result<_, _>>()?;
+        let encoded: Vec<EncodedObject> = super::index::last_writes(app, writes)?
+            .into_iter()
+            .map(|(w, index)| encode_object(app, w, index))
+            .collect::<Result<_, _>>()?;
         if encoded.is_empty() {
             return Ok(());
         }
-        let app = app.to_owned();
+        let (app, retention) = (app.to_owned(), self.tombstone_retention);
         self.blocking("writing objects", move |inner| {
-            inner.write("writing objects", |tx| encoded.iter().try_for_each(|o| put_object(tx, &app, o)))
+            inner.write("writing objects", |tx| {
+                let expires_at = channels::tombstone_expiry(retention);
+                encoded.iter().try_for_each(|o| put_object(tx, &app, o, expires_at))?;
+                channels::purge_if_due(tx, &inner.purged, retention)
+            })
         })
         .await
+    }
+
+    async fn channel_page(
+        &self,
+        app: &str,
+        channel: &ChannelKey,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ChannelRow>, StoreError> {
+        self.page(app, channel, after, limit).await
+    }
+
+    async fn channel_changes(
+        &self,
+        app: &str,
+        channel: &ChannelKey,
+        since: u64,
+        limit: usize,
+    ) -> Result<Option<Vec<ChannelRow>>, StoreError> {
+        self.changes(app, channel, since, limit).await
     }
 
     async fn children(&self, app: &str, parent_model: &str, parent_id: &str) -> Result<Vec<ObjectId>, StoreError> {

@@ -4,13 +4,19 @@
 //! Each function takes a fresh, empty store of its own (its own keyspace, its own file), so the
 //! tests run in parallel; the application ids inside may repeat across functions.
 //! [`for_each_store_test!`](crate::for_each_store_test) names every function, so an
-//! implementation's file cannot forget one.
+//! implementation's file cannot forget one. The channel index's functions are in `channels.rs`.
+
+mod channels;
 
 use std::collections::{BTreeSet, HashMap};
 
 use nexxus_worker::model::{Application, SourcePosition, StoredObject};
-use nexxus_worker::store::{ObjectId, ObjectRow, ObjectWrite, Store, StoreError};
+use nexxus_worker::store::{ChannelIndexWrite, ObjectId, ObjectRow, ObjectWrite, Store, StoreError};
 use serde_json::{json, Map, Value};
+
+// Every test binary compiles `common`, but only the store tests call these.
+#[allow(unused_imports)]
+pub use channels::*;
 
 /// Calls `$test!(name)` for every suite function; each store's test file turns that into a
 /// `#[tokio::test]` that builds its store and calls `store_suite::name(&store)`.
@@ -25,6 +31,10 @@ macro_rules! for_each_store_test {
         $test!(empty_calls_are_no_ops);
         $test!(concurrent_calls_on_one_store);
         $test!(ping_answers);
+        $test!(channel_pages_in_id_order_without_tombstones);
+        $test!(channel_entries_follow_moves_reentries_and_deletes);
+        $test!(channel_changes_since_a_time_each_object_once);
+        $test!(channel_index_replays_and_repeats_within_a_call);
     };
 }
 
@@ -38,7 +48,8 @@ pub fn object(model: &str, id: &str, version: u64, fields: Value, offset: Option
 
 pub fn write(model: &str, obj: StoredObject, deleted: bool, parents: &[(&str, &str)]) -> ObjectWrite {
     let parents = parents.iter().map(|(m, i)| (m.to_string(), i.to_string())).collect();
-    ObjectWrite { model: model.into(), row: ObjectRow { object: obj, deleted }, parents, recorded: None }
+    let index = ChannelIndexWrite::default();
+    ObjectWrite { model: model.into(), row: ObjectRow { object: obj, deleted }, parents, recorded: None, index }
 }
 
 pub fn key(model: &str, id: &str) -> ObjectId {

@@ -19,6 +19,11 @@ pub(super) struct Prepared {
     pub(super) get_app: PreparedStatement,
     pub(super) list_apps: PreparedStatement,
     pub(super) ping: PreparedStatement,
+    pub(super) put_entry: PreparedStatement,
+    pub(super) put_log: PreparedStatement,
+    pub(super) channel_page: PreparedStatement,
+    pub(super) channel_log: PreparedStatement,
+    pub(super) channel_entries: PreparedStatement,
 }
 
 impl Prepared {
@@ -55,12 +60,38 @@ impl Prepared {
             get_app: prep(format!("SELECT id, body FROM {ks}.applications WHERE id = ?")).await?,
             list_apps: prep(format!("SELECT id, body FROM {ks}.applications")).await?,
             ping,
+            // TTL 0 (live entries) means none.
+            put_entry: prep(format!(
+                "INSERT INTO {ks}.channel_objects (app, channel, id, model, body, version, changed_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ?"
+            ))
+            .await?,
+            put_log: prep(format!(
+                "INSERT INTO {ks}.channel_log (app, channel, changed_at, id) VALUES (?, ?, ?, ?) USING TTL ?"
+            ))
+            .await?,
+            channel_page: prep(format!(
+                "SELECT {ENTRY_COLUMNS} FROM {ks}.channel_objects WHERE app = ? AND channel = ? AND id > ?"
+            ))
+            .await?,
+            channel_log: prep(format!(
+                "SELECT id FROM {ks}.channel_log WHERE app = ? AND channel = ? AND changed_at >= ?"
+            ))
+            .await?,
+            channel_entries: prep(format!(
+                "SELECT {ENTRY_COLUMNS} FROM {ks}.channel_objects WHERE app = ? AND channel = ? AND id IN ?"
+            ))
+            .await?,
         })
     }
 }
 
-/// The keyspace and tables; every statement is a no-op when its object exists.
-pub(super) fn ddl(ks: &str, replication: &str) -> [String; 4] {
+/// What the channel index selects read, in the order `channels::EntryColumns` decodes.
+const ENTRY_COLUMNS: &str = "model, id, body, version, changed_at";
+
+/// The keyspace and tables; every statement is a no-op when its object exists, so an existing
+/// keyspace gains the tables it lacks (empty: the index fills as objects are written).
+pub(super) fn ddl(ks: &str, replication: &str) -> [String; 6] {
     [
         format!("CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {replication}"),
         format!(
@@ -73,6 +104,16 @@ pub(super) fn ddl(ks: &str, replication: &str) -> [String; 4] {
              child_model text, child_id text, PRIMARY KEY ((app, parent_model, parent_id), child_model, child_id))"
         ),
         format!("CREATE TABLE IF NOT EXISTS {ks}.applications (id text PRIMARY KEY, body text, updated_at timestamp)"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.channel_objects (app text, channel text, id text, model text, \
+             body text, version bigint, changed_at bigint, PRIMARY KEY ((app, channel), id))"
+        ),
+        // Every row expires and rows arrive in time order: time windows let whole SSTables expire.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.channel_log (app text, channel text, changed_at bigint, id text, \
+             PRIMARY KEY ((app, channel), changed_at, id)) WITH compaction = {{'class': \
+             'TimeWindowCompactionStrategy', 'compaction_window_unit': 'HOURS', 'compaction_window_size': 1}}"
+        ),
     ]
 }
 

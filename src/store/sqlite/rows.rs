@@ -6,6 +6,7 @@ use rusqlite::Row;
 
 use crate::error::Cause;
 use crate::model::Application;
+use crate::store::index::IndexEntries;
 use crate::store::{ObjectRow, ObjectWrite, StoreError};
 
 /// One object write as owned column values, so the blocking task borrows nothing from the caller.
@@ -20,10 +21,12 @@ pub(super) struct EncodedObject {
     pub(super) deleted: bool,
     /// The links the object holds after the write: none for a tombstone.
     pub(super) links: BTreeSet<(String, String)>,
+    /// Its channel index entries; the live ones hold `body`.
+    pub(super) index: IndexEntries,
 }
 
 /// Checks and encodes one write; an error means the call must write nothing.
-pub(super) fn encode_object(app: &str, w: &ObjectWrite) -> Result<EncodedObject, StoreError> {
+pub(super) fn encode_object(app: &str, w: &ObjectWrite, index: IndexEntries) -> Result<EncodedObject, StoreError> {
     let o = &w.row.object;
     let id = o.id();
     if id.is_empty() || w.model.is_empty() {
@@ -42,6 +45,7 @@ pub(super) fn encode_object(app: &str, w: &ObjectWrite) -> Result<EncodedObject,
         offset: pos.map(|p| p.offset),
         deleted: w.row.deleted,
         links,
+        index,
     })
 }
 

@@ -32,6 +32,19 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE IF NOT EXISTS applications (
          id TEXT NOT NULL PRIMARY KEY, body TEXT NOT NULL, updated_at INTEGER NOT NULL
      ) STRICT, WITHOUT ROWID;",
+    // The channel index (`channels.rs`). An existing file gets it empty: objects stored before
+    // are indexed by their next write.
+    "CREATE TABLE IF NOT EXISTS channel_objects (
+         app TEXT NOT NULL, channel TEXT NOT NULL, id TEXT NOT NULL,
+         model TEXT NOT NULL, body TEXT, version INTEGER NOT NULL, changed_at INTEGER NOT NULL,
+         expires_at INTEGER,
+         PRIMARY KEY (app, channel, id)
+     ) STRICT, WITHOUT ROWID;
+     -- Catch-ups read the entries changed since a time without walking the whole channel.
+     CREATE INDEX IF NOT EXISTS channel_objects_by_time ON channel_objects (app, channel, changed_at);
+     -- Only tombstones expire: the purge finds the due ones without reading a live entry.
+     CREATE INDEX IF NOT EXISTS channel_tombstones_by_expiry ON channel_objects (expires_at)
+         WHERE expires_at IS NOT NULL;",
 ];
 
 /// The schema version this build writes and reads.

@@ -16,7 +16,7 @@ fn write(id: &str, version: u64, deleted: bool, parents: &[(&str, &str)]) -> Obj
     let last_applied = Some(SourcePosition { topic: "p.write".into(), partition: 1, offset: version as i64 });
     let parents = parents.iter().map(|(m, i)| (m.to_string(), i.to_string())).collect();
     let row = ObjectRow { object: StoredObject { object, version, last_applied }, deleted };
-    ObjectWrite { model: "task".into(), row, parents, recorded: None }
+    ObjectWrite { model: "task".into(), row, parents, recorded: None, index: Default::default() }
 }
 
 fn key(id: &str) -> ObjectId {
@@ -231,4 +231,80 @@ fn unknown_schema_versions_and_foreign_files_are_refused() {
     std::fs::write(&path, vec![b'x'; 8192]).unwrap();
     let result = SqliteStore::open(&path);
     assert!(matches!(&result, Err(StoreError::Corrupt(_))), "{:?}", result.err());
+}
+
+#[tokio::test]
+async fn a_file_of_the_first_schema_gains_an_empty_channel_index() {
+    let (_dir, path) = temp();
+    let store = SqliteStore::open(&path).unwrap();
+    store.put_objects("a", &[write("t1", 1, false, &[])]).await.unwrap();
+    // Back to what the previous build left: no index table, schema version 1.
+    raw(&store).execute_batch("DROP TABLE channel_objects; PRAGMA user_version = 1").unwrap();
+    drop(store);
+
+    let store = SqliteStore::open(&path).unwrap();
+    let version: i64 = raw(&store).pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    assert_eq!(version, schema::SCHEMA_VERSION);
+    let channel = ChannelKey::from_stored("blg:a:context:c1:task".into());
+    assert!(store.channel_page("a", &channel, None, 10).await.unwrap().is_empty(), "no backfill");
+    let mut w = write("t1", 2, false, &[]);
+    w.index.channels.push(channel.clone());
+    store.put_objects("a", &[w]).await.unwrap();
+    assert_eq!(store.channel_page("a", &channel, None, 10).await.unwrap().len(), 1);
+    assert_eq!(store.get_objects("a", &[key("t1")]).await.unwrap()[&key("t1")].object.version, 2);
+}
+
+/// What keeps catch-ups and purges cheap: they read through their indexes, not the table.
+#[test]
+fn catch_ups_and_purges_use_their_indexes() {
+    let (_dir, path) = temp();
+    let store = SqliteStore::open(&path).unwrap();
+    let conn = raw(&store);
+    let plan = |statement: &str, values: &[&dyn rusqlite::ToSql]| {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {statement}")).unwrap();
+        let rows = stmt.query_map(values, |r| r.get::<_, String>(3)).unwrap();
+        rows.collect::<Result<Vec<_>, _>>().unwrap().join("; ")
+    };
+    let changes = plan(channels::CHANGES, &[&"a", &"c", &0, &10]);
+    assert!(changes.contains("channel_objects_by_time") && !changes.contains("TEMP B-TREE"), "{changes}");
+    let purge = plan(channels::PURGE, &[&0]);
+    assert!(purge.contains("channel_tombstones_by_expiry"), "{purge}");
+    let page = plan(channels::PAGE, &[&"a", &"c", &"", &10]);
+    assert!(page.contains("PRIMARY KEY") && !page.contains("TEMP B-TREE"), "{page}");
+}
+
+#[tokio::test]
+async fn expired_tombstones_go_at_the_next_write_after_the_retention() {
+    let (_dir, path) = temp();
+    let store = SqliteStore::open(&path).unwrap().with_tombstone_retention(Duration::from_millis(200));
+    let channel = ChannelKey::from_stored("blg:a:context:c1:task".into());
+    let mut gone = write("t1", 1, false, &[]);
+    gone.index.left.push(channel.clone());
+    store.put_objects("a", &[gone]).await.unwrap();
+    let count = || raw(&store).query_row("SELECT count(*) FROM channel_objects", [], |r| r.get::<_, i64>(0)).unwrap();
+    assert_eq!(count(), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count(), 1, "nothing purges between writes");
+    store.put_objects("a", &[write("t2", 1, false, &[])]).await.unwrap();
+    assert_eq!(count(), 0);
+}
+
+#[tokio::test]
+async fn a_corrupt_channel_entry_spoils_only_the_reads_that_meet_it() {
+    let (_dir, path) = temp();
+    let store = SqliteStore::open(&path).unwrap();
+    raw(&store)
+        .execute_batch(
+            "INSERT INTO channel_objects (app, channel, id, model, body, version, changed_at) VALUES \
+             ('a', 'c', 'bad', 'task', '[1', 1, 5), ('a', 'c', 'neg', 'task', '{}', -1, 5), \
+             ('a', 'd', 'ok', 'task', '{}', 1, 5)",
+        )
+        .unwrap();
+    let (c, d) = (ChannelKey::from_stored("c".into()), ChannelKey::from_stored("d".into()));
+    let page = store.channel_page("a", &c, None, 10).await;
+    assert!(matches!(&page, Err(StoreError::CorruptRow(m)) if m.to_string().contains("a/c/bad")), "{page:?}");
+    let page = store.channel_page("a", &c, Some("bad"), 10).await;
+    assert!(matches!(&page, Err(StoreError::CorruptRow(m)) if m.to_string().contains("a/c/neg")), "{page:?}");
+    assert!(matches!(store.channel_changes("a", &c, 0, 10).await, Err(StoreError::CorruptRow(_))));
+    assert_eq!(store.channel_page("a", &d, None, 10).await.unwrap().len(), 1);
 }
