@@ -304,7 +304,7 @@ async fn a_resume_sends_each_changed_object_once_and_only_those() {
     let dir = tempfile::tempdir().unwrap();
     let env = [("TP_RESUME_OVERLAP_MS", "300"), ("TP_SNAPSHOT_SETTLE_MS", "200")];
     let (p, app) = start_app(dir.path(), &env).await;
-    let ctx = json!({"model": "task", "context": "c1"});
+    let ctx = list_channel();
     let open = json!({"and": [{"is": {"status": "open"}}]});
     let mut seed = vec![
         task(&app, "a", "l1", "c1", None, "open"),
@@ -330,7 +330,7 @@ async fn a_resume_sends_each_changed_object_once_and_only_those() {
     drop(c);
 
     // Offline: five increments of a, b done (leaves the filter), c open (enters), d deleted,
-    // e created, f moved to another context (leaves the channel).
+    // e created, f moved to another list (leaves the channel).
     let mut changes: Vec<Value> = (0..5)
         .map(|_| json!({"op": "update", "application_id": app, "patches": [{"op": "increment", "path": "task/a/votes", "value": 1}]}))
         .collect();
@@ -339,7 +339,7 @@ async fn a_resume_sends_each_changed_object_once_and_only_those() {
         replace(&app, "c", "status", json!("open")),
         delete(&app, "d"),
         task(&app, "e", "l1", "c1", None, "open"),
-        replace(&app, "f", "context_id", json!("c2")),
+        replace(&app, "f", "list_id", json!("l2")),
     ]);
     post(&p, Value::Array(changes));
     let want = stored(&p, &app, ctx.clone(), Some(open.clone()), |o| {

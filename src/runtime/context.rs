@@ -107,12 +107,13 @@ impl WorkerContext {
             }
             // A local file that cannot be opened at start (a bad path, permissions, not a
             // database) is the operator's to fix, and retrying does not: exit 64 naming the variable.
-            StoreKind::Sqlite => MainStore::open_sqlite_with(
-                &self.config.sqlite_path,
-                self.config.sockets.resume.tombstone_retention(),
-            )
-            .await
-                .map_err(|e| WorkerError::Usage(format!("TP_SQLITE_PATH {}: {e}", self.config.sqlite_path.display()))),
+            StoreKind::Sqlite => {
+                MainStore::open_sqlite_with(&self.config.sqlite_path, self.config.sockets.resume.tombstone_retention())
+                    .await
+                    .map_err(|e| {
+                        WorkerError::Usage(format!("TP_SQLITE_PATH {}: {e}", self.config.sqlite_path.display()))
+                    })
+            }
         }
     }
 
