@@ -198,7 +198,9 @@ async fn shutdown_drains_what_the_ingress_accepted() {
 }
 
 /// The demo page in two headless Chromium pages (tests/web/demo.browser.mjs): what one page
-/// does, the other shows within a second. Chromium and playwright-core come from
+/// does, the other shows within a second; a page whose browser went offline catches up when it is
+/// back; both survive a restart of the server (stopped and started again on the same ports and
+/// data when the script asks). Chromium and playwright-core come from
 /// `deploy/local/browser.sh` (run by `make test`); the screenshot is kept in
 /// `target/test-artifacts/demo-two-pages.png`.
 #[tokio::test]
@@ -216,19 +218,45 @@ async fn two_browser_pages_share_the_demo_task_list_live() {
     std::fs::create_dir_all(&artifacts).unwrap();
     let shot = artifacts.join("demo-two-pages.png");
     let _ = std::fs::remove_file(&shot);
-    let out = tokio::process::Command::new("node")
+    let mut node = tokio::process::Command::new("node")
         .arg(root.join("tests/web/demo.browser.mjs"))
         .arg(format!("http://127.0.0.1:{}", p.http))
         .arg(&shot)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(240), out).await.expect("browser test within 240 s").unwrap();
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        .spawn()
+        .unwrap();
+    // The script asks for a server restart midway (its step 6): the same ports, the same data.
+    let (mut stdin, stdout) = (node.stdin.take(), node.stdout.take().unwrap());
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let mut report = String::new();
+    let mut p = Some(p);
+    let run = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            println!("{line}");
+            report.push_str(&line);
+            report.push('\n');
+            if line == "RESTART-SERVER" {
+                let old = p.take().unwrap();
+                let ports = (old.http, old.ws);
+                assert_eq!(old.stop(), Some(0), "the restart's stop");
+                p = Some(start(dir.path(), Some(ports), &[("TP_DEMO_APP", "demo")]).await);
+                let mut pipe = stdin.take().unwrap();
+                tokio::io::AsyncWriteExt::write_all(&mut pipe, b"restarted\n").await.unwrap();
+            }
+        }
+        node.wait_with_output().await.unwrap()
+    };
+    let out = tokio::time::timeout(Duration::from_secs(240), run).await.expect("browser test within 240 s");
+    report.push_str(&String::from_utf8_lossy(&out.stderr));
     println!("{report}");
     assert!(out.status.success(), "browser test failed:\n{report}\nworker log:\n{}", log_of(dir.path()));
-    assert!(report.contains("PASS"), "{report}");
+    assert!(report.contains("PASS") && report.contains("caught up"), "{report}");
+    assert!(report.contains("both pages reconnected"), "the restart step ran: {report}");
     assert!(std::fs::metadata(&shot).map(|m| m.len() > 10_000).unwrap_or(false), "no screenshot at {}", shot.display());
-    assert_eq!(p.stop(), Some(0));
+    assert_eq!(p.unwrap().stop(), Some(0));
 }
 
 /// With Kafka, a CQL node and Redis configured, `-t all` runs every role against them instead

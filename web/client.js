@@ -9,7 +9,7 @@
  * @typedef {{op: 'replace'|'increment'|'append'|'remove', path: string, value: any}} Patch
  * @typedef {{op: 'create'|'update'|'delete', object?: Record<string, any>, patch?: Patch,
  *   subscriptions: string[], application_id: string, timestamp: number, version: number}} Delta
- * @typedef {'connecting'|'connected'|'reconnecting'|'closed'} Status
+ * @typedef {'connecting'|'connected'|'reconnecting'|'offline'|'closed'} Status
  * @typedef {{type: string, message: string, code?: string|number, subscription?: Subscription, detail?: any}} ClientError
  * @typedef {{created: string[], updated: string[], deleted: string[], reason: 'delta'|'snapshot'|'catchup'}} Change
  * @typedef {{
@@ -89,6 +89,38 @@ export class Client extends Emitter {
     this._epoch = 0; // counts connections; async work of an older connection is discarded
     this._timer = null;
     this._closed = false;
+    // A browser going offline rarely breaks an open WebSocket at once (it may stay silent for
+    // minutes): the client closes it on `offline` and resumes on `online`.
+    this._window = options.window ?? (typeof window !== 'undefined' ? window : null);
+    this._onOffline = () => this._goOffline();
+    this._onOnline = () => this._goOnline();
+    this._window?.addEventListener?.('offline', this._onOffline);
+    this._window?.addEventListener?.('online', this._onOnline);
+    this._open();
+  }
+
+  /** Whether the environment says there is no network (browsers' `navigator.onLine`). */
+  _offline() {
+    return this._window?.navigator?.onLine === false;
+  }
+
+  _goOffline() {
+    if (this._closed) return;
+    clearTimeout(this._timer);
+    clearTimeout(this._readyTimer);
+    const ws = this._ws;
+    this._ws = null;
+    this._ready = false;
+    this._pending = [];
+    this._streams = new Map();
+    if (ws) { try { ws.close(1000); } catch { /* already closed */ } }
+    for (const sub of this._subs) sub._disconnected();
+    this._setStatus('offline', { reason: 'the browser is offline' });
+  }
+
+  _goOnline() {
+    if (this._closed || this.status !== 'offline') return;
+    this._attempt = 0;
     this._open();
   }
 
@@ -107,6 +139,8 @@ export class Client extends Emitter {
   /** Closes the connection for good; subscriptions stay stored server-side for the device. */
   close() {
     this._closed = true;
+    this._window?.removeEventListener?.('offline', this._onOffline);
+    this._window?.removeEventListener?.('online', this._onOnline);
     clearTimeout(this._timer);
     clearTimeout(this._readyTimer);
     const ws = this._ws;
@@ -216,6 +250,7 @@ export class Client extends Emitter {
 
   _retry(detail) {
     if (this._closed) return;
+    if (this._offline()) return this._goOffline();
     const delayMs = backoffDelay(this._backoff, this._attempt++);
     this._setStatus('reconnecting', { ...detail, attempt: this._attempt, delayMs });
     clearTimeout(this._timer);

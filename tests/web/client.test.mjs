@@ -460,6 +460,38 @@ test('offline: a gap kept across a reconnect is covered by the resume; resync() 
   env.client.close();
 });
 
+test('the browser going offline closes the socket at once; back online it reconnects and resumes', async () => {
+  const win = new EventTarget();
+  win.navigator = { onLine: true };
+  const env = setup({ window: win });
+  const { sub, ws } = await live(env, CHANNEL, {}, [[task('t1'), 1]], 'c1');
+  const sockets = FakeSocket.all.length;
+  win.navigator.onLine = false;
+  win.dispatchEvent(new Event('offline'));
+  assert.equal(env.client.status, 'offline');
+  assert.equal(ws.closed, 1000, 'the open socket is closed, not left to time out');
+  await settle(60);
+  assert.equal(FakeSocket.all.length, sockets, 'no attempt while offline');
+  win.navigator.onLine = true;
+  win.dispatchEvent(new Event('online'));
+  await waitFor(() => FakeSocket.all.length === sockets + 1, 'the reconnect once online');
+  const ws2 = FakeSocket.last();
+  ws2.ready();
+  assert.deepEqual(ws2.sent, [subscribeFrame(CHANNEL, { resume: 'c1' })]);
+  ws2.answer();
+  ws2.catchup([[task('t2'), 1]], [['t1', 2]], { cursor: 'c2' });
+  assert.deepEqual([...sub.objects.keys()], ['t2']);
+  assert.equal(sub.cursor, 'c2');
+  // A connection that fails while the browser is offline waits for `online` instead of a timer.
+  win.navigator.onLine = false;
+  ws2.serverClose(1006);
+  assert.equal(env.client.status, 'offline');
+  env.client.close();
+  win.dispatchEvent(new Event('online'));
+  await settle(20);
+  assert.equal(FakeSocket.all.length, sockets + 1, 'closed for good: `online` does nothing');
+});
+
 test('RESYNC_REQUIRED answers a resume: the client subscribes again with a snapshot', async () => {
   const env = setup();
   const { sub: a, ws } = await live(env, CHANNEL, {}, [[task('old'), 1], [task('t1'), 1]], 'c1');

@@ -1,5 +1,8 @@
 // Browser test of the live demo page: two headless-Chromium pages on the same task list; what
-// page A does must show on page B within 1 second.
+// page A does must show on page B within 1 second. Then page B's browser goes offline while A
+// changes the list, and catches up when it is back online (a resume); then the server restarts
+// (the test that runs this script restarts it when told, see RESTART below) and both pages
+// reconnect, resume, and keep following each other.
 //
 //   deploy/local/browser.sh                       # once: Chromium + playwright-core
 //   node tests/web/demo.browser.mjs http://127.0.0.1:8080 /tmp/demo.png
@@ -8,12 +11,15 @@
 // Environment: INGRESS_TOKEN (the server's TP_INGRESS_TOKEN, passed to the page as
 // #ingress_token=...), CHROMIUM (default /usr/bin/chromium).
 // Writes a side-by-side screenshot of both pages to <screenshot-path>. Exits 0 on success, 1 with
-// a message on a failure, 2 on bad usage; the whole run is bounded to 60 s.
+// a message on a failure, 2 on bad usage; the whole run is bounded to 150 s.
+// RESTART: the script prints `RESTART-SERVER` on a line of its own and waits for a line on its
+// stdin saying the server is back (on the same ports, with the same data). Without a stdin
+// (SKIP_RESTART=1), the restart step is skipped and said so.
 import { chromium } from 'playwright-core';
 
 const LIMIT_MS = 1000; // B must show A's change within this
 const STEP_MS = 5000; // how long to wait for one step before failing (to report the real latency)
-const RUN_MS = 60000;
+const RUN_MS = 150000;
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 
 const [baseArg, shotPath] = process.argv.slice(2);
@@ -26,6 +32,7 @@ const hash = process.env.INGRESS_TOKEN ? `#ingress_token=${encodeURIComponent(pr
 
 let browser = null;
 let pages = [];
+const contexts = [];
 const logs = [];
 
 function log(msg) {
@@ -120,6 +127,7 @@ async function main() {
   // Two contexts: two independent tabs, as two people would have.
   for (const name of ['A', 'B']) {
     const ctx = await browser.newContext({ viewport: { width: 600, height: 720 } });
+    contexts.push(ctx);
     const page = await ctx.newPage();
     page.setDefaultTimeout(10000);
     page.on('console', (m) => (m.type() === 'error' || m.type() === 'warning') && logs.push(`${name} ${m.type()}: ${m.text()}`));
@@ -176,7 +184,56 @@ async function main() {
   await taskItem(a, id).waitFor({ state: 'detached', timeout: 2000 }).catch(() => fail('page A still shows the deleted task'));
   if ((await titles(b)).includes(edited)) await fail('page B still lists the deleted title');
 
-  const errors = logs.filter((l) => / error: /.test(l));
+  // 5. Page B's browser goes offline; A adds a task and votes for it; B is back online and shows
+  // both changes (its client resumes from its cursor).
+  const state = (p) => p.locator('[data-testid="status"]').getAttribute('data-state');
+  await contexts[1].setOffline(true);
+  await b.waitForFunction(() => document.querySelector('[data-testid="status"]')?.dataset.state === 'offline', undefined, { timeout: STEP_MS })
+    .catch(async () => fail(`page B did not notice it is offline (status ${await state(b)})`));
+  const offlineTitle = `while B was offline ${Date.now().toString(36)}`;
+  await a.locator('[data-testid="new-title"]').fill(offlineTitle);
+  await a.locator('[data-testid="add"]').click();
+  const offlineItem = a.locator('[data-testid="task"]', { hasText: offlineTitle });
+  await offlineItem.waitFor({ timeout: STEP_MS }).catch(() => fail('page A does not show the task it added'));
+  const offlineId = await offlineItem.getAttribute('data-id');
+  await taskItem(a, offlineId).locator('[data-testid="task-vote"]').click();
+  await taskItem(a, offlineId).locator('[data-testid="task-votes"]', { hasText: /^1\b/ }).waitFor({ timeout: STEP_MS })
+    .catch(() => fail('page A does not show its vote'));
+  if ((await titles(b)).includes(offlineTitle)) await fail('page B shows a change made while it was offline before it is back');
+  const backAt = Date.now();
+  await contexts[1].setOffline(false);
+  await b.waitForFunction(([i]) =>
+    /^1\b/.test(document.querySelector(`[data-testid="task"][data-id="${i}"] [data-testid="task-votes"]`)?.textContent || ''),
+  [offlineId], { timeout: 15000, polling: 'raf' }).catch(() => fail('page B did not catch up after coming back online'));
+  log(`page B caught up ${Date.now() - backAt} ms after coming back online (the task and its vote)`);
+
+  // 6. The server restarts; both pages reconnect and resume, and keep following each other.
+  if (process.env.SKIP_RESTART === '1') {
+    log('server restart skipped (SKIP_RESTART=1)');
+  } else {
+    console.log('RESTART-SERVER');
+    const line = await new Promise((resolve) => {
+      process.stdin.setEncoding('utf8');
+      process.stdin.once('data', resolve);
+      process.stdin.once('end', () => resolve(''));
+    });
+    process.stdin.destroy(); // an open stdin would keep node running after the test
+    if (!line.includes('restarted')) await fail(`the server was not restarted (stdin said "${line.trim()}")`);
+    const restartedAt = Date.now();
+    await Promise.all([connected(a), connected(b)]).catch(async () =>
+      fail(`the pages did not reconnect after the restart (A ${await state(a)}, B ${await state(b)})`));
+    await b.locator('[data-testid="status"][data-state="connected"]').waitFor({ timeout: 15000 });
+    log(`both pages reconnected ${Date.now() - restartedAt} ms after the server was back`);
+    if (!(await titles(b)).includes(offlineTitle)) await fail('page B lost a task across the restart');
+    const after = `after the restart ${Date.now().toString(36)}`;
+    await a.locator('[data-testid="new-title"]').fill(after);
+    latencies.afterRestart = await followed(`the task added after the restart "${after}"`, a, b,
+      () => a.locator('[data-testid="add"]').click(), (t) =>
+        [...document.querySelectorAll('[data-testid="task-title"]')].some((e) => e.textContent === t), after);
+  }
+
+  // Chromium logs every refused WebSocket connection: those of the restart are expected.
+  const errors = logs.filter((l) => / error: /.test(l) && !/WebSocket connection to .* failed/.test(l));
   if (errors.length) await fail(`the pages logged errors:\n  ${errors.join('\n  ')}`);
   log(`latencies (ms): ${Object.entries(latencies).map(([k, v]) => `${k} ${v}`).join(', ')}`);
   log('PASS');
