@@ -26,6 +26,7 @@ use crate::registry::{keys, Registry};
 use crate::runtime::{Worker, WorkerContext};
 use crate::transport::replay::{Replays, REMEMBERED_DELIVERIES};
 use crate::transport::ws::channels::{ChannelViews, Narrowing, Resolved, CHANNELS_PER_MESSAGE, VIEWED_CHANNELS};
+use crate::transport::ws::gate::{SyncGate, SYNCS_AT_ONCE, SYNCS_PER_APP};
 use crate::transport::ws::hub::{Delivered, Hub};
 use crate::transport::ws::limit::DeviceBudgets;
 use crate::transport::ws::protocol;
@@ -90,6 +91,7 @@ impl Worker for SocketsTransport {
             views: views.clone(),
             store,
             resume: s.resume.clone(),
+            syncs: Arc::new(SyncGate::new(SYNCS_AT_ONCE, SYNCS_PER_APP)),
         });
         let handshakes = Handshakes { max: s.max_handshakes, timeout: s.handshake_timeout };
         let server = Server::bind(&s.host, s.port, tls, shared, handshakes).await?;

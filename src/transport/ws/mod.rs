@@ -8,12 +8,15 @@
 //! - [`conn`]: one connection's loop, every write bounded; subscribe and unsubscribe.
 //! - [`Shared`]: what every connection of a transport shares.
 //! - [`limit`]: the per-connection frame budget (`LIMIT_EXCEEDED`, then close 1008).
+//! - [`gate`]: snapshots and catch-ups read at once, in all and per application.
+//! - `sync`, `pages`: a subscribe's snapshot or catch-up, in bounded frames (`docs/protocol.md`).
 //! - [`mailbox`]: a connection's bounded frame queue and close signal, one small allocation.
 //! - [`server`]: the accept loop (plain TCP or TLS), the handshake bound and the connection
 //!   limit.
 
 pub mod channels;
 pub mod conn;
+pub mod gate;
 pub mod handshake;
 pub mod hub;
 pub mod limit;

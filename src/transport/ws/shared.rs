@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::channels::ChannelViews;
+use super::gate::SyncGate;
 use super::hub::Hub;
 use super::limit::DeviceBudgets;
 use crate::apps::Apps;
@@ -33,4 +34,6 @@ pub struct Shared {
     /// Snapshots and catch-ups are read from it (`docs/protocol.md`).
     pub store: MainStore,
     pub resume: ResumeConfig,
+    /// Snapshots and catch-ups read at once, in all and per application.
+    pub syncs: Arc<SyncGate>,
 }

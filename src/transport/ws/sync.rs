@@ -50,6 +50,19 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     job: SyncJob,
 ) -> Result<bool, Stop> {
     let mut out = Out { ws, mailbox, limit: shared.ping_interval };
+    if job.sync == Sync::Live {
+        return out.send(p::subscribed("subscribed", &job.key)).await.map(|()| false);
+    }
+    // Raced against the connection's close: a client gone while it waits gives its place up.
+    let turn = tokio::select! {
+        biased;
+        code = mailbox.closed() => return Err(Stop::Closed(code)),
+        turn = shared.syncs.turn(app) => turn,
+    };
+    let Some(_turn) = turn else {
+        out.send(p::channel_error(ErrorCode::Unavailable, "snapshots are shut", &job.key)).await?;
+        return Ok(false);
+    };
     let read = ChannelRead { store: &shared.store, app, channel: &job.channel, filter: job.filter.as_ref() };
     match &job.sync {
         Sync::Live => out.send(p::subscribed("subscribed", &job.key)).await.map(|()| false),
@@ -184,11 +197,13 @@ fn resync_required(key: &str, message: &str) -> Utf8Bytes {
 fn settle(shared: &Shared, app: &str, job: &SyncJob, since: u64, mailbox: Arc<Mailbox>) {
     let (store, delay): (MainStore, _) = (shared.store.clone(), shared.resume.settle);
     let (app, key, channel, filter) = (app.to_owned(), job.key.clone(), job.channel.clone(), job.filter.clone());
+    let shared_gate = shared.syncs.clone();
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
         if mailbox.is_closing() {
             return;
         }
+        let Some(_turn) = shared_gate.turn(&app).await else { return };
         let issued = Cursor(u64::try_from(crate::model::clock::now_millis()).unwrap_or_default());
         let read = ChannelRead { store: &store, app: &app, channel: &channel, filter: filter.as_ref() };
         let frames = match read.changes(since, CATCHUP_LIMIT).await {
