@@ -100,6 +100,53 @@ pub(super) fn purge_if_due(tx: &Transaction<'_>, purged: &PurgeClock, retention:
     Ok(())
 }
 
+/// Indexes every live object of a file written before the channel index existed (schema
+/// version 1), in the migration's transaction: the channels each is on under its application's
+/// schema as stored, at `changed_at` = now. Without it, an upgraded file's snapshots would miss
+/// every object until its next write. An application or object that does not decode is left out
+/// (it is reported where it is read).
+pub(super) fn backfill(tx: &Transaction<'_>) -> Result<usize, StoreError> {
+    let what = "indexing the objects of a file from before the channel index";
+    let mut apps = std::collections::HashMap::new();
+    {
+        let mut stmt = tx.prepare(super::schema::LIST_APPS).map_err(|e| sql(what, e))?;
+        let rows =
+            stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(|e| sql(what, e))?;
+        for row in rows {
+            let (id, body) = row.map_err(|e| sql(what, e))?;
+            if let Ok(app) = crate::model::Application::from_json(body.as_bytes()) {
+                apps.insert(id, app);
+            }
+        }
+    }
+    let now = clock::now_millis();
+    let mut stmt =
+        tx.prepare("SELECT app, model, id, body, version FROM objects WHERE deleted = 0").map_err(|e| sql(what, e))?;
+    let mut put = tx.prepare_cached(PUT_ENTRY).map_err(|e| sql(what, e))?;
+    let mut rows = stmt.query([]).map_err(|e| sql(what, e))?;
+    let mut indexed = 0;
+    while let Some(row) = rows.next().map_err(|e| sql(what, e))? {
+        let (app, model, id, body, version): (String, String, String, String, i64) = (
+            row.get(0).map_err(|e| sql(what, e))?,
+            row.get(1).map_err(|e| sql(what, e))?,
+            row.get(2).map_err(|e| sql(what, e))?,
+            row.get(3).map_err(|e| sql(what, e))?,
+            row.get(4).map_err(|e| sql(what, e))?,
+        );
+        let (Some(schema), Ok(object)) =
+            (apps.get(&app), serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&body))
+        else {
+            continue;
+        };
+        for channel in crate::model::snapshot::indexed_channels(&app, &model, &object, &schema.schema) {
+            let values = params![app, channel.as_str(), id, model, Some(body.as_str()), version, now, None::<i64>];
+            put.execute(values).map_err(|e| sql(what, e))?;
+            indexed += 1;
+        }
+    }
+    Ok(indexed)
+}
+
 /// Runs one of the entry selects and decodes its rows.
 fn select(
     conn: &Connection,

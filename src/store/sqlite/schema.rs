@@ -123,6 +123,11 @@ pub(super) fn prepare(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
     })?;
     for (step, ddl) in MIGRATIONS.iter().enumerate().skip(from) {
         tx.execute_batch(ddl).map_err(|e| sql(format!("{what}: migrating to schema version {}", step + 1), e))?;
+        // Version 2 added the channel index: a file that already held objects gets them indexed.
+        if step == 1 && from == 1 {
+            let entries = super::channels::backfill(&tx)?;
+            tracing::info!(message = "channel index built for the objects already stored", entries);
+        }
     }
     if from < MIGRATIONS.len() {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(|e| sql(&what, e))?;

@@ -234,10 +234,17 @@ fn unknown_schema_versions_and_foreign_files_are_refused() {
 }
 
 #[tokio::test]
-async fn a_file_of_the_first_schema_gains_an_empty_channel_index() {
+async fn a_file_of_the_first_schema_gets_its_objects_indexed() {
     let (_dir, path) = temp();
     let store = SqliteStore::open(&path).unwrap();
-    store.put_objects("a", &[write("t1", 1, false, &[])]).await.unwrap();
+    let doc = json!({"id": "a", "schema": {"task": {"belongsTo": [{"parentModel": "list"}]}}});
+    store.put_application(&Application::from_json(doc.to_string().as_bytes()).unwrap()).await.unwrap();
+    let mut t1 = write("t1", 1, false, &[]);
+    t1.row.object.object.insert("context_id".into(), json!("c1"));
+    t1.row.object.object.insert("list_id".into(), json!("l1"));
+    let mut t2 = write("t2", 3, false, &[]);
+    t2.row.object.object.insert("context_id".into(), json!("c1"));
+    store.put_objects("a", &[t1, t2, write("gone", 2, true, &[])]).await.unwrap();
     // Back to what the previous build left: no index table, schema version 1.
     raw(&store).execute_batch("DROP TABLE channel_objects; PRAGMA user_version = 1").unwrap();
     drop(store);
@@ -245,13 +252,16 @@ async fn a_file_of_the_first_schema_gains_an_empty_channel_index() {
     let store = SqliteStore::open(&path).unwrap();
     let version: i64 = raw(&store).pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
     assert_eq!(version, schema::SCHEMA_VERSION);
-    let channel = ChannelKey::from_stored("blg:a:context:c1:task".into());
-    assert!(store.channel_page("a", &channel, None, 10).await.unwrap().is_empty(), "no backfill");
+    let context = ChannelKey::from_stored("blg:a:context:c1:task".into());
+    let page = store.channel_page("a", &context, None, 10).await.unwrap();
+    let ids: Vec<(&str, u64)> = page.iter().map(|r| (r.id.as_str(), r.version)).collect();
+    assert_eq!(ids, [("t1", 1), ("t2", 3)], "the stored objects are indexed, the deleted one is not");
+    let list = ChannelKey::from_stored("blg:a:list:l1:task".into());
+    assert_eq!(store.channel_page("a", &list, None, 10).await.unwrap().len(), 1);
     let mut w = write("t1", 2, false, &[]);
-    w.index.channels.push(channel.clone());
+    w.index.channels.push(context.clone());
     store.put_objects("a", &[w]).await.unwrap();
-    assert_eq!(store.channel_page("a", &channel, None, 10).await.unwrap().len(), 1);
-    assert_eq!(store.get_objects("a", &[key("t1")]).await.unwrap()[&key("t1")].object.version, 2);
+    assert_eq!(store.channel_page("a", &context, None, 10).await.unwrap()[0].version, 2);
 }
 
 /// What keeps catch-ups and purges cheap: they read through their indexes, not the table.
