@@ -49,9 +49,9 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     mailbox: &Arc<Mailbox>,
     job: SyncJob,
 ) -> Result<bool, Stop> {
-    let mut out = Out { ws, mailbox, limit: shared.ping_interval };
+    let mut out = Out { ws, mailbox, limit: shared.ping_interval, held: Default::default() };
     if job.sync == Sync::Live {
-        return out.send(p::subscribed("subscribed", &job.key)).await.map(|()| false);
+        return out.write(p::subscribed("subscribed", &job.key)).await.map(|()| false);
     }
     // Raced against the connection's close: a client gone while it waits gives its place up.
     let turn = tokio::select! {
@@ -60,33 +60,64 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         turn = shared.syncs.turn(app) => turn,
     };
     let Some(_turn) = turn else {
-        out.send(p::channel_error(ErrorCode::Unavailable, "snapshots are shut", &job.key)).await?;
-        return Ok(false);
+        return out
+            .write(p::channel_error(ErrorCode::Unavailable, "snapshots are shut", &job.key))
+            .await
+            .map(|()| false);
     };
     let read = ChannelRead { store: &shared.store, app, channel: &job.channel, filter: job.filter.as_ref() };
-    match &job.sync {
-        Sync::Live => out.send(p::subscribed("subscribed", &job.key)).await.map(|()| false),
-        Sync::Resume(cursor) => resume(out, &shared.resume, &read, &job, cursor).await,
+    let synced = match &job.sync {
+        Sync::Live => false,
+        Sync::Resume(cursor) => resume(&mut out, &shared.resume, &read, &job, cursor).await?,
         Sync::Snapshot => {
-            let sent = snapshot(out, &read, &job).await?;
+            let sent = snapshot(&mut out, &read, &job).await?;
             if sent {
                 let since = job.issued.0.saturating_sub(SETTLE_SKEW_MS);
                 settle(shared, app, &job, since, mailbox.clone());
             }
-            Ok(sent)
+            sent
         }
-    }
+    };
+    out.release().await?;
+    Ok(synced)
 }
 
+/// Deliveries held aside while a snapshot or catch-up is written, at most: a client whose
+/// channel delivers more than this meanwhile is too slow for it (4008), as a full queue would be.
+const HELD_MAX: usize = 4096;
+
 /// Writes to the connection, each write raced against its close signal and bounded in time.
+/// Deliveries queued meanwhile are taken out of the mailbox and held (so a long snapshot on a busy
+/// channel does not fill the connection's queue), and written after the sync's last frame.
 struct Out<'a, S> {
     ws: &'a mut WebSocketStream<S>,
     mailbox: &'a Mailbox,
     limit: std::time::Duration,
+    held: std::collections::VecDeque<Utf8Bytes>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Out<'_, S> {
+    /// Writes a frame of the sync, after taking what was delivered meanwhile aside.
     async fn send(&mut self, frame: Utf8Bytes) -> Result<(), Stop> {
+        while let Some(delivery) = self.mailbox.try_pop() {
+            if self.held.len() >= HELD_MAX {
+                crate::telemetry::sockets_queue_drops(1);
+                return Err(Stop::Closed(p::CLOSE_TOO_SLOW));
+            }
+            self.held.push_back(delivery);
+        }
+        self.write(frame).await
+    }
+
+    /// Writes the deliveries held during the sync, in their order.
+    async fn release(&mut self) -> Result<(), Stop> {
+        while let Some(delivery) = self.held.pop_front() {
+            self.write(delivery).await?;
+        }
+        Ok(())
+    }
+
+    async fn write(&mut self, frame: Utf8Bytes) -> Result<(), Stop> {
         tokio::select! {
             biased;
             code = self.mailbox.closed() => Err(Stop::Closed(code)),
@@ -100,7 +131,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Out<'_, S> {
 }
 
 async fn snapshot<S: AsyncRead + AsyncWrite + Unpin>(
-    mut out: Out<'_, S>,
+    out: &mut Out<'_, S>,
     read: &ChannelRead<'_>,
     job: &SyncJob,
 ) -> Result<bool, Stop> {
@@ -142,7 +173,7 @@ async fn snapshot<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 async fn resume<S: AsyncRead + AsyncWrite + Unpin>(
-    mut out: Out<'_, S>,
+    out: &mut Out<'_, S>,
     cfg: &crate::config::ResumeConfig,
     read: &ChannelRead<'_>,
     job: &SyncJob,
