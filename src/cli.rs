@@ -12,7 +12,7 @@ use crate::runtime::Role;
     version,
     about = "Kafka-native back-end workers of the Nexxus/Telepat real-time data platform",
     after_help = crate::config::env_help(),
-    override_usage = "nexxus-worker -t <TYPE> -i <INDEX> [-c <CONFIG>]\n       nexxus-worker topics apply [--dir <DIR>] [--fix]\n       nexxus-worker app put <APP_JSON>\n       nexxus-worker publish [--topic <TOPIC>] [FILE|-]\n       nexxus-worker dead-letter replay [--source-topic <T>] [--to <T>]"
+    override_usage = "nexxus-worker -t <TYPE> -i <INDEX> [-c <CONFIG>]\n       nexxus-worker topics apply [--dir <DIR>] [--fix]\n       nexxus-worker app put <APP_JSON>\n       nexxus-worker publish [--topic <TOPIC>] [FILE|-]\n       nexxus-worker dead-letter replay [--source-topic <T>] [--to <T>]\n       nexxus-worker index rebuild"
 )]
 pub struct Cli {
     /// Worker type: aggregation, write, transport_manager, track, android_transport,
@@ -73,6 +73,11 @@ pub enum Command {
         #[arg(long, default_value_t = 86_400)]
         ttl: u64,
     },
+    /// The main store's channel index (snapshots and resumes, docs/protocol.md).
+    Index {
+        #[command(subcommand)]
+        action: IndexAction,
+    },
     /// Dead-letter operations.
     #[command(name = "dead-letter")]
     DeadLetter {
@@ -98,6 +103,13 @@ pub enum TopicsAction {
 pub enum AppAction {
     /// Register or update an application from a JSON file and announce it on `system`.
     Put { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IndexAction {
+    /// Index every stored object that has no channel entry yet (a store written before the
+    /// index existed); safe while writers run, idempotent.
+    Rebuild,
 }
 
 #[derive(Debug, Subcommand)]

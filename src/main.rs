@@ -12,8 +12,8 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use nexxus_worker::cli::{self, AppAction, Cli, Command, DeadLetterAction, TopicsAction};
-use nexxus_worker::commands::{app, dead_letter, publish, token};
+use nexxus_worker::cli::{self, AppAction, Cli, Command, DeadLetterAction, IndexAction, TopicsAction};
+use nexxus_worker::commands::{app, dead_letter, index, publish, token};
 use nexxus_worker::config::{is_loopback_host, Config, Overrides, ProcessEnv};
 use nexxus_worker::error::WorkerError;
 use nexxus_worker::ingress::Ingress;
@@ -176,6 +176,11 @@ async fn dispatch(cli: Cli, config: Arc<Config>) -> Result<(), WorkerError> {
         }
         Some(Command::Token { app, device, user, ttl }) => {
             println!("{}", token::mint(&config, &app, &device, user.as_deref(), ttl).await?);
+            Ok(())
+        }
+        Some(Command::Index { action: IndexAction::Rebuild }) => {
+            let written = index::rebuild(&config).await?;
+            eprintln!("channel index rebuilt: {written} entries written");
             Ok(())
         }
         Some(Command::App { action: AppAction::Put { file } }) => {

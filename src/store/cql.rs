@@ -40,6 +40,7 @@ use crate::model::{clock, Application, ChannelKey};
 
 mod channels;
 mod errors;
+mod rebuild;
 mod schema;
 
 pub use schema::{put_link_cql, put_object_cql};

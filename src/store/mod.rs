@@ -312,6 +312,18 @@ impl MainStore {
     }
 }
 
+impl MainStore {
+    /// `index rebuild`: the channel entries of every live object that has none (a store written
+    /// before the index existed), safe beside running writers; the number written. The CQL store
+    /// indexes the objects of `apps`; the SQLite file uses its own applications.
+    pub async fn rebuild_index(&self, apps: &HashMap<String, Application>) -> Result<u64, StoreError> {
+        match self {
+            MainStore::Cql(s) => s.rebuild_index(apps).await,
+            MainStore::Sqlite(s) => s.rebuild_index().await.map(|n| n as u64),
+        }
+    }
+}
+
 macro_rules! each_store {
     ($self:ident, $s:ident => $call:expr) => {
         match $self {

@@ -39,6 +39,9 @@ pub(super) const PUT_ENTRY: &str = "INSERT INTO channel_objects \
      (app, channel, id, model, body, version, changed_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
      ON CONFLICT (app, channel, id) DO UPDATE SET model = excluded.model, body = excluded.body, \
      version = excluded.version, changed_at = excluded.changed_at, expires_at = excluded.expires_at";
+/// The entry a rebuild writes, unless a writer's is there.
+pub(super) const PUT_ENTRY_IF_NONE: &str = "INSERT OR IGNORE INTO channel_objects \
+     (app, channel, id, model, body, version, changed_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 /// Ids are never empty (`put_objects` refuses them), so `''` stands for "from the start".
 pub(super) const PAGE: &str = "SELECT model, id, body, version, changed_at FROM channel_objects \
      WHERE app = ?1 AND channel = ?2 AND id > ?3 AND body IS NOT NULL ORDER BY id LIMIT ?4";
@@ -101,9 +104,10 @@ pub(super) fn purge_if_due(tx: &Transaction<'_>, purged: &PurgeClock, retention:
 }
 
 /// Indexes every live object of a file written before the channel index existed (schema
-/// version 1), in the migration's transaction: the channels each is on under its application's
-/// schema as stored, at `changed_at` = now. Without it, an upgraded file's snapshots would miss
-/// every object until its next write. An application or object that does not decode is left out
+/// version 1, in the migration's transaction; or on `index rebuild`): the channels each is on
+/// under its application's schema as stored, at `changed_at` = now. Without it, an upgraded
+/// file's snapshots would miss every object until its next write. An entry already there was
+/// written by a writer and is kept. An application or object that does not decode is left out
 /// (it is reported where it is read).
 pub(super) fn backfill(tx: &Transaction<'_>) -> Result<usize, StoreError> {
     let what = "indexing the objects of a file from before the channel index";
@@ -122,7 +126,7 @@ pub(super) fn backfill(tx: &Transaction<'_>) -> Result<usize, StoreError> {
     let now = clock::now_millis();
     let mut stmt =
         tx.prepare("SELECT app, model, id, body, version FROM objects WHERE deleted = 0").map_err(|e| sql(what, e))?;
-    let mut put = tx.prepare_cached(PUT_ENTRY).map_err(|e| sql(what, e))?;
+    let mut put = tx.prepare_cached(PUT_ENTRY_IF_NONE).map_err(|e| sql(what, e))?;
     let mut rows = stmt.query([]).map_err(|e| sql(what, e))?;
     let mut indexed = 0;
     while let Some(row) = rows.next().map_err(|e| sql(what, e))? {
@@ -140,8 +144,7 @@ pub(super) fn backfill(tx: &Transaction<'_>) -> Result<usize, StoreError> {
         };
         for channel in crate::model::snapshot::indexed_channels(&app, &model, &object, &schema.schema) {
             let values = params![app, channel.as_str(), id, model, Some(body.as_str()), version, now, None::<i64>];
-            put.execute(values).map_err(|e| sql(what, e))?;
-            indexed += 1;
+            indexed += put.execute(values).map_err(|e| sql(what, e))?;
         }
     }
     Ok(indexed)
@@ -174,6 +177,13 @@ fn select(
 }
 
 impl SqliteStore {
+    /// `index rebuild`: the entries of every live object that has none (see [`backfill`]), in
+    /// one transaction; the number written.
+    pub async fn rebuild_index(&self) -> Result<usize, StoreError> {
+        let what = "rebuilding the channel index";
+        self.blocking(what, move |inner| inner.write(what, backfill)).await
+    }
+
     /// Keeps channel tombstones for `retention` (at least; see the module doc) instead of
     /// [`crate::store::DEFAULT_TOMBSTONE_RETENTION`].
     pub fn with_tombstone_retention(mut self, retention: Duration) -> SqliteStore {
