@@ -139,7 +139,7 @@ async fn snapshot(
     let mut pages = read.snapshot();
     let mut objects = Vec::new();
     while let Some(page) = pages.next(&read).await.map_err(unavailable)? {
-        for (object, version) in page {
+        for (object, version, _) in page {
             if objects.len() == MAX_SNAPSHOT {
                 return Ok((objects, true));
             }

@@ -62,6 +62,9 @@ impl ChannelRead<'_> {
     }
 }
 
+/// A snapshot's object: its state, version, and when its entry last changed (if known).
+pub type Item = (Map<String, Value>, u64, Option<u64>);
+
 /// A snapshot in progress: where the last store page ended.
 pub struct Snapshot {
     after: Option<String>,
@@ -69,9 +72,10 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The next store page's objects that match the filter, with their versions (possibly none
-    /// while more pages remain); `None` once the channel is read.
-    pub async fn next(&mut self, read: &ChannelRead<'_>) -> Result<Option<Vec<(Map<String, Value>, u64)>>, StoreError> {
+    /// The next store page's objects that match the filter, with their versions and when their
+    /// entries last changed (`None` for a `{model, id}` channel's object: its row says not),
+    /// possibly none while more pages remain; `None` once the channel is read.
+    pub async fn next(&mut self, read: &ChannelRead<'_>) -> Result<Option<Vec<Item>>, StoreError> {
         if self.done {
             return Ok(None);
         }
@@ -79,7 +83,7 @@ impl Snapshot {
             self.done = true;
             let found = read.own_row(id).await?;
             return Ok(Some(match found {
-                Some(Entry::State { object, version }) => vec![(object, version)],
+                Some(Entry::State { object, version }) => vec![(object, version, None)],
                 _ => Vec::new(),
             }));
         }
@@ -89,7 +93,7 @@ impl Snapshot {
         Ok(Some(
             rows.into_iter()
                 .filter_map(|r| match entry_for(&r.id, &r.model, r.body, r.version, read.filter) {
-                    Entry::State { object, version } => Some((object, version)),
+                    Entry::State { object, version } => Some((object, version, Some(r.changed_at))),
                     Entry::Gone { .. } => None,
                 })
                 .collect(),

@@ -27,6 +27,7 @@ use super::mailbox::{Mailbox, Next};
 use super::protocol::{self as p, ClientFrame, ErrorCode, Subscription, Sync};
 use super::shared::Shared;
 use super::sync::{self, SyncJob};
+use super::watch::Watch;
 use crate::model::snapshot::Cursor;
 use crate::model::{Channel, ChannelKey, DeviceAddress, Filter, Transport};
 use crate::registry::RegistryError;
@@ -204,12 +205,14 @@ impl Session {
         let mut last_heard = Instant::now();
         // Whether a snapshot or a resume completed on this connection (then it gets cursors).
         let mut resumable = false;
+        // Snapshots whose settle catch-up is yet to come see what the connection writes.
+        let mut watches: Watches = None;
         let mut budget =
             FrameBudget::new(self.shared.budgets.clone(), &self.claims.application_id, &self.claims.device_id);
         loop {
             let step = tokio::select! {
                 next = mailbox.next() => match next {
-                    Next::Frame(frame) => bounded!(mailbox, interval, write_batch(ws, frame, mailbox)),
+                    Next::Frame(frame) => bounded!(mailbox, interval, write_batch(ws, frame, mailbox, &mut watches)),
                     Next::Close(code) => Err(Stop::Closed(code)),
                 },
                 incoming = ws.next() => {
@@ -224,7 +227,10 @@ impl Session {
                                 },
                                 Ok(Answer::Sync(job)) => match Box::pin(sync::run(&self.shared, &self.claims.application_id, ws, &inbox.mailbox, *job)).await {
                                     Ok(synced) => {
-                                        resumable |= synced;
+                                        resumable |= synced.resumable;
+                                        if let Some(watch) = synced.watch {
+                                            watches.get_or_insert_with(Default::default).push(watch);
+                                        }
                                         Ok(None)
                                     }
                                     Err(stop) => Err(stop),
@@ -371,10 +377,26 @@ fn over_rate(frames_per_sec: u32) -> Utf8Bytes {
 
 /// Writes `first` and whatever else is already queued (up to a batch), then flushes once.
 /// Poll-based, so its state is a frame and a count rather than nested `feed` and `flush` futures.
+/// The open [`Watch`]es of a connection: none almost always, so one pointer in its state.
+type Watches = Option<Box<Vec<Arc<Watch>>>>;
+
+/// Shows `frame` to the open watches, forgetting the closed ones.
+fn show(watches: &mut Watches, frame: &Utf8Bytes) {
+    let Some(open) = watches else { return };
+    open.retain(|w| !w.is_closed());
+    for watch in open.iter() {
+        watch.saw(frame.as_str());
+    }
+    if open.is_empty() {
+        *watches = None;
+    }
+}
+
 fn write_batch<'a, S: AsyncRead + AsyncWrite + Unpin>(
     ws: &'a mut Ws<S>,
     first: Utf8Bytes,
     mailbox: &'a Mailbox,
+    watches: &'a mut Watches,
 ) -> impl Future<Output = Result<(), WsError>> + 'a {
     let mut next = Some(first);
     let mut fed = 0usize;
@@ -385,6 +407,7 @@ fn write_batch<'a, S: AsyncRead + AsyncWrite + Unpin>(
         let Some(frame) = next.take() else {
             return Pin::new(&mut *ws).poll_flush(cx);
         };
+        show(watches, &frame);
         match Pin::new(&mut *ws).poll_ready(cx) {
             Poll::Ready(Ok(())) => {}
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),

@@ -26,5 +26,6 @@ pub mod protocol;
 pub mod server;
 mod shared;
 mod sync;
+mod watch;
 
 pub use shared::Shared;

@@ -20,7 +20,8 @@ use super::mailbox::Mailbox;
 use super::pages::{Kind, Pager};
 use super::protocol::{self as p, ErrorCode, Sync};
 use super::shared::Shared;
-use crate::model::snapshot::{resume_since, Cursor, CATCHUP_LIMIT};
+use super::watch::Watch;
+use crate::model::snapshot::{resume_since, Cursor, Entry, CATCHUP_LIMIT};
 use crate::model::{Channel, Filter};
 use crate::store::MainStore;
 use crate::transport::snapshot::ChannelRead;
@@ -40,18 +41,26 @@ pub struct SyncJob {
     pub issued: Cursor,
 }
 
-/// Sends the answer to `job`'s subscribe and its snapshot or catch-up; `true` when the
-/// subscription now has a cursor (the connection is then sent newer ones).
+/// What a sync leaves the connection with.
+#[derive(Default)]
+pub struct Synced {
+    /// The subscription has a cursor: the connection is sent newer ones.
+    pub resumable: bool,
+    /// To be shown every frame the connection writes until the settle catch-up closes it.
+    pub watch: Option<Arc<Watch>>,
+}
+
+/// Sends the answer to `job`'s subscribe and its snapshot or catch-up.
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
     app: &str,
     ws: &mut WebSocketStream<S>,
     mailbox: &Arc<Mailbox>,
     job: SyncJob,
-) -> Result<bool, Stop> {
-    let mut out = Out { ws, mailbox, limit: shared.ping_interval, held: Default::default() };
+) -> Result<Synced, Stop> {
+    let mut out = Out { ws, mailbox, limit: shared.ping_interval, held: Default::default(), watch: None };
     if job.sync == Sync::Live {
-        return out.write(p::subscribed("subscribed", &job.key)).await.map(|()| false);
+        return out.write(p::subscribed("subscribed", &job.key)).await.map(|()| Synced::default());
     }
     // Raced against the connection's close: a client gone while it waits gives its place up.
     let turn = tokio::select! {
@@ -63,19 +72,23 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         return out
             .write(p::channel_error(ErrorCode::Unavailable, "snapshots are shut", &job.key))
             .await
-            .map(|()| false);
+            .map(|()| Synced::default());
     };
     let read = ChannelRead { store: &shared.store, app, channel: &job.channel, filter: job.filter.as_ref() };
     let synced = match &job.sync {
-        Sync::Live => false,
-        Sync::Resume(cursor) => resume(&mut out, &shared.resume, &read, &job, cursor).await?,
+        Sync::Live => Synced::default(),
+        Sync::Resume(cursor) => {
+            Synced { resumable: resume(&mut out, &shared.resume, &read, &job, cursor).await?, watch: None }
+        }
         Sync::Snapshot => {
+            let watch = Arc::new(Watch::new(&job.key, Default::default()));
+            out.watch = Some(watch.clone());
             let sent = snapshot(&mut out, &read, &job).await?;
             if sent {
                 let since = job.issued.0.saturating_sub(SETTLE_SKEW_MS);
-                settle(shared, app, &job, since, mailbox.clone());
+                settle(shared, app, &job, since, mailbox.clone(), watch.clone());
             }
-            sent
+            Synced { resumable: sent, watch: sent.then_some(watch) }
         }
     };
     out.release().await?;
@@ -94,6 +107,8 @@ struct Out<'a, S> {
     mailbox: &'a Mailbox,
     limit: std::time::Duration,
     held: std::collections::VecDeque<Utf8Bytes>,
+    /// The snapshot's watch: the deliveries held are deliveries the client gets.
+    watch: Option<Arc<Watch>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Out<'_, S> {
@@ -103,6 +118,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Out<'_, S> {
             if self.held.len() >= HELD_MAX {
                 crate::telemetry::sockets_queue_drops(1);
                 return Err(Stop::Closed(p::CLOSE_TOO_SLOW));
+            }
+            if let Some(watch) = &self.watch {
+                watch.saw(&delivery);
             }
             self.held.push_back(delivery);
         }
@@ -150,7 +168,13 @@ async fn snapshot<S: AsyncRead + AsyncWrite + Unpin>(
     let mut pager = Pager::new(Kind::Snapshot, &job.key);
     let mut page = first;
     while let Some(objects) = page {
-        for (object, version) in &objects {
+        for (object, version, changed_at) in &objects {
+            // What changed around the subscribe is what the settle catch-up may bring again.
+            if let (Some(watch), Some(id)) = (&out.watch, object.get("id").and_then(serde_json::Value::as_str)) {
+                if changed_at.is_none_or(|at| at >= job.issued.0.saturating_sub(SETTLE_SKEW_MS)) {
+                    watch.holds(id, *version);
+                }
+            }
             if let Some(frame) = pager.object(object, *version) {
                 out.send(frame).await?;
             }
@@ -215,6 +239,16 @@ fn catchup_frames(key: &str, entries: &[crate::model::snapshot::Entry]) -> (Vec<
     (frames, pager.total)
 }
 
+/// Whether the client already holds what `entry` says (the settle leaves it out).
+fn covered(watch: &Watch, entry: &Entry) -> bool {
+    match entry {
+        Entry::State { object, version } => {
+            object.get("id").and_then(serde_json::Value::as_str).is_some_and(|id| watch.covers(id, *version))
+        }
+        Entry::Gone { id, version, .. } => watch.covers(id, *version),
+    }
+}
+
 /// `{"event":"resync_required","data":{"channel","message"}}`: what the client holds for the
 /// channel may be incomplete (a snapshot or settle that broke off); it subscribes with a snapshot.
 fn resync_required(key: &str, message: &str) -> Utf8Bytes {
@@ -225,20 +259,22 @@ fn resync_required(key: &str, message: &str) -> Utf8Bytes {
 
 /// The catch-up after a snapshot, `settle` later, through the mailbox (after whatever was
 /// delivered meanwhile). Its own task: the connection's loop goes on.
-fn settle(shared: &Shared, app: &str, job: &SyncJob, since: u64, mailbox: Arc<Mailbox>) {
+fn settle(shared: &Shared, app: &str, job: &SyncJob, since: u64, mailbox: Arc<Mailbox>, watch: Arc<Watch>) {
     let (store, delay): (MainStore, _) = (shared.store.clone(), shared.resume.settle);
     let (app, key, channel, filter) = (app.to_owned(), job.key.clone(), job.channel.clone(), job.filter.clone());
     let shared_gate = shared.syncs.clone();
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
         if mailbox.is_closing() {
+            watch.close();
             return;
         }
         let Some(_turn) = shared_gate.turn(&app).await else { return };
         let issued = Cursor(u64::try_from(crate::model::clock::now_millis()).unwrap_or_default());
         let read = ChannelRead { store: &store, app: &app, channel: &channel, filter: filter.as_ref() };
         let frames = match read.changes(since, CATCHUP_LIMIT).await {
-            Ok(Some(entries)) => {
+            Ok(Some(mut entries)) => {
+                entries.retain(|entry| !covered(&watch, entry));
                 let (mut frames, total) = catchup_frames(&key, &entries);
                 frames.push(p::sync_end("catchup_end", &key, &issued.encode(), total));
                 frames
@@ -246,6 +282,7 @@ fn settle(shared: &Shared, app: &str, job: &SyncJob, since: u64, mailbox: Arc<Ma
             Ok(None) => vec![resync_required(&key, "too many changes while the snapshot was sent")],
             Err(e) => vec![resync_required(&key, &format!("the catch-up after the snapshot failed: {e}"))],
         };
+        watch.close();
         for frame in frames {
             if !mailbox.push(frame) {
                 crate::telemetry::sockets_queue_drops(1);
