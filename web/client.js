@@ -106,6 +106,12 @@ export class Client extends Emitter {
 
   _goOffline() {
     if (this._closed) return;
+    this._hangUp();
+    this._setStatus('offline', { reason: 'the browser is offline' });
+  }
+
+  /** Ends the current connection (if any) on our side, with nothing scheduled after it. */
+  _hangUp() {
     clearTimeout(this._timer);
     clearTimeout(this._readyTimer);
     const ws = this._ws;
@@ -115,7 +121,6 @@ export class Client extends Emitter {
     this._streams = new Map();
     if (ws) { try { ws.close(1000); } catch { /* already closed */ } }
     for (const sub of this._subs) sub._disconnected();
-    this._setStatus('offline', { reason: 'the browser is offline' });
   }
 
   _goOnline() {
@@ -141,15 +146,7 @@ export class Client extends Emitter {
     this._closed = true;
     this._window?.removeEventListener?.('offline', this._onOffline);
     this._window?.removeEventListener?.('online', this._onOnline);
-    clearTimeout(this._timer);
-    clearTimeout(this._readyTimer);
-    const ws = this._ws;
-    this._ws = null;
-    this._ready = false;
-    this._pending = [];
-    this._streams = new Map();
-    if (ws) { try { ws.close(1000); } catch { /* already closed */ } }
-    for (const sub of this._subs) sub._disconnected();
+    this._hangUp();
     this._setStatus('closed', { reason: 'closed by client' });
   }
 
