@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 STACK_ENV := deploy/local/stack.env
 
-.PHONY: all build release up down status lint fmt test test-unit test-int test-web browser-deps run run-stack bench bench-e2e bench-limits bench-peers crash fuzz clean help image compose-up compose-down validate-deploy
+.PHONY: all build release up down status lint fmt test test-unit test-int test-web browser-deps run run-stack bench bench-e2e bench-churn bench-limits bench-peers crash fuzz clean help image compose-up compose-down validate-deploy
 
 all: build
 
@@ -72,6 +72,10 @@ bench: ## criterion micro-benchmarks
 bench-e2e: ## the load tool against the local stack (every role its own process) and against -t all (BENCHMARKS.md)
 	deploy/local/bench-e2e.sh stack
 	deploy/local/bench-e2e.sh all
+
+bench-churn: ## snapshot and resume: clients dropping and resuming under load, snapshot time of 10k and 100k objects; stack and -t all (BENCHMARKS.md)
+	deploy/local/bench-churn.sh stack
+	deploy/local/bench-churn.sh all
 
 bench-limits: ## what Kafka and Cassandra alone do with the workers' clients, three runs (BENCHMARKS.md, "Dependency limits")
 	deploy/local/bench-limits.sh

@@ -6,16 +6,27 @@
 //!
 //!     nexxus-load --scenario a --target kafka --clients 1000 --subs 3 --channels 300 --rate 5000 --duration 30
 //!     nexxus-load --scenario d --idle --clients 50000 --ws ws://127.0.0.1:3000,ws://127.0.0.1:3001
+//!     nexxus-load --churn --clients 200 --subs 2 --channels 20 --seed 50 --rate 300 --churn-every 10
+//!     nexxus-load --snapshot-objects 100000
 //!
-//! `deploy/local/bench-e2e.sh` runs the published scenarios (BENCHMARKS.md).
+//! `--churn` ([`churn`]): clients that drop and resume from their cursors, each view checked
+//! against the final state, catch-up bytes against replay bytes. `--snapshot-objects`
+//! ([`snaptime`]): the time a snapshot of a channel of N objects takes.
+//!
+//! `deploy/local/bench-e2e.sh` runs the published scenarios, `deploy/local/bench-churn.sh` the
+//! churn and snapshot ones (BENCHMARKS.md).
 // Failures are reported as errors with their context, not panics (clippy.toml).
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
+mod churn;
 mod clients;
 mod harness;
 mod ledger;
 mod plan;
 mod report;
+mod snaptime;
+mod socket;
+mod view;
 mod watch;
 mod writer;
 
@@ -116,6 +127,31 @@ struct Run {
     /// JWT secret of the application the tool registers.
     #[arg(long, default_value = "load-tool-secret")]
     secret: String,
+    /// Churn: every client subscribes with a snapshot, drops its connection at random while the
+    /// load runs, and resumes from its cursor; each view is checked against the final state.
+    #[arg(long)]
+    churn: bool,
+    /// Churn: mean seconds between two drops of one client (exponentially distributed).
+    #[arg(long, default_value_t = 10.0)]
+    churn_every: f64,
+    /// Churn: offline time after a drop, uniform between these milliseconds.
+    #[arg(long, default_value = "200,3000", value_delimiter = ',')]
+    offline_ms: Vec<u64>,
+    /// Churn: the server's TP_SNAPSHOT_SETTLE_MS (the drain waits that long after the last sync).
+    #[arg(long, default_value_t = 2000)]
+    settle_ms: u64,
+    /// Snapshot time: fill one channel with this many objects, then time subscribes with a snapshot.
+    #[arg(long)]
+    snapshot_objects: Option<usize>,
+    /// Snapshot time: measured subscribes.
+    #[arg(long, default_value_t = 5)]
+    snapshot_runs: usize,
+    /// Snapshot time: seconds the fill may take at most (then what is stored is measured).
+    #[arg(long, default_value_t = 900.0)]
+    fill_timeout: f64,
+    /// Snapshot time: creates sent but not yet delivered to a live listener, at most.
+    #[arg(long, default_value_t = 5000)]
+    fill_window: usize,
     /// Write the result as JSON here.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
@@ -141,6 +177,26 @@ async fn run(args: Run) -> anyhow::Result<()> {
     harness::wait_ready(&args.ready, Duration::from_secs(180)).await?;
     let app = args.app.clone().unwrap_or_else(|| format!("load{}", clock::now_micros()));
     let target = register(&args, &app).await?;
+    if args.churn {
+        let outcome = churn::run(&args, &target, &app, &stop).await?;
+        emit(&args, &outcome, &outcome.markdown())?;
+        let t = &outcome.totals;
+        anyhow::ensure!(
+            !outcome.failed(),
+            "churn: {} objects lost ({} missing, {} stale), {} ghosts, {} ahead, {} duplicates applied",
+            t.lost,
+            t.missing,
+            t.stale,
+            t.ghosts,
+            t.ahead,
+            t.duplicates_applied
+        );
+        return Ok(());
+    }
+    if args.snapshot_objects.is_some() {
+        let outcome = snaptime::run(&args, &target, &app).await?;
+        return emit(&args, &outcome, &outcome.markdown());
+    }
     let shape = Shape {
         clients: args.clients,
         channels: args.channels.max(1),
@@ -238,6 +294,19 @@ async fn run(args: Run) -> anyhow::Result<()> {
         outcome.duplicates,
         outcome.unexpected
     );
+    Ok(())
+}
+
+/// Prints the Markdown, writes the JSON (`--out`) and appends the Markdown (`--md`).
+fn emit(args: &Run, outcome: &impl serde::Serialize, md: &str) -> anyhow::Result<()> {
+    println!("{md}");
+    if let Some(path) = &args.out {
+        std::fs::write(path, serde_json::to_string_pretty(outcome)?)?;
+    }
+    if let Some(path) = &args.md {
+        use std::io::Write;
+        std::fs::OpenOptions::new().create(true).append(true).open(path)?.write_all(format!("{md}\n").as_bytes())?;
+    }
     Ok(())
 }
 

@@ -15,6 +15,8 @@ pub fn discover() -> Vec<(String, u32)> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else { return found };
     let me = std::process::id();
+    // The directory of this tool's binary: the workers measured are the ones built beside it.
+    let ours = std::env::current_exe().ok().and_then(|p| Some(p.parent()?.to_string_lossy().into_owned()));
     for entry in entries.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
         let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
@@ -23,7 +25,12 @@ pub fn discover() -> Vec<(String, u32)> {
         let flag = |f: &str| args.iter().position(|a| a == f).and_then(|i| args.get(i + 1)).cloned();
         let has = |needle: &str| args.iter().any(|a| a.contains(needle));
         let name = if exe.ends_with("nexxus-worker") {
-            flag("-t").map(|role| format!("{role}-{}", flag("-i").unwrap_or_else(|| "0".into())))
+            // A worker of another build (another checkout's tests, a debug build) shares the
+            // machine but is not the one measured: say so.
+            let path = std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.to_string_lossy().into_owned());
+            let theirs = |dir: &str| !path.as_deref().unwrap_or(exe).starts_with(dir);
+            let other = if ours.as_deref().is_some_and(theirs) { " (other build)" } else { "" };
+            flag("-t").map(|role| format!("{role}-{}{other}", flag("-i").unwrap_or_else(|| "0".into())))
         } else if exe.ends_with("java") && has("kafka.Kafka") {
             Some("(kafka)".to_string())
         } else if exe.ends_with("java") && has("CassandraDaemon") {
