@@ -726,6 +726,8 @@ export class Subscription extends Emitter {
     if (this._resumeWait > 0) {
       if (--this._resumeWait === 0) {
         if (cursor) this.cursor = cursor;
+        // A settle catch-up follows a resume too: gaps left then take a snapshot.
+        this._settleWait = true;
         this._completed();
       }
       return;

@@ -1,6 +1,6 @@
-//! What a connection delivered on one channel between a snapshot and its settle catch-up
-//! (`sync.rs`), so the catch-up does not send a state again that the snapshot or a delivery
-//! already gave the client.
+//! What a connection delivered on one channel between a snapshot (or a resume's catch-up) and
+//! its settle catch-up (`sync.rs`), so the settle does not send a state again that the snapshot,
+//! the catch-up or a delivery already gave the client.
 //!
 //! Without it, the catch-up resent every object changed around the subscribe: on a busy channel
 //! that was most of them (`tests/snapshot.rs`, 300 subscribes racing a stream: 15,303 entries
