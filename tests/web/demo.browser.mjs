@@ -1,5 +1,6 @@
 // Browser test of the live demo page: two headless-Chromium pages on the same task list; what
-// page A does must show on page B within 1 second. Then page B's browser goes offline while A
+// page A does must show on page B within 1 second; an EventSource in page B (server-sent events)
+// gets a snapshot and a live create. Then page B's browser goes offline while A
 // changes the list, and catches up when it is back online (a resume); then the server restarts
 // (the test that runs this script restarts it when told, see RESTART below) and both pages
 // reconnect, resume, and keep following each other.
@@ -158,6 +159,41 @@ async function main() {
   const id = await b.locator('[data-testid="task"]', { hasText: title }).getAttribute('data-id');
   if (!id) await fail('the new task has no data-id');
   await taskItem(a, id).waitFor({ timeout: 2000 }).catch(() => fail('page A does not show its own task'));
+
+  // 1b. An EventSource (server-sent events on the sockets port, docs/sse.md) in page B follows
+  // the same list: a snapshot holding the new task, then a live create, with cursors as event ids.
+  const sseUrl = await b.evaluate(async () => {
+    const res = await fetch('/demo/token', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{}' });
+    const body = await res.json();
+    const ws = new URL(body.ws_url);
+    const channel = { model: 'task', parent: { model: 'list', id: 'demo' } };
+    const url = `http://${ws.host}/sse?token=${encodeURIComponent(body.token)}` +
+      `&subscribe=${encodeURIComponent(JSON.stringify({ channel, snapshot: true }))}`;
+    window.__sse = { frames: [], ids: [], errors: 0 };
+    const es = new EventSource(url);
+    es.onmessage = (e) => { window.__sse.frames.push(JSON.parse(e.data)); window.__sse.ids.push(e.lastEventId); };
+    es.onerror = () => { window.__sse.errors += 1; };
+    window.__es = es;
+    return url.replace(/token=[^&]*/, 'token=…');
+  });
+  await b.waitForFunction((t) => {
+    const f = window.__sse.frames;
+    const end = f.findIndex((x) => x.event === 'snapshot_end');
+    return end >= 0 && f.slice(0, end).some((x) => x.event === 'snapshot' && x.data.objects.some((o) => o.object.title === t));
+  }, title, { timeout: STEP_MS }).catch(async () =>
+    fail(`the EventSource (${sseUrl}) got no snapshot holding "${title}": ${JSON.stringify(await b.evaluate(() => window.__sse))}`));
+  const sseTitle = `by event stream ${Date.now().toString(36)}`;
+  await a.locator('[data-testid="new-title"]').fill(sseTitle);
+  await a.locator('[data-testid="add"]').click();
+  const sseLive = await b.waitForFunction((t) => {
+    const i = window.__sse.frames.findIndex((x) => x.event === 'message' && (x.data.new || []).some((d) => d.object.title === t));
+    return i >= 0 && window.__sse.ids[i];
+  }, sseTitle, { timeout: STEP_MS }).catch(async () =>
+    fail(`the EventSource did not receive "${sseTitle}" live: ${JSON.stringify(await b.evaluate(() => window.__sse))}`));
+  const sseId = await sseLive.jsonValue();
+  if (!/^1\./.test(sseId)) await fail(`the live event's id is not a cursor: ${sseId}`);
+  await b.evaluate(() => window.__es.close());
+  log(`an EventSource in page B got the snapshot and the live create (event id ${sseId})`);
 
   // 2. A edits its title.
   const edited = `${title} (edited)`;

@@ -21,11 +21,13 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use super::handshake::{close_with, open, CLOSE_WRITE};
+use super::head::{self, Rewind};
 use super::hub::{Handle, Slot};
 use super::limit::{FrameBudget, Verdict};
 use super::mailbox::{Mailbox, Next};
 use super::protocol::{self as p, ClientFrame, ErrorCode, Subscription, Sync};
 use super::shared::Shared;
+use super::sse;
 use super::sync::{self, SyncJob};
 use super::watch::Watch;
 use crate::model::snapshot::Cursor;
@@ -62,6 +64,16 @@ where
         // The opening's state is freed before the connection's life starts, and so is its
         // result: the block ends before the loop is awaited.
         let run = {
+            let mut stream = stream;
+            let bytes = match Box::pin(head::read(&mut stream, deadline)).await {
+                Some(Ok((head, _))) if head.sse => {
+                    return Box::pin(sse::serve(stream, head, shared, slot, deadline, permit)).await;
+                }
+                Some(Ok((_, bytes))) => bytes,
+                Some(Err(e)) => return head::refuse(&mut stream, &e).await,
+                None => return crate::telemetry::sockets_handshake_timeout(),
+            };
+            let stream = Rewind::new(bytes, stream);
             let opened = Box::pin(open(stream, &shared, slot.is_none(), deadline, &shutdown)).await;
             drop(permit);
             match opened {
@@ -73,9 +85,11 @@ where
     }
 }
 
-struct Session {
-    shared: Arc<Shared>,
-    claims: Claims,
+/// An authenticated connection's side of the hub and the registry: a WebSocket's or an event
+/// stream's ([`super::sse`]).
+pub(super) struct Session {
+    pub(super) shared: Arc<Shared>,
+    pub(super) claims: Claims,
 }
 
 /// Why the loop stopped a write or a registry step.
@@ -153,6 +167,20 @@ impl Session {
     /// (under the device's lock, so a connect racing its last disconnect loses no entries).
     /// `None`, after telling the client, when the registry cannot record it.
     async fn enter<S: AsyncRead + AsyncWrite + Unpin>(&self, ws: &mut Ws<S>) -> Option<Handle> {
+        match self.join().await {
+            Ok(inbox) => Some(inbox),
+            Err(e) => {
+                let frame = Message::Text(p::error(ErrorCode::Unavailable, &e.to_string()));
+                let _ = tokio::time::timeout(CLOSE_WRITE, ws.send(frame)).await;
+                close_with(ws, p::CLOSE_UNAVAILABLE).await;
+                None
+            }
+        }
+    }
+
+    /// [`Session::enter`]'s hub and registry steps: the registry's error when it cannot record
+    /// the connection (it is then not in the hub either).
+    pub(super) async fn join(&self) -> Result<Handle, RegistryError> {
         let (app, dev, hub) = (&self.claims.application_id, &self.claims.device_id, &self.shared.hub);
         let _device = hub.stripe(app, dev).lock().await;
         let (inbox, first) = hub.join(app, dev);
@@ -160,17 +188,14 @@ impl Session {
             if let Err(e) = self.shared.registry.attach_socket(&self.address()).await {
                 hub.leave(app, dev, inbox.id);
                 tracing::warn!(message = "socket not attached: registry unavailable", error = %e);
-                let frame = Message::Text(p::error(ErrorCode::Unavailable, &e.to_string()));
-                let _ = tokio::time::timeout(CLOSE_WRITE, ws.send(frame)).await;
-                close_with(ws, p::CLOSE_UNAVAILABLE).await;
-                return None;
+                return Err(e);
             }
         }
-        Some(inbox)
+        Ok(inbox)
     }
 
     /// Leaves the hub; the device's last connection here detaches it from the registry.
-    async fn leave(&self, id: u64) {
+    pub(super) async fn leave(&self, id: u64) {
         let (app, dev, hub) = (&self.claims.application_id, &self.claims.device_id, &self.shared.hub);
         let _device = hub.stripe(app, dev).lock().await;
         if hub.leave(app, dev, id) {
@@ -294,27 +319,30 @@ impl Session {
             Ok(ClientFrame::BindDevice { .. }) => {
                 Answer::Reply(p::error(ErrorCode::BadRequest, "already bound"), false)
             }
-            Ok(ClientFrame::Subscribe(s)) if s.sync != Sync::Live => {
-                // Before the subscription exists: every change after it is in the snapshot,
-                // the live stream, or the catch-up from this cursor.
-                let issued = Cursor(now_ms());
-                let (channel, filter, sync) = (s.channel.clone(), s.filter.clone(), s.sync.clone());
-                match self.change(s, true).await {
-                    (reply, false) if reply.as_str().starts_with(SUBSCRIBED) => {
-                        let key = self.key_of(&channel, filter.as_ref());
-                        Answer::Sync(Box::new(SyncJob { key, channel, filter, sync, issued }))
-                    }
-                    (reply, refused) => Answer::Reply(reply, refused),
-                }
-            }
-            Ok(ClientFrame::Subscribe(s)) => {
-                let (reply, refused) = self.change(s, true).await;
-                Answer::Reply(reply, refused)
-            }
+            Ok(ClientFrame::Subscribe(s)) => self.subscribe(s).await,
             Ok(ClientFrame::Unsubscribe(s)) => {
                 let (reply, refused) = self.change(s, false).await;
                 Answer::Reply(reply, refused)
             }
+        }
+    }
+
+    /// A subscribe: the reply, or the subscription made whose snapshot or catch-up is to follow.
+    pub(super) async fn subscribe(&self, s: Subscription) -> Answer {
+        if s.sync == Sync::Live {
+            let (reply, refused) = self.change(s, true).await;
+            return Answer::Reply(reply, refused);
+        }
+        // Before the subscription exists: every change after it is in the snapshot, the live
+        // stream, or the catch-up from this cursor.
+        let issued = Cursor(now_ms());
+        let (channel, filter, sync) = (s.channel.clone(), s.filter.clone(), s.sync.clone());
+        match self.change(s, true).await {
+            (reply, false) if reply.as_str().starts_with(SUBSCRIBED) => {
+                let key = self.key_of(&channel, filter.as_ref());
+                Answer::Sync(Box::new(SyncJob { key, channel, filter, sync, issued }))
+            }
+            (reply, refused) => Answer::Reply(reply, refused),
         }
     }
 
@@ -353,7 +381,7 @@ impl Session {
 }
 
 /// What a text frame gets back.
-enum Answer {
+pub(super) enum Answer {
     /// One frame, and whether it was a limit refusal.
     Reply(Utf8Bytes, bool),
     /// A subscription made, whose snapshot or catch-up is to be sent ([`Session::sync`]).
@@ -363,7 +391,7 @@ enum Answer {
 /// The start of every `subscribed` reply.
 const SUBSCRIBED: &str = r#"{"event":"subscribed""#;
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     u64::try_from(crate::model::clock::now_millis()).unwrap_or_default()
 }
 
@@ -375,13 +403,11 @@ fn over_rate(frames_per_sec: u32) -> Utf8Bytes {
     p::error(ErrorCode::LimitExceeded, &why)
 }
 
-/// Writes `first` and whatever else is already queued (up to a batch), then flushes once.
-/// Poll-based, so its state is a frame and a count rather than nested `feed` and `flush` futures.
 /// The open [`Watch`]es of a connection: none almost always, so one pointer in its state.
-type Watches = Option<Box<Vec<Arc<Watch>>>>;
+pub(super) type Watches = Option<Box<Vec<Arc<Watch>>>>;
 
 /// Shows `frame` to the open watches, forgetting the closed ones.
-fn show(watches: &mut Watches, frame: &Utf8Bytes) {
+pub(super) fn show(watches: &mut Watches, frame: &Utf8Bytes) {
     let Some(open) = watches else { return };
     open.retain(|w| !w.is_closed());
     for watch in open.iter() {
@@ -392,6 +418,8 @@ fn show(watches: &mut Watches, frame: &Utf8Bytes) {
     }
 }
 
+/// Writes `first` and whatever else is already queued (up to a batch), then flushes once.
+/// Poll-based, so its state is a frame and a count rather than nested `feed` and `flush` futures.
 fn write_batch<'a, S: AsyncRead + AsyncWrite + Unpin>(
     ws: &'a mut Ws<S>,
     first: Utf8Bytes,

@@ -1,10 +1,14 @@
-//! The WebSocket side of the sockets transport (CONTRACT section 7).
+//! The client side of the sockets transport: WebSockets (CONTRACT section 7) and server-sent
+//! events on the same port (`docs/sse.md`).
 //!
 //! - [`protocol`]: frames and close codes.
 //! - [`hub`]: connections by application and device; fan-out of one serialized frame.
 //! - [`channels`]: the transport's view of the channels it is sent messages for by channel,
 //!   and their resolution to its devices.
-//! - [`handshake`]: a connection's opening: upgrade, token, within a deadline.
+//! - [`head`]: the request head, read first: `GET /sse` or a WebSocket upgrade.
+//! - [`handshake`]: a WebSocket's opening: upgrade, token, within a deadline.
+//! - `sse`: an event stream's request, answer and loop, on the same hub and sessions.
+//! - `wire`: where a connection's frames go (a WebSocket or an event stream).
 //! - [`conn`]: one connection's loop, every write bounded; subscribe and unsubscribe.
 //! - [`Shared`]: what every connection of a transport shares.
 //! - [`limit`]: the per-connection frame budget (`LIMIT_EXCEEDED`, then close 1008).
@@ -18,6 +22,7 @@ pub mod channels;
 pub mod conn;
 pub mod gate;
 pub mod handshake;
+pub mod head;
 pub mod hub;
 pub mod limit;
 pub mod mailbox;
@@ -25,7 +30,9 @@ mod pages;
 pub mod protocol;
 pub mod server;
 mod shared;
+mod sse;
 mod sync;
 mod watch;
+mod wire;
 
 pub use shared::Shared;

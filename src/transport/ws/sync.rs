@@ -11,11 +11,8 @@
 
 use std::sync::Arc;
 
-use futures::SinkExt;
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::conn::Stop;
 use super::mailbox::Mailbox;
@@ -23,6 +20,7 @@ use super::pages::{Kind, Pager};
 use super::protocol::{self as p, ErrorCode, Sync};
 use super::shared::Shared;
 use super::watch::Watch;
+use super::wire::Wire;
 use crate::model::snapshot::{resume_since, Cursor, Entry, CATCHUP_LIMIT};
 use crate::model::{Channel, Filter};
 use crate::store::MainStore;
@@ -53,10 +51,10 @@ pub struct Synced {
 }
 
 /// Sends the answer to `job`'s subscribe and its snapshot or catch-up.
-pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+pub async fn run<W: Wire>(
     shared: &Shared,
     app: &str,
-    ws: &mut WebSocketStream<S>,
+    ws: &mut W,
     mailbox: &Arc<Mailbox>,
     job: SyncJob,
 ) -> Result<Synced, Stop> {
@@ -104,8 +102,8 @@ const HELD_MAX: usize = 4096;
 /// Writes to the connection, each write raced against its close signal and bounded in time.
 /// Deliveries queued meanwhile are taken out of the mailbox and held (so a long snapshot on a busy
 /// channel does not fill the connection's queue), and written after the sync's last frame.
-struct Out<'a, S> {
-    ws: &'a mut WebSocketStream<S>,
+struct Out<'a, W> {
+    ws: &'a mut W,
     mailbox: &'a Mailbox,
     limit: std::time::Duration,
     held: std::collections::VecDeque<Utf8Bytes>,
@@ -113,7 +111,7 @@ struct Out<'a, S> {
     watch: Option<Arc<Watch>>,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Out<'_, S> {
+impl<W: Wire> Out<'_, W> {
     /// Writes a frame of the sync, after taking what was delivered meanwhile aside.
     async fn send(&mut self, frame: Utf8Bytes) -> Result<(), Stop> {
         while let Some(delivery) = self.mailbox.try_pop() {
@@ -141,7 +139,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Out<'_, S> {
         tokio::select! {
             biased;
             code = self.mailbox.closed() => Err(Stop::Closed(code)),
-            sent = tokio::time::timeout(self.limit, self.ws.send(Message::Text(frame))) => match sent {
+            sent = tokio::time::timeout(self.limit, self.ws.send_text(frame)) => match sent {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(_)) => Err(Stop::Gone),
                 Err(_) => Err(Stop::Stuck),
@@ -150,11 +148,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Out<'_, S> {
     }
 }
 
-async fn snapshot<S: AsyncRead + AsyncWrite + Unpin>(
-    out: &mut Out<'_, S>,
-    read: &ChannelRead<'_>,
-    job: &SyncJob,
-) -> Result<bool, Stop> {
+async fn snapshot<W: Wire>(out: &mut Out<'_, W>, read: &ChannelRead<'_>, job: &SyncJob) -> Result<bool, Stop> {
     let mut snapshot = read.snapshot();
     // The first page is read before answering, so a store that is down refuses the subscribe
     // (UNAVAILABLE, retried by the client) instead of breaking a snapshot half sent.
@@ -198,8 +192,8 @@ async fn snapshot<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(true)
 }
 
-async fn resume<S: AsyncRead + AsyncWrite + Unpin>(
-    out: &mut Out<'_, S>,
+async fn resume<W: Wire>(
+    out: &mut Out<'_, W>,
     cfg: &crate::config::ResumeConfig,
     read: &ChannelRead<'_>,
     job: &SyncJob,
