@@ -27,7 +27,7 @@ use crate::model::{
     check_broadcast, check_track_command, decode_aggregation_object, decode_broadcast_object, decode_track_object,
     ModelError, DEFAULT_MAX_MESSAGE_BYTES,
 };
-use crate::queue::outbox::{Outbox, Sink};
+use crate::queue::outbox::Sink;
 use crate::queue::topic;
 
 /// How long a request waits for room in a full in-process queue before answering 503.
@@ -99,10 +99,12 @@ async fn accept(ingress: &Ingress, headers: &HeaderMap, body: &[u8], kind: Kind)
         Kind::Track => topic::TRACK,
         Kind::Broadcast => topic::TRANSPORT_MANAGER,
     };
-    match send_all(&backend.sink, &ingress.config.topic(name), records).await {
+    let records = records.into_iter().map(|(key, payload)| (key, payload.into_owned())).collect();
+    // All or nothing (`publish`): a failure means none of the request went in.
+    match backend.publisher.publish(&ingress.config.topic(name), records, QUEUE_WAIT).await {
         Ok(n) => (StatusCode::ACCEPTED, Json(json!({ "accepted": n }))).into_response(),
-        Err((accepted, reason)) => {
-            let body = json!({ "error": reason, "accepted": accepted });
+        Err(reason) => {
+            let body = json!({ "error": reason, "accepted": 0 });
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
     }
@@ -218,23 +220,6 @@ fn stamped(object: &str, has_members: bool, now: u64) -> String {
     let open = open.strip_suffix('}').unwrap_or(open);
     let comma = if has_members { "," } else { "" };
     format!("{open}{comma}\"timestamp\":{now}}}")
-}
-
-/// Produces in order, through the same outbox the roles produce with. On failure: how many
-/// went through, and why the rest did not.
-async fn send_all(
-    sink: &Sink,
-    topic: &str,
-    records: Vec<(Option<String>, Cow<'_, str>)>,
-) -> Result<usize, (usize, String)> {
-    let mut out = Outbox::new(sink.clone());
-    for (key, payload) in &records {
-        // Enqueued in order; the idempotent producer keeps that order.
-        out.send(topic, key.as_deref().map(str::as_bytes), payload.as_bytes(), &[])
-            .await
-            .map_err(|e| (0, format!("producing to {topic}: {e} (some may have been accepted)")))?;
-    }
-    out.settle_within(QUEUE_WAIT).await
 }
 
 #[derive(serde::Deserialize)]

@@ -23,6 +23,7 @@
 pub mod apps;
 pub mod events;
 pub mod guard;
+pub mod publish;
 pub mod web;
 
 use std::sync::{Arc, OnceLock};
@@ -44,7 +45,10 @@ use crate::store::MainStore;
 
 /// What the routes need once the process is connected.
 pub struct Backend {
+    /// The plain producer (`PUT /apps` announces with it; `GET /dead_letter` reads its queue).
     pub sink: Sink,
+    /// Produces each event request all or nothing ([`publish`]).
+    pub publisher: publish::Publisher,
     pub apps: Apps,
     /// `PUT /apps` and `GET /objects` need the main store; without one they answer 503.
     pub store: Option<MainStore>,

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::apps::Apps;
 use crate::config::QueueKind;
 use crate::error::WorkerError;
+use crate::ingress::publish::Publisher;
 use crate::ingress::{Backend, Ingress};
 use crate::queue::{memory::Broker, topic, Queue};
 use crate::registry::Registry;
@@ -90,8 +91,10 @@ pub async fn run(
     }
 
     if let Some(ingress) = ingress {
-        let sink = queue.sink(cfg, &ctx.health, &format!("ingress-{}", ctx.index))?;
-        ingress.set_backend(Backend { sink, apps, store: Some(store) });
+        let name = format!("ingress-{}", ctx.index);
+        let sink = queue.sink(cfg, &ctx.health, &name)?;
+        let publisher = Publisher::connect(&queue, cfg, &ctx.health, &name, shutdown.clone()).await?;
+        ingress.set_backend(Backend { sink, publisher, apps, store: Some(store) });
         ctx.health.ok(INGRESS_CONDITION);
     }
     tracing::info!(message = "all roles started", queue = ?cfg.msg_que, store = ?cfg.main_db, registry = if cfg.registry_in_memory { "memory" } else { "redis" });

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::WorkerError;
+use crate::ingress::publish::Publisher;
 use crate::ingress::{Backend, Ingress};
 use crate::runtime::{serve, Role, WorkerContext};
 use crate::workers::{
@@ -76,9 +77,10 @@ async fn connect_ingress(
     ctx.health.require(all::INGRESS_CONDITION, "connecting");
     let name = format!("ingress-{}", ctx.name());
     let sink = ctx.queue.sink(&ctx.config, &ctx.health, &name)?;
+    let publisher = Publisher::connect(&ctx.queue, &ctx.config, &ctx.health, &name, shutdown.clone()).await?;
     let apps = crate::apps::Apps::load_and_follow(&ctx.config, &name, &ctx.tasks, shutdown.clone()).await?;
     let store = ctx.store(shutdown).await?;
-    ingress.set_backend(Backend { sink, apps, store: Some(store) });
+    ingress.set_backend(Backend { sink, publisher, apps, store: Some(store) });
     ctx.health.ok(all::INGRESS_CONDITION);
     Ok(())
 }

@@ -106,6 +106,9 @@ impl Log {
 /// keep as much.
 pub const MAX_LOG_BYTES: usize = 64 << 20;
 
+/// A record to append: its key (if any) and payload.
+pub type KeyedRecord = (Option<Vec<u8>>, Vec<u8>);
+
 fn size_of(key: &Option<Vec<u8>>, payload: &[u8]) -> usize {
     key.as_ref().map_or(0, Vec::len) + payload.len()
 }
@@ -215,6 +218,62 @@ impl Broker {
             w.notify_one();
         }
         Some(offset)
+    }
+
+    /// Appends `records` to `topic` together, in order: waits until the log has room for all of
+    /// them and appends them under one lock, so a reader sees all or none (the ingress's
+    /// requests are all or nothing). Cancel-safe: nothing is appended unless it returns. `Err`
+    /// (nothing appended) when they could never fit: more records than the log holds.
+    pub async fn append_all(&self, topic: &str, records: Vec<KeyedRecord>) -> Result<usize, String> {
+        if records.len() > self.inner.capacity {
+            return Err(format!(
+                "{} records are more than the in-process queue holds ({}, TP_MEMORY_QUEUE_CAPACITY)",
+                records.len(),
+                self.inner.capacity
+            ));
+        }
+        let t = self.topic(topic);
+        let mut batch = Some(records);
+        loop {
+            let room = t.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if let Some(n) = self.try_append_all(&t, &mut batch) {
+                for _ in 0..n {
+                    telemetry::produced(topic);
+                }
+                return Ok(n);
+            }
+            room.await;
+        }
+    }
+
+    fn try_append_all(&self, t: &Topic, batch: &mut Option<Vec<KeyedRecord>>) -> Option<usize> {
+        let mut log = lock(&t.log);
+        let records = batch.as_ref()?;
+        let (count, size) = (records.len(), records.iter().map(|(k, p)| size_of(k, p)).sum::<usize>());
+        let capacity = self.inner.capacity;
+        let fits = |log: &Log| {
+            log.records.len() + count <= capacity && (log.records.is_empty() || log.bytes + size <= MAX_LOG_BYTES)
+        };
+        if !fits(&log) && !log.groups.is_empty() {
+            return None;
+        }
+        // Nobody reads this topic: keep the newest records.
+        while !fits(&log) && log.pop() {
+            log.dropped += 1;
+            telemetry::memory_queue_dropped(&t.name);
+        }
+        let timestamp_ms = clock::now_millis();
+        for (key, payload) in batch.take()? {
+            log.bytes += size_of(&key, &payload);
+            let offset = log.end();
+            log.records.push_back(Arc::new(Message { topic: t.name.clone(), offset, key, payload, timestamp_ms }));
+        }
+        for w in &log.waiting {
+            w.notify_one();
+        }
+        Some(count)
     }
 
     /// Records of `topic` some group has not committed yet, per group (lag; tests).

@@ -216,6 +216,33 @@ impl Outbox {
         .unwrap_or_else(|source| Err(QueueError::Task { what: "transaction", source }))
     }
 
+    /// Commits the open transaction, which carries no input offsets (a producer that answers a
+    /// client: the ingress). The commit flushes every record of it: one that fails makes the
+    /// commit fail, and the transaction must be aborted.
+    pub async fn commit_alone(&mut self) -> Result<(), QueueError> {
+        self.in_transaction = false;
+        let producer = match &self.sink {
+            Sink::Kafka(p) => p.inner().clone(),
+            Sink::Memory(_) => {
+                for p in std::mem::take(&mut self.pending) {
+                    if let Pending::Memory { topic, key, payload } = p {
+                        self.append(&topic, key, payload).await;
+                    }
+                }
+                return Ok(());
+            }
+        };
+        // The commit awaits the deliveries itself; their futures are not needed.
+        self.pending.clear();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .commit_transaction(TXN_TIMEOUT)
+                .map_err(|source| QueueError::Transaction { what: "committing the transaction", source })
+        })
+        .await
+        .unwrap_or_else(|source| Err(QueueError::Task { what: "transaction", source }))
+    }
+
     /// Aborts the open transaction; failing to abort (a fenced or fatal producer) stops the worker.
     pub async fn abort_transaction(&mut self) -> Result<(), WorkerError> {
         self.pending.clear();

@@ -124,3 +124,35 @@ async fn topics_are_bounded_in_bytes_too() {
     let _c = fresh.consumer("g", &topics(&["u"]));
     tokio::time::timeout(Duration::from_secs(1), fresh.append("u", None, huge)).await.expect("an empty log takes it");
 }
+
+#[tokio::test]
+async fn a_batch_is_appended_whole_or_not_at_all() {
+    let broker = Broker::new(4);
+    let c = broker.consumer("g", &topics(&["t"]));
+    let one = |b: u8| (None, vec![b]);
+    assert_eq!(broker.append_all("t", vec![one(1), one(2)]).await, Ok(2));
+    // Room for two more, not three: the batch waits, and nothing of it is visible meanwhile.
+    let b2 = broker.clone();
+    let blocked = tokio::spawn(async move { b2.append_all("t", vec![one(3), one(4), one(5)]).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!blocked.is_finished(), "waits for room for all three");
+    assert_eq!(broker.tail("t", 10).len(), 2, "none of the batch is in");
+    // Given up (as the ingress does after its wait): still nothing of it.
+    let b3 = broker.clone();
+    let gave_up = tokio::time::timeout(Duration::from_millis(50), async move {
+        b3.append_all("t", vec![one(6), one(7), one(8)]).await
+    })
+    .await;
+    assert!(gave_up.is_err());
+    assert_eq!(broker.tail("t", 10).len(), 2);
+    let first = c.recv().await;
+    c.recv().await;
+    c.commit("t", first.offset + 2);
+    assert_eq!(tokio::time::timeout(Duration::from_secs(5), blocked).await.expect("woken").expect("task"), Ok(3));
+    let all: Vec<u8> = broker.tail("t", 10).iter().map(|m| m.payload[0]).collect();
+    assert_eq!(all, vec![3, 4, 5]);
+    assert!(
+        broker.append_all("t", (0..5).map(one).collect()).await.is_err_and(|e| e.contains("more than")),
+        "never fits"
+    );
+}
