@@ -14,6 +14,9 @@
 //!    percentiles, transport CPU.
 //!
 //!     deploy/local/bench-sockets.sh --clients 10000 --messages 200 --rate 50 --idle 10000,19000
+//!
+//! `--sse`: the clients are server-sent event streams (`GET /sse`, `docs/sse.md`) instead of
+//! WebSockets, over the same transport, the same deliveries: the two kinds side by side.
 #![allow(clippy::disallowed_methods)] // a benchmark harness, not the worker: it reads its settings from the environment
 
 #[path = "support/proc.rs"]
@@ -47,6 +50,10 @@ fn num(name: &str, default: usize) -> usize {
     arg(name).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+fn sse() -> bool {
+    std::env::args().any(|a| a == "--sse")
+}
+
 fn micros() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
@@ -59,6 +66,8 @@ async fn main() -> anyhow::Result<()> {
     let (clients, messages, rate) = (num("--clients", 10_000), num("--messages", 200), num("--rate", 50));
     let idle: Vec<usize> =
         arg("--idle").unwrap_or_else(|| "10000".into()).split(',').filter_map(|s| s.trim().parse().ok()).collect();
+    let kind = if sse() { "event streams" } else { "WebSockets" };
+    println!("clients: {kind}");
     let prefix = format!("bs{}.", micros());
     let app = format!("bs{}", micros());
     let env: HashMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("TP_")).collect();
@@ -205,6 +214,7 @@ async fn spawn_client(port: u16, app: &str, k: usize, n: usize) -> anyhow::Resul
     let mut child = Command::new(exe)
         .args(["--client", "--port", &port.to_string(), "--app", app, "--count", &n.to_string()])
         .args(["--ip", &format!("127.0.0.{}", k + 2), "--first", &(k * PER_CHILD).to_string()])
+        .args(if sse() { &["--sse"][..] } else { &[][..] })
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -226,9 +236,12 @@ async fn client() -> anyhow::Result<()> {
     let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 3600;
     let stop = tokio_util::sync::CancellationToken::new();
     let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
-    let connect = |i: usize| {
+    let token = |i: usize| {
         let claims = Claims { application_id: app.clone(), device_id: format!("d{}", first + i), exp, user_id: None };
-        let url = format!("ws://127.0.0.1:{port}/?token={}", jwt::sign(&claims, SECRET));
+        jwt::sign(&claims, SECRET)
+    };
+    let connect = |i: usize| {
+        let url = format!("ws://127.0.0.1:{port}/?token={}", token(i));
         async move {
             let socket = TcpSocket::new_v4()?;
             socket.bind((ip, 0).into())?;
@@ -239,35 +252,71 @@ async fn client() -> anyhow::Result<()> {
             anyhow::Ok(ws)
         }
     };
-    let sockets: Vec<_> = futures::stream::iter(0..count).map(connect).buffer_unordered(200).collect().await;
-    let mut tasks = Vec::with_capacity(count);
-    for ws in sockets {
-        let mut ws = ws?;
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let (mut n, mut lat, mut first, mut last) = (0u64, Vec::new(), u64::MAX, 0u64);
+    let open_sse = |i: usize| {
+        let token = token(i);
+        async move {
+            let socket = TcpSocket::new_v4()?;
+            socket.bind((ip, 0).into())?;
+            let mut tcp = socket.connect(([127, 0, 0, 1], port as u16).into()).await?;
+            let request = format!("GET /sse?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+            tcp.write_all(request.as_bytes()).await?;
+            // The same read buffer as the WebSocket clients'.
+            let mut reader = BufReader::with_capacity(4096, tcp);
+            let mut line = String::new();
             loop {
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    m = ws.next() => match m {
-                        // The warm-up frame primes the producer and the consumer's fetch: not measured.
-                        Some(Ok(Message::Text(t))) if t.contains("\"warmup\":true") => {}
-                        Some(Ok(Message::Text(t))) => {
-                            let now = micros();
-                            if let Some(ts) = timestamp(&t) {
-                                lat.push(now.saturating_sub(ts) as u32);
-                            }
-                            n += 1;
-                            first = first.min(now);
-                            last = last.max(now);
-                        }
-                        Some(Ok(_)) => {}
-                        _ => break,
-                    },
+                line.clear();
+                anyhow::ensure!(reader.read_line(&mut line).await? > 0, "closed before ready");
+                if line.starts_with("data: ") {
+                    anyhow::ensure!(line.contains("\"ready\""), "not ready: {line}");
+                    break;
                 }
             }
-            (n, lat, first, last)
-        }));
+            anyhow::Ok(reader)
+        }
+    };
+    let mut tasks = Vec::with_capacity(count);
+    if sse() {
+        let streams: Vec<_> = futures::stream::iter(0..count).map(open_sse).buffer_unordered(200).collect().await;
+        for reader in streams {
+            let mut reader = reader?;
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut tally = Tally::default();
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        n = reader.read_line(&mut line) => match n {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) if line.starts_with("data: ") => tally.frame(&line),
+                            Ok(_) => {}
+                        },
+                    }
+                }
+                tally.done()
+            }));
+        }
+    } else {
+        let sockets: Vec<_> = futures::stream::iter(0..count).map(connect).buffer_unordered(200).collect().await;
+        for ws in sockets {
+            let mut ws = ws?;
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut tally = Tally::default();
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        m = ws.next() => match m {
+                            Some(Ok(Message::Text(t))) => tally.frame(&t),
+                            Some(Ok(_)) => {}
+                            _ => break,
+                        },
+                    }
+                }
+                tally.done()
+            }));
+        }
     }
     println!("ready {count}");
     let mut line = String::new();
@@ -289,6 +338,40 @@ async fn client() -> anyhow::Result<()> {
         json!({"received": received, "first_us": first, "last_us": last, "short_clients": short, "latency_us": all})
     );
     Ok(())
+}
+
+/// One client's frames: count, latencies, first and last arrival.
+struct Tally {
+    n: u64,
+    lat: Vec<u32>,
+    first: u64,
+    last: u64,
+}
+
+impl Default for Tally {
+    fn default() -> Tally {
+        Tally { n: 0, lat: Vec::new(), first: u64::MAX, last: 0 }
+    }
+}
+
+impl Tally {
+    fn frame(&mut self, text: &str) {
+        // The warm-up frame primes the producer and the consumer's fetch: not measured.
+        if text.contains("\"warmup\":true") {
+            return;
+        }
+        let now = micros();
+        if let Some(ts) = timestamp(text) {
+            self.lat.push(now.saturating_sub(ts) as u32);
+        }
+        self.n += 1;
+        self.first = self.first.min(now);
+        self.last = self.last.max(now);
+    }
+
+    fn done(self) -> (u64, Vec<u32>, u64, u64) {
+        (self.n, self.lat, self.first, self.last)
+    }
 }
 
 /// The first `"timestamp":<n>` of a frame (the delta's, set at produce time).
