@@ -65,14 +65,16 @@ where
         // result: the block ends before the loop is awaited.
         let run = {
             let mut stream = stream;
-            let bytes = match Box::pin(head::read(&mut stream, deadline)).await {
-                Some(Ok((head, _))) if head.sse => {
-                    return Box::pin(sse::serve(stream, head, shared, slot, deadline, permit)).await;
-                }
-                Some(Ok((_, bytes))) => bytes,
+            let (head, bytes) = match Box::pin(head::read(&mut stream, deadline)).await {
+                Some(Ok(read)) => read,
                 Some(Err(e)) => return head::refuse(&mut stream, &e).await,
                 None => return crate::telemetry::sockets_handshake_timeout(),
             };
+            if head.sse {
+                // An event stream has no use for the bytes of its head.
+                drop(bytes);
+                return Box::pin(sse::serve(stream, head, shared, slot, deadline, permit)).await;
+            }
             let stream = Rewind::new(bytes, stream);
             let opened = Box::pin(open(stream, &shared, slot.is_none(), deadline, &shutdown)).await;
             drop(permit);
