@@ -183,6 +183,12 @@ async fn an_event_stream_sends_a_snapshot_then_live_deltas_and_resumes_from_its_
     let ready = s.event().await;
     assert_eq!(ready.frame["event"], "ready", "{:?}", ready.frame);
     assert!(ready.id.is_none(), "no cursor before a subscription is whole");
+    // One stream open: this one (the probes are closed, which the server notices by itself).
+    let started = std::time::Instant::now();
+    while p.metric("nexxus_sockets_event_streams") != 1.0 {
+        assert!(started.elapsed() < Duration::from_secs(5), "{}", p.metric("nexxus_sockets_event_streams"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (end, before) = s.until("snapshot_end").await;
     assert_eq!(before[0].frame["event"], "subscribed");
     let snapshot: Vec<&Value> = before

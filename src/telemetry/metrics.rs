@@ -104,6 +104,7 @@ mod tests {
         t::cascade_deletes(2);
         t::aggregation_forwarded(5);
         t::socket_opened();
+        t::event_stream_opened();
         t::sockets_frames_out(1);
         t::sockets_bytes_out(100);
         t::sockets_queue_drops(0);

@@ -80,7 +80,8 @@ table! {
     AGGREGATION_RECORDS: Counter "nexxus_aggregation_records_total" ["stage"] "Write records the aggregation forwarded.";
 
     // The sockets transport.
-    SOCKETS_CONNECTIONS: Gauge "nexxus_sockets_connections" [] "Open WebSocket connections.";
+    SOCKETS_CONNECTIONS: Gauge "nexxus_sockets_connections" [] "Open client connections: WebSockets and event streams.";
+    SOCKETS_EVENT_STREAMS: Gauge "nexxus_sockets_event_streams" [] "Open server-sent event streams (GET /sse), also counted in nexxus_sockets_connections.";
     SOCKETS_FRAMES_OUT: Counter "nexxus_sockets_frames_out_total" [] "Frames queued to sockets.";
     SOCKETS_BYTES_OUT: Counter "nexxus_sockets_bytes_out_total" [] "Bytes queued to sockets.";
     SOCKETS_QUEUE_DROPS: Counter "nexxus_sockets_queue_drops_total" [] "Connections closed because their queue was full.";

@@ -71,6 +71,16 @@ pub fn socket_closed() {
     metrics::gauge!(names::SOCKETS_CONNECTIONS).decrement(1.0);
 }
 
+/// A server-sent event stream opened (it is a connection too: [`socket_opened`] as well).
+pub fn event_stream_opened() {
+    metrics::gauge!(names::SOCKETS_EVENT_STREAMS).increment(1.0);
+}
+
+/// A server-sent event stream closed.
+pub fn event_stream_closed() {
+    metrics::gauge!(names::SOCKETS_EVENT_STREAMS).decrement(1.0);
+}
+
 /// Frames queued to sockets.
 pub fn sockets_frames_out(frames: usize) {
     metrics::counter!(names::SOCKETS_FRAMES_OUT).increment(frames as u64);

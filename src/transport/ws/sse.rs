@@ -100,6 +100,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     crate::telemetry::socket_opened();
+    crate::telemetry::event_stream_opened();
     let (reader, writer) = tokio::io::split(stream);
     let mut out = Events { writer, resumable: false, limit: session.shared.ping_interval, watches: None };
     Box::pin(run(&session, &inbox, &mut out, reader, request, permit)).await;
@@ -108,6 +109,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), out.writer.write_all(b"0\r\n\r\n"))).await;
     drop(out);
     crate::telemetry::socket_closed();
+    crate::telemetry::event_stream_closed();
     Box::pin(session.leave(inbox.id)).await;
     drop(slot);
 }
