@@ -194,20 +194,27 @@ impl Outcome {
         if let Some(kib) = self.idle_kib_per_connection {
             s.push_str(&format!("Idle: {kib:.2} KiB of worker RSS per connection.\n\n"));
         }
-        s.push_str("| process | CPU s | cores | RSS start | RSS peak | RSS end |\n|---|---:|---:|---:|---:|---:|\n");
-        for p in &self.processes {
-            s.push_str(&format!(
-                "| {} | {:.1} | {:.2} | {} MiB | {} MiB | {} MiB |\n",
-                p.name,
-                p.cpu_seconds,
-                p.cores,
-                p.rss_start_kib / 1024,
-                p.rss_peak_kib / 1024,
-                p.rss_end_kib / 1024
-            ));
-        }
+        s.push_str(&crate::report::process_table(&self.processes));
         s
     }
+}
+
+/// The Markdown table of the processes watched during a run: CPU and RSS.
+pub fn process_table(processes: &[ProcessUse]) -> String {
+    let mut s =
+        String::from("| process | CPU s | cores | RSS start | RSS peak | RSS end |\n|---|---:|---:|---:|---:|---:|\n");
+    for p in processes {
+        s.push_str(&format!(
+            "| {} | {:.1} | {:.2} | {} MiB | {} MiB | {} MiB |\n",
+            p.name,
+            p.cpu_seconds,
+            p.cores,
+            p.rss_start_kib / 1024,
+            p.rss_peak_kib / 1024,
+            p.rss_end_kib / 1024
+        ));
+    }
+    s
 }
 
 #[cfg(test)]

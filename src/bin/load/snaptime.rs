@@ -275,18 +275,7 @@ impl SnapshotOutcome {
             "Each run (ms): {}\n\n",
             self.runs.iter().map(|r| format!("{:.1}", r.ms)).collect::<Vec<_>>().join(", ")
         ));
-        s.push_str("| process | CPU s | cores | RSS start | RSS peak | RSS end |\n|---|---:|---:|---:|---:|---:|\n");
-        for p in &self.processes {
-            s.push_str(&format!(
-                "| {} | {:.1} | {:.2} | {} MiB | {} MiB | {} MiB |\n",
-                p.name,
-                p.cpu_seconds,
-                p.cores,
-                p.rss_start_kib / 1024,
-                p.rss_peak_kib / 1024,
-                p.rss_end_kib / 1024
-            ));
-        }
+        s.push_str(&crate::report::process_table(&self.processes));
         s
     }
 }

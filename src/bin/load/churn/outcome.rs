@@ -311,18 +311,8 @@ impl ChurnOutcome {
         for e in self.errors.iter().take(10) {
             s.push_str(&format!("- error: {e}\n"));
         }
-        s.push_str("\n| process | CPU s | cores | RSS start | RSS peak | RSS end |\n|---|---:|---:|---:|---:|---:|\n");
-        for p in &self.processes {
-            s.push_str(&format!(
-                "| {} | {:.1} | {:.2} | {} MiB | {} MiB | {} MiB |\n",
-                p.name,
-                p.cpu_seconds,
-                p.cores,
-                p.rss_start_kib / 1024,
-                p.rss_peak_kib / 1024,
-                p.rss_end_kib / 1024
-            ));
-        }
+        s.push('\n');
+        s.push_str(&crate::report::process_table(&self.processes));
         s
     }
 }
