@@ -73,10 +73,16 @@ impl Publisher {
             Queue::Kafka => {
                 let (tx, rx) = mpsc::channel(QUEUED_REQUESTS);
                 let rx = Arc::new(tokio::sync::Mutex::new(rx));
-                for i in 0..PRODUCERS {
-                    let id = cfg.topic(&format!("{name}-{i}"));
-                    let producer = Renewable { cfg: cfg.clone(), health: health.clone(), id };
-                    let outbox = producer.outbox().await?;
+                let producers: Vec<Renewable> = (0..PRODUCERS)
+                    .map(|i| Renewable {
+                        cfg: cfg.clone(),
+                        health: health.clone(),
+                        id: cfg.topic(&format!("{name}-{i}")),
+                    })
+                    .collect();
+                // Each `init_transactions` is a coordinator round trip: at start, all at once.
+                let outboxes = futures::future::try_join_all(producers.iter().map(Renewable::outbox)).await?;
+                for (producer, outbox) in producers.into_iter().zip(outboxes) {
                     tokio::spawn(committer(producer, Some(outbox), rx.clone(), shutdown.clone()));
                 }
                 Ok(Publisher::Kafka(tx))

@@ -50,7 +50,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     head: Head,
     shared: Arc<Shared>,
     slot: Option<Slot>,
-    _deadline: Instant,
+    deadline: Instant,
     permit: OwnedSemaphorePermit,
 ) {
     if slot.is_none() {
@@ -103,7 +103,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     crate::telemetry::event_stream_opened();
     let (reader, writer) = tokio::io::split(stream);
     let mut out = Events { writer, resumable: false, limit: session.shared.ping_interval, watches: None };
-    Box::pin(run(&session, &inbox, &mut out, reader, request, permit)).await;
+    Box::pin(run(&session, &inbox, &mut out, reader, request, (deadline, permit))).await;
     // Until it leaves the hub (after the registry steps), nothing more is queued for it.
     inbox.mailbox.close(p::CLOSE_GOING_AWAY);
     let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), out.writer.write_all(b"0\r\n\r\n"))).await;
@@ -126,9 +126,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     out: &mut Events<WriteHalf<S>>,
     mut reader: ReadHalf<S>,
     request: Request,
-    permit: OwnedSemaphorePermit,
+    opening: (Instant, OwnedSemaphorePermit),
 ) {
-    if !Box::pin(open(session, inbox, out, request, permit)).await {
+    if !Box::pin(open(session, inbox, out, request, opening)).await {
         return;
     }
     let (interval, mailbox) = (session.shared.ping_interval, &*inbox.mailbox);
@@ -143,7 +143,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                         let Some(more) = mailbox.try_pop() else { break };
                         frames.push(more);
                     }
-                    out.bounded(mailbox, frames, true).await
+                    out.bounded(mailbox, frames).await
                 }
                 Next::Close(_) => return,
             },
@@ -153,7 +153,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(0) | Err(_) => return,
                 Ok(_) => Ok(()),
             },
-            _ = ping.tick() => out.bounded(mailbox, Vec::new(), true).await,
+            _ = ping.tick() => out.bounded(mailbox, Vec::new()).await,
         };
         if step.is_err() {
             crate::telemetry::sockets_write_timeout();
@@ -169,7 +169,7 @@ async fn open<W: AsyncWrite + Unpin>(
     inbox: &Handle,
     out: &mut Events<W>,
     request: Request,
-    permit: OwnedSemaphorePermit,
+    (deadline, permit): (Instant, OwnedSemaphorePermit),
 ) -> bool {
     let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n\
                 Cache-Control: no-cache, no-transform\r\nX-Accel-Buffering: no\r\n\
@@ -181,7 +181,10 @@ async fn open<W: AsyncWrite + Unpin>(
         out.writer.write_all(opening.as_bytes()).await.map_err(|_| Gone)?;
         out.send_text(ready).await
     };
-    if !matches!(tokio::time::timeout(session.shared.ping_interval, written).await, Ok(Ok(()))) {
+    // The opening's deadline (`TP_SCKT_HANDSHAKE_TIMEOUT_MS` after the accept), as for a
+    // WebSocket: a client that does not read cannot hold its handshake permit longer.
+    if !matches!(tokio::time::timeout_at(deadline, written).await, Ok(Ok(()))) {
+        crate::telemetry::sockets_handshake_timeout();
         return false;
     }
     drop(permit);
@@ -310,18 +313,14 @@ impl<W: AsyncWrite + Unpin> Events<W> {
         self.writer.flush().await.map_err(|_| Gone)
     }
 
-    /// [`Events::chunk`] raced against the close signal and bounded by a ping interval.
-    async fn bounded(
-        &mut self,
-        mailbox: &super::mailbox::Mailbox,
-        frames: Vec<Utf8Bytes>,
-        ids: bool,
-    ) -> Result<(), Gone> {
+    /// Deliveries (none: a heartbeat) as [`Events::chunk`] writes them with ids, raced against
+    /// the close signal and bounded by a ping interval.
+    async fn bounded(&mut self, mailbox: &super::mailbox::Mailbox, frames: Vec<Utf8Bytes>) -> Result<(), Gone> {
         let limit = self.limit;
         tokio::select! {
             biased;
             _ = mailbox.closed() => Err(Gone),
-            r = tokio::time::timeout(limit, self.chunk(&frames, ids)) => r.unwrap_or(Err(Gone)),
+            r = tokio::time::timeout(limit, self.chunk(&frames, true)) => r.unwrap_or(Err(Gone)),
         }
     }
 }
